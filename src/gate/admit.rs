@@ -1,0 +1,105 @@
+//! Steps 2 to 5 of the request path, in the contract's order: check the key, check
+//! the key's status, count the call against the threshold, check the
+//! subscription, then the rate.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+use super::resolve::{named_org, presented_key};
+use super::{Gate, Refusal};
+use crate::key::ApiKey;
+use crate::limit::Count;
+use crate::org::{Org, OrgId};
+
+/// What the gate decided about one request.
+pub(crate) enum Admission {
+    /// Forward it, as this org, stripping this many bytes of path.
+    Allow {
+        /// The org, for the `x-org-id` header and the request's extensions.
+        org: OrgId,
+        /// See [`Named::prefix_len`](super::resolve::Named).
+        prefix_len: usize,
+    },
+    /// Answer it with this refusal now.
+    Refuse(Refusal),
+    /// This call took the org past its threshold: disable the key, then refuse.
+    Disable(Arc<Org>),
+}
+
+/// The headers that let a client ask for one method while sending another. While
+/// a subscription is expired, naming a blocked method in any of them is refused
+/// like sending it.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+impl Gate {
+    pub(crate) fn admit(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Admission {
+        let presented = match presented_key(headers, &self.config.key_header) {
+            Ok(v) => v,
+            Err(refusal) => return Admission::Refuse(refusal),
+        };
+        // From here on every refusal about the key or the org is the same
+        // INVALID_KEY, so the answer never tells which orgs exist.
+        let Some(named) = named_org(&self.config.org_from, uri, headers) else {
+            return Admission::Refuse(Refusal::InvalidKey);
+        };
+        let Ok(key) = ApiKey::parse(presented.as_bytes()) else {
+            return Admission::Refuse(Refusal::InvalidKey);
+        };
+        let now = self.store.clock().now();
+        self.store
+            .with_org(named.org, |org| {
+                let checked = org.read(|c| {
+                    let matches = c.state.key.as_ref().is_some_and(|k| k.ct_eq(&key));
+                    if !matches {
+                        return Err(Refusal::InvalidKey);
+                    }
+                    if c.state.is_disabled() {
+                        return Err(Refusal::KeyDisabled);
+                    }
+                    Ok((c.limits, c.rate, c.state.subscription_expired(now)))
+                });
+                let (limits, rate, expired) = match checked {
+                    Ok(v) => v,
+                    Err(refusal) => return Admission::Refuse(refusal),
+                };
+                match org
+                    .calls()
+                    .count(now, limits.threshold_calls, limits.threshold_window_secs)
+                {
+                    Count::Within => {}
+                    Count::Crossed => return Admission::Disable(Arc::clone(org)),
+                    Count::Over => return Admission::Refuse(Refusal::KeyDisabled),
+                }
+                if expired && self.blocked_while_expired(method, headers) {
+                    return Admission::Refuse(Refusal::SubscriptionExpired);
+                }
+                if let Err(limited) = org.rate_limiter().check(now, &rate) {
+                    return Admission::Refuse(Refusal::RateLimited(limited));
+                }
+                Admission::Allow {
+                    org: org.id().clone(),
+                    prefix_len: named.prefix_len,
+                }
+            })
+            .unwrap_or(Admission::Refuse(Refusal::InvalidKey))
+    }
+
+    /// Whether the method, or a method an override header names, is one the
+    /// config blocks while a subscription is expired. Methods are compared without
+    /// regard to case: `post` must not slip past a rule about `POST`.
+    fn blocked_while_expired(&self, method: &Method, headers: &HeaderMap) -> bool {
+        let blocked = |m: &[u8]| {
+            let m = m.trim_ascii();
+            self.config
+                .blocked_when_expired
+                .iter()
+                .any(|b| b.as_str().as_bytes().eq_ignore_ascii_case(m))
+        };
+        blocked(method.as_str().as_bytes())
+            || METHOD_OVERRIDES
+                .iter()
+                .flat_map(|h| headers.get_all(*h))
+                .any(|v| blocked(v.as_bytes()))
+    }
+}

@@ -1,0 +1,76 @@
+//! The response body of a gated service: the inner service's body, or a refusal.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The inner service's body, untouched, or the JSON of a refusal.
+    #[project = GateBodyProj]
+    #[derive(Debug)]
+    pub enum GateBody<B> {
+        /// The inner service answered.
+        Inner {
+            /// The inner service's body.
+            #[pin]
+            body: B,
+        },
+        /// keygate answered.
+        Refusal {
+            /// The JSON, until it has been polled.
+            data: Option<Bytes>,
+        },
+    }
+}
+
+impl<B> GateBody<B> {
+    /// Wraps the inner service's body.
+    pub fn inner(body: B) -> Self {
+        GateBody::Inner { body }
+    }
+
+    /// A body of the given bytes.
+    pub fn refusal(data: Bytes) -> Self {
+        GateBody::Refusal { data: Some(data) }
+    }
+}
+
+impl<B> Body for GateBody<B>
+where
+    B: Body,
+    B::Data: From<Bytes>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project() {
+            GateBodyProj::Inner { body } => body.poll_frame(cx),
+            GateBodyProj::Refusal { data } => {
+                Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GateBody::Inner { body } => body.is_end_stream(),
+            GateBody::Refusal { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GateBody::Inner { body } => body.size_hint(),
+            GateBody::Refusal { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The key-checking tower middleware.
+//!
+//! [`KeyGateLayer`] wraps any `Service<http::Request<B>>` (an axum `Router`, a
+//! tonic server, keygate's own reverse proxy) and runs the contract's checks on
+//! every request, in the contract's order, each in the file that bears its step:
+//!
+//! 1. `resolve`: the key header (absent or empty: `MISSING_KEY`; repeated:
+//!    `INVALID_KEY`) and the org (first path segment, or a header);
+//! 2. `admit`: the key (malformed, unknown org, no key, wrong key: one
+//!    `INVALID_KEY` for all), the key's status (`KEY_DISABLED`), the threshold
+//!    count (the crossing call disables the key durably, then is refused), the
+//!    subscription (`SUBSCRIPTION_EXPIRED` for blocked methods), the rate
+//!    (`RATE_LIMITED` with `Retry-After` and `x-ratelimit-*`);
+//! 3. `service`: forward what passed, without the key header, with `x-org-id`
+//!    (a client's own dropped), the org in the request's extensions as an
+//!    [`OrgId`](crate::org::OrgId), and, in path mode, the org's segment removed.
+//!
+//! Refusals are answered at once by the response future, never forwarded, as
+//! `application/json` bodies `{"code": "...", "message": "..."}`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{routing::get, Router};
+//! use keygate::{clock::SystemClock, gate::{GateConfig, KeyGateLayer}, org::*, store::Store};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let store = Store::in_memory(Arc::new(SystemClock::new()), Limits::default()).await;
+//! let acme = OrgId::parse("acme").unwrap();
+//! store.provision(acme, None, LimitOverrides::default(), Actor::Provider).await.unwrap();
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/users", get(|| async { "users" }))
+//!     .layer(KeyGateLayer::new(store, GateConfig::default()));
+//! // GET /acme/v1/users with `x-api-key: <acme's key>` now reaches the handler
+//! // as GET /v1/users with `x-org-id: acme`; anything else is refused.
+//! # let _ = app; }
+//! ```
+
+mod admit;
+mod body;
+mod future;
+mod layer;
+mod refusal;
+mod resolve;
+mod service;
+
+use http::{HeaderName, Method};
+
+pub use body::GateBody;
+pub use future::ResponseFuture;
+pub use layer::KeyGateLayer;
+pub use refusal::Refusal;
+pub use service::{KeyGate, X_ORG_ID};
+
+use crate::store::Store;
+
+/// Where a request names its org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgSource {
+    /// The first path segment, removed before forwarding.
+    Path,
+    /// This header's value; the path is forwarded unchanged.
+    Header(HeaderName),
+}
+
+/// How the gate reads requests.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// Where the org is named.
+    pub org_from: OrgSource,
+    /// The header that carries the API key.
+    pub key_header: HeaderName,
+    /// Methods refused while an org's subscription is expired.
+    pub blocked_when_expired: Vec<Method>,
+}
+
+impl Default for GateConfig {
+    /// The contract's defaults: org from the path, key in `x-api-key`, POST and
+    /// PUT blocked while expired.
+    fn default() -> Self {
+        GateConfig {
+            org_from: OrgSource::Path,
+            key_header: HeaderName::from_static("x-api-key"),
+            blocked_when_expired: vec![Method::POST, Method::PUT],
+        }
+    }
+}
+
+/// What every clone of the layer and the service shares.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) store: Store,
+    pub(crate) config: GateConfig,
+}

@@ -1,0 +1,168 @@
+//! The one home of the proxy's refusals: each knows its status, its contract code
+//! and its JSON body.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use super::GateBody;
+use crate::limit::RateLimited;
+
+/// Why keygate answered a proxied request itself. Every row of the contract's
+/// proxy table is one variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The key header is absent or empty.
+    #[error("missing API key")]
+    MissingKey,
+    /// The key header is repeated, or the org or key is malformed, unknown or wrong.
+    #[error("invalid API key")]
+    InvalidKey,
+    /// The org's key is disabled.
+    #[error("API key disabled")]
+    KeyDisabled,
+    /// This call took the org past its call threshold; the key is now disabled.
+    #[error("call threshold exceeded; API key disabled")]
+    ThresholdExceeded,
+    /// The subscription has expired and the method writes.
+    #[error("subscription expired")]
+    SubscriptionExpired,
+    /// The org is over its rate.
+    #[error("rate limit exceeded")]
+    RateLimited(RateLimited),
+    /// The upstream refused the connection.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+macro_rules! body {
+    ($code:literal, $message:literal) => {
+        Bytes::from_static(concat!(r#"{"code":""#, $code, r#"","message":""#, $message, r#""}"#).as_bytes())
+    };
+}
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Refusal {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::MissingKey | Refusal::InvalidKey => StatusCode::UNAUTHORIZED,
+            Refusal::KeyDisabled | Refusal::ThresholdExceeded | Refusal::SubscriptionExpired => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The contract's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::MissingKey => "MISSING_KEY",
+            Refusal::InvalidKey => "INVALID_KEY",
+            Refusal::KeyDisabled | Refusal::ThresholdExceeded => "KEY_DISABLED",
+            Refusal::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
+            Refusal::RateLimited(_) => "RATE_LIMITED",
+            Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+        }
+    }
+
+    /// The JSON body: static bytes, built at compile time.
+    pub fn body(&self) -> Bytes {
+        match self {
+            Refusal::MissingKey => body!("MISSING_KEY", "an API key is required"),
+            Refusal::InvalidKey => body!("INVALID_KEY", "the API key is not valid"),
+            Refusal::KeyDisabled => body!(
+                "KEY_DISABLED",
+                "the API key is disabled; contact your service provider"
+            ),
+            Refusal::ThresholdExceeded => body!(
+                "KEY_DISABLED",
+                "call threshold exceeded; the API key is now disabled; contact your service provider"
+            ),
+            Refusal::SubscriptionExpired => body!(
+                "SUBSCRIPTION_EXPIRED",
+                "the subscription has expired; this method is not allowed until it is renewed"
+            ),
+            Refusal::RateLimited(_) => body!("RATE_LIMITED", "rate limit exceeded; retry later"),
+            Refusal::UpstreamUnavailable => {
+                body!("UPSTREAM_UNAVAILABLE", "the upstream service is unavailable")
+            }
+            Refusal::UpstreamTimeout => {
+                body!("UPSTREAM_TIMEOUT", "the upstream service did not answer in time")
+            }
+        }
+    }
+
+    /// The whole answer: status, JSON body and, for 429, `Retry-After` and the
+    /// `x-ratelimit-*` headers.
+    pub fn into_response<B>(self) -> Response<GateBody<B>> {
+        let mut res = Response::new(GateBody::refusal(self.body()));
+        *res.status_mut() = self.status();
+        let h = res.headers_mut();
+        h.insert(CONTENT_TYPE, APPLICATION_JSON);
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Refusal::RateLimited(limited) = self {
+            let retry_after = whole_secs_at_least_one(limited.retry_after);
+            h.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            h.insert("x-ratelimit-limit", HeaderValue::from(limited.limit));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            h.insert(
+                "x-ratelimit-reset",
+                HeaderValue::from(whole_secs_at_least_one(limited.reset_after)),
+            );
+        }
+        res
+    }
+}
+
+/// Seconds rounded up, never zero: `Retry-After: 0` would invite a retry storm.
+fn whole_secs_at_least_one(d: std::time::Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_body_is_the_contract_json_with_its_own_code() {
+        let all = [
+            Refusal::MissingKey,
+            Refusal::InvalidKey,
+            Refusal::KeyDisabled,
+            Refusal::ThresholdExceeded,
+            Refusal::SubscriptionExpired,
+            Refusal::RateLimited(RateLimited {
+                limit: 1,
+                retry_after: Duration::ZERO,
+                reset_after: Duration::ZERO,
+            }),
+            Refusal::UpstreamUnavailable,
+            Refusal::UpstreamTimeout,
+        ];
+        for r in all {
+            let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            assert_eq!(v["code"], r.code(), "{r:?}");
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(v.as_object().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_one_second() {
+        assert_eq!(whole_secs_at_least_one(Duration::ZERO), 1);
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(10)), 1);
+        assert_eq!(whole_secs_at_least_one(Duration::from_millis(1001)), 2);
+        assert_eq!(whole_secs_at_least_one(Duration::from_secs(3)), 3);
+    }
+}

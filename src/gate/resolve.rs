@@ -1,0 +1,125 @@
+//! Step 1 of the request path: find the key the client presents and the org it
+//! names. Both read borrowed bytes of the request; nothing is allocated.
+
+use http::header::{HeaderMap, HeaderName};
+use http::{HeaderValue, Uri};
+
+use super::{OrgSource, Refusal};
+use crate::org::OrgId;
+
+/// The org a request names, and how much of its path names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Named<'a> {
+    /// The org id's bytes, well-formed.
+    pub(crate) org: &'a [u8],
+    /// Bytes of the path to strip before forwarding: `/` and the id in path mode,
+    /// none in header mode.
+    pub(crate) prefix_len: usize,
+}
+
+/// The key header's one value: absent or empty is [`Refusal::MissingKey`], sent
+/// more than once is [`Refusal::InvalidKey`].
+pub(crate) fn presented_key<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<&'a HeaderValue, Refusal> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Err(Refusal::MissingKey),
+        (Some(_), Some(_)) => Err(Refusal::InvalidKey),
+        (Some(v), None) if v.as_bytes().iter().all(u8::is_ascii_whitespace) => {
+            Err(Refusal::MissingKey)
+        }
+        (Some(v), None) => Ok(v),
+    }
+}
+
+/// The org a request names, or `None` when it names none or a malformed one.
+pub(crate) fn named_org<'a>(
+    source: &OrgSource,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Option<Named<'a>> {
+    let org = match source {
+        OrgSource::Path => {
+            let rest = uri.path().strip_prefix('/')?;
+            let id = rest.split('/').next().unwrap_or(rest).as_bytes();
+            return OrgId::is_valid(id).then_some(Named {
+                org: id,
+                prefix_len: 1 + id.len(),
+            });
+        }
+        OrgSource::Header(name) => {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (Some(v), None) => v.as_bytes(),
+                _ => return None,
+            }
+        }
+    };
+    OrgId::is_valid(org).then_some(Named { org, prefix_len: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_path(uri: &str) -> Option<(String, usize)> {
+        let uri: Uri = uri.parse().unwrap();
+        named_org(&OrgSource::Path, &uri, &HeaderMap::new())
+            .map(|n| (String::from_utf8(n.org.to_vec()).unwrap(), n.prefix_len))
+    }
+
+    #[test]
+    fn the_first_path_segment_names_the_org() {
+        assert_eq!(by_path("/acme/v1/users?x=1"), Some(("acme".into(), 5)));
+        assert_eq!(by_path("/acme"), Some(("acme".into(), 5)));
+        assert_eq!(by_path("/acme?x=1"), Some(("acme".into(), 5)));
+        assert_eq!(by_path("http://h/acme/v1"), Some(("acme".into(), 5)));
+    }
+
+    #[test]
+    fn malformed_org_segments_name_no_org() {
+        for uri in [
+            "/", "//v1", "/Acme/v1", "/../v1", "/%2e%2e/v1", "/ac%6de/v1", "/-acme/v1", "*",
+        ] {
+            assert_eq!(by_path(uri), None, "{uri}");
+        }
+        let long = format!("/{}/v1", "a".repeat(65));
+        assert_eq!(by_path(&long), None);
+    }
+
+    #[test]
+    fn in_header_mode_exactly_one_header_names_the_org() {
+        let name = HeaderName::from_static("x-org-id");
+        let src = OrgSource::Header(name.clone());
+        let uri: Uri = "/v1/users".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(named_org(&src, &uri, &h), None);
+        h.insert(&name, HeaderValue::from_static("acme"));
+        assert_eq!(
+            named_org(&src, &uri, &h),
+            Some(Named {
+                org: b"acme",
+                prefix_len: 0
+            })
+        );
+        h.append(&name, HeaderValue::from_static("other"));
+        assert_eq!(named_org(&src, &uri, &h), None);
+    }
+
+    #[test]
+    fn the_key_header_must_be_present_once_and_non_empty() {
+        let name = HeaderName::from_static("x-api-key");
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h, &name), Err(Refusal::MissingKey));
+        h.insert(&name, HeaderValue::from_static(""));
+        assert_eq!(presented_key(&h, &name), Err(Refusal::MissingKey));
+        h.insert(&name, HeaderValue::from_static("   "));
+        assert_eq!(presented_key(&h, &name), Err(Refusal::MissingKey));
+        h.insert(&name, HeaderValue::from_static("Ab3dEf6hIj9k"));
+        assert!(presented_key(&h, &name).is_ok());
+        h.append(&name, HeaderValue::from_static("Ab3dEf6hIj9k"));
+        assert_eq!(presented_key(&h, &name), Err(Refusal::InvalidKey));
+    }
+}

@@ -1,0 +1,151 @@
+//! [`KeyGate`], and step 6 of the request path: forward what was admitted.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, BytesMut};
+use http::header::HeaderName;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use tower_service::Service;
+
+use super::admit::Admission;
+use super::{Gate, GateConfig, KeyGateLayer, ResponseFuture};
+use crate::org::OrgId;
+use crate::store::Store;
+
+/// The header that tells the upstream which org a request is for. A client's own
+/// is always replaced.
+pub const X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
+
+/// Checks every request's API key against its org before the inner service sees
+/// it. See the [module docs](super).
+pub struct KeyGate<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S> KeyGate<S> {
+    /// Gates `inner` with `store` and `config`.
+    pub fn new(inner: S, store: Store, config: GateConfig) -> Self {
+        KeyGate {
+            inner,
+            gate: Arc::new(Gate { store, config }),
+        }
+    }
+
+    /// A [`KeyGateLayer`]: the same, as a tower layer.
+    pub fn layer(store: Store, config: GateConfig) -> KeyGateLayer {
+        KeyGateLayer::new(store, config)
+    }
+
+    pub(crate) fn from_parts(inner: S, gate: Arc<Gate>) -> Self {
+        KeyGate { inner, gate }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+// By hand: a derive would require `S: Clone` only through `Arc<Gate>`'s bounds,
+// which it cannot see.
+impl<S: Clone> Clone for KeyGate<S> {
+    fn clone(&self) -> Self {
+        KeyGate {
+            inner: self.inner.clone(),
+            gate: Arc::clone(&self.gate),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for KeyGate<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyGate")
+            .field("inner", &self.inner)
+            .field("config", &self.gate.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KeyGate<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<super::GateBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        match self.gate.admit(req.method(), req.uri(), req.headers()) {
+            Admission::Allow { org, prefix_len } => {
+                forward(&mut req, &self.gate.config.key_header, org, prefix_len);
+                ResponseFuture::inner(self.inner.call(req))
+            }
+            Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
+            Admission::Disable(org) => {
+                ResponseFuture::disabling(Box::pin(self.gate.store.disable_over_threshold(org)))
+            }
+        }
+    }
+}
+
+/// Prepares an admitted request for the inner service: the key header goes, the
+/// org goes in `x-org-id` and the extensions, and in path mode the org's segment
+/// leaves the path.
+///
+/// Allocations here are the ones `http` forces: the extensions map on its first
+/// insert, and, in path mode, the new path (one buffer; the `x-org-id` value is a
+/// reference-counted clone).
+fn forward<B>(req: &mut Request<B>, key_header: &HeaderName, org: OrgId, prefix_len: usize) {
+    let headers = req.headers_mut();
+    headers.remove(key_header);
+    headers.insert(X_ORG_ID, org.header_value().clone());
+    if prefix_len > 0 {
+        strip_path_prefix(req.uri_mut(), prefix_len);
+    }
+    req.extensions_mut().insert(org);
+}
+
+/// `/acme/v1/users?x=1` with `prefix_len` 5 becomes `/v1/users?x=1`; `/acme` and
+/// `/acme?x=1` become `/` and `/?x=1`.
+fn strip_path_prefix(uri: &mut Uri, prefix_len: usize) {
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let rest = pq.get(prefix_len..).unwrap_or("");
+    let mut buf = BytesMut::with_capacity(rest.len() + 1);
+    if !rest.starts_with('/') {
+        buf.put_u8(b'/');
+    }
+    buf.put_slice(rest.as_bytes());
+    let mut parts = std::mem::take(uri).into_parts();
+    // A suffix of a valid path-and-query, after a '/', is a valid path-and-query,
+    // and replacing the path of a valid URI keeps it valid.
+    parts.path_and_query =
+        Some(PathAndQuery::from_maybe_shared(buf.freeze()).expect("suffix of a valid path"));
+    *uri = Uri::from_parts(parts).expect("a valid URI with a valid path");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stripped(uri: &str, n: usize) -> String {
+        let mut uri: Uri = uri.parse().unwrap();
+        strip_path_prefix(&mut uri, n);
+        uri.to_string()
+    }
+
+    #[test]
+    fn the_org_segment_leaves_the_path_and_the_query_stays() {
+        assert_eq!(stripped("/acme/v1/users?x=1", 5), "/v1/users?x=1");
+        assert_eq!(stripped("/acme", 5), "/");
+        assert_eq!(stripped("/acme/", 5), "/");
+        assert_eq!(stripped("/acme?x=1", 5), "/?x=1");
+        assert_eq!(stripped("http://h:1/acme/v1", 5), "http://h:1/v1");
+    }
+}

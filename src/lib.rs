@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+// Modules in the order a request meets them: the clock it is timed by, the key it
+// presents, the org it names, the counters it updates, the store they live in,
+// and the gate that runs the checks.
+pub mod clock;
+pub mod key;
+pub mod org;
+pub mod limit;
+pub mod store;
+pub mod gate;

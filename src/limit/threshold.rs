@@ -1,0 +1,139 @@
+//! The call threshold: a fixed-window counter on one atomic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::clock::Timestamp;
+
+/// Where a call leaves its org relative to the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// At most `threshold_calls` calls so far in this window.
+    Within,
+    /// This call is the first one past the threshold: the caller disables the key.
+    Crossed,
+    /// An earlier call already crossed the threshold in this window.
+    Over,
+}
+
+/// Calls in the current window: the window's start (whole seconds since the
+/// epoch) in the high 32 bits, the count in the low 32. A count of zero means no
+/// window is open.
+#[derive(Debug, Default)]
+pub struct CallCounter(AtomicU64);
+
+impl CallCounter {
+    /// A counter with no window open.
+    pub fn new() -> CallCounter {
+        CallCounter::default()
+    }
+
+    /// Counts one call at `now`.
+    pub fn count(&self, now: Timestamp, threshold_calls: u32, window_secs: u32) -> Count {
+        // Seconds fit 32 bits until 2106.
+        let now = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, n) = unpack(cur);
+            let (start, n) = if n == 0 || u64::from(now) >= u64::from(start) + u64::from(window_secs)
+            {
+                (now, 1)
+            } else {
+                (start, n.saturating_add(1))
+            };
+            match self.0.compare_exchange_weak(
+                cur,
+                pack(start, n),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return match n.checked_sub(threshold_calls) {
+                        None | Some(0) => Count::Within,
+                        Some(1) => Count::Crossed,
+                        Some(_) => Count::Over,
+                    }
+                }
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Closes the window: the next call starts a fresh count.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+fn pack(start: u32, n: u32) -> u64 {
+    (u64::from(start) << 32) | u64::from(n)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_secs(1_000);
+
+    fn secs(s: u64) -> Timestamp {
+        Timestamp::from_secs(T0.as_secs() + s)
+    }
+
+    #[test]
+    fn calls_up_to_the_threshold_are_within() {
+        let c = CallCounter::new();
+        for _ in 0..3 {
+            assert_eq!(c.count(T0, 3, 60), Count::Within);
+        }
+    }
+
+    #[test]
+    fn exactly_one_call_crosses_then_the_rest_are_over() {
+        let c = CallCounter::new();
+        for _ in 0..3 {
+            c.count(T0, 3, 60);
+        }
+        assert_eq!(c.count(T0, 3, 60), Count::Crossed);
+        assert_eq!(c.count(T0, 3, 60), Count::Over);
+        assert_eq!(c.count(secs(59), 3, 60), Count::Over);
+    }
+
+    #[test]
+    fn a_new_window_starts_the_count_afresh() {
+        let c = CallCounter::new();
+        for _ in 0..3 {
+            c.count(T0, 3, 60);
+        }
+        assert_eq!(c.count(secs(60), 3, 60), Count::Within);
+    }
+
+    #[test]
+    fn reset_starts_the_count_afresh() {
+        let c = CallCounter::new();
+        for _ in 0..5 {
+            c.count(T0, 3, 60);
+        }
+        c.reset();
+        assert_eq!(c.count(T0, 3, 60), Count::Within);
+    }
+
+    #[test]
+    fn concurrent_calls_cross_exactly_once() {
+        let c = std::sync::Arc::new(CallCounter::new());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..1000).map(|_| c.count(T0, 2000, 60)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<Count> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        assert_eq!(all.iter().filter(|c| **c == Count::Within).count(), 2000);
+        assert_eq!(all.iter().filter(|c| **c == Count::Crossed).count(), 1);
+        assert_eq!(all.iter().filter(|c| **c == Count::Over).count(), 1999);
+    }
+}

@@ -1,0 +1,88 @@
+//! The one home of every refusal of an org operation, and its HTTP mapping.
+
+use http::StatusCode;
+
+use super::{LimitsError, OrgIdError};
+use crate::store::BackendError;
+
+/// Why an operation on an org (an admin call, or the automatic disable) did not
+/// happen. Each variant knows its status and its contract code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// Add while the org still has a key.
+    #[error("the organization already has a key; delete it before adding one")]
+    KeyExists,
+    /// Edit, regenerate or delete while the org has no key.
+    #[error("the organization has no key")]
+    NoKey,
+    /// Edit to the key already in force.
+    #[error("the new key must differ from the current key")]
+    KeyUnchanged,
+    /// Edit to something that is not 12 characters of A-Z a-z 0-9.
+    #[error("an API key is exactly 12 characters of A-Z, a-z and 0-9")]
+    InvalidKeyFormat,
+    /// A key change while the key is disabled.
+    #[error("the key is disabled; only the provider can enable it")]
+    KeyDisabled,
+    /// A key change while the subscription is expired.
+    #[error("the subscription has expired; renew it to change the key")]
+    SubscriptionExpired,
+    /// No org with that id.
+    #[error("no such organization")]
+    OrgNotFound,
+    /// Provisioning an id that is taken.
+    #[error("the organization already exists")]
+    OrgExists,
+    /// Provisioning a malformed id.
+    #[error(transparent)]
+    InvalidOrg(#[from] OrgIdError),
+    /// A limit out of range.
+    #[error(transparent)]
+    InvalidLimits(#[from] LimitsError),
+    /// The store could not make the change durable; nothing changed.
+    #[error("store: {0}")]
+    Store(#[from] BackendError),
+}
+
+impl OpError {
+    /// The HTTP status the contract gives this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OpError::KeyExists | OpError::OrgExists => StatusCode::CONFLICT,
+            OpError::NoKey | OpError::OrgNotFound => StatusCode::NOT_FOUND,
+            OpError::KeyUnchanged
+            | OpError::InvalidKeyFormat
+            | OpError::InvalidOrg(_)
+            | OpError::InvalidLimits(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            OpError::KeyDisabled | OpError::SubscriptionExpired => StatusCode::FORBIDDEN,
+            OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code the contract gives this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OpError::KeyExists => "KEY_EXISTS",
+            OpError::NoKey => "NO_KEY",
+            OpError::KeyUnchanged => "KEY_UNCHANGED",
+            OpError::InvalidKeyFormat => "INVALID_KEY_FORMAT",
+            OpError::KeyDisabled => "KEY_DISABLED",
+            OpError::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
+            OpError::OrgNotFound => "ORG_NOT_FOUND",
+            OpError::OrgExists => "ORG_EXISTS",
+            OpError::InvalidOrg(_) => "INVALID_ORG",
+            OpError::InvalidLimits(_) => "INVALID_LIMITS",
+            OpError::Store(_) => "INTERNAL",
+        }
+    }
+
+    /// The message a client sees. A store failure says nothing about internals;
+    /// the full error goes to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            OpError::Store(_) => "internal error; the change was not made".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}

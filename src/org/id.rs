@@ -1,0 +1,162 @@
+//! Organization ids.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use http::HeaderValue;
+
+/// An organization id: 1 to 64 characters of `a-z`, `0-9` and `-`, starting with a
+/// letter or a digit.
+///
+/// It is held as the [`HeaderValue`] that keygate sends upstream as `x-org-id`, so
+/// forwarding a request clones a reference-counted buffer instead of building a
+/// header from a string on every call.
+#[derive(Clone)]
+pub struct OrgId(HeaderValue);
+
+/// Why a string is not an org id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an org id is 1 to 64 characters of a-z, 0-9 and '-', starting with a letter or digit")]
+pub struct OrgIdError;
+
+impl OrgId {
+    /// The longest org id, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// Whether `bytes` is a well-formed org id. Allocates nothing; the gate calls
+    /// it on every request before looking the org up.
+    pub fn is_valid(bytes: &[u8]) -> bool {
+        match bytes {
+            [first, ..] if bytes.len() <= Self::MAX_LEN => {
+                (first.is_ascii_lowercase() || first.is_ascii_digit())
+                    && bytes
+                        .iter()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            }
+            _ => false,
+        }
+    }
+
+    /// Parses an org id.
+    pub fn parse(s: &str) -> Result<OrgId, OrgIdError> {
+        if !Self::is_valid(s.as_bytes()) {
+            return Err(OrgIdError);
+        }
+        // Checked above: a-z, 0-9 and '-' are all valid header value bytes.
+        HeaderValue::from_str(s).map(OrgId).map_err(|_| OrgIdError)
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        // Construction admits only ASCII, so this never falls back.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The id as a ready-made header value (a cheap, reference-counted clone).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl PartialEq for OrgId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for OrgId {}
+
+impl PartialOrd for OrgId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrgId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+// Hashes exactly as the `[u8]` it borrows as, so maps keyed by `OrgId` can be
+// searched with the bytes of a request path without building an `OrgId`.
+impl Hash for OrgId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl Borrow<[u8]> for OrgId {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OrgId {
+    type Err = OrgIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrgId::parse(s)
+    }
+}
+
+impl serde::Serialize for OrgId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OrgId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        OrgId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_lowercase_digits_and_inner_dashes() {
+        for ok in ["acme", "a", "0", "acme-2", "9lives", "a-", &"a".repeat(64)] {
+            assert!(OrgId::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_uppercase_dots_escapes_and_overlong_ids() {
+        for bad in [
+            "", "Acme", "-acme", "..", "%2e%2e", "ac me", "acme_", "ac/me", "é",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(OrgId::parse(bad), Err(OrgIdError), "{bad}");
+        }
+        assert!(!OrgId::is_valid(b"\xff\xfe"));
+    }
+
+    #[test]
+    fn hashes_like_its_bytes_so_maps_find_it_by_bytes() {
+        let mut set = std::collections::HashSet::new();
+        set.insert(OrgId::parse("acme").unwrap());
+        assert!(set.contains(&b"acme"[..]));
+        assert!(!set.contains(&b"acm"[..]));
+    }
+}

@@ -1,0 +1,97 @@
+//! Organizations: their ids, their limits, their state and the rules that change it.
+//!
+//! [`OrgState`] is the persisted value and its methods are the contract's rules
+//! for keys; [`Org`] is the live record the gate reads on every request: the
+//! current state behind a short read lock, plus the two lock-free counters (rate
+//! and threshold) that requests update.
+
+mod error;
+mod id;
+mod limits;
+mod state;
+
+use std::sync::RwLock;
+
+pub use error::OpError;
+pub use id::{OrgId, OrgIdError};
+pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
+pub use state::{Action, Actor, KeyStatus, OrgState, Transition, THRESHOLD_REASON};
+
+use crate::limit::{CallCounter, Rate, RateLimiter};
+
+/// One live org, as the gate sees it.
+#[derive(Debug)]
+pub struct Org {
+    id: OrgId,
+    current: RwLock<Current>,
+    rate: RateLimiter,
+    calls: CallCounter,
+}
+
+/// The state in force, with the limits it implies precomputed so a request does
+/// no division.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) state: OrgState,
+    pub(crate) limits: Limits,
+    pub(crate) rate: Rate,
+}
+
+impl Current {
+    fn new(state: OrgState, defaults: Limits) -> Current {
+        let limits = defaults.with(&state.limits);
+        Current {
+            rate: Rate::new(limits.rate_per_sec, limits.burst),
+            limits,
+            state,
+        }
+    }
+}
+
+impl Org {
+    pub(crate) fn new(id: OrgId, state: OrgState, defaults: Limits) -> Org {
+        Org {
+            id,
+            current: RwLock::new(Current::new(state, defaults)),
+            rate: RateLimiter::new(),
+            calls: CallCounter::new(),
+        }
+    }
+
+    /// The org's id.
+    pub fn id(&self) -> &OrgId {
+        &self.id
+    }
+
+    /// Runs `f` on the state in force, under a read lock held only for `f`.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Current) -> R) -> R {
+        // A writer never panics while holding the lock (it only assigns), so a
+        // poisoned lock still holds a whole state.
+        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
+        f(&guard)
+    }
+
+    /// Makes `state` the state in force.
+    pub(crate) fn replace(&self, state: OrgState, defaults: Limits) {
+        let next = Current::new(state, defaults);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// A copy of the state in force.
+    pub fn state(&self) -> OrgState {
+        self.read(|c| c.state.clone())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.read(|c| c.limits)
+    }
+
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate
+    }
+
+    pub(crate) fn calls(&self) -> &CallCounter {
+        &self.calls
+    }
+}

@@ -1,0 +1,101 @@
+//! The seam every mutation passes through before it becomes visible.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::org::{Action, Actor, OrgId, OrgState};
+
+/// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
+/// backend behind one `dyn` without making every type in keygate generic over it.
+/// Only mutations and start-up go through here, never the request path.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the store makes mutations durable and reads them back at start.
+///
+/// The store calls [`Backend::commit`] with the org's whole next state and the
+/// audit event that explains it, and makes the change visible to requests only
+/// after the commit returned `Ok`. A backend therefore promises:
+///
+/// * `commit` returns `Ok` only once the change survives a crash of the process
+///   (and, for a durable backend, of the machine), and it applies the record and
+///   its event atomically: both or neither;
+/// * `load` returns every record whose commit returned `Ok`, in its last committed
+///   state, or an error; never an empty snapshot over data it could not read.
+///
+/// The store serializes the mutations of one org, so a backend may assume that
+/// two commits for the same org never overlap; commits of different orgs may.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads every org back, once, at start.
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>>;
+
+    /// Makes `commit` durable.
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The audit events of `org`, oldest first.
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>>;
+}
+
+/// What a backend holds, as loaded at start.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Every org.
+    pub orgs: Vec<OrgRecord>,
+}
+
+/// One org as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    /// The org.
+    pub id: OrgId,
+    /// Its whole state.
+    pub state: OrgState,
+}
+
+/// One entry of an org's audit log. Never carries a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// The org the change is about.
+    pub org: OrgId,
+    /// When the change was made.
+    pub at: Timestamp,
+    /// Who made it.
+    pub actor: Actor,
+    /// What it was.
+    pub action: Action,
+    /// A short description; at most a key's last four characters.
+    pub detail: String,
+}
+
+/// A change to persist.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Change {
+    /// Create or replace an org's record.
+    Org(OrgRecord),
+}
+
+/// A change and the audit event that explains it, committed together.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// What changes.
+    pub change: Change,
+    /// Why, by whom, when.
+    pub event: AuditEvent,
+}
+
+/// A backend failure. The message is for the log: it never carries a key, and the
+/// admin API never shows it to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend could not be reached or written: the change was not made.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// What the backend holds cannot be read as keygate's data.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}

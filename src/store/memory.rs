@@ -1,0 +1,88 @@
+//! An in-memory [`Backend`], for tests and for trying keygate without a disk.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::backend::{AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Snapshot};
+use super::OrgRecord;
+use crate::org::{OrgId, OrgState};
+
+/// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
+/// and reopened over it, which is how tests model a restart; fails commits on
+/// request, which is how they model a full disk.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    data: Mutex<Data>,
+    fail_commits: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    orgs: BTreeMap<OrgId, OrgState>,
+    audit: Vec<AuditEvent>,
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+
+    /// From now on, every commit fails (`true`) or succeeds (`false`).
+    pub fn fail_commits(&self, fail: bool) {
+        self.fail_commits.store(fail, Ordering::SeqCst);
+    }
+
+    /// Every audit event so far, of every org, oldest first.
+    pub fn all_audit(&self) -> Vec<AuditEvent> {
+        self.lock().audit.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
+        // Nothing panics while holding the lock, so a poisoned one is whole.
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        let orgs = self
+            .lock()
+            .orgs
+            .iter()
+            .map(|(id, state)| OrgRecord {
+                id: id.clone(),
+                state: state.clone(),
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(Snapshot { orgs })))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = if self.fail_commits.load(Ordering::SeqCst) {
+            Err(BackendError::Unavailable("commits are failing (test)".into()))
+        } else {
+            let mut data = self.lock();
+            match commit.change {
+                Change::Org(OrgRecord { id, state }) => {
+                    data.orgs.insert(id, state);
+                }
+            }
+            data.audit.push(commit.event);
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        let events = self
+            .lock()
+            .audit
+            .iter()
+            .filter(|e| e.org == org)
+            .cloned()
+            .collect();
+        Box::pin(std::future::ready(Ok(events)))
+    }
+}

@@ -1,0 +1,373 @@
+//! The store: every org in a concurrent map, and the one path by which they change.
+//!
+//! Requests read orgs through [`Store::get`] (a `DashSet` lookup by the org id's
+//! bytes, then a short read lock on that org alone), so a request never waits on
+//! anything but its own org's state being swapped.
+//!
+//! Every mutation goes through one function, which:
+//!
+//! 1. takes the org's writer lock (one of a fixed set of async mutexes picked by
+//!    the id's hash), so the operations of one org are linearizable;
+//! 2. computes the next state with the pure rules of [`OrgState`];
+//! 3. commits it and its audit event through the [`Backend`] seam, and only if
+//!    that succeeded,
+//! 4. swaps it in, so the next request sees it, and returns.
+//!
+//! A failed commit leaves the org exactly as it was. The whole sequence runs in
+//! its own task, so an admin client that hangs up mid-commit cannot leave a change
+//! durable on disk but invisible in memory.
+
+mod backend;
+mod memory;
+
+use std::borrow::Borrow;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use dashmap::DashSet;
+
+pub use backend::{
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, OrgRecord, Snapshot,
+};
+pub use memory::MemoryBackend;
+
+use crate::clock::{Clock, Timestamp};
+use crate::org::{
+    Action, Actor, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
+};
+
+/// How many writer locks the orgs share. Mutations of two orgs contend only when
+/// their ids hash alike, one chance in this many, and an org costs no lock memory.
+const WRITER_STRIPES: usize = 256;
+
+/// The orgs, their state and the path by which it changes. Cheap to clone: every
+/// clone is a handle to the same store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    orgs: DashSet<Entry>,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    defaults: Limits,
+    writers: Box<[tokio::sync::Mutex<()>]>,
+    stripe_hasher: std::collections::hash_map::RandomState,
+}
+
+/// A map entry: the org, found by its id's bytes.
+struct Entry(Arc<Org>);
+
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id().hash(state)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id() == other.0.id()
+    }
+}
+
+impl Eq for Entry {}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.0.id().as_bytes()
+    }
+}
+
+/// A copy of one org as it stood at one moment: what the admin API shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgView {
+    /// The org.
+    pub id: OrgId,
+    /// Its state.
+    pub state: OrgState,
+    /// The limits in force: the defaults with the org's overrides.
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("orgs", &self.inner.orgs.len())
+            .field("defaults", &self.inner.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens a store over `backend`, loading every org it holds.
+    ///
+    /// Fails, rather than starting empty, when the backend cannot be read.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        clock: Arc<dyn Clock>,
+        defaults: Limits,
+    ) -> Result<Store, BackendError> {
+        let snapshot = backend.load().await?;
+        let orgs = DashSet::with_capacity(snapshot.orgs.len());
+        for OrgRecord { id, state } in snapshot.orgs {
+            let id_text = id.to_string();
+            if !orgs.insert(Entry(Arc::new(Org::new(id, state, defaults)))) {
+                return Err(BackendError::Corrupt(format!("org {id_text} stored twice")));
+            }
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                orgs,
+                backend,
+                clock,
+                defaults,
+                writers: (0..WRITER_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
+                stripe_hasher: Default::default(),
+            }),
+        })
+    }
+
+    /// An empty store over a fresh [`MemoryBackend`].
+    pub async fn in_memory(clock: Arc<dyn Clock>, defaults: Limits) -> Store {
+        match Store::open(Arc::new(MemoryBackend::new()), clock, defaults).await {
+            Ok(store) => store,
+            // A new MemoryBackend loads an empty snapshot and cannot fail.
+            Err(e) => unreachable!("an empty memory backend failed to load: {e}"),
+        }
+    }
+
+    /// The org with id `id`, if there is one. This is the request path's lookup.
+    pub fn get(&self, id: &[u8]) -> Option<Arc<Org>> {
+        self.inner.orgs.get(id).map(|e| Arc::clone(&e.0))
+    }
+
+    /// Runs `f` on the org with id `id` while holding only the map's shard read
+    /// lock: no reference count is touched, so a hot org's cache line is not
+    /// bounced between cores by lookups.
+    pub(crate) fn with_org<R>(&self, id: &[u8], f: impl FnOnce(&Arc<Org>) -> R) -> Option<R> {
+        self.inner.orgs.get(id).map(|e| f(&e.0))
+    }
+
+    /// The clock the store's rules read.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.inner.clock
+    }
+
+    /// How many orgs there are.
+    pub fn len(&self) -> usize {
+        self.inner.orgs.len()
+    }
+
+    /// Whether there are no orgs.
+    pub fn is_empty(&self) -> bool {
+        self.inner.orgs.is_empty()
+    }
+
+    /// The configured default limits.
+    pub fn defaults(&self) -> Limits {
+        self.inner.defaults
+    }
+
+    /// A view of one org.
+    pub fn view(&self, id: &str) -> Result<OrgView, OpError> {
+        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        Ok(view_of(&org))
+    }
+
+    /// Views of every org, ordered by id.
+    pub fn list(&self) -> Vec<OrgView> {
+        let mut all: Vec<OrgView> = self.inner.orgs.iter().map(|e| view_of(&e.0)).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The audit log of one org, oldest first.
+    pub async fn audit(&self, id: &str) -> Result<Vec<AuditEvent>, OpError> {
+        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        Ok(self.inner.backend.audit(org.id().clone()).await?)
+    }
+
+    /// Creates an org with a random, enabled key.
+    pub async fn provision(
+        &self,
+        id: OrgId,
+        subscription_expires_at: Option<Timestamp>,
+        limits: LimitOverrides,
+        actor: Actor,
+    ) -> Result<OrgView, OpError> {
+        limits.validate()?;
+        let store = self.clone();
+        run_to_completion(async move {
+            let _writer = store.writer(&id).lock().await;
+            if store.inner.orgs.contains(id.as_bytes()) {
+                return Err(OpError::OrgExists);
+            }
+            let now = store.inner.clock.now();
+            let t = OrgState::provisioned(now, actor, subscription_expires_at, limits);
+            store.commit(&id, &t).await?;
+            let org = Arc::new(Org::new(id, t.next, store.inner.defaults));
+            let view = view_of(&org);
+            store.inner.orgs.insert(Entry(org));
+            Ok(view)
+        })
+        .await
+    }
+
+    /// Adds a random key to an org that has none.
+    pub async fn add(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| s.add(now, actor)).await
+    }
+
+    /// Replaces an org's key with `new`.
+    pub async fn edit(&self, id: &str, new: &str, actor: Actor) -> Result<OrgView, OpError> {
+        let new = new.to_owned();
+        self.apply(id, move |s, now| s.edit(&new, now, actor)).await
+    }
+
+    /// Replaces an org's key with a random one.
+    pub async fn regenerate(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| s.regenerate(now, actor)).await
+    }
+
+    /// Removes an org's key.
+    pub async fn delete(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| s.delete(now, actor)).await
+    }
+
+    /// Disables an org's key.
+    pub async fn disable(&self, id: &str, reason: &str, actor: Actor) -> Result<OrgView, OpError> {
+        let reason = reason.to_owned();
+        self.apply(id, move |s, now| Ok(s.disable(&reason, now, actor)))
+            .await
+    }
+
+    /// Enables an org's key; its call count starts afresh.
+    pub async fn enable(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| Ok(s.enable(now, actor))).await
+    }
+
+    /// Sets or clears the end of an org's subscription.
+    pub async fn set_subscription(
+        &self,
+        id: &str,
+        expires_at: Option<Timestamp>,
+        actor: Actor,
+    ) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| Ok(s.set_subscription(expires_at, now, actor)))
+            .await
+    }
+
+    /// Changes an org's limits.
+    pub async fn set_limits(
+        &self,
+        id: &str,
+        limits: LimitOverrides,
+        actor: Actor,
+    ) -> Result<OrgView, OpError> {
+        self.apply(id, move |s, now| s.set_limits(&limits, now, actor))
+            .await
+    }
+
+    /// Disables `org`'s key because it crossed its call threshold. Resolves once
+    /// the disable is durable and visible, or has failed (logged).
+    pub(crate) fn disable_over_threshold(
+        &self,
+        org: Arc<Org>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let store = self.clone();
+        async move {
+            let id = org.id().clone();
+            let done = run_to_completion(async move {
+                store
+                    .apply_to(org, |s, now| s.disable_over_threshold(now))
+                    .await
+            })
+            .await;
+            match done {
+                Ok(_) => tracing::warn!(org = %id, "call threshold exceeded: key disabled"),
+                // A provider disabled it first: nothing to do.
+                Err(OpError::KeyDisabled) => {}
+                Err(e) => {
+                    tracing::error!(org = %id, error = %e, "could not disable key over threshold")
+                }
+            }
+        }
+    }
+
+    async fn apply<F>(&self, id: &str, op: F) -> Result<OrgView, OpError>
+    where
+        F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError> + Send + 'static,
+    {
+        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let store = self.clone();
+        run_to_completion(async move { store.apply_to(org, op).await }).await
+    }
+
+    async fn apply_to<F>(&self, org: Arc<Org>, op: F) -> Result<OrgView, OpError>
+    where
+        F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError>,
+    {
+        let _writer = self.writer(org.id()).lock().await;
+        let now = self.inner.clock.now();
+        let t = org.read(|c| op(&c.state, now))?;
+        self.commit(org.id(), &t).await?;
+        if t.action == Action::Enable {
+            // Before the swap: until it, requests still see the key disabled and
+            // are not counted, so none is counted against the old window.
+            org.calls().reset();
+        }
+        org.replace(t.next, self.inner.defaults);
+        Ok(view_of(&org))
+    }
+
+    async fn commit(&self, id: &OrgId, t: &Transition) -> Result<(), BackendError> {
+        let commit = Commit {
+            change: Change::Org(OrgRecord {
+                id: id.clone(),
+                state: t.next.clone(),
+            }),
+            event: AuditEvent {
+                org: id.clone(),
+                at: t.next.last_modified_on,
+                actor: t.next.last_modified_by.clone(),
+                action: t.action,
+                detail: t.detail.clone(),
+            },
+        };
+        self.inner.backend.commit(commit).await
+    }
+
+    fn writer(&self, id: &OrgId) -> &tokio::sync::Mutex<()> {
+        let h = self.inner.stripe_hasher.hash_one(id.as_bytes());
+        &self.inner.writers[(h as usize) % self.inner.writers.len()]
+    }
+}
+
+fn view_of(org: &Org) -> OrgView {
+    org.read(|c| OrgView {
+        id: org.id().clone(),
+        state: c.state.clone(),
+        limits: c.limits,
+    })
+}
+
+/// Runs `fut` in its own task and waits for it, so that dropping the caller does
+/// not stop a mutation between its commit and its swap.
+async fn run_to_completion<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, OpError>> + Send + 'static,
+) -> Result<T, OpError> {
+    match tokio::spawn(fut).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(OpError::Store(BackendError::Unavailable(format!(
+            "mutation task cancelled: {e}"
+        )))),
+    }
+}
+
+#[cfg(test)]
+mod tests;
