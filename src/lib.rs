@@ -6,8 +6,8 @@
 // presents, the org it names, the counters it updates, the store they live in,
 // and the gate that runs the checks.
 pub mod clock;
-pub mod key;
-pub mod org;
-pub mod limit;
-pub mod store;
 pub mod gate;
+pub mod key;
+pub mod limit;
+pub mod org;
+pub mod store;

@@ -30,7 +30,11 @@ pub(crate) enum Admission {
 /// The headers that let a client ask for one method while sending another. While
 /// a subscription is expired, naming a blocked method in any of them is refused
 /// like sending it.
-const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 impl Gate {
     pub(crate) fn admit(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Admission {

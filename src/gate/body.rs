@@ -9,32 +9,35 @@ use pin_project_lite::pin_project;
 
 pin_project! {
     /// The inner service's body, untouched, or the JSON of a refusal.
-    #[project = GateBodyProj]
     #[derive(Debug)]
-    pub enum GateBody<B> {
-        /// The inner service answered.
-        Inner {
-            /// The inner service's body.
-            #[pin]
-            body: B,
-        },
-        /// keygate answered.
-        Refusal {
-            /// The JSON, until it has been polled.
-            data: Option<Bytes>,
-        },
+    pub struct GateBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Refusal { data: Option<Bytes> },
     }
 }
 
 impl<B> GateBody<B> {
     /// Wraps the inner service's body.
     pub fn inner(body: B) -> Self {
-        GateBody::Inner { body }
+        GateBody {
+            kind: Kind::Inner { body },
+        }
     }
 
     /// A body of the given bytes.
     pub fn refusal(data: Bytes) -> Self {
-        GateBody::Refusal { data: Some(data) }
+        GateBody {
+            kind: Kind::Refusal { data: Some(data) },
+        }
     }
 }
 
@@ -50,25 +53,25 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project() {
-            GateBodyProj::Inner { body } => body.poll_frame(cx),
-            GateBodyProj::Refusal { data } => {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Refusal { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into()))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            GateBody::Inner { body } => body.is_end_stream(),
-            GateBody::Refusal { data } => data.is_none(),
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Refusal { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            GateBody::Inner { body } => body.size_hint(),
-            GateBody::Refusal { data } => {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Refusal { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

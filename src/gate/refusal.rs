@@ -41,7 +41,9 @@ pub enum Refusal {
 
 macro_rules! body {
     ($code:literal, $message:literal) => {
-        Bytes::from_static(concat!(r#"{"code":""#, $code, r#"","message":""#, $message, r#""}"#).as_bytes())
+        Bytes::from_static(
+            concat!(r#"{"code":""#, $code, r#"","message":""#, $message, r#""}"#).as_bytes(),
+        )
     };
 }
 

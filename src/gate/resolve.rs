@@ -81,7 +81,14 @@ mod tests {
     #[test]
     fn malformed_org_segments_name_no_org() {
         for uri in [
-            "/", "//v1", "/Acme/v1", "/../v1", "/%2e%2e/v1", "/ac%6de/v1", "/-acme/v1", "*",
+            "/",
+            "//v1",
+            "/Acme/v1",
+            "/../v1",
+            "/%2e%2e/v1",
+            "/ac%6de/v1",
+            "/-acme/v1",
+            "*",
         ] {
             assert_eq!(by_path(uri), None, "{uri}");
         }

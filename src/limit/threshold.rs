@@ -34,12 +34,12 @@ impl CallCounter {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (start, n) = unpack(cur);
-            let (start, n) = if n == 0 || u64::from(now) >= u64::from(start) + u64::from(window_secs)
-            {
-                (now, 1)
-            } else {
-                (start, n.saturating_add(1))
-            };
+            let (start, n) =
+                if n == 0 || u64::from(now) >= u64::from(start) + u64::from(window_secs) {
+                    (now, 1)
+                } else {
+                    (start, n.saturating_add(1))
+                };
             match self.0.compare_exchange_weak(
                 cur,
                 pack(start, n),
@@ -131,7 +131,10 @@ mod tests {
                 })
             })
             .collect();
-        let all: Vec<Count> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let all: Vec<Count> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         assert_eq!(all.iter().filter(|c| **c == Count::Within).count(), 2000);
         assert_eq!(all.iter().filter(|c| **c == Count::Crossed).count(), 1);
         assert_eq!(all.iter().filter(|c| **c == Count::Over).count(), 1999);

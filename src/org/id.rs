@@ -144,7 +144,15 @@ mod tests {
     #[test]
     fn refuses_uppercase_dots_escapes_and_overlong_ids() {
         for bad in [
-            "", "Acme", "-acme", "..", "%2e%2e", "ac me", "acme_", "ac/me", "é",
+            "",
+            "Acme",
+            "-acme",
+            "..",
+            "%2e%2e",
+            "ac me",
+            "acme_",
+            "ac/me",
+            "é",
             &"a".repeat(65),
         ] {
             assert_eq!(OrgId::parse(bad), Err(OrgIdError), "{bad}");

@@ -75,7 +75,11 @@ impl Limits {
     pub fn validate(&self) -> Result<(), LimitsError> {
         check("rate_per_sec", self.rate_per_sec, max::RATE_PER_SEC)?;
         check("burst", self.burst, max::BURST)?;
-        check("threshold_calls", self.threshold_calls, max::THRESHOLD_CALLS)?;
+        check(
+            "threshold_calls",
+            self.threshold_calls,
+            max::THRESHOLD_CALLS,
+        )?;
         check(
             "threshold_window_secs",
             self.threshold_window_secs,

@@ -238,7 +238,13 @@ impl OrgState {
     pub fn disable(&self, reason: &str, now: Timestamp, actor: Actor) -> Transition {
         let reason: Box<str> = reason.trim().into();
         let detail = format!("disabled: {reason}");
-        self.status_change(KeyStatus::Disabled { reason }, now, actor, Action::Disable, detail)
+        self.status_change(
+            KeyStatus::Disabled { reason },
+            now,
+            actor,
+            Action::Disable,
+            detail,
+        )
     }
 
     /// Disables the key because the org exceeded its call threshold. Refused (as
@@ -433,14 +439,25 @@ mod tests {
     fn edit_refuses_a_key_equal_to_the_current_one() {
         let s = fresh();
         let same = s.key.unwrap().expose().to_owned();
-        assert!(matches!(s.edit(&same, T1, admin()), Err(OpError::KeyUnchanged)));
+        assert!(matches!(
+            s.edit(&same, T1, admin()),
+            Err(OpError::KeyUnchanged)
+        ));
     }
 
     #[test]
     fn edit_refuses_a_malformed_key() {
-        for bad in ["short", "NewKey1234567", "NewKey12345-", "NewKey12345\u{e9}"] {
+        for bad in [
+            "short",
+            "NewKey1234567",
+            "NewKey12345-",
+            "NewKey12345\u{e9}",
+        ] {
             assert!(
-                matches!(fresh().edit(bad, T1, admin()), Err(OpError::InvalidKeyFormat)),
+                matches!(
+                    fresh().edit(bad, T1, admin()),
+                    Err(OpError::InvalidKeyFormat)
+                ),
                 "{bad}"
             );
         }
@@ -495,10 +512,19 @@ mod tests {
     #[test]
     fn a_disabled_key_blocks_add_edit_regenerate_and_delete() {
         let s = disabled();
-        assert!(matches!(s.regenerate(T1, admin()), Err(OpError::KeyDisabled)));
-        assert!(matches!(s.edit("NewKey123456", T1, admin()), Err(OpError::KeyDisabled)));
+        assert!(matches!(
+            s.regenerate(T1, admin()),
+            Err(OpError::KeyDisabled)
+        ));
+        assert!(matches!(
+            s.edit("NewKey123456", T1, admin()),
+            Err(OpError::KeyDisabled)
+        ));
         assert!(matches!(s.delete(T1, admin()), Err(OpError::KeyDisabled)));
-        assert!(matches!(s.delete(T1, Actor::Provider), Err(OpError::KeyDisabled)));
+        assert!(matches!(
+            s.delete(T1, Actor::Provider),
+            Err(OpError::KeyDisabled)
+        ));
         let s = without_key().disable("abuse", T0, Actor::Provider).next;
         assert!(matches!(s.add(T1, admin()), Err(OpError::KeyDisabled)));
     }
@@ -508,27 +534,47 @@ mod tests {
         let s = expired_at_t1();
         let just_before = Timestamp::from_nanos(T1.as_nanos() - 1);
         assert!(s.regenerate(just_before, admin()).is_ok());
-        assert!(matches!(s.regenerate(T1, admin()), Err(OpError::SubscriptionExpired)));
-        assert!(matches!(s.edit("NewKey123456", T1, admin()), Err(OpError::SubscriptionExpired)));
-        assert!(matches!(s.delete(T1, admin()), Err(OpError::SubscriptionExpired)));
+        assert!(matches!(
+            s.regenerate(T1, admin()),
+            Err(OpError::SubscriptionExpired)
+        ));
+        assert!(matches!(
+            s.edit("NewKey123456", T1, admin()),
+            Err(OpError::SubscriptionExpired)
+        ));
+        assert!(matches!(
+            s.delete(T1, admin()),
+            Err(OpError::SubscriptionExpired)
+        ));
         let s = s.delete(T0, admin()).unwrap().next;
-        assert!(matches!(s.add(T1, admin()), Err(OpError::SubscriptionExpired)));
+        assert!(matches!(
+            s.add(T1, admin()),
+            Err(OpError::SubscriptionExpired)
+        ));
     }
 
     #[test]
     fn disabled_is_checked_before_expiry() {
         let s = expired_at_t1().disable("abuse", T0, Actor::Provider).next;
-        assert!(matches!(s.regenerate(T1, admin()), Err(OpError::KeyDisabled)));
+        assert!(matches!(
+            s.regenerate(T1, admin()),
+            Err(OpError::KeyDisabled)
+        ));
     }
 
     #[test]
     fn disabled_is_checked_before_the_new_key_format() {
-        assert!(matches!(disabled().edit("bad", T1, admin()), Err(OpError::KeyDisabled)));
+        assert!(matches!(
+            disabled().edit("bad", T1, admin()),
+            Err(OpError::KeyDisabled)
+        ));
     }
 
     #[test]
     fn renewing_the_subscription_allows_key_changes_again() {
-        let s = expired_at_t1().set_subscription(None, T1, Actor::Provider).next;
+        let s = expired_at_t1()
+            .set_subscription(None, T1, Actor::Provider)
+            .next;
         assert!(s.regenerate(T1, admin()).is_ok());
     }
 
@@ -554,7 +600,10 @@ mod tests {
 
     #[test]
     fn the_threshold_disable_never_overwrites_a_providers_reason() {
-        assert!(matches!(disabled().disable_over_threshold(T1), Err(OpError::KeyDisabled)));
+        assert!(matches!(
+            disabled().disable_over_threshold(T1),
+            Err(OpError::KeyDisabled)
+        ));
     }
 
     #[test]
@@ -564,7 +613,10 @@ mod tests {
             rate_per_sec: Some(0),
             ..Default::default()
         };
-        assert!(matches!(s.set_limits(&zero, T1, Actor::Provider), Err(OpError::InvalidLimits(_))));
+        assert!(matches!(
+            s.set_limits(&zero, T1, Actor::Provider),
+            Err(OpError::InvalidLimits(_))
+        ));
         let s = s
             .set_limits(
                 &LimitOverrides {

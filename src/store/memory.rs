@@ -61,7 +61,9 @@ impl Backend for MemoryBackend {
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
         let result = if self.fail_commits.load(Ordering::SeqCst) {
-            Err(BackendError::Unavailable("commits are failing (test)".into()))
+            Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))
         } else {
             let mut data = self.lock();
             match commit.change {

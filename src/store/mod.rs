@@ -257,8 +257,10 @@ impl Store {
         expires_at: Option<Timestamp>,
         actor: Actor,
     ) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| Ok(s.set_subscription(expires_at, now, actor)))
-            .await
+        self.apply(id, move |s, now| {
+            Ok(s.set_subscription(expires_at, now, actor))
+        })
+        .await
     }
 
     /// Changes an org's limits.

@@ -1,0 +1,317 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::org::{KeyStatus, THRESHOLD_REASON};
+
+const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+struct Fixture {
+    store: Store,
+    backend: Arc<MemoryBackend>,
+    clock: Arc<ManualClock>,
+}
+
+async fn fixture() -> Fixture {
+    let backend = Arc::new(MemoryBackend::new());
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open(backend.clone(), clock.clone(), Limits::default())
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        backend,
+        clock,
+    }
+}
+
+fn acme() -> OrgId {
+    OrgId::parse("acme").unwrap()
+}
+
+fn alice() -> Actor {
+    Actor::Token("alice".into())
+}
+
+impl Fixture {
+    async fn provisioned(self) -> Self {
+        self.store
+            .provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+            .await
+            .unwrap();
+        self
+    }
+
+    async fn reopen(&self) -> Store {
+        Store::open(self.backend.clone(), self.clock.clone(), Limits::default())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn provision_creates_an_enabled_org_with_a_key() {
+    let f = fixture().await.provisioned().await;
+    let v = f.store.view("acme").unwrap();
+    assert!(v.state.key.is_some());
+    assert_eq!(v.state.status, KeyStatus::Enabled);
+    assert_eq!(v.limits, Limits::default());
+}
+
+#[tokio::test]
+async fn provision_refuses_an_existing_org() {
+    let f = fixture().await.provisioned().await;
+    let again = f
+        .store
+        .provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+        .await;
+    assert!(matches!(again, Err(OpError::OrgExists)));
+}
+
+#[tokio::test]
+async fn provision_refuses_invalid_limits_before_touching_the_store() {
+    let f = fixture().await;
+    let zero = LimitOverrides {
+        rate_per_sec: Some(0),
+        ..Default::default()
+    };
+    let r = f.store.provision(acme(), None, zero, Actor::Provider).await;
+    assert!(matches!(r, Err(OpError::InvalidLimits(_))));
+    assert!(f.store.is_empty());
+    assert!(f.backend.all_audit().is_empty());
+}
+
+#[tokio::test]
+async fn operations_on_an_unknown_org_are_org_not_found() {
+    let f = fixture().await;
+    assert!(matches!(f.store.view("nope"), Err(OpError::OrgNotFound)));
+    assert!(matches!(
+        f.store.regenerate("nope", alice()).await,
+        Err(OpError::OrgNotFound)
+    ));
+    assert!(matches!(
+        f.store.audit("nope").await,
+        Err(OpError::OrgNotFound)
+    ));
+}
+
+#[tokio::test]
+async fn a_change_is_visible_to_readers_as_soon_as_it_returns() {
+    let f = fixture().await.provisioned().await;
+    let old = f.store.view("acme").unwrap().state.key.unwrap();
+    let v = f.store.regenerate("acme", alice()).await.unwrap();
+    let now = f.store.get(b"acme").unwrap().state().key.unwrap();
+    assert_eq!(Some(now), v.state.key);
+    assert_ne!(now, old);
+    assert_eq!(v.state.last_modified_by, alice());
+}
+
+#[tokio::test]
+async fn a_failed_commit_changes_nothing() {
+    let f = fixture().await.provisioned().await;
+    let before = f.store.view("acme").unwrap();
+    let audit_before = f.backend.all_audit().len();
+    f.backend.fail_commits(true);
+    let r = f.store.regenerate("acme", alice()).await;
+    assert!(matches!(r, Err(OpError::Store(_))));
+    assert_eq!(
+        r.unwrap_err().status(),
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(f.store.view("acme").unwrap(), before);
+    assert_eq!(f.backend.all_audit().len(), audit_before);
+    let p = f
+        .store
+        .provision(
+            OrgId::parse("beta").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await;
+    assert!(matches!(p, Err(OpError::Store(_))));
+    assert!(f.store.get(b"beta").is_none());
+}
+
+#[tokio::test]
+async fn every_mutation_is_audited_with_actor_and_action_and_no_key() {
+    let f = fixture().await.provisioned().await;
+    f.store.edit("acme", "NewKey123456", alice()).await.unwrap();
+    f.store.regenerate("acme", alice()).await.unwrap();
+    f.store.delete("acme", alice()).await.unwrap();
+    f.store.add("acme", alice()).await.unwrap();
+    f.store
+        .disable("acme", "abuse", Actor::Provider)
+        .await
+        .unwrap();
+    f.store.enable("acme", Actor::Provider).await.unwrap();
+    f.store
+        .set_subscription("acme", Some(T0), Actor::Provider)
+        .await
+        .unwrap();
+    f.store
+        .set_limits(
+            "acme",
+            LimitOverrides {
+                burst: Some(5),
+                ..Default::default()
+            },
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    let events = f.store.audit("acme").await.unwrap();
+    let actions: Vec<Action> = events.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            Action::Provision,
+            Action::EditKey,
+            Action::RegenerateKey,
+            Action::DeleteKey,
+            Action::AddKey,
+            Action::Disable,
+            Action::Enable,
+            Action::SetSubscription,
+            Action::SetLimits,
+        ]
+    );
+    assert_eq!(events[0].actor, Actor::Provider);
+    assert_eq!(events[1].actor, alice());
+    let key = f.store.view("acme").unwrap().state.key.unwrap();
+    for e in &events {
+        assert!(!e.detail.contains("NewKey123456"), "{e:?}");
+        assert!(!e.detail.contains(key.expose()), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_store_has_every_acknowledged_change() {
+    let f = fixture().await.provisioned().await;
+    f.store.regenerate("acme", alice()).await.unwrap();
+    f.store
+        .set_subscription("acme", Some(T0), Actor::Provider)
+        .await
+        .unwrap();
+    f.store
+        .disable("acme", "abuse", Actor::Provider)
+        .await
+        .unwrap();
+    let before = f.store.view("acme").unwrap();
+    let reopened = f.reopen().await;
+    assert_eq!(reopened.view("acme").unwrap(), before);
+}
+
+#[tokio::test]
+async fn ten_concurrent_regenerates_leave_exactly_the_last_key() {
+    let f = fixture().await.provisioned().await;
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let store = f.store.clone();
+            tokio::spawn(async move { store.regenerate("acme", alice()).await.unwrap() })
+        })
+        .collect();
+    let mut views = Vec::new();
+    for t in tasks {
+        views.push(t.await.unwrap());
+    }
+    let generations: std::collections::BTreeSet<u64> =
+        views.iter().map(|v| v.state.generation).collect();
+    assert_eq!(generations.len(), 10, "each regenerate took effect once");
+    let last = views.iter().max_by_key(|v| v.state.generation).unwrap();
+    let current = f.store.view("acme").unwrap();
+    assert_eq!(current.state.key, last.state.key);
+    assert_eq!(current.state.generation, last.state.generation);
+    let works = views
+        .iter()
+        .filter(|v| v.state.key == current.state.key)
+        .count();
+    assert_eq!(works, 1);
+}
+
+#[tokio::test]
+async fn enabling_starts_the_threshold_count_afresh() {
+    let f = fixture().await.provisioned().await;
+    let org = f.store.get(b"acme").unwrap();
+    for _ in 0..5 {
+        org.calls().count(f.clock.now(), 3, 3600);
+    }
+    f.store.disable("acme", "x", Actor::Provider).await.unwrap();
+    f.store.enable("acme", Actor::Provider).await.unwrap();
+    assert_eq!(
+        org.calls().count(f.clock.now(), 3, 3600),
+        crate::limit::Count::Within
+    );
+}
+
+#[tokio::test]
+async fn the_threshold_disable_is_durable_and_by_system() {
+    let f = fixture().await.provisioned().await;
+    let org = f.store.get(b"acme").unwrap();
+    f.store.disable_over_threshold(org).await;
+    let reopened = f.reopen().await;
+    let v = reopened.view("acme").unwrap();
+    assert_eq!(
+        v.state.status,
+        KeyStatus::Disabled {
+            reason: THRESHOLD_REASON.into()
+        }
+    );
+    assert_eq!(v.state.last_modified_by, Actor::System);
+    let last = f.backend.all_audit().pop().unwrap();
+    assert_eq!(last.action, Action::AutoDisable);
+}
+
+#[tokio::test]
+async fn expiry_follows_the_clock() {
+    let f = fixture().await.provisioned().await;
+    let end = T0.saturating_add(Duration::from_secs(60));
+    f.store
+        .set_subscription("acme", Some(end), Actor::Provider)
+        .await
+        .unwrap();
+    assert!(f.store.regenerate("acme", alice()).await.is_ok());
+    f.clock.advance(Duration::from_secs(60));
+    assert!(matches!(
+        f.store.regenerate("acme", alice()).await,
+        Err(OpError::SubscriptionExpired)
+    ));
+}
+
+#[tokio::test]
+async fn limits_changes_take_effect_over_the_defaults() {
+    let f = fixture().await.provisioned().await;
+    f.store
+        .set_limits(
+            "acme",
+            LimitOverrides {
+                rate_per_sec: Some(7),
+                ..Default::default()
+            },
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    let l = f.store.get(b"acme").unwrap().limits();
+    assert_eq!(l.rate_per_sec, 7);
+    assert_eq!(l.burst, Limits::default().burst);
+}
+
+#[tokio::test]
+async fn list_is_ordered_by_id() {
+    let f = fixture().await;
+    for id in ["zeta", "acme", "mid"] {
+        f.store
+            .provision(
+                OrgId::parse(id).unwrap(),
+                None,
+                LimitOverrides::default(),
+                Actor::Provider,
+            )
+            .await
+            .unwrap();
+    }
+    let ids: Vec<String> = f.store.list().iter().map(|v| v.id.to_string()).collect();
+    assert_eq!(ids, ["acme", "mid", "zeta"]);
+}
