@@ -10,4 +10,5 @@ pub mod gate;
 pub mod key;
 pub mod limit;
 pub mod org;
+pub mod token;
 pub mod store;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::org::{Action, Actor, OrgId, OrgState};
+use crate::token::TokenRecord;
 
 /// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
 /// backend behind one `dyn` without making every type in keygate generic over it.
@@ -40,10 +41,11 @@ pub trait Backend: Send + Sync + 'static {
 
 /// What a backend holds, as loaded at start.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
 pub struct Snapshot {
     /// Every org.
     pub orgs: Vec<OrgRecord>,
+    /// Every admin and viewer token.
+    pub tokens: Vec<TokenRecord>,
 }
 
 /// One org as persisted.
@@ -76,9 +78,14 @@ pub struct AuditEvent {
 pub enum Change {
     /// Create or replace an org's record.
     Org(OrgRecord),
+    /// Create a token.
+    PutToken(TokenRecord),
+    /// Delete the token of this name.
+    DeleteToken(String),
 }
 
-/// A change and the audit event that explains it, committed together.
+/// A change and the audit event that explains it, committed together. The event
+/// is appended to the log of the org it names.
 #[derive(Debug, Clone)]
 pub struct Commit {
     /// What changes.

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use super::backend::{AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Snapshot};
 use super::OrgRecord;
 use crate::org::{OrgId, OrgState};
+use crate::token::TokenRecord;
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
 /// and reopened over it, which is how tests model a restart; fails commits on
@@ -20,6 +21,7 @@ pub struct MemoryBackend {
 #[derive(Debug, Default)]
 struct Data {
     orgs: BTreeMap<OrgId, OrgState>,
+    tokens: BTreeMap<String, TokenRecord>,
     audit: Vec<AuditEvent>,
 }
 
@@ -47,8 +49,8 @@ impl MemoryBackend {
 
 impl Backend for MemoryBackend {
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
-        let orgs = self
-            .lock()
+        let data = self.lock();
+        let orgs = data
             .orgs
             .iter()
             .map(|(id, state)| OrgRecord {
@@ -56,7 +58,8 @@ impl Backend for MemoryBackend {
                 state: state.clone(),
             })
             .collect();
-        Box::pin(std::future::ready(Ok(Snapshot { orgs })))
+        let tokens = data.tokens.values().cloned().collect();
+        Box::pin(std::future::ready(Ok(Snapshot { orgs, tokens })))
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
@@ -69,6 +72,12 @@ impl Backend for MemoryBackend {
             match commit.change {
                 Change::Org(OrgRecord { id, state }) => {
                     data.orgs.insert(id, state);
+                }
+                Change::PutToken(t) => {
+                    data.tokens.insert(t.name.clone(), t);
+                }
+                Change::DeleteToken(name) => {
+                    data.tokens.remove(&name);
                 }
             }
             data.audit.push(commit.event);
