@@ -4,11 +4,12 @@
 
 // Modules in the order a request meets them: the clock it is timed by, the key it
 // presents, the org it names, the counters it updates, the store they live in,
-// and the gate that runs the checks.
+// the gate that runs the checks; then what the binary builds around them.
 pub mod clock;
-pub mod gate;
 pub mod key;
-pub mod limit;
 pub mod org;
+pub mod limit;
 pub mod token;
 pub mod store;
+pub mod gate;
+pub mod admin;

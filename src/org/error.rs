@@ -37,6 +37,15 @@ pub enum OpError {
     /// Provisioning a malformed id.
     #[error(transparent)]
     InvalidOrg(#[from] OrgIdError),
+    /// Creating a token under a name that is taken.
+    #[error("a token of that name exists")]
+    TokenExists,
+    /// Deleting a token that does not exist.
+    #[error("no such token")]
+    TokenNotFound,
+    /// A token name that is not 1 to 64 of `A-Z a-z 0-9 . _ -`, or is reserved.
+    #[error("a token name is 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-', and not 'provider' or 'system'")]
+    InvalidTokenName,
     /// A limit out of range.
     #[error(transparent)]
     InvalidLimits(#[from] LimitsError),
@@ -49,10 +58,11 @@ impl OpError {
     /// The HTTP status the contract gives this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            OpError::KeyExists | OpError::OrgExists => StatusCode::CONFLICT,
-            OpError::NoKey | OpError::OrgNotFound => StatusCode::NOT_FOUND,
+            OpError::KeyExists | OpError::OrgExists | OpError::TokenExists => StatusCode::CONFLICT,
+            OpError::NoKey | OpError::OrgNotFound | OpError::TokenNotFound => StatusCode::NOT_FOUND,
             OpError::KeyUnchanged
             | OpError::InvalidKeyFormat
+            | OpError::InvalidTokenName
             | OpError::InvalidOrg(_)
             | OpError::InvalidLimits(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::KeyDisabled | OpError::SubscriptionExpired => StatusCode::FORBIDDEN,
@@ -73,6 +83,9 @@ impl OpError {
             OpError::OrgExists => "ORG_EXISTS",
             OpError::InvalidOrg(_) => "INVALID_ORG",
             OpError::InvalidLimits(_) => "INVALID_LIMITS",
+            OpError::TokenExists => "TOKEN_EXISTS",
+            OpError::TokenNotFound => "TOKEN_NOT_FOUND",
+            OpError::InvalidTokenName => "INVALID_TOKEN_NAME",
             OpError::Store(_) => "INTERNAL",
         }
     }

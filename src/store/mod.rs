@@ -21,6 +21,7 @@ mod backend;
 mod memory;
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::clock::{Clock, Timestamp};
 use crate::org::{
     Action, Actor, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
 };
+use crate::token::{self, Role, TokenDigest, TokenRecord};
 
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
 /// their ids hash alike, one chance in this many, and an org costs no lock memory.
@@ -55,6 +57,23 @@ struct Inner {
     defaults: Limits,
     writers: Box<[tokio::sync::Mutex<()>]>,
     stripe_hasher: std::collections::hash_map::RandomState,
+    tokens: std::sync::RwLock<Tokens>,
+    /// Serializes token creation and deletion, so a name is taken once.
+    token_writer: tokio::sync::Mutex<()>,
+}
+
+/// Admin and viewer tokens, found by digest (to authenticate) or name (to delete).
+#[derive(Default)]
+struct Tokens {
+    by_digest: HashMap<TokenDigest, TokenRecord>,
+    by_name: HashMap<String, TokenDigest>,
+}
+
+impl Tokens {
+    fn insert(&mut self, t: TokenRecord) {
+        self.by_name.insert(t.name.clone(), t.digest);
+        self.by_digest.insert(t.digest, t);
+    }
 }
 
 /// A map entry: the org, found by its id's bytes.
@@ -110,6 +129,10 @@ impl Store {
         defaults: Limits,
     ) -> Result<Store, BackendError> {
         let snapshot = backend.load().await?;
+        let mut tokens = Tokens::default();
+        for t in snapshot.tokens {
+            tokens.insert(t);
+        }
         let orgs = DashSet::with_capacity(snapshot.orgs.len());
         for OrgRecord { id, state } in snapshot.orgs {
             let id_text = id.to_string();
@@ -127,6 +150,8 @@ impl Store {
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
                 stripe_hasher: Default::default(),
+                tokens: std::sync::RwLock::new(tokens),
+                token_writer: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -300,6 +325,111 @@ impl Store {
         }
     }
 
+    /// The token whose digest is `digest`, if any.
+    ///
+    /// Found by hashing the digest: a timing difference could only tell an
+    /// attacker about the SHA-256 of the token they sent, which reveals nothing
+    /// about any stored token.
+    pub fn token(&self, digest: &TokenDigest) -> Option<TokenRecord> {
+        self.read_tokens().by_digest.get(digest).cloned()
+    }
+
+    /// Creates an admin or viewer token for `org`. Returns its record and the
+    /// token itself, which is never available again.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        org: &str,
+    ) -> Result<(TokenRecord, String), OpError> {
+        if !token::valid_name(name) {
+            return Err(OpError::InvalidTokenName);
+        }
+        let org = self.get(org.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let name = name.to_owned();
+        let store = self.clone();
+        run_to_completion(async move {
+            let _writer = store.inner.token_writer.lock().await;
+            if store.read_tokens().by_name.contains_key(&name) {
+                return Err(OpError::TokenExists);
+            }
+            let secret = token::generate();
+            let now = store.inner.clock.now();
+            let record = TokenRecord {
+                name,
+                role,
+                org: org.id().clone(),
+                digest: TokenDigest::of(&secret),
+                created_at: now,
+            };
+            let event = AuditEvent {
+                org: record.org.clone(),
+                at: now,
+                actor: Actor::Provider,
+                action: Action::CreateToken,
+                detail: format!("{} token {} created", role_name(role), record.name),
+            };
+            store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::PutToken(record.clone()),
+                    event,
+                })
+                .await?;
+            store.write_tokens().insert(record.clone());
+            Ok((record, secret))
+        })
+        .await
+    }
+
+    /// Deletes a token; it stops working before this returns.
+    pub async fn delete_token(&self, name: &str) -> Result<(), OpError> {
+        let name = name.to_owned();
+        let store = self.clone();
+        run_to_completion(async move {
+            let _writer = store.inner.token_writer.lock().await;
+            let record = {
+                let tokens = store.read_tokens();
+                let digest = tokens.by_name.get(&name).ok_or(OpError::TokenNotFound)?;
+                tokens
+                    .by_digest
+                    .get(digest)
+                    .cloned()
+                    .ok_or(OpError::TokenNotFound)?
+            };
+            let event = AuditEvent {
+                org: record.org.clone(),
+                at: store.inner.clock.now(),
+                actor: Actor::Provider,
+                action: Action::DeleteToken,
+                detail: format!("{} token {} deleted", role_name(record.role), record.name),
+            };
+            store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::DeleteToken(record.name.clone()),
+                    event,
+                })
+                .await?;
+            let mut tokens = store.write_tokens();
+            tokens.by_name.remove(&record.name);
+            tokens.by_digest.remove(&record.digest);
+            Ok(())
+        })
+        .await
+    }
+
+    fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
+        // Writers only insert and remove; a poisoned lock still holds whole maps.
+        self.inner.tokens.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_tokens(&self) -> std::sync::RwLockWriteGuard<'_, Tokens> {
+        self.inner.tokens.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn apply<F>(&self, id: &str, op: F) -> Result<OrgView, OpError>
     where
         F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError> + Send + 'static,
@@ -346,6 +476,13 @@ impl Store {
     fn writer(&self, id: &OrgId) -> &tokio::sync::Mutex<()> {
         let h = self.inner.stripe_hasher.hash_one(id.as_bytes());
         &self.inner.writers[(h as usize) % self.inner.writers.len()]
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
     }
 }
 

@@ -315,3 +315,54 @@ async fn list_is_ordered_by_id() {
     let ids: Vec<String> = f.store.list().iter().map(|v| v.id.to_string()).collect();
     assert_eq!(ids, ["acme", "mid", "zeta"]);
 }
+
+#[tokio::test]
+async fn a_created_token_authenticates_until_deleted_and_survives_a_reopen() {
+    let f = fixture().await.provisioned().await;
+    let (record, secret) = f
+        .store
+        .create_token("alice", crate::token::Role::Admin, "acme")
+        .await
+        .unwrap();
+    let digest = crate::token::TokenDigest::of(&secret);
+    assert_eq!(f.store.token(&digest), Some(record.clone()));
+    assert_eq!(f.reopen().await.token(&digest), Some(record));
+    f.store.delete_token("alice").await.unwrap();
+    assert_eq!(f.store.token(&digest), None);
+    assert_eq!(f.reopen().await.token(&digest), None);
+    let actions: Vec<Action> = f
+        .store
+        .audit("acme")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [Action::Provision, Action::CreateToken, Action::DeleteToken]
+    );
+}
+
+#[tokio::test]
+async fn token_names_are_unique_valid_and_for_existing_orgs() {
+    let f = fixture().await.provisioned().await;
+    let viewer = crate::token::Role::Viewer;
+    f.store.create_token("bob", viewer, "acme").await.unwrap();
+    assert!(matches!(
+        f.store.create_token("bob", viewer, "acme").await,
+        Err(OpError::TokenExists)
+    ));
+    assert!(matches!(
+        f.store.create_token("provider", viewer, "acme").await,
+        Err(OpError::InvalidTokenName)
+    ));
+    assert!(matches!(
+        f.store.create_token("carol", viewer, "nope").await,
+        Err(OpError::OrgNotFound)
+    ));
+    assert!(matches!(
+        f.store.delete_token("nobody").await,
+        Err(OpError::TokenNotFound)
+    ));
+}

@@ -1,0 +1,93 @@
+//! The one home of the admin API's refusals and their HTTP mapping.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use super::reply;
+use crate::org::OpError;
+
+/// Why an admin call was refused. Each variant knows its status and contract code;
+/// refusals of the operation itself delegate to [`OpError`], their one home.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// Malformed JSON, unknown fields, wrong types.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// No token, or one keygate does not know.
+    #[error("a valid bearer token is required")]
+    Unauthenticated,
+    /// The token's role or org does not allow this call. The same answer whether
+    /// or not a foreign org exists.
+    #[error("this token may not make this call")]
+    Forbidden,
+    /// The body is over the limit.
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// No such endpoint.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The endpoint does not take this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The operation itself was refused.
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+impl AdminError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden => StatusCode::FORBIDDEN,
+            AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AdminError::NotFound => StatusCode::NOT_FOUND,
+            AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Op(e) => e.status(),
+        }
+    }
+
+    /// The contract's code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::BadRequest(_) => "BAD_REQUEST",
+            AdminError::Unauthenticated => "UNAUTHENTICATED",
+            AdminError::Forbidden => "FORBIDDEN",
+            AdminError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            AdminError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            AdminError::NotFound => "NOT_FOUND",
+            AdminError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            AdminError::Op(e) => e.code(),
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            AdminError::Op(e) => e.public_message(),
+            other => other.to_string(),
+        };
+        if status.is_server_error() {
+            // The client learns nothing of internals; the log gets the whole error.
+            tracing::error!(error = %self, code = self.code(), "admin call failed");
+        }
+        reply(
+            status,
+            &serde_json::json!({ "code": self.code(), "message": message }),
+        )
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for AdminError {
+    fn from(e: axum::extract::rejection::PathRejection) -> Self {
+        AdminError::BadRequest(e.body_text())
+    }
+}

@@ -1,0 +1,323 @@
+//! One function per admin endpoint. Each authenticates (the `Principal`
+//! extractor), authorizes against the org in the path, then reads its body: so a
+//! caller who may not make a call learns nothing from the body's validation.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use super::auth::Need;
+use super::json::read_json;
+use super::view::{EventView, KeyView};
+use super::{reply, AdminError, AdminState, Principal};
+use crate::clock::Timestamp;
+use crate::org::{LimitOverrides, LimitsError, OpError, OrgId};
+use crate::store::OrgView;
+use crate::token::Role;
+
+type Reply = Result<Response, AdminError>;
+
+impl AdminState {
+    fn page(&self, status: StatusCode, v: &OrgView, who: &Principal) -> Response {
+        let now = self.store.clock().now();
+        reply(status, &KeyView::new(v, self.base_url(&v.id), who, now))
+    }
+
+    /// The org a provider names must exist; a token's org always does.
+    fn existing(&self, org: &str) -> Result<OrgView, AdminError> {
+        Ok(self.store.view(org)?)
+    }
+}
+
+pub(crate) async fn healthz() -> Response {
+    reply(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn get_key(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::Read, &org)?;
+    let v = s.existing(&org)?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+pub(crate) async fn add_key(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::ChangeKey, &org)?;
+    let v = s.store.add(&org, who.actor()).await?;
+    Ok(s.page(StatusCode::CREATED, &v, &who))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    key: String,
+}
+
+pub(crate) async fn edit_key(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::ChangeKey, &org)?;
+    s.existing(&org)?;
+    let EditBody { key } = read_json(&headers, body).await?;
+    let v = s.store.edit(&org, &key, who.actor()).await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+pub(crate) async fn regenerate_key(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::ChangeKey, &org)?;
+    let v = s.store.regenerate(&org, who.actor()).await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+pub(crate) async fn delete_key(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::ChangeKey, &org)?;
+    s.store.delete(&org, who.actor()).await?;
+    Ok(reply_empty(StatusCode::NO_CONTENT))
+}
+
+pub(crate) async fn audit(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::Read, &org)?;
+    let events = s.store.audit(&org).await?;
+    let events: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
+    Ok(reply(StatusCode::OK, &serde_json::json!({ "events": events })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionBody {
+    org: String,
+    #[serde(default)]
+    subscription_expires_at: Option<Timestamp>,
+    #[serde(default)]
+    limits: Option<LimitsBody>,
+}
+
+pub(crate) async fn provision(
+    State(s): State<AdminState>,
+    who: Principal,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    who.provider_only()?;
+    let b: ProvisionBody = read_json(&headers, body).await?;
+    let id = OrgId::parse(&b.org).map_err(OpError::from)?;
+    let limits = b.limits.map(LimitsBody::checked).transpose()?.unwrap_or_default();
+    let v = s
+        .store
+        .provision(id, b.subscription_expires_at, limits, who.actor())
+        .await?;
+    Ok(s.page(StatusCode::CREATED, &v, &who))
+}
+
+pub(crate) async fn list(State(s): State<AdminState>, who: Principal) -> Reply {
+    who.provider_only()?;
+    let now = s.store.clock().now();
+    let views = s.store.list();
+    let pages: Vec<KeyView<'_>> = views
+        .iter()
+        .map(|v| KeyView::new(v, s.base_url(&v.id), &who, now))
+        .collect();
+    Ok(reply(StatusCode::OK, &serde_json::json!({ "orgs": pages })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisableBody {
+    reason: String,
+}
+
+pub(crate) async fn disable(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Path(org) = org?;
+    who.provider_only()?;
+    s.existing(&org)?;
+    let DisableBody { reason } = read_json(&headers, body).await?;
+    if reason.trim().is_empty() || reason.len() > 512 {
+        return Err(AdminError::BadRequest(
+            "reason: 1 to 512 characters are required".into(),
+        ));
+    }
+    let v = s.store.disable(&org, &reason, who.actor()).await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+pub(crate) async fn enable(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.provider_only()?;
+    let v = s.store.enable(&org, who.actor()).await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionBody {
+    // Required, but may be null: `deserialize_with` turns off serde's "missing
+    // Option is None".
+    #[serde(deserialize_with = "Option::<Timestamp>::deserialize")]
+    expires_at: Option<Timestamp>,
+}
+
+pub(crate) async fn set_subscription(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Path(org) = org?;
+    who.provider_only()?;
+    s.existing(&org)?;
+    let SubscriptionBody { expires_at } = read_json(&headers, body).await?;
+    let v = s
+        .store
+        .set_subscription(&org, expires_at, who.actor())
+        .await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+/// Limits as a client sends them: any JSON number, so that zero, negative,
+/// fractional and overflowing values are all refused as 422 naming the field,
+/// not as a type error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    rate_per_sec: Option<serde_json::Number>,
+    burst: Option<serde_json::Number>,
+    threshold_calls: Option<serde_json::Number>,
+    threshold_window_secs: Option<serde_json::Number>,
+}
+
+impl LimitsBody {
+    fn checked(self) -> Result<LimitOverrides, AdminError> {
+        use crate::org::limits_max as max;
+        let field = |name: &'static str, v: Option<serde_json::Number>, limit: u32| {
+            v.map(|n| {
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=limit).contains(n))
+                    .ok_or(OpError::InvalidLimits(LimitsError {
+                        field: name,
+                        max: u64::from(limit),
+                    }))
+            })
+            .transpose()
+        };
+        Ok(LimitOverrides {
+            rate_per_sec: field("rate_per_sec", self.rate_per_sec, max::RATE_PER_SEC)?,
+            burst: field("burst", self.burst, max::BURST)?,
+            threshold_calls: field("threshold_calls", self.threshold_calls, max::THRESHOLD_CALLS)?,
+            threshold_window_secs: field(
+                "threshold_window_secs",
+                self.threshold_window_secs,
+                max::THRESHOLD_WINDOW_SECS,
+            )?,
+        })
+    }
+}
+
+pub(crate) async fn set_limits(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Path(org) = org?;
+    who.provider_only()?;
+    s.existing(&org)?;
+    let limits = read_json::<LimitsBody>(&headers, body).await?.checked()?;
+    let v = s.store.set_limits(&org, limits, who.actor()).await?;
+    Ok(s.page(StatusCode::OK, &v, &who))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    name: String,
+    role: Role,
+    org: String,
+}
+
+pub(crate) async fn create_token(
+    State(s): State<AdminState>,
+    who: Principal,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    who.provider_only()?;
+    let b: TokenBody = read_json(&headers, body).await?;
+    let (record, token) = s.store.create_token(&b.name, b.role, &b.org).await?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "name": record.name,
+            "role": record.role,
+            "org": record.org,
+            "token": token,
+        }),
+    ))
+}
+
+pub(crate) async fn delete_token(
+    State(s): State<AdminState>,
+    who: Principal,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(name) = name?;
+    who.provider_only()?;
+    s.store.delete_token(&name).await?;
+    Ok(reply_empty(StatusCode::NO_CONTENT))
+}
+
+pub(crate) async fn not_found() -> AdminError {
+    AdminError::NotFound
+}
+
+pub(crate) async fn method_not_allowed() -> AdminError {
+    AdminError::MethodNotAllowed
+}
+
+fn reply_empty(status: StatusCode) -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = status;
+    res
+}
