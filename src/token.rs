@@ -71,7 +71,8 @@ impl Serialize for TokenDigest {
 impl<'de> Deserialize<'de> for TokenDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        TokenDigest::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not a SHA-256 hex digest"))
+        TokenDigest::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("not a SHA-256 hex digest"))
     }
 }
 
@@ -123,7 +124,9 @@ mod tests {
         let b = generate();
         assert_ne!(a, b);
         assert_eq!(a.len(), 46);
-        assert!(a[3..].bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a[3..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]
