@@ -19,6 +19,7 @@
 
 mod backend;
 mod memory;
+mod redb;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, OrgRecord, Snapshot,
 };
 pub use memory::MemoryBackend;
+pub use redb::RedbBackend;
 
 use crate::clock::{Clock, Timestamp};
 use crate::org::{

@@ -1,0 +1,1106 @@
+//! The durable [`Backend`]: one redb file on local disk.
+//!
+//! The file holds four tables:
+//!
+//! * `orgs`: org id → the org's [`OrgState`], as JSON;
+//! * `tokens`: token name → its [`TokenRecord`], as JSON;
+//! * `audit`: (org id, sequence number) → an [`AuditEvent`], as JSON. The key
+//!   orders each org's events oldest first and keeps orgs apart, even when one
+//!   id is a prefix of another;
+//! * `meta`: `schema_version` → the layout of the other three (today 1).
+//!
+//! Every commit is one redb write transaction with [`Durability::Immediate`]:
+//! the change and its audit event are fsynced together before `commit` returns.
+//!
+//! Opening refuses, as [`BackendError::Corrupt`], any file that is not a keygate
+//! store this code can read, rather than starting empty over data it could not
+//! read: the API keys would silently become unknown and every org would be
+//! locked out, or worse, re-provisioned. A new store is built in a temporary
+//! file and linked into place only once it is complete, so a crash while
+//! creating one never leaves a half-made file that a restart would refuse.
+//!
+//! A file left open by a process that died (a crash, `kill -9`, power loss) is
+//! not corrupt: redb notices on open that it was not closed cleanly and repairs
+//! it, keeping every commit that had returned. [`RedbBackend::was_repaired`]
+//! tells whether that happened.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableTable, StorageError, TableDefinition, TableError,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backend::{AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Snapshot};
+use super::OrgRecord;
+use crate::org::{OrgId, OrgState};
+use crate::token::TokenRecord;
+
+/// Org id → JSON of its [`OrgState`].
+const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
+/// Token name → JSON of its [`TokenRecord`].
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+/// (Org id, sequence number) → JSON of an [`AuditEvent`].
+const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// Facts about the file itself.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The `meta` key of the schema version.
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// The layout of the tables this code reads and writes.
+const SCHEMA_VERSION: u64 = 1;
+
+/// File mode of the store: it holds every org's API key.
+const MODE: u32 = 0o600;
+
+/// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
+/// `Arc`, and each operation runs on tokio's blocking pool, since redb is
+/// synchronous and a commit waits for an fsync.
+#[derive(Debug)]
+pub struct RedbBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    repaired: bool,
+}
+
+impl RedbBackend {
+    /// Opens the store at `path`, creating it (and its parent folders) if there
+    /// is no file there.
+    ///
+    /// The file's mode is set to 0600, also when it already existed. Fails with
+    /// [`BackendError::Corrupt`] when the file is not a keygate store this code
+    /// can read (not redb, damaged beyond redb's repair, empty, without
+    /// keygate's tables, or of an unknown schema version), and with
+    /// [`BackendError::Unavailable`] when it cannot be reached (permissions,
+    /// I/O errors, open in another process). Keygate writes nothing to a file
+    /// it refuses but its mode; redb, if the file was a redb database it
+    /// opened, may have updated its own bookkeeping in it, never the tables.
+    ///
+    /// Blocks on file I/O (and on a repair after a crash, which reads the whole
+    /// file): call it before serving, or from a blocking task.
+    pub fn open(path: &Path) -> Result<RedbBackend, BackendError> {
+        let unreadable = |e: io::Error| {
+            BackendError::Unavailable(format!("cannot read {}: {e}", path.display()))
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                create(path)?;
+                std::fs::metadata(path).map_err(unreadable)?
+            }
+            Err(e) => return Err(unreadable(e)),
+        };
+        if !meta.is_file() {
+            return Err(BackendError::Corrupt(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        if meta.len() == 0 {
+            // Keygate never leaves an empty file behind (see `create`), so an
+            // empty one lost its data or was put there by hand: starting a new
+            // store over it could hide the loss of every key.
+            return Err(BackendError::Corrupt(format!(
+                "{} is empty, so it is not a keygate store; remove it to start a new one",
+                path.display()
+            )));
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(MODE)).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot make {} readable by its owner only: {e}",
+                path.display()
+            ))
+        })?;
+
+        let repaired = Arc::new(AtomicBool::new(false));
+        let db = {
+            let repaired = Arc::clone(&repaired);
+            let shown = path.display().to_string();
+            let mut builder = Database::builder();
+            builder.set_repair_callback(move |_| {
+                // Called repeatedly while a repair runs; say so once.
+                if !repaired.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(store = %shown, "store was not closed cleanly: repairing it");
+                }
+            });
+            // `open`, not `create`: it never initializes a file, so whatever is
+            // there is either read as it is or refused.
+            open_catching_panics(path, || builder.open(path))?
+        };
+        check_schema(&db, path)?;
+        Ok(RedbBackend {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+                repaired: repaired.load(Ordering::SeqCst),
+            }),
+        })
+    }
+
+    /// Whether opening had to repair the file because the process that last had
+    /// it open did not close it cleanly. The repair keeps every commit that had
+    /// returned `Ok`.
+    pub fn was_repaired(&self) -> bool {
+        self.inner.repaired
+    }
+
+    /// The file the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+impl Backend for RedbBackend {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(blocking("load", move || inner.load()))
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(blocking("commit", move || inner.commit(&commit)))
+    }
+
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(blocking("audit read", move || inner.audit(&org)))
+    }
+}
+
+impl Inner {
+    fn load(&self) -> Result<Snapshot, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read", e))?;
+
+        let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
+        let mut orgs = Vec::new();
+        for entry in table.iter().map_err(|e| self.unavailable("read orgs", e))? {
+            let (key, value) = entry.map_err(|e| self.unavailable("read orgs", e))?;
+            let key = key.value();
+            let id = OrgId::parse(key).map_err(|_| {
+                self.corrupt(format_args!("table orgs: key {key:?} is not an org id"))
+            })?;
+            let state: OrgState = self.decode("orgs", format_args!("{key:?}"), value.value())?;
+            orgs.push(OrgRecord { id, state });
+        }
+
+        let table = txn.open_table(TOKENS).map_err(|e| self.table_error(e))?;
+        let mut tokens = Vec::new();
+        for entry in table
+            .iter()
+            .map_err(|e| self.unavailable("read tokens", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.unavailable("read tokens", e))?;
+            let key = key.value();
+            let token: TokenRecord =
+                self.decode("tokens", format_args!("{key:?}"), value.value())?;
+            if token.name != key {
+                return Err(self.corrupt(format_args!(
+                    "table tokens: record {key:?} is named {:?}",
+                    token.name
+                )));
+            }
+            tokens.push(token);
+        }
+        Ok(Snapshot { orgs, tokens })
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<(), BackendError> {
+        let fail = |e: &dyn fmt::Display| self.unavailable("commit", e);
+        let event = encode(&commit.event, "audit event").map_err(|e| fail(&e))?;
+        let mut txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            match &commit.change {
+                Change::Org(OrgRecord { id, state }) => {
+                    let state = encode(state, "org state").map_err(|e| fail(&e))?;
+                    let mut table = txn.open_table(ORGS).map_err(|e| fail(&e))?;
+                    table
+                        .insert(id.as_str(), state.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                Change::PutToken(token) => {
+                    let record = encode(token, "token").map_err(|e| fail(&e))?;
+                    let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
+                    table
+                        .insert(token.name.as_str(), record.as_slice())
+                        .map_err(|e| fail(&e))?;
+                }
+                Change::DeleteToken(name) => {
+                    let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
+                    table.remove(name.as_str()).map_err(|e| fail(&e))?;
+                }
+            }
+
+            let org = commit.event.org.as_str();
+            let mut table = txn.open_table(AUDIT).map_err(|e| fail(&e))?;
+            let last = table
+                .range((org, 0)..=(org, u64::MAX))
+                .map_err(|e| fail(&e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| fail(&e))?
+                .map(|(key, _)| key.value().1);
+            let seq = match last {
+                None => 1,
+                Some(last) => last
+                    .checked_add(1)
+                    .ok_or_else(|| fail(&format_args!("the audit log of org {org} is full")))?,
+            };
+            table
+                .insert((org, seq), event.as_slice())
+                .map_err(|e| fail(&e))?;
+        }
+        // An error before this point drops `txn`, which aborts it: nothing of
+        // the change or its event is written.
+        txn.commit().map_err(|e| fail(&e))
+    }
+
+    fn audit(&self, org: &OrgId) -> Result<Vec<AuditEvent>, BackendError> {
+        let org = org.as_str();
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read audit", e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.table_error(e))?;
+        let mut events = Vec::new();
+        for entry in table
+            .range((org, 0)..=(org, u64::MAX))
+            .map_err(|e| self.unavailable("read audit", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.unavailable("read audit", e))?;
+            let (_, seq) = key.value();
+            let event: AuditEvent =
+                self.decode("audit", format_args!("({org:?}, {seq})"), value.value())?;
+            if event.org.as_str() != org {
+                return Err(self.corrupt(format_args!(
+                    "table audit: record ({org:?}, {seq}) is about org {:?}",
+                    event.org.as_str()
+                )));
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Reads one record, or says which one could not be read. The message
+    /// carries where serde_json stopped, never its text: that can quote the
+    /// value, and the value may be a key.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: fmt::Arguments<'_>,
+        bytes: &[u8],
+    ) -> Result<T, BackendError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.corrupt(format_args!(
+                "table {table}: record {key} does not deserialize ({})",
+                json_error(&e)
+            ))
+        })
+    }
+
+    fn unavailable(&self, what: &str, e: impl fmt::Display) -> BackendError {
+        BackendError::Unavailable(format!("{}: {what}: {e}", self.path.display()))
+    }
+
+    fn corrupt(&self, what: fmt::Arguments<'_>) -> BackendError {
+        BackendError::Corrupt(format!("{}: {what}", self.path.display()))
+    }
+
+    fn table_error(&self, e: TableError) -> BackendError {
+        match e {
+            // `open` checked the tables, so a missing or retyped one means the
+            // file changed under us.
+            TableError::TableDoesNotExist(_) | TableError::TableTypeMismatch { .. } => {
+                self.corrupt(format_args!("{e}"))
+            }
+            e => self.unavailable("open table", e),
+        }
+    }
+}
+
+/// Runs `f` on tokio's blocking pool, so an fsync never stalls a runtime worker.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        // The panic's message is left out: it comes from code that had the
+        // records, and so possibly a key, in hand.
+        Err(e) if e.is_panic() => Err(BackendError::Unavailable(format!("store {what} panicked"))),
+        Err(e) => Err(BackendError::Unavailable(format!(
+            "store {what} did not run: {e}"
+        ))),
+    }
+}
+
+/// Serializes one value to store. The error names what failed to serialize,
+/// never its contents.
+fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(value).map_err(|e| format!("cannot serialize {what} ({})", json_error(&e)))
+}
+
+/// What kind of JSON error `e` is and where, without its message.
+fn json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected data",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// Creates a new, empty store at `path`, which does not exist.
+///
+/// The store is built in a temporary file next to `path` (mode 0600 from its
+/// creation), with its tables and schema version, then linked to `path` in one
+/// step. A crash at any point leaves either no file at `path` or a complete
+/// store: never an empty or half-initialized one, which `open` would refuse.
+/// Linking, unlike renaming, fails if `path` appeared meanwhile (another process
+/// creating the same store), and then that store is opened instead.
+fn create(path: &Path) -> Result<(), BackendError> {
+    let unavailable = |what: &str, e: &dyn fmt::Display| {
+        BackendError::Unavailable(format!("cannot create {}: {what}: {e}", path.display()))
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| unavailable("the path", &"it does not name a file"))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    create_dir_all_durably(dir).map_err(|e| unavailable("create its folder", &e))?;
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".new-{}-{nanos}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+
+    let built = build_empty_store(&tmp);
+    let linked = built.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(()),
+        // Another process created it first: open theirs.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(unavailable("link it into place", &e)),
+    });
+    if let Err(e) = std::fs::remove_file(&tmp) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(file = %tmp.display(), error = %e, "could not remove temporary store file");
+        }
+    }
+    linked?;
+    // The new name must be durable before the first commit is acknowledged.
+    sync_dir(dir).map_err(|e| unavailable("sync its folder", &e))
+}
+
+/// Writes an empty keygate store, with its tables and schema version, to the
+/// new file `tmp`.
+fn build_empty_store(tmp: &Path) -> Result<(), BackendError> {
+    let unavailable = |what: &str, e: &dyn fmt::Display| {
+        BackendError::Unavailable(format!("cannot create {}: {what}: {e}", tmp.display()))
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(MODE)
+        .open(tmp)
+        .map_err(|e| unavailable("create the file", &e))?;
+    // Format v3 is the only one redb 3 and later read, so a store made today
+    // needs no migration when keygate moves to a newer redb.
+    let db = Database::builder()
+        .create_with_file_format_v3(true)
+        .create_file(file)
+        .map_err(|e| unavailable("initialize it", &e))?;
+    let txn = db
+        .begin_write()
+        .map_err(|e| unavailable("initialize it", &e))?;
+    {
+        txn.open_table(ORGS)
+            .map_err(|e| unavailable("create table orgs", &e))?;
+        txn.open_table(TOKENS)
+            .map_err(|e| unavailable("create table tokens", &e))?;
+        txn.open_table(AUDIT)
+            .map_err(|e| unavailable("create table audit", &e))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(|e| unavailable("create table meta", &e))?;
+        meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+            .map_err(|e| unavailable("write the schema version", &e))?;
+    }
+    txn.commit().map_err(|e| unavailable("initialize it", &e))?;
+    drop(db);
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| unavailable("sync it", &e))
+}
+
+/// Creates `dir` and its missing ancestors, and syncs the folder holding each
+/// one it created, so none of them vanishes in a crash after the store in it
+/// acknowledged a commit.
+fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.exists())
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Opens the redb file at `path` with `open`, turning a panic into an error.
+///
+/// redb 2.6 asserts, rather than returns an error, on some damaged files: one
+/// shorter than its header says (a truncated copy) panics on open. A store
+/// that cannot be read must be refused, not take the process down.
+fn open_catching_panics(
+    path: &Path,
+    open: impl FnOnce() -> Result<Database, DatabaseError>,
+) -> Result<Database, BackendError> {
+    // Unwind safety: if `open` panics, nothing it touched is used again; its
+    // file handle is dropped during the unwind.
+    match std::panic::catch_unwind(AssertUnwindSafe(open)) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            Err(BackendError::Corrupt(format!(
+                "{} is damaged: redb could not read it ({why})",
+                path.display()
+            )))
+        }
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> BackendError {
+    let path = path.display();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => BackendError::Unavailable(format!(
+            "{path} is already open, by this or another process"
+        )),
+        DatabaseError::UpgradeRequired(v) => BackendError::Corrupt(format!(
+            "{path} is in redb file format {v}, which this keygate cannot read"
+        )),
+        // redb reports a file that does not start with its magic number as
+        // invalid data, and one shorter than its header as an early end.
+        DatabaseError::Storage(StorageError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            BackendError::Corrupt(format!(
+                "{path} is not a redb database, or is damaged ({e})"
+            ))
+        }
+        DatabaseError::Storage(StorageError::Corrupted(why)) => {
+            BackendError::Corrupt(format!("{path} is damaged beyond redb's repair ({why})"))
+        }
+        e => BackendError::Unavailable(format!("cannot open {path}: {e}")),
+    }
+}
+
+/// Refuses a redb file that is not a keygate store of a schema this code reads.
+fn check_schema(db: &Database, path: &Path) -> Result<(), BackendError> {
+    let path = path.display();
+    let not_keygate = |why: fmt::Arguments<'_>| {
+        BackendError::Corrupt(format!("{path} is not a keygate store: {why}"))
+    };
+    let table_error = |table: &str, e: TableError| match e {
+        TableError::TableDoesNotExist(_) => not_keygate(format_args!("it has no {table} table")),
+        TableError::TableTypeMismatch { .. } | TableError::TableIsMultimap(_) => {
+            not_keygate(format_args!("its {table} table is of another type ({e})"))
+        }
+        e => BackendError::Unavailable(format!("{path}: open table {table}: {e}")),
+    };
+    let read_error = |e: &dyn fmt::Display| BackendError::Unavailable(format!("{path}: {e}"));
+
+    let txn = db.begin_read().map_err(|e| read_error(&e))?;
+    let meta = txn.open_table(META).map_err(|e| table_error("meta", e))?;
+    let version = meta
+        .get(SCHEMA_VERSION_KEY)
+        .map_err(|e| read_error(&e))?
+        .map(|v| v.value())
+        .ok_or_else(|| not_keygate(format_args!("its meta table has no {SCHEMA_VERSION_KEY}")))?;
+    if version != SCHEMA_VERSION {
+        return Err(BackendError::Corrupt(format!(
+            "{path} is a keygate store of schema version {version}; this keygate reads only version {SCHEMA_VERSION}"
+        )));
+    }
+    txn.open_table(ORGS).map_err(|e| table_error("orgs", e))?;
+    txn.open_table(TOKENS)
+        .map_err(|e| table_error("tokens", e))?;
+    txn.open_table(AUDIT).map_err(|e| table_error("audit", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::clock::{ManualClock, Timestamp};
+    use crate::org::{Action, Actor, LimitOverrides, Limits};
+    use crate::store::Store;
+    use crate::token::{Role, TokenDigest};
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+
+    fn store_path(dir: &TempDir) -> PathBuf {
+        dir.path().join("keygate.redb")
+    }
+
+    fn org(id: &str) -> OrgId {
+        OrgId::parse(id).unwrap()
+    }
+
+    fn state() -> OrgState {
+        OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next
+    }
+
+    fn event(org_id: &str, detail: &str) -> AuditEvent {
+        AuditEvent {
+            org: org(org_id),
+            at: T0,
+            actor: Actor::Provider,
+            action: Action::Provision,
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn org_commit(id: &str, state: OrgState, detail: &str) -> Commit {
+        Commit {
+            change: Change::Org(OrgRecord { id: org(id), state }),
+            event: event(id, detail),
+        }
+    }
+
+    fn token(name: &str, org_id: &str) -> TokenRecord {
+        TokenRecord {
+            name: name.to_owned(),
+            role: Role::Admin,
+            org: org(org_id),
+            digest: TokenDigest::of(name),
+            created_at: T0,
+        }
+    }
+
+    fn details(events: &[AuditEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.detail.as_str()).collect()
+    }
+
+    fn refusal(path: &Path) -> BackendError {
+        RedbBackend::open(path).expect_err("the file was opened")
+    }
+
+    #[track_caller]
+    fn assert_corrupt_naming(e: &BackendError, path: &Path, why: &str) {
+        match e {
+            BackendError::Corrupt(msg) => {
+                assert!(msg.contains(&path.display().to_string()), "{msg}");
+                assert!(msg.contains(why), "{msg}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    /// A real store file, closed cleanly, holding one org.
+    async fn a_store_file(dir: &TempDir) -> PathBuf {
+        let path = store_path(dir);
+        let b = RedbBackend::open(&path).unwrap();
+        b.commit(org_commit("acme", state(), "provisioned"))
+            .await
+            .unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn committed_orgs_and_tokens_come_back_after_reopen() {
+        let dir = TempDir::new().unwrap();
+        let acme = state();
+        let globex = state();
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            b.commit(org_commit("acme", acme.clone(), "a"))
+                .await
+                .unwrap();
+            b.commit(org_commit("globex", globex.clone(), "g"))
+                .await
+                .unwrap();
+            b.commit(Commit {
+                change: Change::PutToken(token("alice", "acme")),
+                event: event("acme", "token"),
+            })
+            .await
+            .unwrap();
+        }
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        assert!(!b.was_repaired());
+        let snap = b.load().await.unwrap();
+        assert_eq!(
+            snap.orgs,
+            vec![
+                OrgRecord {
+                    id: org("acme"),
+                    state: acme
+                },
+                OrgRecord {
+                    id: org("globex"),
+                    state: globex
+                },
+            ]
+        );
+        assert_eq!(snap.tokens, vec![token("alice", "acme")]);
+    }
+
+    #[tokio::test]
+    async fn an_org_commit_replaces_the_previous_state() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let first = state();
+        let second = first.disable("abuse", T0, Actor::Provider).next;
+        b.commit(org_commit("acme", first, "1")).await.unwrap();
+        b.commit(org_commit("acme", second.clone(), "2"))
+            .await
+            .unwrap();
+        let snap = b.load().await.unwrap();
+        assert_eq!(snap.orgs.len(), 1);
+        assert_eq!(snap.orgs[0].state, second);
+    }
+
+    #[tokio::test]
+    async fn a_token_delete_sticks_after_reopen() {
+        let dir = TempDir::new().unwrap();
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            for name in ["alice", "bob"] {
+                b.commit(Commit {
+                    change: Change::PutToken(token(name, "acme")),
+                    event: event("acme", "created"),
+                })
+                .await
+                .unwrap();
+            }
+            b.commit(Commit {
+                change: Change::DeleteToken("alice".to_owned()),
+                event: event("acme", "deleted"),
+            })
+            .await
+            .unwrap();
+        }
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        assert_eq!(b.load().await.unwrap().tokens, vec![token("bob", "acme")]);
+    }
+
+    #[tokio::test]
+    async fn audit_events_come_back_per_org_oldest_first_across_reopens() {
+        let dir = TempDir::new().unwrap();
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            for (id, detail) in [("acme", "a1"), ("globex", "g1"), ("acme", "a2")] {
+                b.commit(org_commit(id, state(), detail)).await.unwrap();
+            }
+        }
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        b.commit(org_commit("acme", state(), "a3")).await.unwrap();
+        assert_eq!(
+            details(&b.audit(org("acme")).await.unwrap()),
+            ["a1", "a2", "a3"]
+        );
+        assert_eq!(details(&b.audit(org("globex")).await.unwrap()), ["g1"]);
+        assert!(b.audit(org("initech")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn audit_logs_of_orgs_whose_ids_prefix_each_other_do_not_mix() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        for (id, detail) in [
+            ("abc", "abc1"),
+            ("ab", "ab1"),
+            ("a", "a1"),
+            ("ab", "ab2"),
+            ("abc", "abc2"),
+            ("ab-c", "ab-c1"),
+        ] {
+            b.commit(org_commit(id, state(), detail)).await.unwrap();
+        }
+        assert_eq!(details(&b.audit(org("a")).await.unwrap()), ["a1"]);
+        assert_eq!(details(&b.audit(org("ab")).await.unwrap()), ["ab1", "ab2"]);
+        assert_eq!(
+            details(&b.audit(org("abc")).await.unwrap()),
+            ["abc1", "abc2"]
+        );
+        assert_eq!(details(&b.audit(org("ab-c")).await.unwrap()), ["ab-c1"]);
+    }
+
+    #[tokio::test]
+    async fn a_token_commit_appends_its_event_to_the_org_it_names() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        b.commit(org_commit("acme", state(), "provisioned"))
+            .await
+            .unwrap();
+        b.commit(Commit {
+            change: Change::PutToken(token("alice", "acme")),
+            event: event("acme", "token created"),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            details(&b.audit(org("acme")).await.unwrap()),
+            ["provisioned", "token created"]
+        );
+    }
+
+    #[test]
+    fn a_garbage_file_is_refused_as_corrupt_and_left_unchanged() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(&path, &garbage).unwrap();
+        assert_corrupt_naming(&refusal(&path), &path, "not a redb database");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+    }
+
+    #[test]
+    fn an_empty_file_keygate_did_not_create_is_refused_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        File::create(&path).unwrap();
+        assert_corrupt_naming(&refusal(&path), &path, "is empty");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_store_file_is_refused_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let path = a_store_file(&dir).await;
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        assert_corrupt_naming(&refusal(&path), &path, "redb could not read it");
+    }
+
+    #[tokio::test]
+    async fn a_store_file_cut_inside_its_header_is_refused_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let path = a_store_file(&dir).await;
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        assert_corrupt_naming(&refusal(&path), &path, "not a redb database, or is damaged");
+    }
+
+    #[test]
+    fn a_redb_file_without_keygates_meta_table_is_refused_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let other: TableDefinition<&str, u64> = TableDefinition::new("other");
+                txn.open_table(other).unwrap().insert("x", 1).unwrap();
+                // Even with keygate's data tables, no meta means not a store.
+                txn.open_table(ORGS).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_corrupt_naming(&refusal(&path), &path, "has no meta table");
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(matches!(
+            txn.open_table(META),
+            Err(TableError::TableDoesNotExist(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_store_of_an_unknown_schema_version_is_refused_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let path = a_store_file(&dir).await;
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(SCHEMA_VERSION_KEY, 2)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        assert_corrupt_naming(&refusal(&path), &path, "schema version 2");
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_deserialize_fails_the_load_naming_table_and_key() {
+        let dir = TempDir::new().unwrap();
+        let path = a_store_file(&dir).await;
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(TOKENS)
+                .unwrap()
+                .insert("mallory", br#"{"name":"mallory","role":"root"}"#.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let b = RedbBackend::open(&path).unwrap();
+        match b.load().await {
+            Err(BackendError::Corrupt(msg)) => {
+                assert!(msg.contains("table tokens"), "{msg}");
+                assert!(msg.contains("\"mallory\""), "{msg}");
+                // serde_json's own text would quote the bad value.
+                assert!(!msg.contains("root"), "{msg}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_store_file_is_readable_and_writable_by_its_owner_only() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        drop(RedbBackend::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(RedbBackend::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_missing_parent_folder_is_created() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("var/lib/keygate/store.redb");
+        let b = RedbBackend::open(&path).unwrap();
+        assert_eq!(b.path(), path);
+        assert!(path.is_file());
+    }
+
+    #[test]
+    fn creating_a_store_leaves_no_temporary_file_behind() {
+        let dir = TempDir::new().unwrap();
+        drop(RedbBackend::open(&store_path(&dir)).unwrap());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["keygate.redb"]);
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_unavailable_not_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let _first = RedbBackend::open(&store_path(&dir)).unwrap();
+        assert!(matches!(
+            refusal(&store_path(&dir)),
+            BackendError::Unavailable(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_copy_taken_while_the_store_was_open_is_repaired_with_every_commit() {
+        // What is on disk while a store is open is what a kill -9 leaves: every
+        // write redb made is in the file, and the file is marked not closed.
+        let dir = TempDir::new().unwrap();
+        let copy = dir.path().join("copy.redb");
+        let acme = state();
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            b.commit(org_commit("acme", acme.clone(), "a1"))
+                .await
+                .unwrap();
+            b.commit(Commit {
+                change: Change::PutToken(token("alice", "acme")),
+                event: event("acme", "a2"),
+            })
+            .await
+            .unwrap();
+            std::fs::copy(store_path(&dir), &copy).unwrap();
+        }
+        let b = RedbBackend::open(&copy).unwrap();
+        assert!(b.was_repaired());
+        let snap = b.load().await.unwrap();
+        assert_eq!(snap.orgs.len(), 1);
+        assert_eq!(snap.orgs[0].state, acme);
+        assert_eq!(snap.tokens, vec![token("alice", "acme")]);
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["a1", "a2"]);
+        // The repaired store takes further commits and then opens cleanly.
+        b.commit(org_commit("acme", acme, "a3")).await.unwrap();
+        drop(b);
+        let b = RedbBackend::open(&copy).unwrap();
+        assert!(!b.was_repaired());
+        assert_eq!(
+            details(&b.audit(org("acme")).await.unwrap()),
+            ["a1", "a2", "a3"]
+        );
+    }
+
+    /// Set, to the store's path, in the child process that
+    /// `a_store_killed_with_sigkill_reopens_with_every_commit` kills.
+    const SIGKILL_CHILD_ENV: &str = "KEYGATE_TEST_REDB_SIGKILL_CHILD";
+    /// The line the child prints once its commits returned.
+    const SIGKILL_CHILD_READY: &str = "keygate-test-child-committed";
+
+    #[test]
+    #[ignore = "the child half of a_store_killed_with_sigkill_reopens_with_every_commit"]
+    fn sigkill_child_commits_then_waits_to_be_killed() {
+        let Some(path) = std::env::var_os(SIGKILL_CHILD_ENV) else {
+            return;
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let b = RedbBackend::open(Path::new(&path)).unwrap();
+        rt.block_on(async {
+            b.commit(org_commit("acme", state(), "a1")).await.unwrap();
+            b.commit(org_commit("globex", state(), "g1")).await.unwrap();
+        });
+        let mut out = std::io::stdout();
+        writeln!(out, "{SIGKILL_CHILD_READY}").unwrap();
+        out.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+
+    #[tokio::test]
+    async fn a_store_killed_with_sigkill_reopens_with_every_commit() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "store::redb::tests::sigkill_child_commits_then_waits_to_be_killed",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(SIGKILL_CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let ready = stdout
+            .lines()
+            .any(|line| line.unwrap().contains(SIGKILL_CHILD_READY));
+        // Child::kill sends SIGKILL on Unix.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(ready, "the child exited before committing");
+
+        let b = RedbBackend::open(&path).unwrap();
+        assert!(b.was_repaired());
+        let ids: Vec<String> = b
+            .load()
+            .await
+            .unwrap()
+            .orgs
+            .into_iter()
+            .map(|r| r.id.to_string())
+            .collect();
+        assert_eq!(ids, ["acme", "globex"]);
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["a1"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_over_redb_keeps_keys_tokens_and_audit_across_restarts() {
+        let dir = TempDir::new().unwrap();
+        let path = store_path(&dir);
+        let clock = Arc::new(ManualClock::new(T0));
+        let open = |path: PathBuf| {
+            let clock = clock.clone();
+            async move {
+                let backend = Arc::new(RedbBackend::open(&path).unwrap());
+                Store::open(backend, clock, Limits::default())
+                    .await
+                    .unwrap()
+            }
+        };
+
+        let store = open(path.clone()).await;
+        store
+            .provision(
+                org("acme"),
+                None,
+                LimitOverrides::default(),
+                Actor::Provider,
+            )
+            .await
+            .unwrap();
+        let regenerated = store.regenerate("acme", Actor::Provider).await.unwrap();
+        let (record, secret) = store
+            .create_token("alice", Role::Admin, "acme")
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = open(path).await;
+        let view = store.view("acme").unwrap();
+        assert_eq!(view.state, regenerated.state);
+        assert!(view.state.key.is_some());
+        assert_eq!(store.token(&TokenDigest::of(&secret)), Some(record));
+        let actions: Vec<Action> = store
+            .audit("acme")
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Provision,
+                Action::RegenerateKey,
+                Action::CreateToken
+            ]
+        );
+    }
+}
