@@ -12,4 +12,8 @@ pub mod limit;
 pub mod token;
 pub mod store;
 pub mod gate;
+pub mod config;
+pub mod proxy;
 pub mod admin;
+pub mod server;
+pub mod demo;

@@ -109,7 +109,10 @@ pub(crate) async fn audit(
     who.allow(Need::Read, &org)?;
     let events = s.store.audit(&org).await?;
     let events: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
-    Ok(reply(StatusCode::OK, &serde_json::json!({ "events": events })))
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({ "events": events }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -131,7 +134,11 @@ pub(crate) async fn provision(
     who.provider_only()?;
     let b: ProvisionBody = read_json(&headers, body).await?;
     let id = OrgId::parse(&b.org).map_err(OpError::from)?;
-    let limits = b.limits.map(LimitsBody::checked).transpose()?.unwrap_or_default();
+    let limits = b
+        .limits
+        .map(LimitsBody::checked)
+        .transpose()?
+        .unwrap_or_default();
     let v = s
         .store
         .provision(id, b.subscription_expires_at, limits, who.actor())
@@ -244,7 +251,11 @@ impl LimitsBody {
         Ok(LimitOverrides {
             rate_per_sec: field("rate_per_sec", self.rate_per_sec, max::RATE_PER_SEC)?,
             burst: field("burst", self.burst, max::BURST)?,
-            threshold_calls: field("threshold_calls", self.threshold_calls, max::THRESHOLD_CALLS)?,
+            threshold_calls: field(
+                "threshold_calls",
+                self.threshold_calls,
+                max::THRESHOLD_CALLS,
+            )?,
             threshold_window_secs: field(
                 "threshold_window_secs",
                 self.threshold_window_secs,

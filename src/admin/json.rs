@@ -20,8 +20,7 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
         return Err(AdminError::UnsupportedMediaType);
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             AdminError::PayloadTooLarge
         } else {
@@ -75,7 +74,10 @@ mod tests {
 
     fn json_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         h
     }
 
@@ -98,7 +100,13 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_fields_malformed_json_and_wrong_types_are_400() {
-        for body in [r#"{"key":"a","x":1}"#, r#"{"key":"#, r#"{"key":12}"#, "[]", ""] {
+        for body in [
+            r#"{"key":"a","x":1}"#,
+            r#"{"key":"#,
+            r#"{"key":12}"#,
+            "[]",
+            "",
+        ] {
             let r = read_json::<Edit>(&json_headers(), Body::from(body)).await;
             assert!(matches!(r, Err(AdminError::BadRequest(_))), "{body}");
         }
@@ -112,7 +120,9 @@ mod tests {
             n: u32,
         }
         let r = read_json::<N>(&json_headers(), Body::from(r#"{"n":"SecretKey123"}"#)).await;
-        let AdminError::BadRequest(msg) = r.unwrap_err() else { panic!() };
+        let AdminError::BadRequest(msg) = r.unwrap_err() else {
+            panic!()
+        };
         assert!(!msg.contains("SecretKey123"), "{msg}");
     }
 }

@@ -56,7 +56,12 @@ impl std::fmt::Debug for AdminState {
 impl AdminState {
     /// The admin API over `store`, with the provider's token digest, the proxy's
     /// public URL (no trailing slash) and where the proxy reads the org.
-    pub fn new(store: Store, provider: TokenDigest, public_url: &str, org_from: &OrgSource) -> Self {
+    pub fn new(
+        store: Store,
+        provider: TokenDigest,
+        public_url: &str,
+        org_from: &OrgSource,
+    ) -> Self {
         AdminState {
             store,
             provider,

@@ -41,7 +41,11 @@ impl<'a> KeyView<'a> {
                     k.expose().to_owned()
                 }
             }),
-            status: if s.is_disabled() { "disabled" } else { "enabled" },
+            status: if s.is_disabled() {
+                "disabled"
+            } else {
+                "enabled"
+            },
             disabled_reason: match &s.status {
                 KeyStatus::Disabled { reason } => Some(reason),
                 KeyStatus::Enabled => None,

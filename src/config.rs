@@ -1,0 +1,1268 @@
+//! keygate's configuration: the TOML file of CONTRACT.md §2, checked once at start.
+//!
+//! Two layers, as in Pingora and ripgrep:
+//!
+//! - [`RawConfig`] is the file as written: every key with its default, in plain
+//!   strings and integers, so that serde can fill it and nothing can fail yet;
+//! - [`Config`] is what the rest of keygate uses: socket addresses, an upstream
+//!   [`Uri`], [`HeaderName`]s, [`Method`]s, [`Duration`]s and checked
+//!   [`Limits`], produced by [`RawConfig::validate`].
+//!
+//! [`Config::load`] runs the whole way: read the file, parse it, walk it for
+//! unknown keys and wrong types (so that each is reported with its full dotted
+//! path, which serde's own messages do not give), apply the
+//! [`PROVIDER_TOKEN_ENV`] override, validate. Every refusal is a
+//! [`ConfigError`] that prints as one line naming the key and why, which is
+//! what `keygate serve` prints before exiting.
+//!
+//! # Example
+//!
+//! ```
+//! use keygate::config::Config;
+//!
+//! let config = Config::from_toml(r#"
+//!     [proxy]
+//!     upstream = "http://127.0.0.1:9000/api"
+//!     [admin]
+//!     provider_token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+//! "#).unwrap();
+//! assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
+//! assert_eq!(config.proxy.upstream.path(), "/api");
+//! assert_eq!(config.proxy.public_url, "http://127.0.0.1:8080");
+//!
+//! let err = Config::from_toml("[proxy]\nupstreem = \"http://127.0.0.1:9000\"").unwrap_err();
+//! assert_eq!(err.to_string(), "config: proxy.upstreem: unknown key");
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+use http::{HeaderName, Method};
+use serde::{Deserialize, Serialize};
+
+use crate::gate::{GateConfig, OrgSource};
+use crate::org::Limits;
+use crate::token::TokenDigest;
+
+/// The environment variable that, when set and not empty, replaces
+/// `admin.provider_token_sha256`, so that a deployment can keep the digest out
+/// of the file it ships.
+pub const PROVIDER_TOKEN_ENV: &str = "KEYGATE_PROVIDER_TOKEN_SHA256";
+
+/// Why a configuration was refused. Its `Display` is always one line that starts
+/// with `config: ` and names what is wrong: a dotted key, a line of the file, or
+/// the file itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config: {}: {source}", path.display())]
+    Read {
+        /// The file named on the command line.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("config: {}{message}", line_prefix(*.line))]
+    Syntax {
+        /// The 1-based line of the error, when the parser gives one.
+        line: Option<usize>,
+        /// The parser's message, first line only.
+        message: String,
+    },
+    /// A key is unknown, missing, of the wrong type or out of range.
+    #[error("config: {key}: {reason}")]
+    Invalid {
+        /// The dotted key (`proxy.upstream`), or the environment variable the
+        /// value came from.
+        key: String,
+        /// Why its value was refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key an [`Invalid`](ConfigError::Invalid) error names.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+fn line_prefix(line: Option<usize>) -> String {
+    line.map(|n| format!("line {n}: ")).unwrap_or_default()
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The raw file
+// ---------------------------------------------------------------------------
+
+/// The configuration file as written, every key at its default until the file
+/// sets it. Nothing here is checked; [`RawConfig::validate`] does that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// The listener clients call with their org's API key.
+    pub proxy: RawProxy,
+    /// The listener providers, admins and viewers call to manage keys.
+    pub admin: RawAdmin,
+    /// Where org state, tokens and the audit log persist.
+    pub store: RawStore,
+    /// The limits every org has unless the provider overrides them.
+    pub limits: RawLimits,
+}
+
+/// `[proxy]`: how clients reach keygate and how keygate reaches the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawProxy {
+    /// The address clients connect to, as `ip:port`.
+    pub listen: String,
+    /// The one upstream every accepted request is forwarded to; required,
+    /// because a gateway with nowhere to forward has no purpose.
+    pub upstream: Option<String>,
+    /// The request header that carries the org's API key.
+    pub key_header: String,
+    /// Where a request names its org: `"path"` (first segment) or `"header"`.
+    pub org_from: String,
+    /// The header that names the org when `org_from = "header"`.
+    pub org_header: String,
+    /// The base of the URL shown to admins on the key page; needed because
+    /// behind a load balancer `listen` is not what clients type. Unset means
+    /// `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Methods refused while an org's subscription is expired, so that an
+    /// expired org can still read but no longer write.
+    pub blocked_when_expired: Vec<String>,
+    /// How long to wait for the upstream's TCP connect before answering 502,
+    /// so a dead upstream fails fast instead of holding the client.
+    pub connect_timeout_ms: i64,
+    /// How long to wait for the upstream's response headers before answering
+    /// 504, so a hung upstream cannot pin connections forever.
+    pub upstream_timeout_ms: i64,
+    /// How long an idle pooled upstream connection is kept for reuse; shorter
+    /// than the upstream's own keep-alive avoids reusing a closing socket.
+    pub pool_idle_timeout_secs: i64,
+    /// How many idle connections to the upstream are kept for reuse, which
+    /// bounds the file descriptors a burst leaves behind.
+    pub pool_max_idle_per_host: i64,
+    /// How long a client may take to send its request headers before the
+    /// connection is closed, against slowloris-style clients.
+    pub header_read_timeout_ms: i64,
+    /// The most connections each listener serves at once; beyond it new
+    /// connections wait in the kernel's backlog, so a flood cannot exhaust
+    /// memory or file descriptors.
+    pub max_connections: i64,
+}
+
+impl Default for RawProxy {
+    /// The contract's defaults, and ours for the keys it leaves to us.
+    fn default() -> Self {
+        RawProxy {
+            listen: "127.0.0.1:8080".to_owned(),
+            upstream: None,
+            key_header: "x-api-key".to_owned(),
+            org_from: "path".to_owned(),
+            org_header: "x-org-id".to_owned(),
+            public_url: None,
+            blocked_when_expired: vec!["POST".to_owned(), "PUT".to_owned()],
+            connect_timeout_ms: 2_000,
+            upstream_timeout_ms: 30_000,
+            pool_idle_timeout_secs: 90,
+            pool_max_idle_per_host: 256,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `[admin]`: the management listener and who is its provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdmin {
+    /// The address the admin API listens on, as `ip:port`; separate from the
+    /// proxy's so it can stay on a private interface.
+    pub listen: String,
+    /// Lowercase hex SHA-256 of the provider's bearer token; required, because
+    /// without it nobody could provision an org. Only the digest is configured
+    /// so the file never holds the secret.
+    pub provider_token_sha256: Option<String>,
+}
+
+impl Default for RawAdmin {
+    /// The contract's defaults.
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:8081".to_owned(),
+            provider_token_sha256: None,
+        }
+    }
+}
+
+/// `[store]`: where state lives between restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStore {
+    /// The database file, created with its parent folders on first start.
+    /// A relative path is relative to the working directory.
+    pub path: String,
+}
+
+impl Default for RawStore {
+    /// The contract's default.
+    fn default() -> Self {
+        RawStore {
+            path: "data/keygate.redb".to_owned(),
+        }
+    }
+}
+
+/// `[limits]`: the default [`Limits`] of every org. Integers are kept as TOML
+/// wrote them (signed, 64-bit) so that a negative or huge value is reported as
+/// out of range rather than as a type error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Sustained calls per second per org before 429.
+    pub rate_per_sec: i64,
+    /// Calls an org may make at once before the rate applies.
+    pub burst: i64,
+    /// More calls than this within one window disable the org's key.
+    pub threshold_calls: i64,
+    /// The length of the threshold window, in seconds.
+    pub threshold_window_secs: i64,
+}
+
+impl Default for RawLimits {
+    /// The contract's defaults, the same as [`Limits::default`].
+    fn default() -> Self {
+        let d = Limits::default();
+        RawLimits {
+            rate_per_sec: d.rate_per_sec.into(),
+            burst: d.burst.into(),
+            threshold_calls: d.threshold_calls.into(),
+            threshold_window_secs: d.threshold_window_secs.into(),
+        }
+    }
+}
+
+/// The type a key's value must have.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Strs,
+}
+
+impl Kind {
+    fn admits(self, value: &toml::Value) -> bool {
+        match self {
+            Kind::Str => value.is_str(),
+            Kind::Int => value.is_integer(),
+            Kind::Strs => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(toml::Value::is_str)),
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Str => "expected a string",
+            Kind::Int => "expected an integer",
+            Kind::Strs => "expected an array of strings",
+        }
+    }
+}
+
+/// Every section and key [`RawConfig`] accepts, with its type. serde's
+/// `deny_unknown_fields` would refuse the same keys, but without saying where;
+/// walking this first gives every error its dotted path. A unit test keeps it
+/// equal to the raw structs.
+const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
+    (
+        "proxy",
+        &[
+            ("listen", Kind::Str),
+            ("upstream", Kind::Str),
+            ("key_header", Kind::Str),
+            ("org_from", Kind::Str),
+            ("org_header", Kind::Str),
+            ("public_url", Kind::Str),
+            ("blocked_when_expired", Kind::Strs),
+            ("connect_timeout_ms", Kind::Int),
+            ("upstream_timeout_ms", Kind::Int),
+            ("pool_idle_timeout_secs", Kind::Int),
+            ("pool_max_idle_per_host", Kind::Int),
+            ("header_read_timeout_ms", Kind::Int),
+            ("max_connections", Kind::Int),
+        ],
+    ),
+    (
+        "admin",
+        &[("listen", Kind::Str), ("provider_token_sha256", Kind::Str)],
+    ),
+    ("store", &[("path", Kind::Str)]),
+    (
+        "limits",
+        &[
+            ("rate_per_sec", Kind::Int),
+            ("burst", Kind::Int),
+            ("threshold_calls", Kind::Int),
+            ("threshold_window_secs", Kind::Int),
+        ],
+    ),
+];
+
+/// Refuses the first unknown key or wrongly typed value, naming it.
+fn check_shape(doc: &toml::Table) -> Result<(), ConfigError> {
+    for (section, value) in doc {
+        let Some((_, keys)) = SCHEMA.iter().find(|(name, _)| name == section) else {
+            return Err(invalid(section, "unknown key"));
+        };
+        let Some(table) = value.as_table() else {
+            return Err(invalid(section, "expected a table"));
+        };
+        for (key, value) in table {
+            let dotted = format!("{section}.{key}");
+            let Some((_, kind)) = keys.iter().find(|(name, _)| name == key) else {
+                return Err(invalid(dotted, "unknown key"));
+            };
+            if !kind.admits(value) {
+                return Err(invalid(dotted, kind.expected()));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl RawConfig {
+    /// Parses TOML text, refusing syntax errors, unknown keys and wrong types.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                line: e.span().map(|span| line_of(text, span.start)),
+                message: first_line(e.message()),
+            })?;
+        check_shape(&doc)?;
+        // After the walk every key is known and of its type, and every integer
+        // fits an i64, so this only fails if SCHEMA and the structs disagree.
+        RawConfig::deserialize(toml::Value::Table(doc)).map_err(|e| ConfigError::Syntax {
+            line: None,
+            message: first_line(e.message()),
+        })
+    }
+
+    /// Checks every value and converts it into the [`Config`] keygate runs with.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let proxy = self.proxy.validate()?;
+        let admin = self.admin.validate()?;
+        let store = self.store.validate()?;
+        let limits = self.limits.validate()?;
+        Ok(Config {
+            proxy,
+            admin,
+            store,
+            limits,
+        })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// The checked config
+// ---------------------------------------------------------------------------
+
+/// The checked configuration keygate runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The proxy listener and the upstream.
+    pub proxy: ProxyConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// The store.
+    pub store: StoreConfig,
+    /// Every org's default limits, each within `1..=`[`limits_max`](crate::org::limits_max).
+    pub limits: Limits,
+}
+
+/// The checked `[proxy]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The address the proxy listener binds.
+    pub listen: SocketAddr,
+    /// Where accepted requests go: scheme `http`, an authority without
+    /// credentials, no query. Its path is `/` or a base path without a trailing
+    /// slash (`/api`) that the forwarded path is appended to.
+    pub upstream: Uri,
+    /// The header that carries the API key, lowercase.
+    pub key_header: HeaderName,
+    /// Where a request names its org.
+    pub org_from: OrgSource,
+    /// `http(s)://host[:port][/base]` with no trailing slash; an org's
+    /// `base_url` is this plus `/` and the org id in path mode.
+    pub public_url: String,
+    /// Methods refused while a subscription is expired, uppercase, no repeats.
+    pub blocked_when_expired: Vec<Method>,
+    /// Upstream TCP connect timeout; past it the client gets 502.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers; past it, 504.
+    pub upstream_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// How many idle upstream connections are kept.
+    pub pool_max_idle_per_host: usize,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// The most connections served at once, per listener.
+    pub max_connections: usize,
+}
+
+/// The checked `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The address the admin listener binds.
+    pub listen: SocketAddr,
+    /// The digest a bearer token must have to act as the provider.
+    pub provider_token: TokenDigest,
+}
+
+/// The checked `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The database file; relative paths are relative to the working directory.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Parses and validates TOML text, ignoring the environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, |_| None)
+    }
+
+    /// Parses TOML text, applies the overrides `env` returns (see
+    /// [`PROVIDER_TOKEN_ENV`]), and validates. `env` stands for
+    /// `std::env::var`, so tests need not touch the process environment.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::from_toml(text)?;
+        // Empty counts as unset, as `KEY=` in an env file or compose file means.
+        if let Some(digest) = env(PROVIDER_TOKEN_ENV).filter(|d| !d.is_empty()) {
+            // Checked here too, so that a bad value names where it came from.
+            if TokenDigest::from_hex(&digest).is_none() {
+                return Err(invalid(PROVIDER_TOKEN_ENV, NOT_A_DIGEST));
+            }
+            raw.admin.provider_token_sha256 = Some(digest);
+        }
+        raw.validate()
+    }
+
+    /// Reads the file at `path`, applies the process environment's overrides,
+    /// and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, |name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// [`load`](Config::load) with the environment given by `env`.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, env)
+    }
+
+    /// What the gate middleware needs of this config.
+    pub fn gate(&self) -> GateConfig {
+        GateConfig {
+            org_from: self.proxy.org_from.clone(),
+            key_header: self.proxy.key_header.clone(),
+            blocked_when_expired: self.proxy.blocked_when_expired.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation, section by section
+// ---------------------------------------------------------------------------
+
+const NOT_A_DIGEST: &str = "not 64 lowercase hex digits (the SHA-256 of the provider's token)";
+
+/// The largest values of our own keys. Beyond them a value is a typo (seconds
+/// written as milliseconds twice over), not a policy.
+mod max {
+    /// 5 minutes: no healthy upstream takes longer to accept a connection.
+    pub const CONNECT_TIMEOUT_MS: u64 = 300_000;
+    /// 1 hour: long polls and large exports, but not forever.
+    pub const UPSTREAM_TIMEOUT_MS: u64 = 3_600_000;
+    /// 1 day.
+    pub const POOL_IDLE_TIMEOUT_SECS: u64 = 86_400;
+    /// More idle sockets than this to one host is a leak, not a pool.
+    pub const POOL_MAX_IDLE_PER_HOST: u64 = 65_536;
+    /// 5 minutes.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 300_000;
+    /// Well past what one process's file descriptors allow.
+    pub const MAX_CONNECTIONS: u64 = 1_000_000;
+}
+
+impl RawProxy {
+    fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        let listen = socket_addr("proxy.listen", &self.listen)?;
+        let upstream = match &self.upstream {
+            Some(u) => upstream(u)?,
+            None => return Err(invalid("proxy.upstream", "required")),
+        };
+        let key_header = header_name("proxy.key_header", &self.key_header)?;
+        if RESERVED_HEADERS.contains(&key_header.as_str()) {
+            return Err(invalid(
+                "proxy.key_header",
+                "must not be x-org-id, host, content-length or a hop-by-hop header",
+            ));
+        }
+        let org_header = header_name("proxy.org_header", &self.org_header)?;
+        if org_header != X_ORG_ID && RESERVED_HEADERS.contains(&org_header.as_str()) {
+            return Err(invalid(
+                "proxy.org_header",
+                "must not be host, content-length or a hop-by-hop header",
+            ));
+        }
+        let org_from = match self.org_from.as_str() {
+            "path" => OrgSource::Path,
+            "header" if org_header == key_header => {
+                return Err(invalid(
+                    "proxy.org_header",
+                    "must differ from proxy.key_header",
+                ))
+            }
+            "header" => OrgSource::Header(org_header),
+            _ => return Err(invalid("proxy.org_from", r#"must be "path" or "header""#)),
+        };
+        let public_url = match &self.public_url {
+            Some(url) => public_url(url)?,
+            None => format!("http://{listen}"),
+        };
+        Ok(ProxyConfig {
+            listen,
+            upstream,
+            key_header,
+            org_from,
+            public_url,
+            blocked_when_expired: methods(
+                "proxy.blocked_when_expired",
+                &self.blocked_when_expired,
+            )?,
+            connect_timeout: Duration::from_millis(ranged(
+                "proxy.connect_timeout_ms",
+                self.connect_timeout_ms,
+                max::CONNECT_TIMEOUT_MS,
+            )?),
+            upstream_timeout: Duration::from_millis(ranged(
+                "proxy.upstream_timeout_ms",
+                self.upstream_timeout_ms,
+                max::UPSTREAM_TIMEOUT_MS,
+            )?),
+            pool_idle_timeout: Duration::from_secs(ranged(
+                "proxy.pool_idle_timeout_secs",
+                self.pool_idle_timeout_secs,
+                max::POOL_IDLE_TIMEOUT_SECS,
+            )?),
+            pool_max_idle_per_host: ranged_usize(
+                "proxy.pool_max_idle_per_host",
+                self.pool_max_idle_per_host,
+                max::POOL_MAX_IDLE_PER_HOST,
+            )?,
+            header_read_timeout: Duration::from_millis(ranged(
+                "proxy.header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                max::HEADER_READ_TIMEOUT_MS,
+            )?),
+            max_connections: ranged_usize(
+                "proxy.max_connections",
+                self.max_connections,
+                max::MAX_CONNECTIONS,
+            )?,
+        })
+    }
+}
+
+impl RawAdmin {
+    fn validate(self) -> Result<AdminConfig, ConfigError> {
+        let listen = socket_addr("admin.listen", &self.listen)?;
+        let Some(hex) = &self.provider_token_sha256 else {
+            return Err(invalid("admin.provider_token_sha256", "required"));
+        };
+        let provider_token = TokenDigest::from_hex(hex)
+            .ok_or_else(|| invalid("admin.provider_token_sha256", NOT_A_DIGEST))?;
+        Ok(AdminConfig {
+            listen,
+            provider_token,
+        })
+    }
+}
+
+impl RawStore {
+    fn validate(self) -> Result<StoreConfig, ConfigError> {
+        if self.path.is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        Ok(StoreConfig {
+            path: PathBuf::from(self.path),
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        // Out-of-u32 values saturate to 0 or u32::MAX, both outside every
+        // limit's range, so `Limits::validate` refuses them with its own bounds.
+        let narrow = |v: i64| u32::try_from(v).unwrap_or(if v < 0 { 0 } else { u32::MAX });
+        let limits = Limits {
+            rate_per_sec: narrow(self.rate_per_sec),
+            burst: narrow(self.burst),
+            threshold_calls: narrow(self.threshold_calls),
+            threshold_window_secs: narrow(self.threshold_window_secs),
+        };
+        limits.validate().map_err(|e| {
+            invalid(
+                format!("limits.{}", e.field),
+                format!("must be between 1 and {}", e.max),
+            )
+        })?;
+        Ok(limits)
+    }
+}
+
+const X_ORG_ID: &str = "x-org-id";
+
+/// Headers the key header must not be: the one keygate sets on forwarded
+/// requests, the ones hyper and the upstream connection need intact (the gate
+/// strips the key header before forwarding), and the hop-by-hop headers of
+/// RFC 9110 §7.6.1, which never reach the upstream as sent.
+const RESERVED_HEADERS: &[&str] = &[
+    X_ORG_ID,
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid(key, "not a socket address (host:port)"))
+}
+
+fn header_name(key: &str, s: &str) -> Result<HeaderName, ConfigError> {
+    // `from_bytes` lowercases, so `X-Api-Key` is accepted as `x-api-key`.
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| invalid(key, "not a valid header name"))
+}
+
+/// `1..=max`, or an error naming `key` and the range.
+fn ranged(key: &str, value: i64, max: u64) -> Result<u64, ConfigError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| (1..=max).contains(v))
+        .ok_or_else(|| invalid(key, format!("must be between 1 and {max}")))
+}
+
+fn ranged_usize(key: &str, value: i64, max: u64) -> Result<usize, ConfigError> {
+    let v = ranged(key, value, max)?;
+    usize::try_from(v).map_err(|_| invalid(key, format!("must be between 1 and {max}")))
+}
+
+/// The authority of a URL already known to be `http` or `https`, after refusing
+/// a missing host, credentials, an unreadable port, a query and a fragment.
+fn web_url<'a>(
+    key: &str,
+    s: &str,
+    uri: &'a Uri,
+    not_a_url: &str,
+) -> Result<&'a Authority, ConfigError> {
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| invalid(key, not_a_url))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(key, "must not contain credentials"));
+    }
+    // `Authority` keeps a port it cannot read (`:99999`, `:`) and reports none.
+    let port = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .unwrap_or_default();
+    let readable = port
+        .strip_prefix(':')
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| p != 0);
+    if !port.is_empty() && !readable {
+        return Err(invalid(key, not_a_url));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(key, "must not have a query"));
+    }
+    if s.contains('#') {
+        return Err(invalid(key, "must not have a fragment"));
+    }
+    Ok(authority)
+}
+
+fn upstream(s: &str) -> Result<Uri, ConfigError> {
+    const KEY: &str = "proxy.upstream";
+    const NOT_HTTP: &str = "not an http URL";
+    let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_HTTP))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid(KEY, "not an http URL (https is not supported)")),
+        _ => return Err(invalid(KEY, NOT_HTTP)),
+    }
+    let authority = web_url(KEY, s, &uri, NOT_HTTP)?;
+    // The proxy appends the request's path to this one; a trailing slash would
+    // double the slash between them.
+    let base = match uri.path().trim_end_matches('/') {
+        "" => "/",
+        base => base,
+    };
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(base)
+        .build()
+        .map_err(|_| invalid(KEY, NOT_HTTP))
+}
+
+fn public_url(s: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "proxy.public_url";
+    const NOT_WEB: &str = "not an http or https URL";
+    let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_WEB))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(invalid(KEY, NOT_WEB));
+    }
+    web_url(KEY, s, &uri, NOT_WEB)?;
+    // `base_url` is this plus "/" and the org id; a trailing slash would double it.
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn methods(key: &str, names: &[String]) -> Result<Vec<Method>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(key, format!("{name:?} is not an HTTP method")))?;
+        if seen.insert(method.clone()) {
+            out.push(method);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ZEROS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    const EXAMPLE: &str = include_str!("../config/keygate.toml");
+
+    /// The two required keys, as root-level dotted keys so that tests can add
+    /// more dotted keys after them.
+    fn with(extra: &str) -> String {
+        format!(
+            "proxy.upstream = \"http://127.0.0.1:9000\"\n\
+             admin.provider_token_sha256 = \"{ZEROS}\"\n{extra}"
+        )
+    }
+
+    fn with_upstream(url: &str) -> String {
+        format!("proxy.upstream = \"{url}\"\nadmin.provider_token_sha256 = \"{ZEROS}\"\n")
+    }
+
+    fn error(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_toml(&with("")).unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/");
+        assert_eq!(c.proxy.key_header, "x-api-key");
+        assert_eq!(c.proxy.org_from, OrgSource::Path);
+        assert_eq!(c.proxy.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.proxy.blocked_when_expired, [Method::POST, Method::PUT]);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_millis(2_000));
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(30_000));
+        assert_eq!(c.proxy.pool_idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.proxy.pool_max_idle_per_host, 256);
+        assert_eq!(c.proxy.header_read_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.proxy.max_connections, 10_000);
+        assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(
+            c.admin.provider_token,
+            TokenDigest::from_hex(ZEROS).unwrap()
+        );
+        assert_eq!(c.store.path, PathBuf::from("data/keygate.redb"));
+        assert_eq!(
+            c.limits,
+            Limits {
+                rate_per_sec: 100,
+                burst: 100,
+                threshold_calls: 100_000,
+                threshold_window_secs: 3600,
+            }
+        );
+        let gate = GateConfig::default();
+        assert_eq!(c.gate().org_from, gate.org_from);
+        assert_eq!(c.gate().key_header, gate.key_header);
+        assert_eq!(c.gate().blocked_when_expired, gate.blocked_when_expired);
+    }
+
+    #[test]
+    fn the_example_file_parses_and_validates() {
+        let c = Config::from_toml(EXAMPLE).unwrap();
+        assert_eq!(c, Config::from_toml(&with("")).unwrap());
+    }
+
+    #[test]
+    fn the_example_file_sets_every_known_key() {
+        let doc: toml::Table = EXAMPLE.parse().unwrap();
+        for (section, keys) in SCHEMA {
+            for (key, _) in *keys {
+                assert!(doc[*section].get(*key).is_some(), "{section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_names_exactly_the_raw_fields() {
+        let mut raw = RawConfig::default();
+        raw.proxy.upstream = Some(String::new());
+        raw.proxy.public_url = Some(String::new());
+        raw.admin.provider_token_sha256 = Some(String::new());
+        let doc = toml::Table::try_from(&raw).unwrap();
+        let fields: Vec<(String, String)> = doc
+            .iter()
+            .flat_map(|(s, t)| {
+                let t = t.as_table().unwrap();
+                t.keys().map(move |k| (s.clone(), k.clone()))
+            })
+            .collect();
+        let mut schema: Vec<(String, String)> = SCHEMA
+            .iter()
+            .flat_map(|(s, keys)| keys.iter().map(|(k, _)| (s.to_string(), k.to_string())))
+            .collect();
+        schema.sort();
+        let mut fields = fields;
+        fields.sort();
+        assert_eq!(fields, schema);
+        check_shape(&doc).unwrap();
+    }
+
+    #[test]
+    fn a_missing_upstream_is_reported_as_required() {
+        let text = format!("[admin]\nprovider_token_sha256 = \"{ZEROS}\"");
+        assert_eq!(error(&text), "config: proxy.upstream: required");
+    }
+
+    #[test]
+    fn a_missing_provider_token_is_reported_as_required() {
+        assert_eq!(
+            error("[proxy]\nupstream = \"http://127.0.0.1:9000\""),
+            "config: admin.provider_token_sha256: required"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_dotted_path() {
+        assert_eq!(
+            error(&with("proxy.upstreem = \"http://x\"")),
+            "config: proxy.upstreem: unknown key"
+        );
+    }
+
+    #[test]
+    fn an_unknown_section_is_reported_by_name() {
+        assert_eq!(
+            error(&with("[proxxy]\nlisten = 1")),
+            "config: proxxy: unknown key"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        assert_eq!(
+            error(&with("limits.burst = \"100\"")),
+            "config: limits.burst: expected an integer"
+        );
+        assert_eq!(
+            error(&with("proxy.listen = 8080")),
+            "config: proxy.listen: expected a string"
+        );
+        assert_eq!(
+            error(&with("proxy.blocked_when_expired = \"POST\"")),
+            "config: proxy.blocked_when_expired: expected an array of strings"
+        );
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_table_is_refused() {
+        assert_eq!(error("limits = 5"), "config: limits: expected a table");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line_on_one_line() {
+        let e = error("[proxy]\nupstream = \"http://127.0.0.1:9000\"\nlisten = \n");
+        assert!(e.starts_with("config: line 3: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_a_syntax_error() {
+        let e = error("[proxy]\nlisten = \"a\"\nlisten = \"b\"\n");
+        assert!(e.starts_with("config: line 3: "), "{e}");
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.toml");
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("config: {}: ", path.display())),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn load_reads_and_validates_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(&path, EXAMPLE).unwrap();
+        let c = Config::load_with_env(&path, |_| None).unwrap();
+        assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_key() {
+        assert_eq!(
+            error(&with("limits.burst = 0")),
+            "config: limits.burst: must be between 1 and 10000000"
+        );
+        assert_eq!(
+            error(&with("limits.rate_per_sec = -1")),
+            "config: limits.rate_per_sec: must be between 1 and 10000000"
+        );
+        assert_eq!(
+            error(&with("limits.threshold_calls = 99999999999")),
+            "config: limits.threshold_calls: must be between 1 and 4000000000"
+        );
+    }
+
+    #[test]
+    fn a_listen_that_is_not_a_socket_address_is_refused() {
+        assert_eq!(
+            error(&with("proxy.listen = \"localhost\"")),
+            "config: proxy.listen: not a socket address (host:port)"
+        );
+        assert_eq!(
+            error(&with("admin.listen = \"127.0.0.1\"")),
+            "config: admin.listen: not a socket address (host:port)"
+        );
+    }
+
+    #[test]
+    fn an_upstream_that_is_not_a_url_is_refused() {
+        for bad in [
+            "not a url",
+            "127.0.0.1:9000",
+            "/api",
+            "http://",
+            "http://h:99999",
+            "http://h:",
+            "http://h:0",
+        ] {
+            assert_eq!(
+                error(&with_upstream(bad)),
+                "config: proxy.upstream: not an http URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn https_and_ftp_upstreams_are_refused() {
+        assert_eq!(
+            error(&with_upstream("https://127.0.0.1:9000")),
+            "config: proxy.upstream: not an http URL (https is not supported)"
+        );
+        assert_eq!(
+            error(&with_upstream("ftp://127.0.0.1:21")),
+            "config: proxy.upstream: not an http URL"
+        );
+    }
+
+    #[test]
+    fn a_base_path_in_the_upstream_is_kept() {
+        let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/api/v2")).unwrap();
+        assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/api/v2");
+        assert_eq!(c.proxy.upstream.path(), "/api/v2");
+    }
+
+    #[test]
+    fn the_upstream_base_path_loses_its_trailing_slash() {
+        let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/api/")).unwrap();
+        assert_eq!(c.proxy.upstream.path(), "/api");
+        let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/")).unwrap();
+        assert_eq!(c.proxy.upstream.path(), "/");
+        let c = Config::from_toml(&with_upstream("http://[::1]:9000")).unwrap();
+        assert_eq!(c.proxy.upstream.port_u16(), Some(9000));
+    }
+
+    #[test]
+    fn an_upstream_with_a_query_fragment_or_credentials_is_refused() {
+        assert_eq!(
+            error(&with_upstream("http://127.0.0.1:9000/api?x=1")),
+            "config: proxy.upstream: must not have a query"
+        );
+        assert_eq!(
+            error(&with_upstream("http://127.0.0.1:9000/api#top")),
+            "config: proxy.upstream: must not have a fragment"
+        );
+        assert_eq!(
+            error(&with_upstream("http://user:pw@127.0.0.1:9000")),
+            "config: proxy.upstream: must not contain credentials"
+        );
+    }
+
+    #[test]
+    fn a_provider_token_that_is_not_lowercase_hex_is_refused() {
+        let upper = format!(
+            "proxy.upstream = \"http://127.0.0.1:9000\"\nadmin.provider_token_sha256 = \"{}\"",
+            "A".repeat(64)
+        );
+        assert_eq!(
+            error(&upper),
+            format!("config: admin.provider_token_sha256: {NOT_A_DIGEST}")
+        );
+    }
+
+    #[test]
+    fn the_environment_token_overrides_the_file() {
+        let digest = TokenDigest::of("secret");
+        let c = Config::from_toml_with_env(&with(""), |name| {
+            (name == PROVIDER_TOKEN_ENV).then(|| digest.to_hex())
+        })
+        .unwrap();
+        assert_eq!(c.admin.provider_token, digest);
+    }
+
+    #[test]
+    fn the_environment_token_supplies_a_missing_one() {
+        let digest = TokenDigest::of("secret");
+        let text = "[proxy]\nupstream = \"http://127.0.0.1:9000\"";
+        let c = Config::from_toml_with_env(text, |_| Some(digest.to_hex())).unwrap();
+        assert_eq!(c.admin.provider_token, digest);
+    }
+
+    #[test]
+    fn an_empty_environment_token_is_ignored() {
+        let c = Config::from_toml_with_env(&with(""), |_| Some(String::new())).unwrap();
+        assert_eq!(
+            c.admin.provider_token,
+            TokenDigest::from_hex(ZEROS).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_malformed_environment_token_names_the_variable() {
+        let e = Config::from_toml_with_env(&with(""), |_| Some("nope".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("config: KEYGATE_PROVIDER_TOKEN_SHA256: {NOT_A_DIGEST}")
+        );
+    }
+
+    #[test]
+    fn header_mode_builds_org_source_header() {
+        let c = Config::from_toml(&with(
+            "proxy.org_from = \"header\"\nproxy.org_header = \"X-Tenant\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.proxy.org_from,
+            OrgSource::Header(HeaderName::from_static("x-tenant"))
+        );
+        assert_eq!(c.gate().org_from, c.proxy.org_from);
+    }
+
+    #[test]
+    fn header_mode_refuses_an_org_header_equal_to_the_key_header() {
+        assert_eq!(
+            error(&with(
+                "proxy.org_from = \"header\"\nproxy.org_header = \"X-API-KEY\""
+            )),
+            "config: proxy.org_header: must differ from proxy.key_header"
+        );
+    }
+
+    #[test]
+    fn org_from_must_be_path_or_header() {
+        assert_eq!(
+            error(&with("proxy.org_from = \"query\"")),
+            r#"config: proxy.org_from: must be "path" or "header""#
+        );
+    }
+
+    #[test]
+    fn header_names_are_case_insensitive_and_must_be_valid() {
+        let c = Config::from_toml(&with("proxy.key_header = \"X-Key\"")).unwrap();
+        assert_eq!(c.proxy.key_header, "x-key");
+        assert_eq!(
+            error(&with("proxy.key_header = \"x key\"")),
+            "config: proxy.key_header: not a valid header name"
+        );
+        assert_eq!(
+            error(&with("proxy.org_header = \"\"")),
+            "config: proxy.org_header: not a valid header name"
+        );
+    }
+
+    #[test]
+    fn reserved_headers_cannot_carry_the_key() {
+        for name in ["x-org-id", "Host", "connection", "transfer-encoding", "te"] {
+            assert_eq!(
+                error(&with(&format!("proxy.key_header = \"{name}\""))),
+                "config: proxy.key_header: must not be x-org-id, host, content-length or a hop-by-hop header",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_url_defaults_to_http_listen() {
+        let c = Config::from_toml(&with("proxy.listen = \"[::1]:9090\"")).unwrap();
+        assert_eq!(c.proxy.public_url, "http://[::1]:9090");
+    }
+
+    #[test]
+    fn the_public_url_loses_its_trailing_slash() {
+        let c =
+            Config::from_toml(&with("proxy.public_url = \"https://api.example.com/gw/\"")).unwrap();
+        assert_eq!(c.proxy.public_url, "https://api.example.com/gw");
+    }
+
+    #[test]
+    fn a_public_url_that_is_not_http_is_refused() {
+        for bad in ["api.example.com", "ftp://api.example.com", "http://"] {
+            assert_eq!(
+                error(&with(&format!("proxy.public_url = \"{bad}\""))),
+                "config: proxy.public_url: not an http or https URL",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocked_methods_are_uppercased_and_deduplicated() {
+        let c = Config::from_toml(&with(
+            "proxy.blocked_when_expired = [\"delete\", \"PATCH\", \"Delete\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.proxy.blocked_when_expired,
+            [Method::DELETE, Method::PATCH]
+        );
+        let c = Config::from_toml(&with("proxy.blocked_when_expired = []")).unwrap();
+        assert!(c.proxy.blocked_when_expired.is_empty());
+    }
+
+    #[test]
+    fn a_method_that_is_not_a_token_is_refused() {
+        assert_eq!(
+            error(&with("proxy.blocked_when_expired = [\"PO ST\"]")),
+            "config: proxy.blocked_when_expired: \"PO ST\" is not an HTTP method"
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_and_sizes_are_refused() {
+        for key in [
+            "connect_timeout_ms",
+            "upstream_timeout_ms",
+            "pool_idle_timeout_secs",
+            "pool_max_idle_per_host",
+            "header_read_timeout_ms",
+            "max_connections",
+        ] {
+            let e = error(&with(&format!("proxy.{key} = 0")));
+            assert!(
+                e.starts_with(&format!("config: proxy.{key}: must be between 1 and ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_timeouts_and_sizes_are_refused() {
+        assert_eq!(
+            error(&with("proxy.upstream_timeout_ms = 3600001")),
+            "config: proxy.upstream_timeout_ms: must be between 1 and 3600000"
+        );
+        for key in [
+            "connect_timeout_ms",
+            "pool_idle_timeout_secs",
+            "pool_max_idle_per_host",
+            "header_read_timeout_ms",
+            "max_connections",
+        ] {
+            let e = error(&with(&format!("proxy.{key} = 9223372036854775807")));
+            assert!(
+                e.starts_with(&format!("config: proxy.{key}: must be between 1 and ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_store_path_is_refused() {
+        assert_eq!(
+            error(&with("store.path = \"\"")),
+            "config: store.path: must not be empty"
+        );
+    }
+}

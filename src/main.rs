@@ -1,0 +1,123 @@
+//! The `keygate` command: parses flags and calls into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// keygate: one API key per organization, in front of your HTTP APIs.
+#[derive(Parser)]
+#[command(name = "keygate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Serve {
+        /// The TOML config (see config/keygate.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
+    Demo {
+        /// Where the demo keeps its token, config and store.
+        #[arg(long, default_value = "data/demo")]
+        dir: PathBuf,
+        /// The proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        proxy_listen: SocketAddr,
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin_listen: SocketAddr,
+        /// The echo upstream's listener.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        upstream_listen: SocketAddr,
+    },
+    /// Print the SHA-256 of a token read from standard input, for
+    /// admin.provider_token_sha256.
+    Digest,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            // Checked before a runtime starts or anything binds.
+            let config = match keygate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs();
+            run(async { keygate::server::serve(&config).await })
+        }
+        Command::Demo {
+            dir,
+            proxy_listen,
+            admin_listen,
+            upstream_listen,
+        } => {
+            init_logs();
+            let opts = keygate::demo::DemoOptions {
+                dir,
+                proxy_listen,
+                admin_listen,
+                upstream_listen,
+            };
+            run(async { keygate::demo::run(&opts, &mut std::io::stdout()).await })
+        }
+        Command::Digest => {
+            let mut token = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut token) {
+                eprintln!("keygate: reading the token: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "{}",
+                keygate::token::TokenDigest::of(token.trim_end_matches(['\r', '\n'])).to_hex()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Logs to stderr; `KEYGATE_LOG` (or `RUST_LOG`) sets the level, `info` by default.
+fn init_logs() {
+    let filter = std::env::var("KEYGATE_LOG")
+        .ok()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keygate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

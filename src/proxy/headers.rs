@@ -1,0 +1,82 @@
+//! Headers a proxy must not pass on (RFC 9110, section 7.6.1), and the
+//! `X-Forwarded-*` headers it adds.
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Added by keygate: the client's address, after any the client sent.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Added by keygate: the scheme the client used.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the hop-by-hop headers: the fixed set, and every header the
+/// `Connection` header names. Allocates only when `Connection` is present.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
+        for value in &named {
+            let Ok(list) = value.to_str() else { continue };
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                headers.remove(name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto`. `client` is built once per connection; only a client that
+/// sent its own `X-Forwarded-For` costs an allocation.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &HeaderValue) {
+    let joined = match headers.get(X_FORWARDED_FOR) {
+        None => client.clone(),
+        Some(prior) => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR, joined);
+    headers.insert(X_FORWARDED_PROTO, proto.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(KEEP_ALIVE, "timeout=5".parse().unwrap());
+        h.insert(TE, "trailers".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn forwarded_for_is_set_or_appended() {
+        let client = HeaderValue::from_static("10.0.0.1");
+        let http = HeaderValue::from_static("http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, &client, &http);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        add_forwarded(&mut h, &client, &http);
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
+    }
+}

@@ -1,0 +1,306 @@
+//! Running keygate: the store, the proxy listener and the admin listener, and
+//! their orderly end.
+//!
+//! [`start`] opens the store (refusing a corrupt one before anything binds),
+//! binds both listeners and serves them on the current Tokio runtime; the
+//! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
+//! stops accepting, lets requests in flight finish for at most
+//! [`DRAIN_LIMIT`], and returns.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tower_layer::Layer;
+
+use crate::admin::{self, AdminState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::gate::KeyGateLayer;
+use crate::proxy::{Forward, ForwardConfig, Upstream};
+use crate::store::{Backend, BackendError, RedbBackend, Store};
+
+/// How long [`Running::stop`] lets requests in flight finish.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why keygate could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The store could not be opened or read.
+    #[error("store: {0}")]
+    Store(#[from] BackendError),
+    /// A listener could not bind.
+    #[error("{listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// `proxy` or `admin`.
+        listener: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstream URL is unusable.
+    #[error("proxy.upstream: {0}")]
+    Upstream(#[from] crate::proxy::UpstreamError),
+}
+
+/// keygate, serving.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the proxy listens.
+    pub proxy_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// The store both serve.
+    pub store: Store,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens the store at `config.store.path` and starts serving.
+pub async fn start(config: &Config) -> Result<Running, ServeError> {
+    let path = config.store.path.clone();
+    let backend = tokio::task::spawn_blocking(move || RedbBackend::open(&path))
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
+    start_with(config, Arc::new(backend), Arc::new(SystemClock::new())).await
+}
+
+/// Starts serving over the given backend and clock.
+pub async fn start_with(
+    config: &Config,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, ServeError> {
+    let upstream = Upstream::new(&config.proxy.upstream)?;
+    let store = Store::open(backend, clock, config.limits).await?;
+    tracing::info!(orgs = store.len(), "store loaded");
+
+    let bind = |listener: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                listener,
+                addr,
+                source,
+            })
+    };
+    let proxy_listener = bind("proxy", config.proxy.listen).await?;
+    let admin_listener = bind("admin", config.admin.listen).await?;
+    let proxy_addr = local_addr("proxy", &proxy_listener, config.proxy.listen)?;
+    let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
+
+    let (stop, stopped) = watch::channel(false);
+    let forward = Forward::<Incoming>::new(&ForwardConfig {
+        upstream,
+        connect_timeout: config.proxy.connect_timeout,
+        upstream_timeout: config.proxy.upstream_timeout,
+        pool_idle_timeout: config.proxy.pool_idle_timeout,
+        pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
+    });
+    let layer = KeyGateLayer::new(store.clone(), config.gate());
+    let proxy = tokio::spawn(serve_proxy(
+        proxy_listener,
+        layer,
+        forward,
+        Limits {
+            header_read_timeout: config.proxy.header_read_timeout,
+            max_connections: config.proxy.max_connections,
+        },
+        stopped.clone(),
+    ));
+
+    // A default public URL follows the port the system chose for `:0`.
+    let public_url = if config.proxy.listen.port() == 0
+        && config.proxy.public_url == format!("http://{}", config.proxy.listen)
+    {
+        format!("http://{proxy_addr}")
+    } else {
+        config.proxy.public_url.clone()
+    };
+    let state = AdminState::new(
+        store.clone(),
+        config.admin.provider_token,
+        &public_url,
+        &config.proxy.org_from,
+    );
+    let admin = tokio::spawn(serve_admin(admin_listener, admin::router(state), stopped));
+    tracing::info!(%proxy_addr, %admin_addr, "keygate listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        store,
+        stop,
+        tasks: vec![proxy, admin],
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (at most
+    /// [`DRAIN_LIMIT`]), and returns once both listeners are closed.
+    pub async fn stop(self) {
+        // Receivers live as long as the serving tasks; if they are gone, so is
+        // everything there was to stop.
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a listener task failed");
+            }
+        }
+        tracing::info!("keygate stopped");
+    }
+}
+
+/// Runs keygate until SIGTERM or SIGINT, then stops it gracefully.
+pub async fn serve(config: &Config) -> Result<(), ServeError> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    running.stop().await;
+    Ok(())
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn local_addr(
+    listener: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, ServeError> {
+    l.local_addr().map_err(|source| ServeError::Bind {
+        listener,
+        addr,
+        source,
+    })
+}
+
+struct Limits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    layer: KeyGateLayer,
+    forward: Forward<Incoming>,
+    limits: Limits,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+
+    loop {
+        // At the connection limit, stop accepting until one closes: new clients
+        // wait in the kernel's backlog instead of being cut off.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed; see below
+            },
+            _ = stopped.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = TowerToHyperService::new(layer.layer(forward.for_client(peer.ip())));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "proxy connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    drain("proxy", graceful.shutdown()).await;
+}
+
+async fn serve_admin(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let _ = stopped.changed().await;
+        let _ = drained_tx.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+            return;
+        }
+        _ = drained_rx => {}
+    }
+    drain("admin", async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    })
+    .await;
+}
+
+async fn drain(listener: &'static str, done: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(DRAIN_LIMIT, done).await.is_err() {
+        tracing::warn!(
+            listener,
+            "requests still in flight after the drain limit; closing"
+        );
+    }
+}
