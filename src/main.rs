@@ -22,6 +22,22 @@ enum Command {
         /// The TOML config (see config/keygate.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Runtime worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Benchmarks only: forward every request WITHOUT checking keys, to
+        /// measure what the checks cost.
+        #[arg(long, hide = true)]
+        bare: bool,
+    },
+    /// Provision many orgs into a stopped keygate's store in bulk: one per line
+    /// of FILE (or standard input), `org` or `org<TAB>key`.
+    Import {
+        /// The TOML config naming the store.
+        #[arg(long)]
+        config: PathBuf,
+        /// The org list; `-` for standard input.
+        file: PathBuf,
     },
     /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
     Demo {
@@ -46,7 +62,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            workers,
+            bare,
+        } => {
             // Checked before a runtime starts or anything binds.
             let config = match keygate::config::Config::load(&config) {
                 Ok(c) => c,
@@ -56,7 +76,21 @@ fn main() -> ExitCode {
                 }
             };
             init_logs();
-            run(async { keygate::server::serve(&config).await })
+            let options = keygate::server::ServeOptions { bare };
+            run_on(workers, async {
+                keygate::server::serve_with(&config, options).await
+            })
+        }
+        Command::Import { config, file } => {
+            let config = match keygate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs();
+            run(async move { import(&config, &file).await })
         }
         Command::Demo {
             dir,
@@ -102,11 +136,38 @@ fn init_logs() {
         .init();
 }
 
+async fn import(config: &keygate::config::Config, file: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use keygate::clock::Clock;
+    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
+    let now = keygate::clock::SystemClock::new().now();
+    let started = std::time::Instant::now();
+    let n = if file.as_os_str() == "-" {
+        keygate::store::import_orgs(&backend, std::io::stdin().lock(), now).await?
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
+        keygate::store::import_orgs(&backend, std::io::BufReader::new(f), now).await?
+    };
+    eprintln!(
+        "imported {n} orgs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_on(None, fut)
+}
+
+fn run_on<E: std::fmt::Display>(
+    workers: Option<usize>,
+    fut: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keygate: cannot start the runtime: {e}");

@@ -67,13 +67,33 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Choices beyond the config, for the command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Forward every request without checking keys: the same server and client
+    /// code without the gate, so benchmarks can measure what the gate costs.
+    /// Never for production.
+    pub bare: bool,
+}
+
 /// Opens the store at `config.store.path` and starts serving.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
+    start_opened(config, ServeOptions::default()).await
+}
+
+/// [`start`], with options.
+pub async fn start_opened(config: &Config, options: ServeOptions) -> Result<Running, ServeError> {
     let path = config.store.path.clone();
     let backend = tokio::task::spawn_blocking(move || RedbBackend::open(&path))
         .await
         .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
-    start_with(config, Arc::new(backend), Arc::new(SystemClock::new())).await
+    start_with_options(
+        config,
+        Arc::new(backend),
+        Arc::new(SystemClock::new()),
+        options,
+    )
+    .await
 }
 
 /// Starts serving over the given backend and clock.
@@ -81,6 +101,16 @@ pub async fn start_with(
     config: &Config,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
+) -> Result<Running, ServeError> {
+    start_with_options(config, backend, clock, ServeOptions::default()).await
+}
+
+/// [`start_with`], with options.
+pub async fn start_with_options(
+    config: &Config,
+    backend: Arc<dyn Backend>,
+    clock: Arc<dyn Clock>,
+    options: ServeOptions,
 ) -> Result<Running, ServeError> {
     let upstream = Upstream::new(&config.proxy.upstream)?;
     let store = Store::open(backend, clock, config.limits).await?;
@@ -108,17 +138,27 @@ pub async fn start_with(
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
     });
-    let layer = KeyGateLayer::new(store.clone(), config.gate());
-    let proxy = tokio::spawn(serve_proxy(
-        proxy_listener,
-        layer,
-        forward,
-        Limits {
-            header_read_timeout: config.proxy.header_read_timeout,
-            max_connections: config.proxy.max_connections,
-        },
-        stopped.clone(),
-    ));
+    let limits = Limits {
+        header_read_timeout: config.proxy.header_read_timeout,
+        max_connections: config.proxy.max_connections,
+    };
+    let proxy = if options.bare {
+        tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
+        tokio::spawn(serve_proxy(
+            proxy_listener,
+            move |ip| forward.for_client(ip),
+            limits,
+            stopped.clone(),
+        ))
+    } else {
+        let layer = KeyGateLayer::new(store.clone(), config.gate());
+        tokio::spawn(serve_proxy(
+            proxy_listener,
+            move |ip| layer.layer(forward.for_client(ip)),
+            limits,
+            stopped.clone(),
+        ))
+    };
 
     // A default public URL follows the port the system chose for `:0`.
     let public_url = if config.proxy.listen.port() == 0
@@ -163,7 +203,12 @@ impl Running {
 
 /// Runs keygate until SIGTERM or SIGINT, then stops it gracefully.
 pub async fn serve(config: &Config) -> Result<(), ServeError> {
-    let running = start(config).await?;
+    serve_with(config, ServeOptions::default()).await
+}
+
+/// [`serve`], with options.
+pub async fn serve_with(config: &Config, options: ServeOptions) -> Result<(), ServeError> {
+    let running = start_opened(config, options).await?;
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
     running.stop().await;
@@ -211,13 +256,24 @@ struct Limits {
     max_connections: usize,
 }
 
-async fn serve_proxy(
+/// Accepts proxy connections and serves each with the service `per_client`
+/// makes for the client's address.
+async fn serve_proxy<S, B>(
     listener: TcpListener,
-    layer: KeyGateLayer,
-    forward: Forward<Incoming>,
+    per_client: impl Fn(std::net::IpAddr) -> S,
     limits: Limits,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -252,7 +308,7 @@ async fn serve_proxy(
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(layer.layer(forward.for_client(peer.ip())));
+        let svc = TowerToHyperService::new(per_client(peer.ip()));
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();

@@ -18,6 +18,7 @@
 //! durable on disk but invisible in memory.
 
 mod backend;
+mod import;
 mod memory;
 mod redb;
 
@@ -32,6 +33,7 @@ use dashmap::DashSet;
 pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, OrgRecord, Snapshot,
 };
+pub use import::{import_orgs, ImportError};
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 

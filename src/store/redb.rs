@@ -64,7 +64,7 @@ const MODE: u32 = 0o600;
 /// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
 /// `Arc`, and each operation runs on tokio's blocking pool, since redb is
 /// synchronous and a commit waits for an fsync.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RedbBackend {
     inner: Arc<Inner>,
 }
@@ -150,6 +150,13 @@ impl RedbBackend {
         })
     }
 
+    /// Commits many changes in one durable transaction, all or none: how
+    /// `keygate import` loads a large set of orgs without one fsync each. Blocks;
+    /// call it before serving or from a blocking task.
+    pub fn import(&self, commits: &[Commit]) -> Result<(), BackendError> {
+        self.inner.commit_all(commits)
+    }
+
     /// Whether opening had to repair the file because the process that last had
     /// it open did not close it cleanly. The repair keeps every commit that had
     /// returned `Ok`.
@@ -221,10 +228,25 @@ impl Inner {
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), BackendError> {
+        self.commit_all(std::slice::from_ref(commit))
+    }
+
+    /// Applies every commit in one write transaction: all or none.
+    fn commit_all(&self, commits: &[Commit]) -> Result<(), BackendError> {
         let fail = |e: &dyn fmt::Display| self.unavailable("commit", e);
-        let event = encode(&commit.event, "audit event").map_err(|e| fail(&e))?;
         let mut txn = self.db.begin_write().map_err(|e| fail(&e))?;
         txn.set_durability(Durability::Immediate);
+        for commit in commits {
+            self.apply(&txn, commit)?;
+        }
+        // An error before this point drops `txn`, which aborts it: nothing of
+        // the changes or their events is written.
+        txn.commit().map_err(|e| fail(&e))
+    }
+
+    fn apply(&self, txn: &redb::WriteTransaction, commit: &Commit) -> Result<(), BackendError> {
+        let fail = |e: &dyn fmt::Display| self.unavailable("commit", e);
+        let event = encode(&commit.event, "audit event").map_err(|e| fail(&e))?;
         {
             match &commit.change {
                 Change::Org(OrgRecord { id, state }) => {
@@ -266,9 +288,7 @@ impl Inner {
                 .insert((org, seq), event.as_slice())
                 .map_err(|e| fail(&e))?;
         }
-        // An error before this point drops `txn`, which aborts it: nothing of
-        // the change or its event is written.
-        txn.commit().map_err(|e| fail(&e))
+        Ok(())
     }
 
     fn audit(&self, org: &OrgId) -> Result<Vec<AuditEvent>, BackendError> {
