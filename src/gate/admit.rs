@@ -61,16 +61,18 @@ impl Gate {
                     if c.state.is_disabled() {
                         return Err(Refusal::KeyDisabled);
                     }
-                    Ok((c.limits, c.rate, c.state.subscription_expired(now)))
+                    Ok((
+                        c.threshold_calls,
+                        c.threshold_window_secs,
+                        c.rate,
+                        c.state.subscription_expired(now),
+                    ))
                 });
-                let (limits, rate, expired) = match checked {
+                let (threshold_calls, window_secs, rate, expired) = match checked {
                     Ok(v) => v,
                     Err(refusal) => return Admission::Refuse(refusal),
                 };
-                match org
-                    .calls()
-                    .count(now, limits.threshold_calls, limits.threshold_window_secs)
-                {
+                match org.calls().count(now, threshold_calls, window_secs) {
                     Count::Within => {}
                     Count::Crossed => return Admission::Disable(Arc::clone(org)),
                     Count::Over => return Admission::Refuse(Refusal::KeyDisabled),

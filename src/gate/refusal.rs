@@ -2,7 +2,7 @@
 //! and its JSON body.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::GateBody;
@@ -48,6 +48,9 @@ macro_rules! body {
 }
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 impl Refusal {
     /// The HTTP status.
@@ -113,16 +116,34 @@ impl Refusal {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Refusal::RateLimited(limited) = self {
             let retry_after = whole_secs_at_least_one(limited.retry_after);
-            h.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-            h.insert("x-ratelimit-limit", HeaderValue::from(limited.limit));
-            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            h.insert(RETRY_AFTER, number(retry_after));
+            h.insert(X_RATELIMIT_LIMIT, number(u64::from(limited.limit)));
+            h.insert(X_RATELIMIT_REMAINING, HeaderValue::from_static("0"));
             h.insert(
-                "x-ratelimit-reset",
-                HeaderValue::from(whole_secs_at_least_one(limited.reset_after)),
+                X_RATELIMIT_RESET,
+                number(whole_secs_at_least_one(limited.reset_after)),
             );
         }
         res
     }
+}
+
+/// A decimal header value in one exactly sized allocation (`HeaderValue::from`
+/// an integer makes two).
+fn number(n: u64) -> HeaderValue {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits are valid header bytes.
+    HeaderValue::from_bytes(&buf[i..]).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Seconds rounded up, never zero: `Retry-After: 0` would invite a retry storm.
@@ -157,6 +178,13 @@ mod tests {
             assert_eq!(v["code"], r.code(), "{r:?}");
             assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
             assert_eq!(v.as_object().unwrap().len(), 2);
+        }
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        for n in [0u64, 7, 10, 1234, u64::MAX] {
+            assert_eq!(number(n), n.to_string().as_str());
         }
     }
 

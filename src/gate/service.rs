@@ -117,7 +117,8 @@ fn forward<B>(req: &mut Request<B>, key_header: &HeaderName, org: OrgId, prefix_
 fn strip_path_prefix(uri: &mut Uri, prefix_len: usize) {
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let rest = pq.get(prefix_len..).unwrap_or("");
-    let mut buf = BytesMut::with_capacity(rest.len() + 1);
+    // Exactly sized: a spare byte would make `freeze` reallocate.
+    let mut buf = BytesMut::with_capacity(rest.len() + usize::from(!rest.starts_with('/')));
     if !rest.starts_with('/') {
         buf.put_u8(b'/');
     }

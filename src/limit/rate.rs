@@ -13,7 +13,6 @@ pub struct Rate {
     /// How far ahead of now the theoretical arrival time may run: `burst`
     /// emission intervals.
     tolerance: u64,
-    burst: u32,
 }
 
 impl Rate {
@@ -24,13 +23,12 @@ impl Rate {
         Rate {
             emission,
             tolerance: emission.saturating_mul(u64::from(burst)),
-            burst,
         }
     }
 
     /// The burst, which is also the most calls a client can make at once.
     pub fn burst(&self) -> u32 {
-        self.burst
+        u32::try_from(self.tolerance / self.emission.max(1)).unwrap_or(u32::MAX)
     }
 }
 
@@ -69,7 +67,7 @@ impl RateLimiter {
             let ahead = next - now;
             if ahead > rate.tolerance {
                 return Err(RateLimited {
-                    limit: rate.burst,
+                    limit: rate.burst(),
                     retry_after: Duration::from_nanos(ahead - rate.tolerance),
                     reset_after: Duration::from_nanos(tat.saturating_sub(now)),
                 });

@@ -28,13 +28,14 @@ pub struct Org {
     calls: CallCounter,
 }
 
-/// The state in force, with the limits it implies precomputed so a request does
-/// no division.
+/// The state in force, with what the request path needs of its limits
+/// precomputed, so a request does no division. Kept small: there is one per org.
 #[derive(Debug, Clone)]
 pub(crate) struct Current {
     pub(crate) state: OrgState,
-    pub(crate) limits: Limits,
     pub(crate) rate: Rate,
+    pub(crate) threshold_calls: u32,
+    pub(crate) threshold_window_secs: u32,
 }
 
 impl Current {
@@ -42,7 +43,8 @@ impl Current {
         let limits = defaults.with(&state.limits);
         Current {
             rate: Rate::new(limits.rate_per_sec, limits.burst),
-            limits,
+            threshold_calls: limits.threshold_calls,
+            threshold_window_secs: limits.threshold_window_secs,
             state,
         }
     }
@@ -51,7 +53,9 @@ impl Current {
 impl Org {
     pub(crate) fn new(id: OrgId, state: OrgState, defaults: Limits) -> Org {
         Org {
-            id,
+            // The id lives as long as the process, so that cloning it for every
+            // forwarded request touches no reference count.
+            id: id.interned(),
             current: RwLock::new(Current::new(state, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
@@ -80,11 +84,6 @@ impl Org {
     /// A copy of the state in force.
     pub fn state(&self) -> OrgState {
         self.read(|c| c.state.clone())
-    }
-
-    /// The limits in force.
-    pub fn limits(&self) -> Limits {
-        self.read(|c| c.limits)
     }
 
     pub(crate) fn rate_limiter(&self) -> &RateLimiter {

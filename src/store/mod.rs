@@ -204,12 +204,12 @@ impl Store {
     /// A view of one org.
     pub fn view(&self, id: &str) -> Result<OrgView, OpError> {
         let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
-        Ok(view_of(&org))
+        Ok(self.view_of(&org))
     }
 
     /// Views of every org, ordered by id.
     pub fn list(&self) -> Vec<OrgView> {
-        let mut all: Vec<OrgView> = self.inner.orgs.iter().map(|e| view_of(&e.0)).collect();
+        let mut all: Vec<OrgView> = self.inner.orgs.iter().map(|e| self.view_of(&e.0)).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
@@ -239,7 +239,7 @@ impl Store {
             let t = OrgState::provisioned(now, actor, subscription_expires_at, limits);
             store.commit(&id, &t).await?;
             let org = Arc::new(Org::new(id, t.next, store.inner.defaults));
-            let view = view_of(&org);
+            let view = store.view_of(&org);
             store.inner.orgs.insert(Entry(org));
             Ok(view)
         })
@@ -457,7 +457,7 @@ impl Store {
             org.calls().reset();
         }
         org.replace(t.next, self.inner.defaults);
-        Ok(view_of(&org))
+        Ok(self.view_of(&org))
     }
 
     async fn commit(&self, id: &OrgId, t: &Transition) -> Result<(), BackendError> {
@@ -490,12 +490,14 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn view_of(org: &Org) -> OrgView {
-    org.read(|c| OrgView {
-        id: org.id().clone(),
-        state: c.state.clone(),
-        limits: c.limits,
-    })
+impl Store {
+    fn view_of(&self, org: &Org) -> OrgView {
+        org.read(|c| OrgView {
+            id: org.id().clone(),
+            limits: self.inner.defaults.with(&c.state.limits),
+            state: c.state.clone(),
+        })
+    }
 }
 
 /// Runs `fut` in its own task and waits for it, so that dropping the caller does

@@ -293,7 +293,7 @@ async fn limits_changes_take_effect_over_the_defaults() {
         )
         .await
         .unwrap();
-    let l = f.store.get(b"acme").unwrap().limits();
+    let l = f.store.view("acme").unwrap().limits;
     assert_eq!(l.rate_per_sec, 7);
     assert_eq!(l.burst, Limits::default().burst);
 }
