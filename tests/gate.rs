@@ -310,7 +310,7 @@ async fn the_call_past_the_threshold_is_refused_and_disables_the_key_durably() {
         .org_with(
             "acme",
             LimitOverrides {
-                threshold_calls: Some(3),
+                threshold_calls: nz(3),
                 ..Default::default()
             },
         )
@@ -354,8 +354,8 @@ async fn the_threshold_counts_calls_within_one_window_only() {
         .org_with(
             "acme",
             LimitOverrides {
-                threshold_calls: Some(2),
-                threshold_window_secs: Some(60),
+                threshold_calls: nz(2),
+                threshold_window_secs: nz(60),
                 ..Default::default()
             },
         )
@@ -376,9 +376,9 @@ async fn rate_limited_and_expired_refusals_count_toward_the_threshold() {
         .org_with(
             "acme",
             LimitOverrides {
-                threshold_calls: Some(4),
-                rate_per_sec: Some(1),
-                burst: Some(1),
+                threshold_calls: nz(4),
+                rate_per_sec: nz(1),
+                burst: nz(1),
                 ..Default::default()
             },
         )
@@ -413,7 +413,7 @@ async fn invalid_keys_do_not_count_toward_the_threshold() {
         .org_with(
             "acme",
             LimitOverrides {
-                threshold_calls: Some(2),
+                threshold_calls: nz(2),
                 ..Default::default()
             },
         )
@@ -590,8 +590,8 @@ async fn over_the_rate_is_429_with_retry_after_and_ratelimit_headers() {
         .org_with(
             "acme",
             LimitOverrides {
-                rate_per_sec: Some(2),
-                burst: Some(3),
+                rate_per_sec: nz(2),
+                burst: nz(3),
                 ..Default::default()
             },
         )
@@ -620,8 +620,8 @@ async fn retry_after_is_whole_seconds_and_at_least_one() {
         .org_with(
             "acme",
             LimitOverrides {
-                rate_per_sec: Some(1_000),
-                burst: Some(1),
+                rate_per_sec: nz(1_000),
+                burst: nz(1),
                 ..Default::default()
             },
         )
@@ -636,8 +636,8 @@ async fn retry_after_is_whole_seconds_and_at_least_one() {
 async fn orgs_are_rate_limited_separately() {
     let f = fixture().await;
     let one = LimitOverrides {
-        rate_per_sec: Some(1),
-        burst: Some(1),
+        rate_per_sec: nz(1),
+        burst: nz(1),
         ..Default::default()
     };
     let a = f.org_with("acme", one).await;
@@ -656,8 +656,8 @@ async fn an_expired_write_is_refused_before_the_rate_is_charged() {
         .org_with(
             "acme",
             LimitOverrides {
-                rate_per_sec: Some(1),
-                burst: Some(1),
+                rate_per_sec: nz(1),
+                burst: nz(1),
                 ..Default::default()
             },
         )
@@ -800,9 +800,9 @@ async fn under_concurrency_exactly_threshold_calls_reach_the_inner_service() {
         .org_with(
             "acme",
             LimitOverrides {
-                threshold_calls: Some(THRESHOLD),
-                rate_per_sec: Some(10_000_000),
-                burst: Some(10_000_000),
+                threshold_calls: nz(THRESHOLD),
+                rate_per_sec: nz(10_000_000),
+                burst: nz(10_000_000),
                 ..Default::default()
             },
         )
@@ -843,9 +843,9 @@ async fn after_each_regenerate_returns_the_old_key_never_works_and_the_new_one_d
 
     let f = Arc::new(fixture().await);
     let big = LimitOverrides {
-        threshold_calls: Some(4_000_000_000),
-        rate_per_sec: Some(10_000_000),
-        burst: Some(10_000_000),
+        threshold_calls: nz(4_000_000_000),
+        rate_per_sec: nz(10_000_000),
+        burst: nz(10_000_000),
         ..Default::default()
     };
     let first = f.org_with("acme", big).await;
@@ -925,4 +925,8 @@ async fn after_each_regenerate_returns_the_old_key_never_works_and_the_new_one_d
     );
     let last = keys.lock().unwrap().last().unwrap().clone();
     f.get("/acme/v1", &last).await.served();
+}
+
+fn nz(n: u32) -> Option<std::num::NonZeroU32> {
+    std::num::NonZeroU32::new(n)
 }

@@ -240,7 +240,8 @@ impl LimitsBody {
             v.map(|n| {
                 n.as_u64()
                     .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| (1..=limit).contains(n))
+                    .filter(|n| *n <= limit)
+                    .and_then(std::num::NonZeroU32::new)
                     .ok_or(OpError::InvalidLimits(LimitsError {
                         field: name,
                         max: u64::from(limit),

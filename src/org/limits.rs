@@ -1,5 +1,7 @@
 //! Per-org limits: the rate, the burst and the call threshold.
 
+use std::num::NonZeroU32;
+
 use serde::{Deserialize, Serialize};
 
 /// The limits in force for an org: the configured defaults with the org's own
@@ -52,22 +54,24 @@ pub struct LimitsError {
     pub max: u64,
 }
 
-/// An org's own limits; each `None` follows the configured default.
+/// An org's own limits; each `None` follows the configured default. Zero is not
+/// a limit, so the type cannot hold it (and an override costs 4 bytes, not 8:
+/// there is one per org).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Overrides [`Limits::rate_per_sec`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_per_sec: Option<u32>,
+    pub rate_per_sec: Option<NonZeroU32>,
     /// Overrides [`Limits::burst`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
+    pub burst: Option<NonZeroU32>,
     /// Overrides [`Limits::threshold_calls`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub threshold_calls: Option<u32>,
+    pub threshold_calls: Option<NonZeroU32>,
     /// Overrides [`Limits::threshold_window_secs`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub threshold_window_secs: Option<u32>,
+    pub threshold_window_secs: Option<NonZeroU32>,
 }
 
 impl Limits {
@@ -89,13 +93,12 @@ impl Limits {
 
     /// These limits with `o`'s overrides applied.
     pub fn with(self, o: &LimitOverrides) -> Limits {
+        let or = |v: Option<NonZeroU32>, default: u32| v.map_or(default, NonZeroU32::get);
         Limits {
-            rate_per_sec: o.rate_per_sec.unwrap_or(self.rate_per_sec),
-            burst: o.burst.unwrap_or(self.burst),
-            threshold_calls: o.threshold_calls.unwrap_or(self.threshold_calls),
-            threshold_window_secs: o
-                .threshold_window_secs
-                .unwrap_or(self.threshold_window_secs),
+            rate_per_sec: or(o.rate_per_sec, self.rate_per_sec),
+            burst: or(o.burst, self.burst),
+            threshold_calls: or(o.threshold_calls, self.threshold_calls),
+            threshold_window_secs: or(o.threshold_window_secs, self.threshold_window_secs),
         }
     }
 }
@@ -103,7 +106,7 @@ impl Limits {
 impl LimitOverrides {
     /// Checks every value that is set.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        let all = |v: Option<u32>| v.unwrap_or(1);
+        let all = |v: Option<NonZeroU32>| v.map_or(1, NonZeroU32::get);
         Limits {
             rate_per_sec: all(self.rate_per_sec),
             burst: all(self.burst),
@@ -111,6 +114,21 @@ impl LimitOverrides {
             threshold_window_secs: all(self.threshold_window_secs),
         }
         .validate()
+    }
+
+    /// Overrides from plain numbers; zero counts as unset.
+    pub fn from_values(
+        rate_per_sec: Option<u32>,
+        burst: Option<u32>,
+        threshold_calls: Option<u32>,
+        threshold_window_secs: Option<u32>,
+    ) -> LimitOverrides {
+        LimitOverrides {
+            rate_per_sec: rate_per_sec.and_then(NonZeroU32::new),
+            burst: burst.and_then(NonZeroU32::new),
+            threshold_calls: threshold_calls.and_then(NonZeroU32::new),
+            threshold_window_secs: threshold_window_secs.and_then(NonZeroU32::new),
+        }
     }
 
     /// `self` with every value that `newer` sets replaced.
@@ -139,24 +157,29 @@ fn check(field: &'static str, value: u32, max: u32) -> Result<(), LimitsError> {
 mod tests {
     use super::*;
 
+    fn nz(n: u32) -> Option<NonZeroU32> {
+        NonZeroU32::new(n)
+    }
+
     #[test]
     fn zero_limits_are_refused_naming_the_field() {
-        let o = LimitOverrides {
-            burst: Some(0),
-            ..Default::default()
+        let l = Limits {
+            burst: 0,
+            ..Limits::default()
         };
-        assert_eq!(o.validate().unwrap_err().field, "burst");
+        assert_eq!(l.validate().unwrap_err().field, "burst");
+        assert!(serde_json::from_str::<LimitOverrides>(r#"{"burst":0}"#).is_err());
     }
 
     #[test]
     fn absurd_limits_are_refused() {
         let o = LimitOverrides {
-            threshold_window_secs: Some(max::THRESHOLD_WINDOW_SECS + 1),
+            threshold_window_secs: nz(max::THRESHOLD_WINDOW_SECS + 1),
             ..Default::default()
         };
         assert_eq!(o.validate().unwrap_err().field, "threshold_window_secs");
         assert!(LimitOverrides {
-            threshold_calls: Some(u32::MAX),
+            threshold_calls: nz(u32::MAX),
             ..Default::default()
         }
         .validate()
@@ -166,19 +189,19 @@ mod tests {
     #[test]
     fn overrides_replace_only_what_they_set() {
         let l = Limits::default().with(&LimitOverrides {
-            rate_per_sec: Some(5),
+            rate_per_sec: nz(5),
             ..Default::default()
         });
         assert_eq!(l.rate_per_sec, 5);
         assert_eq!(l.burst, Limits::default().burst);
         let merged = LimitOverrides {
-            rate_per_sec: Some(5),
+            rate_per_sec: nz(5),
             ..Default::default()
         }
         .merge(&LimitOverrides {
-            burst: Some(7),
+            burst: nz(7),
             ..Default::default()
         });
-        assert_eq!((merged.rate_per_sec, merged.burst), (Some(5), Some(7)));
+        assert_eq!((merged.rate_per_sec, merged.burst), (nz(5), nz(7)));
     }
 }

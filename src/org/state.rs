@@ -380,6 +380,10 @@ mod tests {
     use super::*;
 
     const T0: Timestamp = Timestamp::from_secs(1_000_000);
+
+    fn nz(n: u32) -> Option<std::num::NonZeroU32> {
+        std::num::NonZeroU32::new(n)
+    }
     const T1: Timestamp = Timestamp::from_secs(1_000_100);
 
     fn admin() -> Actor {
@@ -607,20 +611,20 @@ mod tests {
     }
 
     #[test]
-    fn set_limits_refuses_zero_and_merges_the_rest() {
+    fn set_limits_refuses_absurd_values_and_merges_the_rest() {
         let s = fresh();
-        let zero = LimitOverrides {
-            rate_per_sec: Some(0),
+        let absurd = LimitOverrides {
+            rate_per_sec: nz(u32::MAX),
             ..Default::default()
         };
         assert!(matches!(
-            s.set_limits(&zero, T1, Actor::Provider),
+            s.set_limits(&absurd, T1, Actor::Provider),
             Err(OpError::InvalidLimits(_))
         ));
         let s = s
             .set_limits(
                 &LimitOverrides {
-                    burst: Some(3),
+                    burst: nz(3),
                     ..Default::default()
                 },
                 T1,
@@ -628,7 +632,7 @@ mod tests {
             )
             .unwrap()
             .next;
-        assert_eq!(s.limits.burst, Some(3));
+        assert_eq!(s.limits.burst, nz(3));
         assert_eq!(s.limits.rate_per_sec, None);
     }
 

@@ -70,10 +70,10 @@ async fn provision_refuses_an_existing_org() {
 }
 
 #[tokio::test]
-async fn provision_refuses_invalid_limits_before_touching_the_store() {
+async fn provision_refuses_absurd_limits_before_touching_the_store() {
     let f = fixture().await;
     let zero = LimitOverrides {
-        rate_per_sec: Some(0),
+        rate_per_sec: nz(u32::MAX),
         ..Default::default()
     };
     let r = f.store.provision(acme(), None, zero, Actor::Provider).await;
@@ -154,7 +154,7 @@ async fn every_mutation_is_audited_with_actor_and_action_and_no_key() {
         .set_limits(
             "acme",
             LimitOverrides {
-                burst: Some(5),
+                burst: nz(5),
                 ..Default::default()
             },
             Actor::Provider,
@@ -286,7 +286,7 @@ async fn limits_changes_take_effect_over_the_defaults() {
         .set_limits(
             "acme",
             LimitOverrides {
-                rate_per_sec: Some(7),
+                rate_per_sec: nz(7),
                 ..Default::default()
             },
             Actor::Provider,
@@ -365,4 +365,8 @@ async fn token_names_are_unique_valid_and_for_existing_orgs() {
         f.store.delete_token("nobody").await,
         Err(OpError::TokenNotFound)
     ));
+}
+
+fn nz(n: u32) -> Option<std::num::NonZeroU32> {
+    std::num::NonZeroU32::new(n)
 }
