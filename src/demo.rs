@@ -208,7 +208,8 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "headers": headers,
         "body_bytes": body_len,
     });
-    let mut res = Response::new(Full::from(answer.to_string()));
+    // A trailing newline keeps `curl -i` output of successive calls apart.
+    let mut res = Response::new(Full::from(format!("{answer}\n")));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -1,0 +1,337 @@
+//! The README's quickstart, run as written: `keygate demo`, then the README's own
+//! `sh` block of curl steps, checked against the status codes its comments name.
+//!
+//! The block and the codes are read from README.md at test time, so the README
+//! and this test cannot drift apart: edit a step and this test runs the edit.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+/// From spawn to the demo's four `export` lines.
+const START_LIMIT: Duration = Duration::from_secs(30);
+/// The whole curl block.
+const STEPS_LIMIT: Duration = Duration::from_secs(60);
+/// From SIGINT (the README's Ctrl-C) to exit: the 10 s drain limit and slack.
+const EXIT_LIMIT: Duration = Duration::from_secs(15);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(10);
+/// The variables the demo prints and the README's steps use.
+const EXPORTS: [&str; 4] = [
+    "KEYGATE_URL",
+    "KEYGATE_ADMIN",
+    "KEYGATE_KEY",
+    "KEYGATE_TOKEN",
+];
+
+/// A child whose output two threads collect; dropping it kills and reaps it.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("piped stdout"), stdout.clone()),
+            collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
+        ];
+        Proc {
+            name,
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits, at most `limit`, for the child to exit, then for its output to end.
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.exited() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish within {limit:?}; stdout:\n{}\nstderr:\n{}",
+                self.name,
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        status
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
+                self.name,
+                self.stdout(),
+                self.name,
+                self.stderr()
+            );
+        }
+    }
+}
+
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+/// A port nothing listens on (bound and released).
+fn free_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The README's `sh` code blocks, in order.
+fn sh_blocks(readme: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match current.as_mut() {
+            None if line.trim_end() == "```sh" => current = Some(String::new()),
+            None => {}
+            Some(_) if line.trim_end() == "```" => blocks.extend(current.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    assert!(current.is_none(), "README.md: an unclosed ```sh block");
+    blocks
+}
+
+/// The steps of the block: `# N. what it does: CODE`, as (N, CODE).
+fn steps(block: &str) -> Vec<(u32, u16)> {
+    block
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("# ")?;
+            let (n, text) = rest.split_once(". ")?;
+            let n: u32 = n.parse().ok()?;
+            let (_, code) = text.rsplit_once(": ").unwrap_or_else(|| {
+                panic!("README.md: step {n} does not end with ': CODE': {line:?}")
+            });
+            let code: u16 = code.trim().parse().unwrap_or_else(|_| {
+                panic!("README.md: step {n} does not end with a status code: {line:?}")
+            });
+            Some((n, code))
+        })
+        .collect()
+}
+
+/// `curl` is what the README tells readers to use; without it the quickstart
+/// cannot be followed, so its absence fails this test instead of skipping it.
+fn require_curl() {
+    let found = Command::new("curl")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "curl is not installed (or does not run): the README's quickstart needs it, \
+         so this test does too; install curl"
+    );
+}
+
+/// Starts `keygate demo` in `dir` on free ports and returns it with the
+/// variables of its four `export` lines.
+fn start_demo(dir: &Path) -> (Proc, BTreeMap<String, String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("demo")
+        .arg("--dir")
+        .arg(dir)
+        .args(["--proxy-listen", &free_port()])
+        .args(["--admin-listen", &free_port()])
+        .args(["--upstream-listen", &free_port()])
+        .env("KEYGATE_LOG", "info")
+        .env_remove("RUST_LOG");
+    let mut demo = Proc::spawn("keygate demo", cmd);
+    let deadline = Instant::now() + START_LIMIT;
+    loop {
+        let vars: BTreeMap<String, String> = demo
+            .stdout()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("export ")?.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        if EXPORTS.iter().all(|name| vars.contains_key(*name)) {
+            assert_eq!(
+                vars.keys().collect::<Vec<_>>(),
+                {
+                    let mut names = EXPORTS.to_vec();
+                    names.sort();
+                    names
+                },
+                "the demo exports exactly the four variables"
+            );
+            return (demo, vars);
+        }
+        if let Some(status) = demo.exited() {
+            panic!("keygate demo exited ({status}) before printing its export lines");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keygate demo printed no export lines within {START_LIMIT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+#[test]
+fn the_readme_quickstart_runs_as_written_against_the_demo() {
+    require_curl();
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let blocks: Vec<String> = sh_blocks(&readme)
+        .into_iter()
+        .filter(|b| b.contains("# 1."))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "README.md must have exactly one ```sh block with the steps `# 1.` ..."
+    );
+    let block = &blocks[0];
+    let steps = steps(block);
+    let numbers: Vec<u32> = steps.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (1..=steps.len() as u32).collect::<Vec<_>>(),
+        "README.md: steps are numbered 1, 2, 3, ..."
+    );
+    let expected: Vec<u16> = steps.iter().map(|(_, code)| *code).collect();
+    assert_eq!(
+        expected,
+        [200, 401, 200, 401, 200],
+        "README.md: the quickstart's steps changed; update this test on purpose"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demo, vars) = start_demo(&dir.path().join("demo"));
+
+    // Only the README's block runs; curl's own settings are pinned so that
+    // a user's ~/.curlrc or proxy cannot change its output, and every call is
+    // bounded. The block itself is untouched.
+    let curl_home = dir.path().join("curl-home");
+    std::fs::create_dir(&curl_home).unwrap();
+    std::fs::write(curl_home.join(".curlrc"), "max-time = 10\n").unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-e")
+        .arg("-c")
+        .arg(block)
+        .envs(&vars)
+        .env("CURL_HOME", &curl_home)
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*");
+    for proxy in ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"] {
+        cmd.env_remove(proxy);
+    }
+    let mut steps_run = Proc::spawn("the quickstart block", cmd);
+    let status = steps_run.wait_exit(STEPS_LIMIT);
+    let output = steps_run.stdout();
+    assert!(
+        status.success(),
+        "the quickstart block failed ({status}):\n{output}\n{}",
+        steps_run.stderr()
+    );
+
+    // One answer per `curl -i`: a status line, headers, a blank line, a body.
+    // Bodies do not end with a newline, so the next status line may follow a
+    // body on the same line: split at the status lines themselves.
+    let answers: Vec<(u16, &str)> = output
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| {
+            let code = answer
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("not a status line: HTTP/1.1 {answer:?}"));
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            (code, body)
+        })
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|(code, _)| *code).collect();
+    assert_eq!(
+        statuses, expected,
+        "the HTTP/1.1 status lines of the quickstart vs. its README comments:\n{output}"
+    );
+
+    // "note that `x-api-key` is gone and `x-org-id: demo` is there"
+    let echoes: Vec<serde_json::Value> = answers
+        .iter()
+        .filter_map(|(_, body)| serde_json::from_str::<serde_json::Value>(body.trim()).ok())
+        .filter(|v| v["echo"] == serde_json::json!(true))
+        .collect();
+    assert_eq!(
+        echoes.len(),
+        2,
+        "two answers of the echo upstream:\n{output}"
+    );
+    for echo in echoes {
+        assert_eq!(echo["headers"]["x-org-id"], "demo", "{echo}");
+        assert!(echo["headers"].get("x-api-key").is_none(), "{echo}");
+    }
+
+    // Ctrl-C, as the demo's banner says, stops it cleanly.
+    let ok = Command::new("kill")
+        .args(["-INT", &demo.child.id().to_string()])
+        .status()
+        .expect("run kill(1)")
+        .success();
+    assert!(ok, "kill -INT failed");
+    let status = demo.wait_exit(EXIT_LIMIT);
+    assert_eq!(status.code(), Some(0), "the demo after Ctrl-C");
+}
