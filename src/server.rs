@@ -26,7 +26,7 @@ use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::gate::KeyGateLayer;
-use crate::proxy::{Forward, ForwardConfig, Upstream};
+use crate::proxy::{Forward, ForwardConfig, HopByHop, Upstream};
 use crate::store::{Backend, BackendError, RedbBackend, Store};
 
 /// How long [`Running::stop`] lets requests in flight finish.
@@ -146,7 +146,7 @@ pub async fn start_with_options(
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
         tokio::spawn(serve_proxy(
             proxy_listener,
-            move |ip| forward.for_client(ip),
+            move |ip| HopByHop::new(forward.for_client(ip)),
             limits,
             stopped.clone(),
         ))
@@ -154,7 +154,7 @@ pub async fn start_with_options(
         let layer = KeyGateLayer::new(store.clone(), config.gate());
         tokio::spawn(serve_proxy(
             proxy_listener,
-            move |ip| layer.layer(forward.for_client(ip)),
+            move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
             limits,
             stopped.clone(),
         ))

@@ -331,5 +331,9 @@ pub(crate) async fn method_not_allowed() -> AdminError {
 fn reply_empty(status: StatusCode) -> Response {
     let mut res = Response::new(Body::empty());
     *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     res
 }

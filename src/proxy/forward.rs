@@ -119,8 +119,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ForwardFuture {
+        // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, &self.client_ip, &self.shared.proto);
         parts.uri = self.shared.upstream.target(parts.uri);
         // The upstream connection is HTTP/1.1 whatever the client spoke.

@@ -12,6 +12,43 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 /// Added by keygate: the scheme the client used.
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Removes the hop-by-hop headers of requests as they arrive, before any inner
+/// layer sees them: they belong to the client's connection, and a `Connection`
+/// header naming, say, `x-org-id` must not be able to remove what the gate adds
+/// later. (The answer's hop-by-hop headers are removed by [`Forward`](super::Forward).)
+#[derive(Debug, Clone)]
+pub struct HopByHop<S> {
+    inner: S,
+}
+
+impl<S> HopByHop<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        HopByHop { inner }
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for HopByHop<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        strip_hop_by_hop(req.headers_mut());
+        self.inner.call(req)
+    }
+}
+
 /// Removes the hop-by-hop headers: the fixed set, and every header the
 /// `Connection` header names. Allocates only when `Connection` is present.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {

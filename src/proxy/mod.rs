@@ -2,7 +2,8 @@
 //!
 //! [`Forward`] is a tower service that sends a request to the upstream over a
 //! pooled hyper-util client and streams the answer back: bodies are never
-//! buffered. It removes hop-by-hop headers both ways, appends the client to
+//! buffered. It removes the answer's hop-by-hop headers ([`HopByHop`] removes the
+//! request's as it arrives, before the gate), appends the client to
 //! `X-Forwarded-For`, sets `X-Forwarded-Proto`, and answers 502
 //! `UPSTREAM_UNAVAILABLE` when the upstream cannot be reached and 504
 //! `UPSTREAM_TIMEOUT` when it does not answer in time. keygate's listener runs
@@ -13,5 +14,5 @@ mod headers;
 mod upstream;
 
 pub use forward::{Forward, ForwardConfig, ForwardFuture};
-pub use headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
+pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use upstream::{Upstream, UpstreamError};
