@@ -67,6 +67,7 @@ impl FromRequestParts<AdminState> for Principal {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
+        crate::gate::mark_sensitive(&mut parts.headers, &AUTHORIZATION);
         let token = bearer(parts).ok_or(AdminError::Unauthenticated)?;
         let digest = TokenDigest::of(token);
         if digest.ct_eq(&state.provider) {
