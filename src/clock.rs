@@ -56,6 +56,11 @@ impl Timestamp {
     /// Dates before 1970 or beyond the year 2554 are refused: they cannot be a
     /// meaningful subscription end.
     pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampError> {
+        // The `time` parser accepts any byte between date and time; RFC 3339
+        // allows only `T` (or `t`).
+        if !matches!(s.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(TimestampError::Syntax);
+        }
         let dt = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| TimestampError::Syntax)?;
         let nanos = dt.unix_timestamp_nanos();
         u64::try_from(nanos)
@@ -205,6 +210,11 @@ mod tests {
             Timestamp::parse_rfc3339("yesterday"),
             Err(TimestampError::Syntax)
         );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2027-06-01x00:00:00Z"),
+            Err(TimestampError::Syntax)
+        );
+        assert!(Timestamp::parse_rfc3339("2027-06-01t00:00:00z").is_ok());
         assert_eq!(
             Timestamp::parse_rfc3339("1969-12-31T23:59:59Z"),
             Err(TimestampError::OutOfRange)

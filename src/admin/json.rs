@@ -27,7 +27,27 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
             AdminError::BadRequest("the request body could not be read".into())
         }
     })?;
+    // serde's derive reads a struct from an array of its fields in order
+    // (`["NewKey123456"]` as `{"key": ...}`); no admin body has an array, so
+    // any array is a client's mistake, refused before the typed parse.
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::BadRequest(describe(&e)))?;
+    if has_array(&value) {
+        return Err(AdminError::BadRequest(
+            "expected a JSON object with named fields, not an array".into(),
+        ));
+    }
+    // Parsed again from the bytes, not from `value`: `from_value` would quietly
+    // keep the last of two duplicate fields.
     serde_json::from_slice(&bytes).map_err(|e| AdminError::BadRequest(describe(&e)))
+}
+
+fn has_array(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Array(_) => true,
+        serde_json::Value::Object(m) => m.values().any(has_array),
+        _ => false,
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -107,6 +127,14 @@ mod tests {
             "[]",
             "",
         ] {
+            let r = read_json::<Edit>(&json_headers(), Body::from(body)).await;
+            assert!(matches!(r, Err(AdminError::BadRequest(_))), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_array_is_never_read_as_a_struct() {
+        for body in [r#"["NewKey123456"]"#, r#"{"key":["a"]}"#] {
             let r = read_json::<Edit>(&json_headers(), Body::from(body)).await;
             assert!(matches!(r, Err(AdminError::BadRequest(_))), "{body}");
         }

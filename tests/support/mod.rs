@@ -656,3 +656,134 @@ impl Gateway {
         self.advance(Duration::from_secs(2 * 3600));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Raw bytes on the wire
+// ---------------------------------------------------------------------------
+
+impl Gateway {
+    /// Writes `request` byte for byte to the proxy listener and parses what
+    /// keygate answers until it closes the connection (send `Connection:
+    /// close`). For requests the `http` types refuse to build.
+    pub async fn raw_proxy(&self, request: &[u8]) -> Reply {
+        parse_reply(&raw_exchange(self.proxy_addr, request).await)
+    }
+
+    /// [`Gateway::raw_proxy`] for the admin listener.
+    pub async fn raw_admin(&self, request: &[u8]) -> Reply {
+        parse_reply(&raw_exchange(self.admin_addr, request).await)
+    }
+}
+
+impl Upstream {
+    /// Forgets every request received so far and returns how many there were,
+    /// so a test that sends many large requests does not measure the record
+    /// kept here as keygate's memory.
+    pub fn forget(&self) -> usize {
+        let mut seen = self.seen.lock().unwrap();
+        let n = seen.len();
+        seen.clear();
+        n
+    }
+}
+
+/// Writes `request` to `addr` and reads until the peer closes. A reset after
+/// an answer (a server that closes with unread request bytes) ends the read
+/// with what arrived.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before reading all of a large request.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer
+}
+
+/// Parses one HTTP/1.1 answer (status line, headers, a body by
+/// `content-length`, chunks or the end of the connection) into a [`Reply`].
+/// Fails the test on anything that is not an HTTP/1.1 answer.
+pub fn parse_reply(answer: &[u8]) -> Reply {
+    let shown = || String::from_utf8_lossy(answer).into_owned();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {:?}", shown()));
+    let head = std::str::from_utf8(&answer[..split]).unwrap_or_else(|_| panic!("{}", shown()));
+    let rest = &answer[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or_else(|| panic!("no status line in {:?}", shown()));
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("bad header line {line:?}"));
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    let chunked = headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        rest[..len.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    let body = Bytes::from(body);
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+        json,
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return body;
+        };
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 {
+            return body;
+        }
+        let start = eol + 2;
+        let end = (start + size).min(rest.len());
+        body.extend_from_slice(&rest[start..end]);
+        rest = rest.get(end + 2..).unwrap_or_default();
+    }
+}
+
+/// The resident set size of this process (where keygate runs in the tests),
+/// in bytes, from `/proc/self/status`; `None` where there is no such file.
+pub fn vm_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
