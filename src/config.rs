@@ -5,8 +5,10 @@
 //! - [`RawConfig`] is the file as written: every key with its default, in plain
 //!   strings and integers, so that serde can fill it and nothing can fail yet;
 //! - [`Config`] is what the rest of keygate uses: socket addresses, an upstream
-//!   [`Uri`], [`HeaderName`]s, [`Method`]s, [`Duration`]s and checked
-//!   [`Limits`], produced by [`RawConfig::validate`].
+//!   [`Uri`], [`HeaderName`]s, [`Method`]s, [`Duration`]s, checked [`Limits`]
+//!   and [`ConnectionLimits`], and each listener's [`ServerTls`], produced by
+//!   [`RawConfig::validate`]. Validation reads the TLS certificate and key files
+//!   it names, so that a bad one stops keygate before anything binds.
 //!
 //! [`Config::load`] runs the whole way: read the file, parse it, walk it for
 //! unknown keys and wrong types (so that each is reported with its full dotted
@@ -45,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
+use crate::tls::{ServerTls, TlsFile};
 use crate::token::TokenDigest;
 
 /// The environment variable that, when set and not empty, replaces
@@ -159,13 +162,25 @@ pub struct RawProxy {
     /// How many idle connections to the upstream are kept for reuse, which
     /// bounds the file descriptors a burst leaves behind.
     pub pool_max_idle_per_host: i64,
-    /// How long a client may take to send its request headers before the
-    /// connection is closed, against slowloris-style clients.
+    /// How long a client may take to send a request's head (request line and
+    /// headers), from the accept or from the first byte of a later request on
+    /// the connection, TLS handshake included; past it the connection is
+    /// closed, against slowloris-style clients.
     pub header_read_timeout_ms: i64,
-    /// The most connections each listener serves at once; beyond it new
-    /// connections wait in the kernel's backlog, so a flood cannot exhaust
-    /// memory or file descriptors.
+    /// The most connections served at once; beyond it new connections wait in
+    /// the kernel's listen backlog, so a flood cannot exhaust memory or file
+    /// descriptors.
     pub max_connections: i64,
+    /// The largest request head (request line and headers) accepted, in
+    /// bytes; a larger one is answered 431. Bounds the memory one request can
+    /// hold before keygate has looked at it.
+    pub max_header_bytes: i64,
+    /// How long a keep-alive connection may wait, with no request in flight,
+    /// for the first byte of its next request before it is closed, so idle
+    /// clients cannot hold connections forever.
+    pub idle_timeout_ms: i64,
+    /// `[proxy.tls]`: serve HTTPS on this listener; absent for plain HTTP.
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawProxy {
@@ -185,9 +200,18 @@ impl Default for RawProxy {
             pool_max_idle_per_host: 256,
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            tls: None,
         }
     }
 }
+
+/// 64 KiB: ten times what browsers send, a fraction of hyper's ~400 KB buffer.
+const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
+/// 60 s: longer than the keep-alive of common clients' pools (curl, Go, Python
+/// requests reuse within seconds), short enough to free an abandoned slot.
+const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
 
 /// `[admin]`: the management listener and who is its provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,16 +224,45 @@ pub struct RawAdmin {
     /// without it nobody could provision an org. Only the digest is configured
     /// so the file never holds the secret.
     pub provider_token_sha256: Option<String>,
+    /// As `proxy.header_read_timeout_ms`, for the admin listener.
+    pub header_read_timeout_ms: i64,
+    /// As `proxy.max_connections`, for the admin listener; lower by default,
+    /// since its callers are few, so a flood here leaves file descriptors for
+    /// the proxy.
+    pub max_connections: i64,
+    /// As `proxy.max_header_bytes`, for the admin listener.
+    pub max_header_bytes: i64,
+    /// As `proxy.idle_timeout_ms`, for the admin listener.
+    pub idle_timeout_ms: i64,
+    /// `[admin.tls]`: serve the admin API over HTTPS; absent for plain HTTP.
+    pub tls: Option<RawTls>,
 }
 
 impl Default for RawAdmin {
-    /// The contract's defaults.
+    /// The contract's defaults, and ours for the keys it leaves to us.
     fn default() -> Self {
         RawAdmin {
             listen: "127.0.0.1:8081".to_owned(),
             provider_token_sha256: None,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            tls: None,
         }
     }
+}
+
+/// `[proxy.tls]` and `[admin.tls]`: the listener's certificate and key, as PEM
+/// files. Both or neither: neither (or no table) means plain HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// The certificate chain, leaf first. A relative path is relative to the
+    /// working directory.
+    pub cert_path: Option<String>,
+    /// The leaf certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<String>,
 }
 
 /// `[store]`: where state lives between restarts.
@@ -265,6 +318,8 @@ enum Kind {
     Str,
     Int,
     Strs,
+    /// A table with these keys.
+    Table(&'static [(&'static str, Kind)]),
 }
 
 impl Kind {
@@ -275,6 +330,7 @@ impl Kind {
             Kind::Strs => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(toml::Value::is_str)),
+            Kind::Table(_) => value.is_table(),
         }
     }
 
@@ -283,6 +339,7 @@ impl Kind {
             Kind::Str => "expected a string",
             Kind::Int => "expected an integer",
             Kind::Strs => "expected an array of strings",
+            Kind::Table(_) => "expected a table",
         }
     }
 }
@@ -308,11 +365,22 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("pool_max_idle_per_host", Kind::Int),
             ("header_read_timeout_ms", Kind::Int),
             ("max_connections", Kind::Int),
+            ("max_header_bytes", Kind::Int),
+            ("idle_timeout_ms", Kind::Int),
+            ("tls", Kind::Table(TLS_SCHEMA)),
         ],
     ),
     (
         "admin",
-        &[("listen", Kind::Str), ("provider_token_sha256", Kind::Str)],
+        &[
+            ("listen", Kind::Str),
+            ("provider_token_sha256", Kind::Str),
+            ("header_read_timeout_ms", Kind::Int),
+            ("max_connections", Kind::Int),
+            ("max_header_bytes", Kind::Int),
+            ("idle_timeout_ms", Kind::Int),
+            ("tls", Kind::Table(TLS_SCHEMA)),
+        ],
     ),
     ("store", &[("path", Kind::Str)]),
     (
@@ -326,6 +394,9 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
     ),
 ];
 
+/// The keys of `[proxy.tls]` and `[admin.tls]`.
+const TLS_SCHEMA: &[(&str, Kind)] = &[("cert_path", Kind::Str), ("key_path", Kind::Str)];
+
 /// Refuses the first unknown key or wrongly typed value, naming it.
 fn check_shape(doc: &toml::Table) -> Result<(), ConfigError> {
     for (section, value) in doc {
@@ -335,14 +406,23 @@ fn check_shape(doc: &toml::Table) -> Result<(), ConfigError> {
         let Some(table) = value.as_table() else {
             return Err(invalid(section, "expected a table"));
         };
-        for (key, value) in table {
-            let dotted = format!("{section}.{key}");
-            let Some((_, kind)) = keys.iter().find(|(name, _)| name == key) else {
-                return Err(invalid(dotted, "unknown key"));
-            };
-            if !kind.admits(value) {
-                return Err(invalid(dotted, kind.expected()));
-            }
+        check_table(section, table, keys)?;
+    }
+    Ok(())
+}
+
+/// [`check_shape`] for the keys of the table at `path`, and of the tables in it.
+fn check_table(path: &str, table: &toml::Table, keys: &[(&str, Kind)]) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let dotted = format!("{path}.{key}");
+        let Some((_, kind)) = keys.iter().find(|(name, _)| name == key) else {
+            return Err(invalid(dotted, "unknown key"));
+        };
+        if !kind.admits(value) {
+            return Err(invalid(dotted, kind.expected()));
+        }
+        if let (Kind::Table(inner), Some(table)) = (kind, value.as_table()) {
+            check_table(&dotted, table, inner)?;
         }
     }
     Ok(())
@@ -433,10 +513,10 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// How many idle upstream connections are kept.
     pub pool_max_idle_per_host: usize,
-    /// How long a client may take to send its request headers.
-    pub header_read_timeout: Duration,
-    /// The most connections served at once, per listener.
-    pub max_connections: usize,
+    /// How the proxy listener treats client connections.
+    pub connections: ConnectionLimits,
+    /// The certificate and key when the proxy listener serves HTTPS.
+    pub tls: Option<ServerTls>,
 }
 
 /// The checked `[admin]` section.
@@ -446,6 +526,28 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The digest a bearer token must have to act as the provider.
     pub provider_token: TokenDigest,
+    /// How the admin listener treats client connections.
+    pub connections: ConnectionLimits,
+    /// The certificate and key when the admin listener serves HTTPS.
+    pub tls: Option<ServerTls>,
+}
+
+/// How one listener treats client connections: the keys of the same names in
+/// `[proxy]` and in `[admin]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Time to receive a request's head, from the accept (TLS handshake
+    /// included) or from the first byte of a later request; past it the
+    /// connection is dropped.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; beyond it new ones wait in the listen
+    /// backlog.
+    pub max_connections: usize,
+    /// The largest request head accepted; beyond it, 431.
+    pub max_header_bytes: usize,
+    /// Time a keep-alive connection may sit with no request in flight and no
+    /// byte of a next one; past it the connection is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The checked `[store]` section.
@@ -531,6 +633,12 @@ mod max {
     pub const HEADER_READ_TIMEOUT_MS: u64 = 300_000;
     /// Well past what one process's file descriptors allow.
     pub const MAX_CONNECTIONS: u64 = 1_000_000;
+    /// The smallest read buffer hyper accepts, which is how the limit is enforced.
+    pub const MIN_HEADER_BYTES: u64 = 8_192;
+    /// 1 MiB: no legitimate request head comes near it.
+    pub const MAX_HEADER_BYTES: u64 = 1_048_576;
+    /// 1 day.
+    pub const IDLE_TIMEOUT_MS: u64 = 86_400_000;
 }
 
 impl RawProxy {
@@ -565,9 +673,17 @@ impl RawProxy {
             "header" => OrgSource::Header(org_header),
             _ => return Err(invalid("proxy.org_from", r#"must be "path" or "header""#)),
         };
+        let connections = connection_limits(
+            "proxy",
+            self.header_read_timeout_ms,
+            self.max_connections,
+            self.max_header_bytes,
+            self.idle_timeout_ms,
+        )?;
+        let tls = tls("proxy", self.tls)?;
         let public_url = match &self.public_url {
             Some(url) => public_url(url)?,
-            None => format!("http://{listen}"),
+            None => default_public_url(listen, tls.is_some()),
         };
         Ok(ProxyConfig {
             listen,
@@ -597,20 +713,93 @@ impl RawProxy {
             pool_max_idle_per_host: ranged_usize(
                 "proxy.pool_max_idle_per_host",
                 self.pool_max_idle_per_host,
+                1,
                 max::POOL_MAX_IDLE_PER_HOST,
             )?,
-            header_read_timeout: Duration::from_millis(ranged(
-                "proxy.header_read_timeout_ms",
-                self.header_read_timeout_ms,
-                max::HEADER_READ_TIMEOUT_MS,
-            )?),
-            max_connections: ranged_usize(
-                "proxy.max_connections",
-                self.max_connections,
-                max::MAX_CONNECTIONS,
-            )?,
+            connections,
+            tls,
         })
     }
+}
+
+/// `http://{listen}`, or `https://` when the listener serves TLS: the URL a
+/// client on this machine would type.
+pub fn default_public_url(listen: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{listen}")
+}
+
+/// The keys shared by `[proxy]` and `[admin]`, checked and named under `section`.
+fn connection_limits(
+    section: &str,
+    header_read_timeout_ms: i64,
+    max_connections: i64,
+    max_header_bytes: i64,
+    idle_timeout_ms: i64,
+) -> Result<ConnectionLimits, ConfigError> {
+    Ok(ConnectionLimits {
+        header_read_timeout: Duration::from_millis(ranged(
+            &format!("{section}.header_read_timeout_ms"),
+            header_read_timeout_ms,
+            max::HEADER_READ_TIMEOUT_MS,
+        )?),
+        max_connections: ranged_usize(
+            &format!("{section}.max_connections"),
+            max_connections,
+            1,
+            max::MAX_CONNECTIONS,
+        )?,
+        max_header_bytes: ranged_usize(
+            &format!("{section}.max_header_bytes"),
+            max_header_bytes,
+            max::MIN_HEADER_BYTES,
+            max::MAX_HEADER_BYTES,
+        )?,
+        idle_timeout: Duration::from_millis(ranged(
+            &format!("{section}.idle_timeout_ms"),
+            idle_timeout_ms,
+            max::IDLE_TIMEOUT_MS,
+        )?),
+    })
+}
+
+/// `[section.tls]`: both files or neither; both are read and checked now.
+fn tls(section: &str, raw: Option<RawTls>) -> Result<Option<ServerTls>, ConfigError> {
+    let RawTls {
+        cert_path,
+        key_path,
+    } = raw.unwrap_or_default();
+    let key = |name: &str| format!("{section}.tls.{name}");
+    let (cert_path, key_path) = match (cert_path, key_path) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                key("key_path"),
+                format!("required when {} is set", key("cert_path")),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                key("cert_path"),
+                format!("required when {} is set", key("key_path")),
+            ))
+        }
+        (Some(cert), Some(k)) => (cert, k),
+    };
+    for (name, value) in [("cert_path", &cert_path), ("key_path", &key_path)] {
+        if value.is_empty() {
+            return Err(invalid(key(name), "must not be empty"));
+        }
+    }
+    ServerTls::load(Path::new(&cert_path), Path::new(&key_path))
+        .map(Some)
+        .map_err(|e| {
+            let name = match e.file() {
+                TlsFile::Certificate => "cert_path",
+                TlsFile::Key => "key_path",
+            };
+            invalid(key(name), e.to_string())
+        })
 }
 
 impl RawAdmin {
@@ -621,9 +810,18 @@ impl RawAdmin {
         };
         let provider_token = TokenDigest::from_hex(hex)
             .ok_or_else(|| invalid("admin.provider_token_sha256", NOT_A_DIGEST))?;
+        let connections = connection_limits(
+            "admin",
+            self.header_read_timeout_ms,
+            self.max_connections,
+            self.max_header_bytes,
+            self.idle_timeout_ms,
+        )?;
         Ok(AdminConfig {
             listen,
             provider_token,
+            connections,
+            tls: tls("admin", self.tls)?,
         })
     }
 }
@@ -693,15 +891,20 @@ fn header_name(key: &str, s: &str) -> Result<HeaderName, ConfigError> {
 
 /// `1..=max`, or an error naming `key` and the range.
 fn ranged(key: &str, value: i64, max: u64) -> Result<u64, ConfigError> {
-    u64::try_from(value)
-        .ok()
-        .filter(|v| (1..=max).contains(v))
-        .ok_or_else(|| invalid(key, format!("must be between 1 and {max}")))
+    ranged_from(key, value, 1, max)
 }
 
-fn ranged_usize(key: &str, value: i64, max: u64) -> Result<usize, ConfigError> {
-    let v = ranged(key, value, max)?;
-    usize::try_from(v).map_err(|_| invalid(key, format!("must be between 1 and {max}")))
+/// `min..=max`, or an error naming `key` and the range.
+fn ranged_from(key: &str, value: i64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| invalid(key, format!("must be between {min} and {max}")))
+}
+
+fn ranged_usize(key: &str, value: i64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    let v = ranged_from(key, value, min, max)?;
+    usize::try_from(v).map_err(|_| invalid(key, format!("must be between {min} and {max}")))
 }
 
 /// The authority of a URL already known to be `http` or `https`, after refusing
@@ -826,13 +1029,31 @@ mod tests {
         assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(30_000));
         assert_eq!(c.proxy.pool_idle_timeout, Duration::from_secs(90));
         assert_eq!(c.proxy.pool_max_idle_per_host, 256);
-        assert_eq!(c.proxy.header_read_timeout, Duration::from_millis(10_000));
-        assert_eq!(c.proxy.max_connections, 10_000);
+        assert_eq!(
+            c.proxy.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(10_000),
+                max_connections: 10_000,
+                max_header_bytes: 65_536,
+                idle_timeout: Duration::from_millis(60_000),
+            }
+        );
+        assert_eq!(c.proxy.tls, None);
         assert_eq!(c.admin.listen, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(
             c.admin.provider_token,
             TokenDigest::from_hex(ZEROS).unwrap()
         );
+        assert_eq!(
+            c.admin.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(10_000),
+                max_connections: 1_024,
+                max_header_bytes: 65_536,
+                idle_timeout: Duration::from_millis(60_000),
+            }
+        );
+        assert_eq!(c.admin.tls, None);
         assert_eq!(c.store.path, PathBuf::from("data/keygate.redb"));
         assert_eq!(
             c.limits,
@@ -855,13 +1076,55 @@ mod tests {
         assert_eq!(c, Config::from_toml(&with("")).unwrap());
     }
 
+    /// Every key of `SCHEMA` (tables included), dotted.
+    fn schema_keys() -> Vec<String> {
+        fn walk(path: &str, keys: &[(&str, Kind)], out: &mut Vec<String>) {
+            for (key, kind) in keys {
+                let dotted = format!("{path}.{key}");
+                if let Kind::Table(inner) = kind {
+                    walk(&dotted, inner, out);
+                }
+                out.push(dotted);
+            }
+        }
+        let mut out = Vec::new();
+        for (section, keys) in SCHEMA {
+            walk(section, keys, &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    /// Every key below the sections of `doc` (tables included), dotted.
+    fn doc_keys(doc: &toml::Table) -> Vec<String> {
+        fn walk(path: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let dotted = format!("{path}.{key}");
+                if let Some(inner) = value.as_table() {
+                    walk(&dotted, inner, out);
+                }
+                out.push(dotted);
+            }
+        }
+        let mut out = Vec::new();
+        for (section, value) in doc {
+            walk(section, value.as_table().unwrap(), &mut out);
+        }
+        out.sort();
+        out
+    }
+
     #[test]
     fn the_example_file_sets_every_known_key() {
+        // Except inside the TLS tables: their files must exist, so the example
+        // shows those keys commented out.
         let doc: toml::Table = EXAMPLE.parse().unwrap();
-        for (section, keys) in SCHEMA {
-            for (key, _) in *keys {
-                assert!(doc[*section].get(*key).is_some(), "{section}.{key}");
+        let set = doc_keys(&doc);
+        for key in schema_keys() {
+            if key.ends_with(".tls.cert_path") || key.ends_with(".tls.key_path") {
+                continue;
             }
+            assert!(set.contains(&key), "{key}");
         }
     }
 
@@ -871,22 +1134,14 @@ mod tests {
         raw.proxy.upstream = Some(String::new());
         raw.proxy.public_url = Some(String::new());
         raw.admin.provider_token_sha256 = Some(String::new());
+        let both = RawTls {
+            cert_path: Some(String::new()),
+            key_path: Some(String::new()),
+        };
+        raw.proxy.tls = Some(both.clone());
+        raw.admin.tls = Some(both);
         let doc = toml::Table::try_from(&raw).unwrap();
-        let fields: Vec<(String, String)> = doc
-            .iter()
-            .flat_map(|(s, t)| {
-                let t = t.as_table().unwrap();
-                t.keys().map(move |k| (s.clone(), k.clone()))
-            })
-            .collect();
-        let mut schema: Vec<(String, String)> = SCHEMA
-            .iter()
-            .flat_map(|(s, keys)| keys.iter().map(|(k, _)| (s.to_string(), k.to_string())))
-            .collect();
-        schema.sort();
-        let mut fields = fields;
-        fields.sort();
-        assert_eq!(fields, schema);
+        assert_eq!(doc_keys(&doc), schema_keys());
         check_shape(&doc).unwrap();
     }
 
@@ -1222,19 +1477,180 @@ mod tests {
     #[test]
     fn zero_timeouts_and_sizes_are_refused() {
         for key in [
-            "connect_timeout_ms",
-            "upstream_timeout_ms",
-            "pool_idle_timeout_secs",
-            "pool_max_idle_per_host",
-            "header_read_timeout_ms",
-            "max_connections",
+            "proxy.connect_timeout_ms",
+            "proxy.upstream_timeout_ms",
+            "proxy.pool_idle_timeout_secs",
+            "proxy.pool_max_idle_per_host",
+            "proxy.header_read_timeout_ms",
+            "proxy.max_connections",
+            "proxy.idle_timeout_ms",
+            "admin.header_read_timeout_ms",
+            "admin.max_connections",
+            "admin.idle_timeout_ms",
         ] {
-            let e = error(&with(&format!("proxy.{key} = 0")));
+            let e = error(&with(&format!("{key} = 0")));
             assert!(
-                e.starts_with(&format!("config: proxy.{key}: must be between 1 and ")),
+                e.starts_with(&format!("config: {key}: must be between 1 and ")),
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn connection_limits_are_read_per_listener() {
+        let c = Config::from_toml(&with(
+            "proxy.header_read_timeout_ms = 300\n\
+             proxy.max_connections = 2\n\
+             proxy.max_header_bytes = 8192\n\
+             proxy.idle_timeout_ms = 200\n\
+             admin.header_read_timeout_ms = 400\n\
+             admin.max_connections = 3\n\
+             admin.max_header_bytes = 1048576\n\
+             admin.idle_timeout_ms = 500\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.proxy.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(300),
+                max_connections: 2,
+                max_header_bytes: 8192,
+                idle_timeout: Duration::from_millis(200),
+            }
+        );
+        assert_eq!(
+            c.admin.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_millis(400),
+                max_connections: 3,
+                max_header_bytes: 1_048_576,
+                idle_timeout: Duration::from_millis(500),
+            }
+        );
+    }
+
+    #[test]
+    fn max_header_bytes_must_fit_hypers_buffer_limits() {
+        for section in ["proxy", "admin"] {
+            for bad in ["8191", "0", "1048577"] {
+                assert_eq!(
+                    error(&with(&format!("{section}.max_header_bytes = {bad}"))),
+                    format!("config: {section}.max_header_bytes: must be between 8192 and 1048576")
+                );
+            }
+        }
+    }
+
+    /// A self-signed certificate and its key, written to `dir`.
+    fn cert_files(dir: &Path, prefix: &str) -> (String, String) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.join(format!("{prefix}-cert.pem"));
+        let key = dir.join(format!("{prefix}-key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    }
+
+    #[test]
+    fn tls_tables_load_their_files_and_make_the_default_public_url_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = cert_files(dir.path(), "a");
+        let c = Config::from_toml(&with(&format!(
+            "[proxy.tls]\ncert_path = {cert:?}\nkey_path = {key:?}\n\
+             [admin.tls]\ncert_path = {cert:?}\nkey_path = {key:?}\n"
+        )))
+        .unwrap();
+        let tls = c.proxy.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_path(), Path::new(&cert));
+        assert_eq!(tls.key_path(), Path::new(&key));
+        assert_eq!(c.admin.tls, c.proxy.tls);
+        assert_eq!(c.proxy.public_url, "https://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn an_empty_tls_table_means_plain_http() {
+        let c = Config::from_toml(&with(
+            "[proxy.tls]
+[admin.tls]
+",
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.tls, None);
+        assert_eq!(c.admin.tls, None);
+        assert_eq!(c.proxy.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn tls_needs_both_files_or_neither() {
+        assert_eq!(
+            error(&with("proxy.tls.cert_path = \"c.pem\"")),
+            "config: proxy.tls.key_path: required when proxy.tls.cert_path is set"
+        );
+        assert_eq!(
+            error(&with("admin.tls.key_path = \"k.pem\"")),
+            "config: admin.tls.cert_path: required when admin.tls.key_path is set"
+        );
+        assert_eq!(
+            error(&with(
+                "admin.tls.key_path = \"k.pem\"\nadmin.tls.cert_path = \"\""
+            )),
+            "config: admin.tls.cert_path: must not be empty"
+        );
+    }
+
+    #[test]
+    fn unknown_or_mistyped_tls_keys_are_named_in_full() {
+        assert_eq!(
+            error(&with("proxy.tls.cert = \"c.pem\"")),
+            "config: proxy.tls.cert: unknown key"
+        );
+        assert_eq!(
+            error(&with("admin.tls.key_path = 1")),
+            "config: admin.tls.key_path: expected a string"
+        );
+        assert_eq!(
+            error(&with("proxy.tls = \"on\"")),
+            "config: proxy.tls: expected a table"
+        );
+    }
+
+    #[test]
+    fn bad_tls_files_name_the_key_of_the_file_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = cert_files(dir.path(), "a");
+        let (_, other_key) = cert_files(dir.path(), "b");
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let config = |section: &str, cert: &str, key: &str| {
+            with(&format!(
+                "{section}.tls.cert_path = {cert:?}\n{section}.tls.key_path = {key:?}\n"
+            ))
+        };
+        let e = error(&config("proxy", &missing, &key));
+        assert!(
+            e.starts_with(&format!(
+                "config: proxy.tls.cert_path: cannot read {missing}: "
+            )),
+            "{e}"
+        );
+        let e = error(&config("admin", &key, &key));
+        assert!(
+            e.starts_with("config: admin.tls.cert_path: ")
+                && e.ends_with("no PEM certificate in it"),
+            "{e}"
+        );
+        let e = error(&config("proxy", &cert, &cert));
+        assert!(
+            e.starts_with("config: proxy.tls.key_path: ")
+                && e.ends_with("no PEM private key in it"),
+            "{e}"
+        );
+        let e = error(&config("admin", &cert, &other_key));
+        assert!(
+            e.starts_with("config: admin.tls.key_path: ")
+                && e.contains("not the private key of the certificate"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]
@@ -1249,6 +1665,7 @@ mod tests {
             "pool_max_idle_per_host",
             "header_read_timeout_ms",
             "max_connections",
+            "idle_timeout_ms",
         ] {
             let e = error(&with(&format!("proxy.{key} = 9223372036854775807")));
             assert!(

@@ -6,25 +6,30 @@
 //! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
 //! [`DRAIN_LIMIT`], and returns.
+//!
+//! Both listeners run the same accept loop (`listener`), each with its own
+//! [`ConnectionLimits`](crate::config::ConnectionLimits) and optional TLS: a
+//! cap on open connections (beyond it new clients wait in the listen backlog),
+//! a cap on the request head (431 beyond it), a timeout for each request's head
+//! and one for idle keep-alive connections (`activity`).
 
-use std::future::IntoFuture;
+mod activity;
+mod listener;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_layer::Layer;
 
+use self::listener::Settings;
 use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{default_public_url, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::{Forward, ForwardConfig, HopByHop, Upstream};
 use crate::store::{Backend, BackendError, RedbBackend, Store};
@@ -137,34 +142,37 @@ pub async fn start_with_options(
         upstream_timeout: config.proxy.upstream_timeout,
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
+        https: config.proxy.tls.is_some(),
     });
-    let limits = Limits {
-        header_read_timeout: config.proxy.header_read_timeout,
-        max_connections: config.proxy.max_connections,
+    let proxy_settings = Settings {
+        name: "proxy",
+        limits: config.proxy.connections,
+        tls: config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
     };
     let proxy = if options.bare {
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
-        tokio::spawn(serve_proxy(
+        tokio::spawn(listener::serve(
             proxy_listener,
+            proxy_settings,
             move |ip| HopByHop::new(forward.for_client(ip)),
-            limits,
             stopped.clone(),
         ))
     } else {
         let layer = KeyGateLayer::new(store.clone(), config.gate());
-        tokio::spawn(serve_proxy(
+        tokio::spawn(listener::serve(
             proxy_listener,
+            proxy_settings,
             move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
-            limits,
             stopped.clone(),
         ))
     };
 
     // A default public URL follows the port the system chose for `:0`.
+    let https = config.proxy.tls.is_some();
     let public_url = if config.proxy.listen.port() == 0
-        && config.proxy.public_url == format!("http://{}", config.proxy.listen)
+        && config.proxy.public_url == default_public_url(config.proxy.listen, https)
     {
-        format!("http://{proxy_addr}")
+        default_public_url(proxy_addr, https)
     } else {
         config.proxy.public_url.clone()
     };
@@ -174,7 +182,18 @@ pub async fn start_with_options(
         &public_url,
         &config.proxy.org_from,
     );
-    let admin = tokio::spawn(serve_admin(admin_listener, admin::router(state), stopped));
+    let router = admin::router(state);
+    let admin_settings = Settings {
+        name: "admin",
+        limits: config.admin.connections,
+        tls: config.admin.tls.as_ref().map(|tls| tls.acceptor()),
+    };
+    let admin = tokio::spawn(listener::serve(
+        admin_listener,
+        admin_settings,
+        move |_| router.clone(),
+        stopped,
+    ));
     tracing::info!(%proxy_addr, %admin_addr, "keygate listening");
     Ok(Running {
         proxy_addr,
@@ -249,114 +268,4 @@ fn local_addr(
         addr,
         source,
     })
-}
-
-struct Limits {
-    header_read_timeout: Duration,
-    max_connections: usize,
-}
-
-/// Accepts proxy connections and serves each with the service `per_client`
-/// makes for the client's address.
-async fn serve_proxy<S, B>(
-    listener: TcpListener,
-    per_client: impl Fn(std::net::IpAddr) -> S,
-    limits: Limits,
-    mut stopped: watch::Receiver<bool>,
-) where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-
-    loop {
-        // At the connection limit, stop accepting until one closes: new clients
-        // wait in the kernel's backlog instead of being cut off.
-        let slot = tokio::select! {
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed; see below
-            },
-            _ = stopped.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(per_client(peer.ip()));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "proxy connection ended with an error");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    drain("proxy", graceful.shutdown()).await;
-}
-
-async fn serve_admin(
-    listener: TcpListener,
-    router: axum::Router,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = stopped.changed().await;
-        let _ = drained_tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-            return;
-        }
-        _ = drained_rx => {}
-    }
-    drain("admin", async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    })
-    .await;
-}
-
-async fn drain(listener: &'static str, done: impl std::future::Future<Output = ()>) {
-    if tokio::time::timeout(DRAIN_LIMIT, done).await.is_err() {
-        tracing::warn!(
-            listener,
-            "requests still in flight after the drain limit; closing"
-        );
-    }
 }

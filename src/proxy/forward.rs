@@ -33,6 +33,8 @@ pub struct ForwardConfig {
     pub pool_idle_timeout: Duration,
     /// How many idle connections to keep to the upstream.
     pub pool_max_idle_per_host: usize,
+    /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// What every connection's `Forward` shares: the pool and the target.
@@ -87,7 +89,7 @@ where
                 client,
                 upstream: config.upstream.clone(),
                 timeout: config.upstream_timeout,
-                proto: HeaderValue::from_static("http"),
+                proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
             }),
             client_ip: HeaderValue::from_static("unknown"),
         }

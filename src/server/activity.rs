@@ -1,0 +1,425 @@
+//! What one connection is doing, for its two timeouts.
+//!
+//! hyper's own `header_read_timeout` runs from the end of one answer to the end
+//! of the next request's head, so on a keep-alive connection it is also the
+//! idle limit, with no way to give the two different values. keygate keeps them
+//! apart, as Go's `net/http` (`ReadHeaderTimeout`, `IdleTimeout`) and nginx
+//! (`client_header_timeout`, `keepalive_timeout`) do. A connection is always in
+//! one [`Phase`]:
+//!
+//! - [`Head`](Phase::Head), from the accept (TLS handshake included) and from
+//!   the first byte of each later request until that request's head is in: it
+//!   has `header_read_timeout`, then the connection is dropped;
+//! - [`Busy`](Phase::Busy), while requests are in flight, from their head to the
+//!   end of their answer's body: no limit here (the upstream timeout bounds the
+//!   wait for an answer);
+//! - [`Idle`](Phase::Idle), between requests: it has `idle_timeout`, then the
+//!   connection is closed gracefully (HTTP/2: GOAWAY).
+//!
+//! [`Watched`] wraps the socket and reports the first byte read while idle;
+//! [`Tracked`] wraps the service and reports each request's start and the end
+//! of its answer ([`TrackedFuture`], [`TrackedBody`]). The listener's
+//! connection task asks [`Activity::deadline`] when to act.
+//!
+//! Two edges are deliberate. On HTTP/2 bytes arrive between requests for
+//! reasons of their own (window updates, pings), so after its first request a
+//! connection goes from idle to busy only with a request. And on HTTP/1 a
+//! request pipelined behind one in flight has its first bytes read while the
+//! connection is busy; if its head is still incomplete when the answer ends, it
+//! is bounded by the idle timeout rather than the head timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response, Version};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::ConnectionLimits;
+
+/// What a connection is doing; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Waiting for (the rest of) a request's head.
+    Head,
+    /// Serving at least one request.
+    Busy,
+    /// Between requests.
+    Idle,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    /// When the phase began.
+    since: Instant,
+    /// Requests whose answer has not ended.
+    in_flight: usize,
+    /// The connection speaks HTTP/2 (known from its first request).
+    http2: bool,
+}
+
+/// One connection's phase, shared by its socket, its service and its task.
+#[derive(Debug)]
+pub(super) struct Activity {
+    state: Mutex<State>,
+    /// Set exactly while the phase is [`Phase::Idle`] on HTTP/1, so that the
+    /// socket's reads, most of which carry request bodies, skip the lock.
+    idle: AtomicBool,
+    /// Wakes the connection task when a deadline appears or moves earlier.
+    changed: Notify,
+}
+
+impl Activity {
+    /// A connection accepted at `accepted`: waiting for its first head.
+    pub(super) fn new(accepted: Instant) -> Arc<Activity> {
+        Arc::new(Activity {
+            state: Mutex::new(State {
+                phase: Phase::Head,
+                since: accepted,
+                in_flight: 0,
+                http2: false,
+            }),
+            idle: AtomicBool::new(false),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held; a poisoned state is still whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current phase and when it runs out; `None` while busy.
+    pub(super) fn deadline(&self, limits: &ConnectionLimits) -> Option<(Phase, Instant)> {
+        let state = self.state();
+        match state.phase {
+            Phase::Head => Some((Phase::Head, state.since + limits.header_read_timeout)),
+            Phase::Idle => Some((Phase::Idle, state.since + limits.idle_timeout)),
+            Phase::Busy => None,
+        }
+    }
+
+    /// Resolves after a deadline appeared or moved earlier.
+    pub(super) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Bytes arrived from the client.
+    fn on_read(&self) {
+        if !self.idle.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut state = self.state();
+        if state.phase == Phase::Idle {
+            state.phase = Phase::Head;
+            state.since = Instant::now();
+            self.idle.store(false, Ordering::Relaxed);
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's head is in; it is now in flight. No one is woken: a deadline
+    /// only went away, and the task checks the phase when its timer fires.
+    fn on_request(&self, version: Version) {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.phase = Phase::Busy;
+        state.http2 |= version == Version::HTTP_2;
+        self.idle.store(false, Ordering::Relaxed);
+    }
+
+    /// A request's answer ended (or was abandoned).
+    fn on_answered(&self) {
+        let mut state = self.state();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if state.in_flight == 0 {
+            state.phase = Phase::Idle;
+            state.since = Instant::now();
+            // HTTP/2 stays idle until a request, whatever bytes arrive.
+            self.idle.store(!state.http2, Ordering::Relaxed);
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// One request in flight, until dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>, version: Version) -> InFlight {
+        activity.on_request(version);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.on_answered();
+    }
+}
+
+pin_project! {
+    /// A client socket that reports to its [`Activity`] when bytes arrive.
+    #[derive(Debug)]
+    pub(super) struct Watched<T> {
+        #[pin]
+        io: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> Watched<T> {
+    pub(super) fn new(io: T, activity: Arc<Activity>) -> Watched<T> {
+        Watched { io, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.io.poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+/// A service that reports to its [`Activity`] when each request starts and
+/// when its answer ends.
+#[derive(Debug)]
+pub(super) struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    pub(super) fn new(inner: S, activity: Arc<Activity>) -> Tracked<S> {
+        Tracked { inner, activity }
+    }
+}
+
+impl<S: Clone> Clone for Tracked<S> {
+    fn clone(&self) -> Self {
+        Tracked {
+            inner: self.inner.clone(),
+            activity: Arc::clone(&self.activity),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Tracked<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<TrackedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let in_flight = InFlight::start(&self.activity, req.version());
+        TrackedFuture {
+            inner: self.inner.call(req),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project! {
+    /// The answer of a [`Tracked`] service; the request stays in flight until
+    /// the answer's body ends or this future is dropped unfinished.
+    #[derive(Debug)]
+    pub(super) struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(res.map(|res| res.map(|inner| TrackedBody { inner, in_flight })))
+    }
+}
+
+pin_project! {
+    /// An answer's body; its request is in flight until it ends or is dropped.
+    #[derive(Debug)]
+    pub(super) struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            // The end, or an error that ends it: no need to wait for the drop.
+            this.in_flight.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1,
+            max_header_bytes: 8192,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_has_the_head_timeout_from_its_accept() {
+        let t0 = Instant::now();
+        let a = Activity::new(t0);
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((Phase::Head, t0 + Duration::from_secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_has_no_deadline_until_its_answer_ends() {
+        let a = Activity::new(Instant::now());
+        let first = InFlight::start(&a, Version::HTTP_11);
+        let second = InFlight::start(&a, Version::HTTP_11);
+        assert_eq!(a.deadline(&limits()), None);
+        drop(first);
+        assert_eq!(a.deadline(&limits()), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(second);
+        let idle_from = Instant::now();
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((Phase::Idle, idle_from + Duration::from_secs(60)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_byte_of_the_next_request_starts_the_head_timeout() {
+        let a = Activity::new(Instant::now());
+        drop(InFlight::start(&a, Version::HTTP_11));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        a.on_read();
+        let head_from = Instant::now();
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((Phase::Head, head_from + Duration::from_secs(10)))
+        );
+        // Later bytes of the same head do not move it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        a.on_read();
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((Phase::Head, head_from + Duration::from_secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_between_http2_requests_leave_the_connection_idle() {
+        let a = Activity::new(Instant::now());
+        drop(InFlight::start(&a, Version::HTTP_2));
+        let idle_from = Instant::now();
+        a.on_read();
+        assert_eq!(
+            a.deadline(&limits()),
+            Some((Phase::Idle, idle_from + Duration::from_secs(60)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_idle_and_the_next_head_wake_the_connection_task() {
+        let a = Activity::new(Instant::now());
+        let in_flight = InFlight::start(&a, Version::HTTP_11);
+        drop(in_flight);
+        // The permit is stored: the task's next wait returns at once.
+        tokio::time::timeout(Duration::from_millis(1), a.changed())
+            .await
+            .unwrap();
+        a.on_read();
+        tokio::time::timeout(Duration::from_millis(1), a.changed())
+            .await
+            .unwrap();
+    }
+}

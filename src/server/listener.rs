@@ -1,0 +1,286 @@
+//! One listener: the accept loop, the connection cap, TLS, each connection's
+//! timeouts, and the drain at stop. The proxy and the admin API both run here,
+//! each with its own [`ConnectionLimits`].
+//!
+//! - **Cap.** At `max_connections` open connections the loop stops accepting
+//!   until one closes: new clients wait in the kernel's listen backlog (TCP
+//!   connected, request unread) and are served in turn, instead of being cut
+//!   off. A warning is logged when the cap is reached, at most once a minute
+//!   while it keeps being reached.
+//! - **Head size.** hyper answers 431 to a request head over
+//!   `max_header_bytes` (HTTP/1: its read buffer limit; HTTP/2: the header
+//!   list size) and to one with more than 100 headers, then closes.
+//! - **Timeouts.** See [`activity`](super::activity): the head timeout drops the
+//!   connection, the idle timeout closes it gracefully.
+//! - **TLS.** The handshake runs in the connection's own task, under the head
+//!   timeout, so a client that never finishes it holds one slot for a bounded
+//!   time and never stalls the loop.
+//! - **Stop.** The loop closes the listening socket (new connections are
+//!   refused), every connection is told to finish gracefully (HTTP/1: the
+//!   answer in flight carries `connection: close`; idle ones close at once;
+//!   HTTP/2: GOAWAY), and after [`DRAIN_LIMIT`] the stragglers are dropped.
+
+use std::net::IpAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::activity::{Activity, Phase, Tracked, Watched};
+use super::DRAIN_LIMIT;
+use crate::config::ConnectionLimits;
+
+/// How a listener serves its connections.
+#[derive(Clone)]
+pub(super) struct Settings {
+    /// `proxy` or `admin`, for the logs.
+    pub(super) name: &'static str,
+    /// Its limits.
+    pub(super) limits: ConnectionLimits,
+    /// Present when the listener serves HTTPS.
+    pub(super) tls: Option<TlsAcceptor>,
+}
+
+/// What every connection of one listener shares.
+struct Shared {
+    settings: Settings,
+    http: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP/1 and HTTP/2 server settings for `limits`.
+fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Replaced by keygate's head and idle timeouts (see `activity`).
+        .header_read_timeout(None)
+        // While a head is incomplete the read buffer holds only the head, so
+        // its limit is the head's; hyper refuses a larger one with 431.
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Accepts connections on `listener` until `stopped` changes, serving each with
+/// the service `per_client` makes for the client's address; then drains.
+pub(super) async fn serve<S, B>(
+    listener: TcpListener,
+    settings: Settings,
+    per_client: impl Fn(IpAddr) -> S,
+    mut stopped: watch::Receiver<bool>,
+) where
+    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = settings.name;
+    let max = settings.limits.max_connections;
+    let shared = Arc::new(Shared {
+        http: http_builder(&settings.limits),
+        settings,
+    });
+    let mut connections = JoinSet::new();
+    let mut cap = CapWarning::default();
+
+    loop {
+        let full = connections.len() >= max;
+        tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(listener = name, error = %e, "a connection task failed");
+                }
+            }
+            // At the cap this branch is off: new clients wait in the backlog.
+            accepted = listener.accept(), if !full => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(
+                        stream,
+                        per_client(peer.ip()),
+                        Arc::clone(&shared),
+                        stopped.clone(),
+                    ));
+                    if connections.len() >= max {
+                        cap.reached(name, max);
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+
+    // Refuse new connections at once; the open ones saw `stopped` too.
+    drop(listener);
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            listener = name,
+            connections = connections.len(),
+            "requests still in flight after the drain limit; closing"
+        );
+        connections.shutdown().await;
+    }
+}
+
+/// Logs that the cap was reached: at once the first time, then at most once a
+/// minute, with how often it was reached in between.
+#[derive(Debug, Default)]
+struct CapWarning {
+    last: Option<Instant>,
+    unreported: u64,
+}
+
+impl CapWarning {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn reached(&mut self, listener: &'static str, max_connections: usize) {
+        self.unreported += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now < last + Self::EVERY) {
+            return;
+        }
+        tracing::warn!(
+            listener,
+            max_connections,
+            times = self.unreported,
+            "connection limit reached: new connections wait in the listen backlog until one closes"
+        );
+        self.last = Some(now);
+        self.unreported = 0;
+    }
+}
+
+/// Serves one accepted connection: the TLS handshake if any, then HTTP.
+async fn connection<S, B>(
+    stream: TcpStream,
+    service: S,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accepted = Instant::now();
+    let activity = Activity::new(accepted);
+    let name = shared.settings.name;
+    let Some(acceptor) = &shared.settings.tls else {
+        return drive(stream, service, &shared, activity, stopped).await;
+    };
+    let deadline = accepted + shared.settings.limits.header_read_timeout;
+    let handshake = tokio::select! {
+        done = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => done,
+        _ = stopped.changed() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => drive(tls, service, &shared, activity, stopped).await,
+        Ok(Err(e)) => tracing::debug!(listener = name, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(listener = name, "TLS handshake not done in time; closing"),
+    }
+}
+
+/// Serves HTTP on `io` until the client leaves, a timeout passes, or the
+/// listener stops.
+async fn drive<I, S, B>(
+    io: I,
+    service: S,
+    shared: &Shared,
+    activity: Arc<Activity>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = shared.settings.name;
+    let limits = &shared.settings.limits;
+    let io = TokioIo::new(Watched::new(io, Arc::clone(&activity)));
+    let service = TowerToHyperService::new(Tracked::new(service, Arc::clone(&activity)));
+    let mut conn = pin!(shared.http.serve_connection(io, service));
+    let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
+    let mut closing = false;
+
+    loop {
+        // Once closing, an idle connection is on its way out already; only a
+        // head still being read can need the timer.
+        let deadline = activity
+            .deadline(limits)
+            .filter(|(phase, _)| !closing || *phase == Phase::Head);
+        if let Some((_, at)) = deadline {
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+        }
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.changed() => {}
+            () = &mut timer, if deadline.is_some() => {
+                // The phase may have moved on since the deadline was read.
+                match activity.deadline(limits) {
+                    Some((Phase::Head, at)) if at <= Instant::now() => {
+                        tracing::debug!(listener = name, "request head not received in time; closing");
+                        return;
+                    }
+                    Some((Phase::Idle, at)) if at <= Instant::now() && !closing => {
+                        tracing::debug!(listener = name, "idle keep-alive connection; closing");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

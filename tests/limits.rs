@@ -1,0 +1,520 @@
+//! The listeners' resource limits over real sockets: the head timeout, the head
+//! size cap, the idle keep-alive timeout, the connection cap and the graceful
+//! stop, on the proxy listener and on the admin listener, each with its own keys.
+//!
+//! Clients here are raw TCP streams, so that a test controls every byte and
+//! every pause. Timeouts are short (hundreds of milliseconds); waits for
+//! keygate to act are bounded by generous deadlines, and nothing asserts on
+//! how long keygate took.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate::clock::{Clock, ManualClock};
+use keygate::config::Config;
+use keygate::server::{self, Running};
+use keygate::store::{Backend, MemoryBackend};
+use keygate::token::TokenDigest;
+use support::{Answer, Upstream, PROVIDER, T0};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Long enough for anything keygate should do, short enough to fail fast.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// keygate with chosen limits
+// ---------------------------------------------------------------------------
+
+/// keygate on `127.0.0.1:0` with a recording upstream and the org `acme`.
+struct Keygate {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    upstream: Upstream,
+    /// `acme`'s key.
+    key: String,
+    running: Option<Running>,
+}
+
+impl Keygate {
+    /// Starts keygate with extra `[proxy]` and `[admin]` keys.
+    async fn start(proxy_keys: &str, admin_keys: &str) -> Keygate {
+        let upstream = Upstream::start().await;
+        let toml = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up}\"\n{proxy_keys}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\nprovider_token_sha256 = \"{digest}\"\n{admin_keys}\n\
+             [limits]\nrate_per_sec = 100000\nburst = 100000\n",
+            up = upstream.addr,
+            digest = TokenDigest::of(PROVIDER).to_hex(),
+        );
+        let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let backend = Arc::new(MemoryBackend::new()) as Arc<dyn Backend>;
+        let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
+        let running = server::start_with(&config, backend, clock).await.unwrap();
+        let mut keygate = Keygate {
+            proxy: running.proxy_addr,
+            admin: running.admin_addr,
+            upstream,
+            key: String::new(),
+            running: Some(running),
+        };
+        keygate.key = keygate.provision("acme").await;
+        keygate
+    }
+
+    /// Provisions `org` as the provider; returns its key.
+    async fn provision(&self, org: &str) -> String {
+        let body = format!(r#"{{"org":"{org}"}}"#);
+        let request = format!(
+            "POST /v1/orgs HTTP/1.1\r\nhost: keygate\r\nauthorization: Bearer {PROVIDER}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(self.admin).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let got = read_answer(&mut stream).await.unwrap();
+        assert_eq!(got.status, 201, "{}", got.text());
+        let view: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+        view["key"].as_str().unwrap().to_owned()
+    }
+
+    /// A well-formed keep-alive request to the proxy that the upstream answers.
+    fn proxy_request(&self) -> String {
+        format!(
+            "GET /acme/v1/users HTTP/1.1\r\nhost: keygate\r\nx-api-key: {}\r\n\r\n",
+            self.key
+        )
+    }
+
+    /// A listener and a request it answers with 200.
+    fn proxy_target(&self) -> Target {
+        Target {
+            addr: self.proxy,
+            request: self.proxy_request(),
+        }
+    }
+
+    /// The admin listener and `GET /healthz`.
+    fn admin_target(&self) -> Target {
+        Target {
+            addr: self.admin,
+            request: "GET /healthz HTTP/1.1\r\nhost: keygate\r\n\r\n".to_owned(),
+        }
+    }
+
+    /// Stops keygate (as SIGTERM would).
+    async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await;
+        }
+    }
+}
+
+/// A listener and a request it answers with 200 and keeps the connection.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    request: String,
+}
+
+impl Target {
+    /// The request with `extra` header lines (each ending in `\r\n`) added.
+    fn with_headers(&self, extra: &str) -> String {
+        let head = self.request.strip_suffix("\r\n").unwrap();
+        format!("{head}{extra}\r\n")
+    }
+
+    /// Opens a connection and has one request answered on it: 200.
+    async fn served_connection(&self) -> TcpStream {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        stream.write_all(self.request.as_bytes()).await.unwrap();
+        let got = tokio::time::timeout(PATIENCE, read_answer(&mut stream))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        stream
+    }
+
+    /// Sends `request` on a new connection and returns the first answer.
+    async fn exchange(&self, request: &[u8]) -> Got {
+        let mut stream = TcpStream::connect(self.addr).await.unwrap();
+        // keygate may answer and close before reading all of a large request.
+        let _ = stream.write_all(request).await;
+        tokio::time::timeout(PATIENCE, read_answer(&mut stream))
+            .await
+            .expect("an answer in time")
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1.1
+// ---------------------------------------------------------------------------
+
+/// One answer as read off the wire.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn text(&self) -> String {
+        format!("{}{}", self.head, String::from_utf8_lossy(&self.body))
+    }
+}
+
+/// Reads one HTTP/1.1 answer, its body delimited by `content-length`.
+async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Got> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {head:?}"));
+    let length: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.trim().parse().unwrap());
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(Got { status, head, body })
+}
+
+/// Whether the server closes `stream` within `within`; returns what it sent
+/// before closing.
+async fn closes_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| got)
+}
+
+/// Whether nothing at all arrives on `stream` for `quiet`.
+async fn stays_silent(stream: &mut TcpStream, quiet: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(quiet, stream.read(&mut byte))
+        .await
+        .is_err()
+}
+
+// ---------------------------------------------------------------------------
+// Checks shared by both listeners
+// ---------------------------------------------------------------------------
+
+/// A client sending its head a line at a time, slower than the head timeout
+/// allows in total, is cut off without an answer; a client on another
+/// connection meanwhile is served.
+async fn check_trickler_is_cut_off(target: &Target) {
+    let stream = TcpStream::connect(target.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let first_line = target.request.lines().next().unwrap();
+    write
+        .write_all(format!("{first_line}\r\nhost: keygate\r\n").as_bytes())
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        // Bounded: 100 lines over 5 s, far past the head timeout.
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if write
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    });
+
+    // Another client is served while the trickler is being cut off.
+    target.served_connection().await;
+
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, read.read_to_end(&mut got)).await;
+    assert!(closed.is_ok(), "the trickling client was not cut off");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "the trickler got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    trickle.abort();
+    target.served_connection().await;
+}
+
+/// A client that connects and sends nothing is closed after the head timeout.
+async fn check_silent_client_is_cut_off(target: &Target) {
+    let mut silent = TcpStream::connect(target.addr).await.unwrap();
+    let got = closes_within(&mut silent, PATIENCE).await;
+    assert_eq!(
+        got.as_deref(),
+        Some(&b""[..]),
+        "the silent client was not cut off"
+    );
+}
+
+/// A head over 8 KiB is answered 431; one under it and a later request are
+/// served.
+async fn check_head_size_cap(target: &Target) {
+    let small = target.with_headers(&format!("x-padding: {}\r\n", "p".repeat(4 * 1024)));
+    assert_eq!(target.exchange(small.as_bytes()).await.status, 200);
+    let big = target.with_headers(&format!("x-padding: {}\r\n", "p".repeat(40 * 1024)));
+    let got = target.exchange(big.as_bytes()).await;
+    assert_eq!(got.status, 431, "{}", got.text());
+    target.served_connection().await;
+}
+
+/// An idle keep-alive connection is closed after the idle timeout, without an
+/// answer to anything.
+async fn check_idle_connection_is_closed(target: &Target) {
+    let mut stream = target.served_connection().await;
+    let got = closes_within(&mut stream, PATIENCE).await;
+    assert_eq!(
+        got.as_deref(),
+        Some(&b""[..]),
+        "the idle connection stayed open"
+    );
+}
+
+/// With `max_connections = 2`, a third client waits unanswered while two are
+/// open, and is served as soon as one of them closes.
+async fn check_third_connection_waits_for_a_slot(target: &Target) {
+    let first = target.served_connection().await;
+    let _second = target.served_connection().await;
+
+    let mut third = TcpStream::connect(target.addr).await.unwrap();
+    third.write_all(target.request.as_bytes()).await.unwrap();
+    assert!(
+        stays_silent(&mut third, Duration::from_millis(500)).await,
+        "the third connection was answered at once"
+    );
+
+    drop(first);
+    let got = tokio::time::timeout(PATIENCE, read_answer(&mut third))
+        .await
+        .expect("the third connection was not served after one closed")
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+}
+
+// ---------------------------------------------------------------------------
+// The proxy listener
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_client_trickling_its_head_is_cut_off_while_others_are_served() {
+    let keygate = Keygate::start("header_read_timeout_ms = 300", "").await;
+    check_trickler_is_cut_off(&keygate.proxy_target()).await;
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_cut_off_after_the_head_timeout() {
+    let keygate = Keygate::start("header_read_timeout_ms = 300", "").await;
+    check_silent_client_is_cut_off(&keygate.proxy_target()).await;
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431_and_the_proxy_keeps_serving() {
+    let keygate = Keygate::start("max_header_bytes = 8192", "").await;
+    check_head_size_cap(&keygate.proxy_target()).await;
+    // The refused request never reached the upstream.
+    assert_eq!(keygate.upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn the_default_head_cap_is_64_kib() {
+    let keygate = Keygate::start("", "").await;
+    let target = keygate.proxy_target();
+    let fits = target.with_headers(&format!("x-padding: {}\r\n", "p".repeat(30 * 1024)));
+    assert_eq!(target.exchange(fits.as_bytes()).await.status, 200);
+    let over = target.with_headers(&format!("x-padding: {}\r\n", "p".repeat(300 * 1024)));
+    assert_eq!(target.exchange(over.as_bytes()).await.status, 431);
+}
+
+#[tokio::test]
+async fn more_than_100_headers_get_431_on_either_listener() {
+    let keygate = Keygate::start("", "").await;
+    let headers = |n: usize| (0..n).map(|i| format!("x-h{i}: v\r\n")).collect::<String>();
+    // The admin answers itself: host and 99 more make 100, still served.
+    let admin = keygate.admin_target();
+    let at_limit = admin.with_headers(&headers(99));
+    assert_eq!(admin.exchange(at_limit.as_bytes()).await.status, 200);
+    let got = admin
+        .exchange(admin.with_headers(&headers(100)).as_bytes())
+        .await;
+    assert_eq!(got.status, 431, "{}", got.text());
+    // The proxy refuses 101 itself: nothing reaches the upstream.
+    let proxy = keygate.proxy_target();
+    let got = proxy
+        .exchange(proxy.with_headers(&headers(99)).as_bytes())
+        .await;
+    assert_eq!(got.status, 431, "{}", got.text());
+    assert_eq!(keygate.upstream.count(), 0);
+    proxy.served_connection().await;
+    admin.served_connection().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    // The head timeout is far longer: what closes the connection is the idle one.
+    let keygate = Keygate::start("idle_timeout_ms = 200\nheader_read_timeout_ms = 60000", "").await;
+    check_idle_connection_is_closed(&keygate.proxy_target()).await;
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_may_idle_longer_than_the_head_timeout() {
+    // hyper's own header timeout would close this connection after 200 ms.
+    let keygate = Keygate::start("header_read_timeout_ms = 200\nidle_timeout_ms = 60000", "").await;
+    let target = keygate.proxy_target();
+    let mut stream = target.served_connection().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stream.write_all(target.request.as_bytes()).await.unwrap();
+    let got = read_answer(&mut stream).await.unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+}
+
+#[tokio::test]
+async fn a_request_in_flight_outlasts_the_head_and_idle_timeouts() {
+    let keygate = Keygate::start("header_read_timeout_ms = 200\nidle_timeout_ms = 200", "").await;
+    keygate.upstream.answer_with(Answer {
+        delay: Some(Duration::from_millis(700)),
+        ..Answer::default()
+    });
+    keygate.proxy_target().served_connection().await;
+}
+
+#[tokio::test]
+async fn at_max_connections_a_new_client_waits_and_is_served_when_one_closes() {
+    let keygate = Keygate::start("max_connections = 2", "").await;
+    check_third_connection_waits_for_a_slot(&keygate.proxy_target()).await;
+}
+
+#[tokio::test]
+async fn stop_finishes_requests_in_flight_and_refuses_new_connections() {
+    let mut keygate = Keygate::start("", "").await;
+    let target = keygate.proxy_target();
+    let mut idle = target.served_connection().await;
+    keygate.upstream.answer_with(Answer {
+        delay: Some(Duration::from_millis(300)),
+        ..Answer::default()
+    });
+    let mut busy = TcpStream::connect(keygate.proxy).await.unwrap();
+    busy.write_all(target.request.as_bytes()).await.unwrap();
+    let in_flight = tokio::spawn(async move { read_answer(&mut busy).await });
+    // The upstream has the request (and is sitting on it) before stop begins.
+    tokio::time::timeout(PATIENCE, async {
+        while keygate.upstream.count() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    let (proxy, admin) = (keygate.proxy, keygate.admin);
+    let stopping = tokio::spawn(async move {
+        keygate.stop().await;
+        keygate
+    });
+
+    // New connections are refused on both listeners once stop has begun.
+    for addr in [proxy, admin] {
+        tokio::time::timeout(PATIENCE, async {
+            while TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{addr} still accepts connections"));
+    }
+
+    // The request in flight is answered in full, and its connection then ends.
+    let got = tokio::time::timeout(PATIENCE, in_flight)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, b"upstream");
+    // The idle keep-alive connection is closed, not left to its timeout.
+    assert_eq!(
+        closes_within(&mut idle, PATIENCE).await.as_deref(),
+        Some(&b""[..])
+    );
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("stop returned")
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The admin listener: the same limits, its own keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_admin_listener_cuts_off_a_trickling_client() {
+    let keygate = Keygate::start("", "header_read_timeout_ms = 300").await;
+    check_trickler_is_cut_off(&keygate.admin_target()).await;
+    check_silent_client_is_cut_off(&keygate.admin_target()).await;
+}
+
+#[tokio::test]
+async fn the_admin_listener_answers_431_to_a_head_over_its_cap() {
+    let keygate = Keygate::start("", "max_header_bytes = 8192").await;
+    check_head_size_cap(&keygate.admin_target()).await;
+    // The proxy keeps its own, larger cap.
+    let target = keygate.proxy_target();
+    let fits = target.with_headers(&format!("x-padding: {}\r\n", "p".repeat(30 * 1024)));
+    assert_eq!(target.exchange(fits.as_bytes()).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_listener_closes_idle_connections() {
+    let keygate = Keygate::start("", "idle_timeout_ms = 200").await;
+    check_idle_connection_is_closed(&keygate.admin_target()).await;
+}
+
+#[tokio::test]
+async fn the_admin_listener_has_its_own_connection_cap() {
+    let keygate = Keygate::start("", "max_connections = 2").await;
+    check_third_connection_waits_for_a_slot(&keygate.admin_target()).await;
+    // The proxy is not held by the admin listener's cap.
+    let proxy = keygate.proxy_target();
+    let _a = proxy.served_connection().await;
+    let _b = proxy.served_connection().await;
+    let _c = proxy.served_connection().await;
+}
