@@ -74,8 +74,11 @@ impl Gate {
                 };
                 match org.calls().count(now, threshold_calls, window_secs) {
                     Count::Within => {}
-                    Count::Crossed => return Admission::Disable(Arc::clone(org)),
-                    Count::Over => return Admission::Refuse(Refusal::KeyDisabled),
+                    // Over, too, disables: the provider may have lowered the
+                    // threshold below this window's count, and a key that is
+                    // refused must also be durably disabled. A disable that
+                    // finds the key disabled already commits nothing.
+                    Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
                 }
                 if expired && self.blocked_while_expired(method, headers) {
                     return Admission::Refuse(Refusal::SubscriptionExpired);

@@ -5,8 +5,9 @@
 //!
 //! * [`CallCounter`] counts calls in a fixed window that opens with the first call
 //!   after the previous one closed. The call that takes the count one past the
-//!   threshold is told so exactly once ([`Count::Crossed`]); that call disables
-//!   the key. Every later call of the window sees [`Count::Over`]. A window's
+//!   threshold is told so exactly once ([`Count::Crossed`]); every later call of
+//!   the window sees [`Count::Over`]. The gate disables the key on either (the
+//!   second covers a threshold lowered below a window's count). A window's
 //!   count only grows, so under any concurrency at most `threshold_calls` calls of
 //!   a window are ever told [`Count::Within`].
 //! * [`RateLimiter`] is the generic cell rate algorithm (GCRA), the algorithm

@@ -173,17 +173,20 @@ impl RedbBackend {
 impl Backend for RedbBackend {
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
         let inner = Arc::clone(&self.inner);
-        Box::pin(blocking("load", move || inner.load()))
+        let path = self.inner.path.clone();
+        Box::pin(blocking("load", path, move || inner.load()))
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
         let inner = Arc::clone(&self.inner);
-        Box::pin(blocking("commit", move || inner.commit(&commit)))
+        let path = self.inner.path.clone();
+        Box::pin(blocking("commit", path, move || inner.commit(&commit)))
     }
 
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
         let inner = Arc::clone(&self.inner);
-        Box::pin(blocking("audit read", move || inner.audit(&org)))
+        let path = self.inner.path.clone();
+        Box::pin(blocking("audit read", path, move || inner.audit(&org)))
     }
 }
 
@@ -358,13 +361,23 @@ impl Inner {
 /// Runs `f` on tokio's blocking pool, so an fsync never stalls a runtime worker.
 async fn blocking<T: Send + 'static>(
     what: &'static str,
+    path: PathBuf,
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, BackendError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
-        // The panic's message is left out: it comes from code that had the
-        // records, and so possibly a key, in hand.
-        Err(e) if e.is_panic() => Err(BackendError::Unavailable(format!("store {what} panicked"))),
+        // redb panics on some damaged pages; at load that means the file is
+        // damaged, and keygate must refuse it by name. The panic's message is
+        // left out: it comes from code that had the records, and so possibly a
+        // key, in hand.
+        Err(e) if e.is_panic() && what == "load" => Err(BackendError::Corrupt(format!(
+            "{}: is damaged: reading it failed inside redb",
+            path.display()
+        ))),
+        Err(e) if e.is_panic() => Err(BackendError::Unavailable(format!(
+            "{}: store {what} panicked",
+            path.display()
+        ))),
         Err(e) => Err(BackendError::Unavailable(format!(
             "store {what} did not run: {e}"
         ))),
