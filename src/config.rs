@@ -62,7 +62,7 @@ pub const PROVIDER_TOKEN_ENV: &str = "KEYGATE_PROVIDER_TOKEN_SHA256";
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config: {}: {source}", path.display())]
+    #[error("config: {}: {source}", one_line(&path.display().to_string()))]
     Read {
         /// The file named on the command line.
         path: PathBuf,
@@ -102,11 +102,31 @@ fn line_prefix(line: Option<usize>) -> String {
     line.map(|n| format!("line {n}: ")).unwrap_or_default()
 }
 
+/// The one home of [`ConfigError::Invalid`]: the key and the reason are
+/// echoed from the file (an unknown key, a TLS path), so their control
+/// characters are escaped to keep the message on one line.
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
+        key: one_line(&key.into()),
+        reason: one_line(&reason.into()),
     }
+}
+
+/// `text` with each control character (`\n`, `\r`, NUL, ...) written as its
+/// Rust escape, so that an echoed name cannot break a message into lines.
+fn one_line(text: &str) -> String {
+    if !text.contains(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -1173,6 +1193,24 @@ mod tests {
             error(&with("[proxxy]\nlisten = 1")),
             "config: proxxy: unknown key"
         );
+    }
+
+    #[test]
+    fn control_characters_in_an_echoed_key_or_path_are_escaped_onto_one_line() {
+        assert_eq!(error("\"a\\nb\" = 1"), "config: a\\nb: unknown key");
+        assert_eq!(
+            error(&with("proxy.\"x\\ry\" = 1")),
+            "config: proxy.x\\ry: unknown key"
+        );
+        let shown = error(&with(
+            "proxy.tls.cert_path = \"no\\nsuch\"\nproxy.tls.key_path = \"k\"",
+        ));
+        assert!(
+            shown.starts_with("config: proxy.tls.cert_path: "),
+            "{shown}"
+        );
+        assert!(shown.contains("no\\nsuch"), "{shown}");
+        assert!(!shown.contains(['\n', '\r']), "{shown:?}");
     }
 
     #[test]

@@ -18,3 +18,5 @@ pub mod tls;
 pub mod admin;
 pub mod server;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
