@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Turns the raw numbers of one run of benches/compare/run.sh (results/*.tsv)
+# into the markdown report: tables, ratios and the issue's goals.
+#
+#   benches/compare/report.sh benches/compare/results/<timestamp>.tsv
+set -euo pipefail
+RAW=${1:?usage: report.sh RESULTS.tsv}
+
+awk -F'\t' '
+function fmt(v, d) { return (v == "" ? "—" : sprintf("%." d "f", v)) }
+function ratio(a, b) { return (a == "" || b == "" || b == 0) ? "" : a / b }
+function verdict(ok, have) { return have ? (ok ? "met" : "**missed**") : "not measured" }
+function other(k) { return (k in c1) ? c1[k] - 100 * share[k] : 0 }
+function noise(a, b,   m) {
+    m = other(a); if (other(b) > m) m = other(b)
+    return m > 10 ? sprintf(" (noisy: others used up to %.0f%% of core 1)", m) : ""
+}
+function label(t) {
+    return t == "direct" ? "upstream direct" : \
+        t == "kg" ? "keygate job (1 worker)" : \
+        t == "kg-multi" ? "keygate job (default runtime)" : \
+        t == "kg-bare" ? "keygate bare (1 worker)" : \
+        t == "nginx" ? "nginx job" : t == "nginx-bare" ? "nginx bare" : \
+        t == "haproxy" ? "HAProxy job" : t == "haproxy-bare" ? "HAProxy bare" : t
+}
+$1 == "meta" {
+    stamp = $2; dur = $3; warm = $4; conns = $5; orgs = $6; quick = $7; kernel = $8
+    cores = $9; cpu = $10; wrkv = $11; nginxv = $12; haproxyv = $13; load = $14
+}
+$1 == "import" { imp[$2] = $3 }
+$1 == "start" { st[$3, $2] = $4; strss[$3, $2] = $5; stn[++nst] = $3 SUBSEP $2 }
+$1 == "cell" {
+    k = $3 SUBSEP $2 SUBSEP $4
+    cells[++nc] = k; rps[k] = $5; p50[k] = $6; p99[k] = $7; nonok[k] = $8; serr[k] = $9
+    share[k] = $10; percore[k] = $11; rss[k] = $12; c0[k] = $13; c1[k] = $14; chk[k] = $15
+    ns[$2] = 1; byt[$3, $4] = k  # latest per target/path, for org-independent cells
+}
+$1 == "open" {
+    ot[++no] = $3; on = $2; orate = $4
+    o50[$3] = $5; o90[$3] = $6; o99[$3] = $7; o999[$3] = $8; omax[$3] = $9
+    osch[$3] = $10; ocomp[$3] = $11; o2xx[$3] = $12; oerr[$3] = $13; ounf[$3] = $14; olag[$3] = $15
+}
+$1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
+$1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
+END {
+    printf "# keygate vs nginx vs HAProxy: run %s\n\n", stamp
+    if (quick == 1) print "**QUICK smoke run**: short cells, a subset of the org counts.\n"
+    printf "- cells: %s s of closed-loop load after %s s of warm-up, wrk with 1 thread and %s connections\n", dur, warm, conns
+    printf "- org counts: %s\n", orgs
+    printf "- machine: %s cores, %s, Linux %s; load average at the start: %s\n", cores, cpu, kernel, load
+    printf "- wrk %s, nginx %s, HAProxy %s\n", wrkv, nginxv, haproxyv
+    print "- topology: load generator and upstream on core 0, the proxy under test on core 1 (keygate --workers 1, nginx 1 worker, HAProxy 1 thread); \"default runtime\" is keygate unpinned with its default worker count"
+    print ""
+
+    print "## Closed loop (wrk)\n"
+    print "Latencies in microseconds. *proxy CPU* is the proxy'"'"'s CPU time per wall-clock second over the steady 80% of the run (1.00 = one core busy), *req/core-s* the requests per second of the proxy'"'"'s CPU time. core0 and core1 are how busy each core was over the same window (core 0 carries wrk and the upstream); for *upstream direct*, *proxy CPU* is the upstream'"'"'s. *others on core1* is how busy core 1 was beyond the pinned proxy: other processes of the machine competing with it (near 0 on a quiet machine). *check*: one request with the same org and key, and for the job, what reached the upstream (path without the org, no key header, x-org-id).\n"
+    print "| orgs | target | path | req/s | p50 | p99 | non-2xx % | socket errors | proxy CPU | req/core-s | RSS MiB | core0 % | core1 % | others on core1 % | check |"
+    print "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    for (i = 1; i <= nc; i++) {
+        k = cells[i]; split(k, f, SUBSEP)
+        bare = (f[1] == "direct" || f[1] ~ /-bare$/)
+        pinned = (f[1] != "direct" && f[1] != "kg-multi")
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", \
+            (bare ? f[2] " (paths only)" : f[2]), label(f[1]), f[3], fmt(rps[k], 0), p50[k], p99[k], \
+            nonok[k], serr[k], fmt(share[k], 2), (f[1] == "direct" ? "—" : fmt(percore[k], 0)), \
+            (f[1] == "direct" ? "—" : rss[k]), c0[k], c1[k], \
+            (pinned ? fmt(other(k) > 0 ? other(k) : 0, 0) : "—"), chk[k]
+    }
+    print ""
+
+    print "## Ratios (same run)\n"
+    print "Throughput ratios (req/s), and in brackets the ratio of requests per proxy-core-second (the efficiency, which does not depend on whether core 0 or the proxy was the bottleneck).\n"
+    kb = byt["kg-bare", "allowed"]; nb = byt["nginx-bare", "allowed"]; hb = byt["haproxy-bare", "allowed"]
+    printf "- keygate bare / nginx bare: %s [%s]\n", fmt(ratio(rps[kb], rps[nb]), 2), fmt(ratio(percore[kb], percore[nb]), 2)
+    printf "- keygate bare / HAProxy bare: %s [%s]\n\n", fmt(ratio(rps[kb], rps[hb]), 2), fmt(ratio(percore[kb], percore[hb]), 2)
+    print "| orgs | path | keygate / nginx | keygate / HAProxy | keygate job / keygate bare | keygate default runtime / nginx |"
+    print "|---:|---|---:|---:|---:|---:|"
+    split("allowed 401 429", paths, " ")
+    nn = 0; for (n in ns) order[++nn] = n + 0
+    for (i = 1; i <= nn; i++) for (j = i + 1; j <= nn; j++) if (order[j] < order[i]) { t = order[i]; order[i] = order[j]; order[j] = t }
+    for (i = 1; i <= nn; i++) {
+        n = order[i]
+        for (p = 1; p <= 3; p++) {
+            kk = "kg" SUBSEP n SUBSEP paths[p]; kn = "nginx" SUBSEP n SUBSEP paths[p]
+            kh = "haproxy" SUBSEP n SUBSEP paths[p]; km = "kg-multi" SUBSEP n SUBSEP paths[p]
+            if (!(kk in rps) && !(kn in rps)) continue
+            printf "| %s | %s | %s [%s] | %s [%s] | %s [%s] | %s |\n", n, paths[p], \
+                fmt(ratio(rps[kk], rps[kn]), 2), fmt(ratio(percore[kk], percore[kn]), 2), \
+                fmt(ratio(rps[kk], rps[kh]), 2), fmt(ratio(percore[kk], percore[kh]), 2), \
+                (paths[p] == "allowed" ? fmt(ratio(rps[kk], rps[kb]), 2) : "—"), \
+                (paths[p] == "allowed" ? fmt(ratio(percore[kk], percore[kb]), 2) : "—"), \
+                fmt(ratio(rps[km], rps[kn]), 2)
+        }
+    }
+    print ""
+
+    if (no > 0) {
+        printf "## Open loop: %s req/s over %s orgs, allowed path\n\n", orate, on
+        print "Fixed request rate (examples/openloop.rs), latency measured from each request'"'"'s intended send time (corrected for coordinated omission). *added* = the target'"'"'s percentile minus the upstream'"'"'s own (direct) at the same rate. Microseconds.\n"
+        print "| target | p50 | p90 | p99 | p99.9 | max | added p50 | added p99 | added p99.9 | 2xx / scheduled | errors | unfinished | pacer lag p99 |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= no; i++) {
+            t = ot[i]; d = "direct"
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n", label(t), \
+                o50[t], o90[t], o99[t], o999[t], omax[t], \
+                (t == d || !(d in o50) ? "—" : fmt(o50[t] - o50[d], 1)), \
+                (t == d || !(d in o50) ? "—" : fmt(o99[t] - o99[d], 1)), \
+                (t == d || !(d in o50) ? "—" : fmt(o999[t] - o999[d], 1)), \
+                o2xx[t], osch[t], oerr[t], ounf[t], olag[t]
+        }
+        print ""
+    }
+
+    print "## Start-up and memory\n"
+    if (nsu > 0) {
+        print "keygate (default runtime), from process start until the proxy port answers HTTP; RSS read 1 s after it answers, idle. The store file is in the page cache (imported just before).\n"
+        print "| orgs in store | start-up s | RSS MiB |"
+        print "|---:|---:|---:|"
+        for (i = 1; i <= nsu; i++) {
+            split(su[i], f, SUBSEP)
+            printf "| %s | %s | %.1f |\n", f[1], f[2], f[3] / 1024
+            if (f[1] == 1) base = f[3]
+            else { big = f[1]; bigrss[++nbig] = f[3]; bigst[nbig] = f[2] }
+        }
+        if (nbig > 0) {
+            # medians
+            for (i = 1; i <= nbig; i++) for (j = i + 1; j <= nbig; j++) {
+                if (bigrss[j] < bigrss[i]) { t = bigrss[i]; bigrss[i] = bigrss[j]; bigrss[j] = t }
+                if (bigst[j] < bigst[i]) { t = bigst[i]; bigst[i] = bigst[j]; bigst[j] = t }
+            }
+            mrss = bigrss[int((nbig + 1) / 2)]; mst = bigst[int((nbig + 1) / 2)]
+            per_org = mrss * 1024 / big
+            per_org_delta = (base != "") ? (mrss - base) * 1024 / big : ""
+            printf "\nWith %d orgs (median of %d): start-up %.2f s, RSS %.1f MiB = %.0f bytes per org", big, nbig, mst, mrss / 1024, per_org
+            if (per_org_delta != "") printf " (%.0f bytes per org above keygate with 1 org)", per_org_delta
+            print ".\n"
+        }
+    }
+    if (nst > 0) {
+        print "Every proxy start of this run (time until the port answered HTTP, RSS then):\n"
+        print "| target | orgs | start-up s | RSS MiB | keygate import s |"
+        print "|---|---:|---:|---:|---:|"
+        for (i = 1; i <= nst; i++) {
+            split(stn[i], f, SUBSEP)
+            printf "| %s | %s | %s | %s | %s |\n", label(f[1]), f[2], st[f[1], f[2]], strss[f[1], f[2]], \
+                (f[1] ~ /^kg/ && (f[2] in imp) ? imp[f[2]] : "")
+        }
+        print ""
+    }
+
+    if (rot != "") {
+        printf "## Rotation under load (keygate, %s runtime)\n\n", rotw
+        print "examples/rotation.rs: keep-alive connections send requests round-robin over a set of orgs with each org'"'"'s current key (every 4th request deliberately with the org'"'"'s previous key, once it has one) while one org'"'"'s key is regenerated through the admin API every period. *current_refused*: requests refused although their key was current from before they were sent until after their answer (goal 0). *replaced_accepted*: requests accepted although their key had been replaced (regenerate answered 2xx) before they were sent (must be 0). *in_flight*: sent before a regenerate answered and answered after it was sent; either answer is allowed.\n"
+        print "```"
+        gsub(/ rotation /, "\nrotation ", rot)
+        print rot
+        print "```"
+        printf "\nexit status %s (0: both counts are 0)\n\n", rotrc
+        split(rot, words, /[ \n]/)
+        for (w in words) { split(words[w], kvp, "="); rv[kvp[1]] = kvp[2] }
+    }
+
+    print "## The issue'"'"'s goals\n"
+    gn = ("100000" in ns) ? 100000 : order[nn]
+    kk = "kg" SUBSEP gn SUBSEP "allowed"; kn = "nginx" SUBSEP gn SUBSEP "allowed"; kh = "haproxy" SUBSEP gn SUBSEP "allowed"
+    print "Throughput goals show the req/s ratio and, in brackets, the ratio of requests per proxy-core-second.\n"
+    print "| goal | measured | verdict |"
+    print "|---|---:|---|"
+    r = ratio(rps[kk], rps[kn]); printf "| keygate job >= 1.15x nginx job, %s orgs | %s | %s |\n", gn, fmt(r, 2) " [" fmt(ratio(percore[kk], percore[kn]), 2) "]", verdict(r >= 1.15, r != "") noise(kk, kn)
+    r = ratio(rps[kk], rps[kh]); printf "| keygate job >= 2x HAProxy job, %s orgs | %s | %s |\n", gn, fmt(r, 2) " [" fmt(ratio(percore[kk], percore[kh]), 2) "]", verdict(r >= 2, r != "") noise(kk, kh)
+    r = ratio(rps[kk], rps[kb]); printf "| keygate job >= 0.95x keygate bare, %s orgs | %s | %s |\n", gn, fmt(r, 2) " [" fmt(ratio(percore[kk], percore[kb]), 2) "]", verdict(r >= 0.95, r != "") noise(kk, kb)
+    r = ratio(rps[kb], rps[nb]); printf "| keygate bare >= 1.0x nginx bare | %s | %s |\n", fmt(r, 2) " [" fmt(ratio(percore[kb], percore[nb]), 2) "]", verdict(r >= 1.0, r != "") noise(kb, nb)
+    r = ("kg" in o99 && "direct" in o99) ? o99["kg"] - o99["direct"] : ""
+    printf "| keygate added p99 <= 100 us at 50%% of nginx capacity | %s us | %s |\n", fmt(r, 1), verdict(r != "" && r <= 100, r != "") \
+        ((olag["kg"] > 500 || olag["direct"] > 500) ? " (noisy: the pacer ran late, p99 over 500 us)" : "")
+    r = (nbig > 0 && big == 1000000) ? per_org : ""
+    printf "| <= 256 bytes of RSS per org at 1,000,000 orgs | %s | %s |\n", fmt(r, 0), verdict(r != "" && r <= 256, r != "")
+    r = (nbig > 0 && big == 1000000) ? mst : ""
+    printf "| start-up with 1,000,000 orgs < 3 s | %s s | %s |\n", fmt(r, 2), verdict(r != "" && r < 3, r != "")
+    r = rv["current_refused"]
+    printf "| rotation: requests refused with the then-current key = 0 | %s | %s |\n", (r == "" ? "—" : r), verdict(r == 0, r != "")
+    r = rv["replaced_accepted"]
+    printf "| rotation: requests accepted with an already replaced key = 0 | %s | %s |\n", (r == "" ? "—" : r), verdict(r == 0, r != "")
+}
+' "$RAW"

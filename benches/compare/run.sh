@@ -1,0 +1,681 @@
+#!/usr/bin/env bash
+# keygate against nginx and HAProxy doing the same job, in one command (issue 4).
+#
+#   benches/compare/run.sh              # the full run (about 20 to 30 minutes)
+#   QUICK=1 benches/compare/run.sh      # a smoke run of about 3 minutes
+#
+# It installs what is missing (wrk, nginx, HAProxy from the system's packages),
+# builds keygate and its benchmark helpers (examples/bench_upstream.rs,
+# examples/openloop.rs, examples/rotation.rs) in release mode, generates org
+# lists with known keys and imports them, renders the peers' configs from the
+# templates beside this script, measures, and writes a markdown report to
+# benches/compare/results/<timestamp>.md (with the raw numbers beside it, .tsv).
+#
+# Topology (2 cores): the load generator and the upstream are pinned to core 0,
+# the proxy under test to core 1 (keygate with --workers 1, nginx with one
+# worker, HAProxy with one thread). "kg-multi" is keygate with its default
+# runtime, not pinned. Everything listens on 127.0.0.1 only; every load run is
+# bounded in time. See BENCHMARKS.md for the method.
+#
+# Settings (environment):
+#   DURATION=10        seconds of each closed-loop cell (a trailing "s" is fine)
+#   WARMUP=2           seconds of unmeasured load before each cell
+#   ORGS="1 1000 100000 1000000"   org counts
+#   TARGETS="direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"
+#   PATHS="allowed 401 429"
+#   CONNS=64           wrk connections (one wrk thread)
+#   BARE_ORGS=1000     orgs the org-independent cells spread their paths over
+#   OPEN_ORGS          org count of the open-loop run (100000 when measured,
+#                      else the largest of ORGS)
+#   OPEN_RATE          requests/s of the open-loop run (default: 50% of nginx's
+#                      allowed-path req/s at OPEN_ORGS)
+#   OPEN_DURATION=20   OPEN_WARMUP=2   OPEN_CONNS=32
+#   OPEN_TICK_US=100   the open-loop pacer wakes at most this often
+#   OPEN_TARGETS="direct kg kg-bare nginx haproxy"
+#   STARTUP_ORGS       org count of keygate's start-up measurement (default
+#                      1000000, or the largest of ORGS in QUICK mode)
+#   STARTUP_RUNS=3
+#   ROTATION_SECS=30   ROTATION_ORGS=8   ROTATION_PERIOD_MS=100
+#   ROTATION_WORKERS   keygate --workers for the rotation run (default: its
+#                      default runtime)
+#   STAGES="closed open startup rotation"   which parts to run
+#   SKIP_INSTALL=1     SKIP_BUILD=1   (use what is there)
+#   WORK=benches/compare/work   generated files; stores are reused when their
+#                      org list is unchanged
+#   PORT_UP=18000 PORT=18080 ADMIN_PORT=18081
+#   CORE_GEN=0 CORE_PROXY=1
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+secs() { local v=${1%s}; printf '%s' "$v"; }
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    : "${DURATION:=3}" "${WARMUP:=1}" "${ORGS:=1 1000}" "${OPEN_DURATION:=5}" \
+        "${OPEN_WARMUP:=1}" "${ROTATION_SECS:=10}" "${STARTUP_RUNS:=1}"
+fi
+DURATION=$(secs "${DURATION:-10}")
+WARMUP=$(secs "${WARMUP:-2}")
+ORGS=${ORGS:-"1 1000 100000 1000000"}
+TARGETS=${TARGETS:-"direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"}
+PATHS=${PATHS:-"allowed 401 429"}
+CONNS=${CONNS:-64}
+BARE_ORGS=${BARE_ORGS:-1000}
+MAX_ORGS=$(tr ' ' '\n' <<<"$ORGS" | grep . | sort -n | tail -1)
+if [[ -z ${OPEN_ORGS:-} ]]; then
+    if [[ " $ORGS " == *" 100000 "* ]]; then OPEN_ORGS=100000; else OPEN_ORGS=$MAX_ORGS; fi
+fi
+OPEN_RATE=${OPEN_RATE:-}
+OPEN_DURATION=$(secs "${OPEN_DURATION:-20}")
+OPEN_WARMUP=$(secs "${OPEN_WARMUP:-2}")
+OPEN_CONNS=${OPEN_CONNS:-32}
+OPEN_TICK_US=${OPEN_TICK_US:-100}
+OPEN_TARGETS=${OPEN_TARGETS:-"direct kg kg-bare nginx haproxy"}
+if [[ $QUICK == 1 ]]; then
+    STARTUP_ORGS=${STARTUP_ORGS:-$MAX_ORGS}
+else
+    STARTUP_ORGS=${STARTUP_ORGS:-1000000}
+fi
+STARTUP_RUNS=${STARTUP_RUNS:-3}
+ROTATION_SECS=$(secs "${ROTATION_SECS:-30}")
+ROTATION_ORGS=${ROTATION_ORGS:-8}
+ROTATION_PERIOD_MS=${ROTATION_PERIOD_MS:-100}
+ROTATION_WORKERS=${ROTATION_WORKERS:-}
+STAGES=${STAGES:-"closed open startup rotation"}
+WORK=${WORK:-$HERE/work}
+PORT_UP=${PORT_UP:-18000}
+PORT=${PORT:-18080}
+ADMIN_PORT=${ADMIN_PORT:-18081}
+CORE_GEN=${CORE_GEN:-0}
+CORE_PROXY=${CORE_PROXY:-1}
+
+# keygate's limits for the benchmark: never reached on the allowed path.
+KG_RATE=10000000
+KG_BURST=10000000
+KG_THRESHOLD=4000000000
+# The org of the 429 path (rate 1/s, burst 1) and its key.
+RL_ORG=rl
+RL_KEY=RateLimited1
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=$HERE/results
+REPORT=$RESULTS/$STAMP.md
+RAW=$RESULTS/$STAMP.tsv
+mkdir -p "$WORK/logs" "$WORK/nginx-tmp" "$RESULTS"
+: >"$RAW"
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+now_ns() { date +%s%N; }
+raw() { (IFS=$'\t'; printf '%s\n' "$*") >>"$RAW"; }
+
+# ---------------------------------------------------------------- install ---
+install_tools() {
+    local need=()
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
+    command -v curl >/dev/null || need+=(curl)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v ps >/dev/null || need+=(procps)
+    if ((${#need[@]})); then
+        log "installing ${need[*]} from the system's packages"
+        apt-get update -qq
+        # RUNLEVEL=1: do not start the packages' system services.
+        RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+}
+PATH=$PATH:/usr/sbin:/sbin
+
+# ------------------------------------------------------------------ build ---
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+KG=$TARGET_DIR/release/keygate
+EX=$TARGET_DIR/release/examples
+build() {
+    log "building keygate and the benchmark helpers (release)"
+    (cd "$ROOT" && cargo build --release --bin keygate \
+        --example bench_upstream --example openloop --example rotation)
+}
+
+# ------------------------------------------------------------- processes ---
+PIDS=()
+UPSTREAM_PID=
+PROXY_PID=
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The pid and its descendants.
+tree_pids() {
+    local p=$1 kids k
+    echo "$p"
+    kids=$(ps -o pid= --ppid "$p" 2>/dev/null || true)
+    for k in $kids; do tree_pids "$k"; done
+}
+# utime + stime, in clock ticks, of the pids given.
+ticks() {
+    local files=() p
+    for p in "$@"; do [[ -r /proc/$p/stat ]] && files+=("/proc/$p/stat"); done
+    ((${#files[@]})) || { echo 0; return; }
+    awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }' "${files[@]}"
+}
+# VmRSS in KiB of the pids given, summed.
+rss_kib() {
+    local files=() p
+    for p in "$@"; do [[ -r /proc/$p/status ]] && files+=("/proc/$p/status"); done
+    ((${#files[@]})) || { echo 0; return; }
+    awk '$1 == "VmRSS:" { t += $2 } END { print t + 0 }' "${files[@]}"
+}
+# "busy total" jiffies of one core.
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# Waits until something answers HTTP on the port; prints the ns it took from $2.
+wait_ready() {
+    local port=$1 t0=$2 limit=${3:-300} pid=${4:-} code
+    local until=$(($(date +%s) + limit))
+    while :; do
+        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/" || true)
+        if [[ $code != 000 && -n $code ]]; then
+            echo $(($(now_ns) - t0))
+            return 0
+        fi
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            log "the process on port $port exited; see $WORK/logs"
+            return 1
+        fi
+        if (($(date +%s) > until)); then
+            log "nothing answers on port $port after ${limit}s"
+            return 1
+        fi
+        sleep 0.005
+    done
+}
+
+stop_pid() {
+    local p=$1 i
+    [[ -n $p ]] || return 0
+    kill -TERM "$p" 2>/dev/null || true
+    for i in $(seq 150); do
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    local kept=()
+    for i in "${PIDS[@]}"; do [[ $i == "$p" ]] || kept+=("$i"); done
+    PIDS=("${kept[@]}")
+}
+
+start_upstream() {
+    taskset -c "$CORE_GEN" "$EX/bench_upstream" "127.0.0.1:$PORT_UP" \
+        2>"$WORK/logs/upstream.log" &
+    UPSTREAM_PID=$!
+    PIDS+=("$UPSTREAM_PID")
+    wait_ready "$PORT_UP" "$(now_ns)" 30 "$UPSTREAM_PID" >/dev/null
+}
+
+# --------------------------------------------------------------- the orgs ---
+TOKEN=
+TOKEN_SHA=
+make_token() {
+    if [[ ! -s $WORK/provider-token ]]; then
+        (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/provider-token")
+    fi
+    TOKEN=$(<"$WORK/provider-token")
+    TOKEN_SHA=$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)
+}
+
+# orgs-all.tsv: org-0 .. org-(n-1), each with a random-looking 12-character
+# key, the same for every run (fixed seed), so smaller lists are its prefixes.
+gen_org_lists() {
+    local max=$MAX_ORGS n
+    for n in $STARTUP_ORGS $BARE_ORGS $OPEN_ORGS; do ((n > max)) && max=$n; done
+    local have=0
+    [[ -f $WORK/orgs-all.tsv ]] && have=$(wc -l <"$WORK/orgs-all.tsv")
+    if ((have < max)); then
+        log "generating $max orgs with known keys"
+        awk -v n="$max" 'BEGIN {
+            srand(20261122)
+            a = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+            for (i = 0; i < n; i++) {
+                k = ""
+                for (j = 0; j < 12; j++) k = k substr(a, int(rand() * 62) + 1, 1)
+                printf "org-%d\t%s\n", i, k
+            }
+        }' >"$WORK/orgs-all.tsv.tmp"
+        mv "$WORK/orgs-all.tsv.tmp" "$WORK/orgs-all.tsv"
+    fi
+    printf '%s\t%s\n' "$RL_ORG" "$RL_KEY" >"$WORK/rl.tsv"
+}
+
+org_list() { # n -> path of the list of the first n orgs
+    local n=$1 f=$WORK/orgs-$1.tsv
+    if [[ ! -f $f ]] || (($(wc -l <"$f") != n)); then
+        head -n "$n" "$WORK/orgs-all.tsv" >"$f"
+    fi
+    echo "$f"
+}
+
+render() { # template out key=value...
+    local tmpl=$1 out=$2 args=() kv
+    shift 2
+    for kv in "$@"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${args[@]}" "$tmpl" >"$out"
+    if grep -v '^[[:space:]]*#' "$out" | grep -q '@[A-Z_0-9]*@'; then
+        log "unfilled placeholder in $out"
+        exit 1
+    fi
+}
+
+kg_config() { # n [store] -> path of keygate's config for the store of n orgs
+    local n=$1 store=${2:-$WORK/store-$1.redb} f=$WORK/keygate-$1.toml
+    render "$HERE/keygate.toml.tmpl" "$f" PORT="$PORT" UP_PORT="$PORT_UP" \
+        ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" \
+        RATE=$KG_RATE BURST=$KG_BURST THRESHOLD=$KG_THRESHOLD
+    echo "$f"
+}
+
+# store-n.redb: the first n orgs and the org "rl", imported with `keygate
+# import`; rebuilt when its org list changed.
+IMPORT_SECS=()
+make_store() {
+    local n=$1 list sum store=$WORK/store-$1.redb
+    list=$(org_list "$n")
+    sum=$(cat "$list" "$WORK/rl.tsv" | md5sum | cut -d' ' -f1)
+    if [[ -f $store && $(cat "$store.sum" 2>/dev/null) == "$sum" ]]; then
+        return 0
+    fi
+    rm -f "$store" "$store.sum"
+    log "importing $n orgs into $(basename "$store")"
+    local cfg t0 t1
+    cfg=$(kg_config "$n")
+    t0=$(now_ns)
+    cat "$list" "$WORK/rl.tsv" | KEYGATE_LOG=warn "$KG" import --config "$cfg" - \
+        2>>"$WORK/logs/import.log"
+    t1=$(now_ns)
+    echo "$sum" >"$store.sum"
+    raw import "$n" "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e9 }')"
+}
+
+# nginx and HAProxy maps for the same org/key pairs.
+make_maps() {
+    local n=$1 list
+    list=$(org_list "$n")
+    if [[ ! -f $WORK/map-$n.nginx || $list -nt $WORK/map-$n.nginx ]]; then
+        awk -F'\t' -v rl="$RL_ORG:$RL_KEY" '{ print $1 ":" $2 " a;" } END { print rl " r;" }' \
+            "$list" >"$WORK/map-$n.nginx"
+        awk -F'\t' -v rl="$RL_ORG:$RL_KEY" -v r=$KG_RATE \
+            '{ print $1 ":" $2 " " r } END { print rl " 1" }' "$list" >"$WORK/map-$n.haproxy"
+    fi
+}
+
+# ----------------------------------------------------------- the proxies ---
+# start_proxy TARGET N: starts it (pinned as the topology says), waits until it
+# answers, and sets PROXY_PID, PROXY_PORT, START_NS, START_RSS_KIB.
+PROXY_PORT=
+START_NS=
+START_RSS_KIB=
+start_proxy() {
+    local target=$1 n=$2 t0 cfg
+    PROXY_PORT=$PORT
+    PROXY_PID=
+    case $target in
+    direct)
+        PROXY_PORT=$PORT_UP
+        START_NS=0
+        START_RSS_KIB=0
+        return 0
+        ;;
+    kg | kg-multi | kg-bare)
+        local pin=(taskset -c "$CORE_PROXY") flags=(--workers 1)
+        [[ $target == kg-multi ]] && pin=() && flags=()
+        [[ $target == kg-bare ]] && flags+=(--bare)
+        cfg=$(kg_config "$n")
+        t0=$(now_ns)
+        KEYGATE_LOG=warn "${pin[@]}" "$KG" serve --config "$cfg" "${flags[@]}" \
+            2>>"$WORK/logs/$target.log" &
+        PROXY_PID=$!
+        ;;
+    nginx | nginx-bare)
+        local tmpl=$HERE/nginx.conf.tmpl zone_mb
+        [[ $target == nginx-bare ]] && tmpl=$HERE/nginx-bare.conf.tmpl
+        zone_mb=$((n * 160 / 1000000 + 8))
+        cfg=$WORK/nginx-$target-$n.conf
+        render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
+            MAP="$WORK/map-$n.nginx" MAP_HASH_MAX=$((n * 2 > 4096 ? n * 2 : 4096)) \
+            ZONE_MB="$zone_mb" RATE=1000000 BURST=1000000
+        : >"$WORK/nginx-error.log"
+        t0=$(now_ns)
+        taskset -c "$CORE_PROXY" nginx -p "$WORK/nginx-tmp" -e "$WORK/nginx-error.log" \
+            -c "$cfg" 2>>"$WORK/logs/$target.log" &
+        PROXY_PID=$!
+        ;;
+    haproxy | haproxy-bare)
+        local tmpl=$HERE/haproxy.cfg.tmpl
+        [[ $target == haproxy-bare ]] && tmpl=$HERE/haproxy-bare.cfg.tmpl
+        cfg=$WORK/haproxy-$target-$n.cfg
+        render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
+            MAP="$WORK/map-$n.haproxy" TABLE_SIZE=$((n + 1000)) THRESHOLD=$KG_THRESHOLD
+        t0=$(now_ns)
+        taskset -c "$CORE_PROXY" haproxy -db -f "$cfg" 2>>"$WORK/logs/$target.log" &
+        PROXY_PID=$!
+        ;;
+    *)
+        log "unknown target $target"
+        exit 1
+        ;;
+    esac
+    PIDS+=("$PROXY_PID")
+    START_NS=$(wait_ready "$PORT" "$t0" 600 "$PROXY_PID") || {
+        stop_pid "$PROXY_PID"
+        PROXY_PID=
+        return 1
+    }
+    START_RSS_KIB=$(rss_kib $(tree_pids "$PROXY_PID"))
+    if [[ $target == kg || $target == kg-multi ]]; then
+        # The org of the 429 path: rate 1/s, burst 1 (kept in the store).
+        local code
+        code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT \
+            "http://127.0.0.1:$ADMIN_PORT/v1/orgs/$RL_ORG/limits" \
+            -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+            -d '{"rate_per_sec":1,"burst":1}')
+        [[ $code == 200 ]] || log "setting the limits of $RL_ORG answered $code"
+    fi
+    return 0
+}
+
+stop_proxy() {
+    stop_pid "$PROXY_PID"
+    PROXY_PID=
+}
+
+is_job() { [[ $1 == kg || $1 == kg-multi || $1 == nginx || $1 == haproxy ]]; }
+
+# check TARGET PATH N: one request with x-echo: 1 through the proxy; prints
+# "ok" or what is wrong (the status, and for the job, what reached the upstream).
+check() {
+    local target=$1 path=$2 n=$3 org key want hdrs status
+    IFS=$'\t' read -r org key < <(head -n 1 "$(org_list "$n")")
+    case $path in
+    allowed) want=200 ;;
+    401) want=401 key=WrongKey0000 ;;
+    429)
+        want=429 org=$RL_ORG key=$RL_KEY
+        curl -s -o /dev/null -H "x-api-key: $key" "http://127.0.0.1:$PROXY_PORT/$org/v1/ping" || true
+        ;;
+    esac
+    hdrs=$(curl -s -D - -o /dev/null -H 'x-echo: 1' -H "x-api-key: $key" \
+        "http://127.0.0.1:$PROXY_PORT/$org/v1/ping" | tr -d '\r') || true
+    status=$(awk 'NR == 1 { print $2 }' <<<"$hdrs")
+    if [[ $status != "$want" ]]; then
+        echo "status $status, not $want"
+        return
+    fi
+    if [[ $path == allowed ]] && is_job "$target"; then
+        local p o k
+        p=$(awk -F': ' 'tolower($1) == "x-echo-path" { print $2 }' <<<"$hdrs")
+        o=$(awk -F': ' 'tolower($1) == "x-echo-org" { print $2 }' <<<"$hdrs")
+        k=$(awk -F': ' 'tolower($1) == "x-echo-key" { print $2 }' <<<"$hdrs")
+        if [[ $p != /v1/ping || $o != "$org" || $k != absent ]]; then
+            echo "upstream got path=$p org=$o key=$k"
+            return
+        fi
+    fi
+    echo ok
+}
+
+kv() { # key line -> value of key=value in line
+    tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k { print $2; exit }'
+}
+
+# cell TARGET N PATH: a closed-loop wrk run against the running proxy.
+cell() {
+    local target=$1 n=$2 path=$3 list count mode
+    case $path in
+    allowed) list=$(org_list "$n") count=$n mode=good ;;
+    401) list=$(org_list "$n") count=$n mode=bad ;;
+    429) list=$WORK/rl.tsv count=1 mode=good ;;
+    esac
+    local url=http://127.0.0.1:$PROXY_PORT ok
+    ok=$(check "$target" "$path" "$n")
+    [[ $ok == ok ]] || log "check failed: $target $n orgs $path: $ok"
+    local wrk=(taskset -c "$CORE_GEN" wrk -t1 -c"$CONNS" -s "$HERE/spread.lua")
+    if [[ $WARMUP != 0 ]]; then
+        "${wrk[@]}" -d"${WARMUP}s" "$url" -- "$list" "$count" "$mode" >/dev/null 2>&1 || true
+    fi
+    local watch=$PROXY_PID
+    [[ -z $watch ]] && watch=$UPSTREAM_PID
+    local pids out_file=$WORK/wrk.out marker=$WORK/wrk.started
+    pids=$(tree_pids "$watch")
+    rm -f "$marker"
+    "${wrk[@]}" -d"${DURATION}s" "$url" -- "$list" "$count" "$mode" "$marker" >"$out_file" 2>&1 &
+    local wrk_pid=$!
+    # Sample over the steady part of the run: from just after the load starts
+    # (wrk builds its requests first, then creates the marker) for 80% of the
+    # duration.
+    local waited=0
+    while [[ ! -e $marker ]] && kill -0 "$wrk_pid" 2>/dev/null && ((waited < 1200)); do
+        sleep 0.05
+        waited=$((waited + 1))
+    done
+    sleep 0.1
+    local t0 p0 j00 j10 t1 p1 j01 j11
+    t0=$(now_ns)
+    p0=$(ticks $pids)
+    j00=$(core_jiffies 0)
+    j10=$(core_jiffies 1)
+    sleep "$(awk -v d="$DURATION" 'BEGIN { printf "%.2f", d * 0.8 - 0.1 }')"
+    t1=$(now_ns)
+    p1=$(ticks $pids)
+    j01=$(core_jiffies 0)
+    j11=$(core_jiffies 1)
+    wait "$wrk_pid" || true
+    local rss=0
+    [[ -n $PROXY_PID ]] && rss=$(rss_kib $(tree_pids "$PROXY_PID"))
+    local line
+    line=$(grep '^wrk ' "$out_file" || true)
+    if [[ -z $line ]]; then
+        log "wrk printed no result for $target $n $path:"
+        cat "$out_file" >&2
+        raw cell "$n" "$target" "$path" 0 0 0 0 0 0 0 0 0 0 "no result"
+        return
+    fi
+    local req dur_us sockerr nonok p50 p99
+    req=$(kv requests "$line")
+    dur_us=$(kv duration_us "$line")
+    sockerr=$(($(kv errors_connect "$line") + $(kv errors_read "$line") + $(kv errors_write "$line") + $(kv errors_timeout "$line")))
+    nonok=$(kv errors_status "$line")
+    p50=$(kv p50_us "$line")
+    p99=$(kv p99_us "$line")
+    # proxy share: CPU seconds per wall second over the sample window.
+    local fields
+    fields=$(awk -v req="$req" -v dus="$dur_us" -v nonok="$nonok" -v tk="$CLK_TCK" \
+        -v t0="$t0" -v t1="$t1" -v p0="$p0" -v p1="$p1" -v proxy="$PROXY_PID" \
+        -v j00="$j00" -v j01="$j01" -v j10="$j10" -v j11="$j11" 'BEGIN {
+            split(j00, a, " "); split(j01, b, " "); split(j10, c, " "); split(j11, d, " ")
+            rps = req / (dus / 1e6)
+            wall = (t1 - t0) / 1e9
+            share = (p1 - p0) / tk / wall
+            per_core = (proxy != "" && share > 0) ? rps / share : 0
+            core0 = (b[2] > a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
+            core1 = (d[2] > c[2]) ? 100 * (d[1] - c[1]) / (d[2] - c[2]) : 0
+            printf "%.0f\t%.1f\t%.2f\t%.0f\t%.0f\t%.0f", rps, 100 * nonok / (req ? req : 1), share, per_core, core0, core1
+        }')
+    local rps nonok_pct share per_core core0 core1
+    IFS=$'\t' read -r rps nonok_pct share per_core core0 core1 <<<"$fields"
+    raw cell "$n" "$target" "$path" "$rps" "$p50" "$p99" "$nonok_pct" "$sockerr" \
+        "$share" "$per_core" "$((rss / 1024))" "$core0" "$core1" "$ok"
+    log "  $target $n orgs $path: $rps req/s, p50 ${p50}us p99 ${p99}us, non-2xx ${nonok_pct}%, proxy ${share} cores, core0 ${core0}% core1 ${core1}%, check $ok"
+}
+
+record_start() { # target n
+    raw start "$2" "$1" "$(awk -v s="$START_NS" 'BEGIN { printf "%.3f", s / 1e9 }')" \
+        "$((START_RSS_KIB / 1024))"
+}
+
+# ------------------------------------------------------------------ main ---
+main() {
+    [[ ${SKIP_INSTALL:-0} == 1 ]] || install_tools
+    [[ ${SKIP_BUILD:-0} == 1 ]] || build
+    [[ -x $KG && -x $EX/bench_upstream && -x $EX/openloop && -x $EX/rotation ]] || {
+        log "missing binaries under $TARGET_DIR/release (build first)"
+        exit 1
+    }
+    log "work folder $WORK; report $REPORT"
+    make_token
+    gen_org_lists
+    local n
+    for n in 1 $ORGS $BARE_ORGS $OPEN_ORGS $STARTUP_ORGS; do make_store "$n"; done
+    for n in $ORGS $OPEN_ORGS; do make_maps "$n"; done
+    raw meta "$STAMP" "$DURATION" "$WARMUP" "$CONNS" "$ORGS" "$QUICK" \
+        "$(uname -r)" "$(nproc)" "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
+        "$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')" "$(nginx -v 2>&1 | sed 's|.*/||')" \
+        "$(haproxy -v | head -1 | awk '{ print $3 }')" "$(cat /proc/loadavg | cut -d' ' -f1-3)"
+
+    start_upstream
+    has_stage closed && closed_loop
+    has_stage open && open_loop
+    has_stage startup && startup
+    has_stage rotation && rotation
+    stop_pid "$UPSTREAM_PID"
+    "$HERE/report.sh" "$RAW" | tee "$REPORT"
+    log "report: $REPORT (raw numbers: $RAW)"
+}
+
+in_list() { [[ " $2 " == *" $1 "* ]]; }
+has_stage() { in_list "$1" "$STAGES"; }
+
+closed_loop() {
+    local n
+    # Org-independent cells: the upstream alone and the bare proxies.
+    local t
+    for t in direct kg-bare nginx-bare haproxy-bare; do
+        in_list "$t" "$TARGETS" || continue
+        log "$t"
+        local store_n=$BARE_ORGS
+        [[ $t == kg-bare ]] && store_n=1
+        if ! start_proxy "$t" "$store_n"; then
+            log "$t did not start"
+            continue
+        fi
+        [[ $t == direct ]] || record_start "$t" "$store_n"
+        cell "$t" "$BARE_ORGS" allowed
+        stop_proxy
+    done
+
+    # The job, at every org count.
+    for n in $ORGS; do
+        for t in kg kg-multi nginx haproxy; do
+            in_list "$t" "$TARGETS" || continue
+            log "$t with $n orgs: starting"
+            if ! start_proxy "$t" "$n"; then
+                log "$t did not start with $n orgs"
+                continue
+            fi
+            record_start "$t" "$n"
+            log "  ready in $(awk -v s="$START_NS" 'BEGIN { printf "%.2f", s / 1e9 }') s, RSS $((START_RSS_KIB / 1024)) MiB"
+            local p
+            for p in $PATHS; do cell "$t" "$n" "$p"; done
+            stop_proxy
+        done
+    done
+}
+
+open_loop() {
+    local rate=$OPEN_RATE n=$OPEN_ORGS
+    if [[ -z $rate ]]; then
+        rate=$(awk -F'\t' -v n="$n" '$1 == "cell" && $2 == n && $3 == "nginx" && $4 == "allowed" { printf "%.0f", $5 / 2 }' "$RAW")
+    fi
+    if [[ -z $rate || $rate == 0 ]]; then
+        log "open loop skipped: no nginx allowed-path result at $n orgs (set OPEN_RATE)"
+        return 0
+    fi
+    log "open loop at $rate req/s over $n orgs"
+    local t list
+    list=$(org_list "$n")
+    for t in $OPEN_TARGETS; do
+        local store_n=$n
+        [[ $t == kg-bare ]] && store_n=1
+        if ! start_proxy "$t" "$store_n"; then
+            log "$t did not start"
+            continue
+        fi
+        local out
+        out=$(taskset -c "$CORE_GEN" "$EX/openloop" --target "127.0.0.1:$PROXY_PORT" \
+            --orgs "$list" --count "$n" --rate "$rate" --duration "$OPEN_DURATION" \
+            --warmup "$OPEN_WARMUP" --connections "$OPEN_CONNS" --tick-us "$OPEN_TICK_US" --label "$t" \
+            2>>"$WORK/logs/openloop.log") || true
+        stop_proxy
+        if [[ -z $out ]]; then
+            log "  $t: openloop printed nothing (see $WORK/logs/openloop.log)"
+            continue
+        fi
+        log "  $out"
+        raw open "$n" "$t" "$rate" "$(kv p50_us "$out")" "$(kv p90_us "$out")" \
+            "$(kv p99_us "$out")" "$(kv p999_us "$out")" "$(kv max_us "$out")" \
+            "$(kv scheduled "$out")" "$(kv completed "$out")" "$(kv s2xx "$out")" \
+            "$(kv errors "$out")" "$(kv unfinished "$out")" "$(kv lag_p99_us "$out")"
+    done
+}
+
+startup() {
+    local n=$STARTUP_ORGS i
+    log "keygate start-up with $n orgs ($STARTUP_RUNS runs) and with 1 org"
+    for i in $(seq "$STARTUP_RUNS"); do
+        start_proxy kg-multi "$n" || { log "keygate did not start"; return 0; }
+        # Settle, then read the memory of the idle process.
+        sleep 1
+        raw startup kg "$n" "$(awk -v s="$START_NS" 'BEGIN { printf "%.3f", s / 1e9 }')" \
+            "$(rss_kib "$PROXY_PID")"
+        stop_proxy
+    done
+    start_proxy kg-multi 1 || return 0
+    sleep 1
+    raw startup kg 1 "$(awk -v s="$START_NS" 'BEGIN { printf "%.3f", s / 1e9 }')" \
+        "$(rss_kib "$PROXY_PID")"
+    stop_proxy
+}
+
+rotation() {
+    log "rotation under load: one of $ROTATION_ORGS orgs every ${ROTATION_PERIOD_MS} ms for ${ROTATION_SECS} s"
+    local store=$WORK/rotation.redb cfg flags=()
+    rm -f "$store"
+    cfg=$WORK/keygate-rotation.toml
+    render "$HERE/keygate.toml.tmpl" "$cfg" PORT="$PORT" UP_PORT="$PORT_UP" \
+        ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" \
+        RATE=$KG_RATE BURST=$KG_BURST THRESHOLD=$KG_THRESHOLD
+    [[ -n $ROTATION_WORKERS ]] && flags=(--workers "$ROTATION_WORKERS")
+    local t0
+    t0=$(now_ns)
+    KEYGATE_LOG=warn "$KG" serve --config "$cfg" "${flags[@]}" 2>>"$WORK/logs/rotation-kg.log" &
+    PROXY_PID=$!
+    PIDS+=("$PROXY_PID")
+    wait_ready "$PORT" "$t0" 60 "$PROXY_PID" >/dev/null || { stop_proxy; return 0; }
+    local out rc=0
+    out=$(KEYGATE_BENCH_TOKEN=$TOKEN taskset -c "$CORE_GEN" "$EX/rotation" \
+        --proxy "127.0.0.1:$PORT" --admin "127.0.0.1:$ADMIN_PORT" --orgs "$ROTATION_ORGS" \
+        --duration "$ROTATION_SECS" --period-ms "$ROTATION_PERIOD_MS" \
+        2>>"$WORK/logs/rotation.log") || rc=$?
+    stop_proxy
+    log "  rotation exit $rc"
+    local line
+    while read -r line; do
+        [[ -n $line ]] && log "  $line"
+    done <<<"$out"
+    raw rotation "$(tr '\n' ' ' <<<"$out")" "$rc" "${ROTATION_WORKERS:-default}"
+}
+
+main "$@"
