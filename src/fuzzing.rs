@@ -359,7 +359,8 @@ const BODY_ENDPOINTS: &[(Method, &str)] = &[
 /// `data` as the `application/json` body of every admin endpoint that takes
 /// one, through the real axum router, as the provider (so the body is read):
 /// no answer is a 5xx, every answer is `no-store`, every answer with a body is
-/// a JSON object, and every 4xx is the contract's `{"code", "message"}`.
+/// a JSON object, every 4xx is the contract's `{"code", "message"}`, and a 4xx
+/// changes no org and writes no audit event.
 ///
 /// Each input gets its own in-memory store with one org, `acme`, on a clock
 /// that never moves, so that a crash reproduces from its input alone; only the
@@ -368,13 +369,15 @@ pub fn admin_body(data: &[u8]) {
     runtime().block_on(async {
         let (store, _) = store_with(Some(ORG)).await;
         let state = AdminState::new(
-            store,
+            store.clone(),
             TokenDigest::of(PROVIDER_TOKEN),
             "http://127.0.0.1:8080",
             &OrgSource::Path,
         );
         let router = admin::router(state);
         for (method, path) in BODY_ENDPOINTS {
+            let orgs_before = store.list();
+            let audit_before = audit_len(&store).await;
             let request = Request::builder()
                 .method(method)
                 .uri(*path)
@@ -383,9 +386,31 @@ pub fn admin_body(data: &[u8]) {
                 .body(Body::from(data.to_vec()))
                 .unwrap_or_else(|e| panic!("a fixed request failed to build: {e}"));
             let response = call(router.clone(), request).await;
+            let refused = response.status().is_client_error();
             check_admin_answer(method, path, response).await;
+            if refused {
+                assert_eq!(
+                    store.list(),
+                    orgs_before,
+                    "a refused {method} {path} changed an org"
+                );
+                assert_eq!(
+                    audit_len(&store).await,
+                    audit_before,
+                    "a refused {method} {path} wrote to the audit log"
+                );
+            }
         }
     });
+}
+
+/// How many audit events [`ORG`] has.
+async fn audit_len(store: &Store) -> usize {
+    store
+        .audit(ORG)
+        .await
+        .unwrap_or_else(|e| panic!("{ORG}'s audit log cannot be read: {e}"))
+        .len()
 }
 
 async fn check_admin_answer(method: &Method, path: &str, response: Response<Body>) {
