@@ -22,7 +22,8 @@ enum Command {
         /// The TOML config (see config/keygate.toml).
         #[arg(long)]
         config: PathBuf,
-        /// Runtime worker threads (default: one per core).
+        /// Runtime worker threads (default: one per core). 1 serves everything
+        /// on one thread, with a single-threaded runtime.
         #[arg(long)]
         workers: Option<usize>,
         /// Benchmarks only: forward every request WITHOUT checking keys, to
@@ -163,10 +164,17 @@ fn run_on<E: std::fmt::Display>(
     workers: Option<usize>,
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
-    }
+    // One worker is a single-threaded runtime: the same event loop without the
+    // work-stealing scheduler's atomics and cross-thread wakes.
+    let mut builder = match workers {
+        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

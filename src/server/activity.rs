@@ -62,31 +62,56 @@ struct State {
     in_flight: usize,
     /// The connection speaks HTTP/2 (known from its first request).
     http2: bool,
+    /// When the connection task's timer fires next, if it is set. A phase
+    /// change wakes the task only when its deadline is earlier than this: a
+    /// timer that fires early just finds the phase moved on and is set again.
+    armed: Option<Instant>,
+}
+
+impl State {
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        match self.phase {
+            Phase::Head => Some(self.since + limits.header_read_timeout),
+            Phase::Idle => Some(self.since + limits.idle_timeout),
+            Phase::Busy => None,
+        }
+    }
 }
 
 /// One connection's phase, shared by its socket, its service and its task.
+///
+/// A request moves a keep-alive connection through all three phases, so this
+/// is on the request path: each change is a short uncontended lock and, in the
+/// steady state, nothing else. The task's timer is set lazily (see
+/// [`arm`](Activity::arm)), so a request neither wakes the task nor touches
+/// the timer wheel; the timer fires about once per timeout period instead.
 #[derive(Debug)]
 pub(super) struct Activity {
     state: Mutex<State>,
     /// Set exactly while the phase is [`Phase::Idle`] on HTTP/1, so that the
     /// socket's reads, most of which carry request bodies, skip the lock.
     idle: AtomicBool,
-    /// Wakes the connection task when a deadline appears or moves earlier.
+    /// Wakes the connection task when a deadline is earlier than its timer.
     changed: Notify,
+    /// The limits the deadlines come from.
+    limits: ConnectionLimits,
 }
 
 impl Activity {
-    /// A connection accepted at `accepted`: waiting for its first head.
-    pub(super) fn new(accepted: Instant) -> Arc<Activity> {
+    /// A connection accepted at `accepted`, under `limits`: waiting for its
+    /// first head.
+    pub(super) fn new(accepted: Instant, limits: &ConnectionLimits) -> Arc<Activity> {
         Arc::new(Activity {
             state: Mutex::new(State {
                 phase: Phase::Head,
                 since: accepted,
                 in_flight: 0,
                 http2: false,
+                armed: None,
             }),
             idle: AtomicBool::new(false),
             changed: Notify::new(),
+            limits: *limits,
         })
     }
 
@@ -96,16 +121,44 @@ impl Activity {
     }
 
     /// The current phase and when it runs out; `None` while busy.
-    pub(super) fn deadline(&self, limits: &ConnectionLimits) -> Option<(Phase, Instant)> {
+    pub(super) fn deadline(&self) -> Option<(Phase, Instant)> {
         let state = self.state();
-        match state.phase {
-            Phase::Head => Some((Phase::Head, state.since + limits.header_read_timeout)),
-            Phase::Idle => Some((Phase::Idle, state.since + limits.idle_timeout)),
-            Phase::Busy => None,
+        state.deadline(&self.limits).map(|at| (state.phase, at))
+    }
+
+    /// When the connection task should set its timer for, which this records:
+    /// the current phase's deadline; while busy, the time it is already set
+    /// for, if that is still ahead (it may fire for nothing, which costs less
+    /// than a wake per request); `None` leaves it unset. Once `closing`, only a head's
+    /// deadline counts: an idle connection is on its way out already.
+    pub(super) fn arm(&self, closing: bool) -> Option<Instant> {
+        let mut state = self.state();
+        let at = match (state.phase, state.deadline(&self.limits)) {
+            // A timer that has fired is set for nothing: left as it is, the
+            // task would find it ready on every poll.
+            (Phase::Busy, _) => state.armed.filter(|at| !closing && *at > Instant::now()),
+            (Phase::Idle, _) if closing => None,
+            (_, at) => at,
+        };
+        state.armed = at;
+        at
+    }
+
+    /// The phase just changed to one with a deadline: wakes the task if its
+    /// timer is unset or set for later than the deadline.
+    fn wake_for(&self, state: MutexGuard<'_, State>) {
+        let late = match (state.armed, state.deadline(&self.limits)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(armed), Some(at)) => at < armed,
+        };
+        drop(state);
+        if late {
+            self.changed.notify_one();
         }
     }
 
-    /// Resolves after a deadline appeared or moved earlier.
+    /// Resolves after a deadline appeared earlier than the task's timer.
     pub(super) async fn changed(&self) {
         self.changed.notified().await;
     }
@@ -120,8 +173,7 @@ impl Activity {
             state.phase = Phase::Head;
             state.since = Instant::now();
             self.idle.store(false, Ordering::Relaxed);
-            drop(state);
-            self.changed.notify_one();
+            self.wake_for(state);
         }
     }
 
@@ -144,8 +196,7 @@ impl Activity {
             state.since = Instant::now();
             // HTTP/2 stays idle until a request, whatever bytes arrive.
             self.idle.store(!state.http2, Ordering::Relaxed);
-            drop(state);
-            self.changed.notify_one();
+            self.wake_for(state);
         }
     }
 }
@@ -352,74 +403,118 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_connection_has_the_head_timeout_from_its_accept() {
         let t0 = Instant::now();
-        let a = Activity::new(t0);
+        let a = Activity::new(t0, &limits());
         assert_eq!(
-            a.deadline(&limits()),
+            a.deadline(),
             Some((Phase::Head, t0 + Duration::from_secs(10)))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_has_no_deadline_until_its_answer_ends() {
-        let a = Activity::new(Instant::now());
+        let a = Activity::new(Instant::now(), &limits());
         let first = InFlight::start(&a, Version::HTTP_11);
         let second = InFlight::start(&a, Version::HTTP_11);
-        assert_eq!(a.deadline(&limits()), None);
+        assert_eq!(a.deadline(), None);
         drop(first);
-        assert_eq!(a.deadline(&limits()), None);
+        assert_eq!(a.deadline(), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         drop(second);
         let idle_from = Instant::now();
         assert_eq!(
-            a.deadline(&limits()),
+            a.deadline(),
             Some((Phase::Idle, idle_from + Duration::from_secs(60)))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_byte_of_the_next_request_starts_the_head_timeout() {
-        let a = Activity::new(Instant::now());
+        let a = Activity::new(Instant::now(), &limits());
         drop(InFlight::start(&a, Version::HTTP_11));
         tokio::time::advance(Duration::from_secs(30)).await;
         a.on_read();
         let head_from = Instant::now();
         assert_eq!(
-            a.deadline(&limits()),
+            a.deadline(),
             Some((Phase::Head, head_from + Duration::from_secs(10)))
         );
         // Later bytes of the same head do not move it.
         tokio::time::advance(Duration::from_secs(1)).await;
         a.on_read();
         assert_eq!(
-            a.deadline(&limits()),
+            a.deadline(),
             Some((Phase::Head, head_from + Duration::from_secs(10)))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn bytes_between_http2_requests_leave_the_connection_idle() {
-        let a = Activity::new(Instant::now());
+        let a = Activity::new(Instant::now(), &limits());
         drop(InFlight::start(&a, Version::HTTP_2));
         let idle_from = Instant::now();
         a.on_read();
         assert_eq!(
-            a.deadline(&limits()),
+            a.deadline(),
             Some((Phase::Idle, idle_from + Duration::from_secs(60)))
         );
     }
 
+    /// Whether the task was woken (a stored permit counts).
+    async fn woken(a: &Activity) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), a.changed())
+            .await
+            .is_ok()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn going_idle_and_the_next_head_wake_the_connection_task() {
-        let a = Activity::new(Instant::now());
+    async fn a_deadline_earlier_than_the_timer_wakes_the_connection_task() {
+        let a = Activity::new(Instant::now(), &limits());
+        // No timer set yet: going idle wakes the task.
         let in_flight = InFlight::start(&a, Version::HTTP_11);
         drop(in_flight);
-        // The permit is stored: the task's next wait returns at once.
-        tokio::time::timeout(Duration::from_millis(1), a.changed())
-            .await
-            .unwrap();
+        assert!(woken(&a).await);
+        let idle_until = a.arm(false).unwrap();
+        // The next head's 10 s are earlier than the idle minute: a wake.
+        tokio::time::advance(Duration::from_secs(5)).await;
         a.on_read();
-        tokio::time::timeout(Duration::from_millis(1), a.changed())
-            .await
-            .unwrap();
+        assert!(woken(&a).await);
+        assert!(a.arm(false).unwrap() < idle_until);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_on_a_busy_connection_neither_wake_the_task_nor_move_its_timer() {
+        let a = Activity::new(Instant::now(), &limits());
+        let head_until = a.arm(false).unwrap();
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let in_flight = InFlight::start(&a, Version::HTTP_11);
+            // Busy keeps the timer where it is.
+            assert_eq!(a.arm(false), Some(head_until));
+            drop(in_flight);
+            tokio::time::advance(Duration::from_millis(100)).await;
+            a.on_read();
+            assert!(!woken(&a).await);
+        }
+        // When it fires, the deadline has moved on: the timer is set again.
+        let next = a.arm(false).unwrap();
+        assert!(next > head_until);
+        assert_eq!(a.deadline().map(|(_, at)| at), Some(next));
+        // A timer that fired while busy is left unset, not set in the past.
+        let in_flight = InFlight::start(&a, Version::HTTP_11);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(a.arm(false), None);
+        drop(in_flight);
+        assert!(woken(&a).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_closing_only_a_head_keeps_the_timer() {
+        let a = Activity::new(Instant::now(), &limits());
+        assert!(a.arm(true).is_some());
+        drop(InFlight::start(&a, Version::HTTP_11));
+        assert_eq!(a.arm(true), None);
+        let in_flight = InFlight::start(&a, Version::HTTP_11);
+        assert_eq!(a.arm(true), None);
+        drop(in_flight);
     }
 }

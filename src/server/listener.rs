@@ -198,7 +198,7 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let accepted = Instant::now();
-    let activity = Activity::new(accepted);
+    let activity = Activity::new(accepted, &shared.settings.limits);
     let name = shared.settings.name;
     let Some(acceptor) = &shared.settings.tls else {
         return drive(stream, service, &shared, activity, stopped).await;
@@ -236,7 +236,6 @@ async fn drive<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let name = shared.settings.name;
-    let limits = &shared.settings.limits;
     let io = TokioIo::new(Watched::new(io, Arc::clone(&activity)));
     let service = TowerToHyperService::new(Tracked::new(service, Arc::clone(&activity)));
     let mut conn = pin!(shared.http.serve_connection(io, service));
@@ -244,12 +243,8 @@ async fn drive<I, S, B>(
     let mut closing = false;
 
     loop {
-        // Once closing, an idle connection is on its way out already; only a
-        // head still being read can need the timer.
-        let deadline = activity
-            .deadline(limits)
-            .filter(|(phase, _)| !closing || *phase == Phase::Head);
-        if let Some((_, at)) = deadline {
+        let deadline = activity.arm(closing);
+        if let Some(at) = deadline {
             if timer.deadline() != at {
                 timer.as_mut().reset(at);
             }
@@ -267,8 +262,8 @@ async fn drive<I, S, B>(
             }
             () = activity.changed() => {}
             () = &mut timer, if deadline.is_some() => {
-                // The phase may have moved on since the deadline was read.
-                match activity.deadline(limits) {
+                // The phase may have moved on since the timer was set.
+                match activity.deadline() {
                     Some((Phase::Head, at)) if at <= Instant::now() => {
                         tracing::debug!(listener = name, "request head not received in time; closing");
                         return;
