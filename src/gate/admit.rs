@@ -87,7 +87,7 @@ impl Gate {
                     return Admission::Refuse(Refusal::RateLimited(limited));
                 }
                 Admission::Allow {
-                    org: org.id().clone(),
+                    org: org.id(),
                     prefix_len: named.prefix_len,
                 }
             })

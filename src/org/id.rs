@@ -47,20 +47,27 @@ impl OrgId {
         HeaderValue::from_str(s).map(OrgId).map_err(|_| OrgIdError)
     }
 
-    /// This id with its bytes in process-lifetime memory: clones of the result
-    /// (and of the header value it carries) copy two words and touch no
-    /// reference count, so the request path can clone an org's id for every
-    /// forwarded request without cache-line traffic between cores.
+    /// This id's bytes copied into process-lifetime memory, packed with
+    /// others: what an [`Org`](super::Org) keeps, two words instead of the
+    /// five of an `OrgId`, so a million orgs hold a million short strings
+    /// and no header value each. [`from_interned`](OrgId::from_interned)
+    /// turns them back into an id without copying.
     ///
-    /// Each call keeps the id's bytes until the process exits; the store calls it
-    /// once per org it holds (orgs are never removed), nothing else does.
-    pub fn interned(&self) -> OrgId {
-        let bytes = intern(self.as_bytes());
-        // The bytes are those of a valid id, which are valid header bytes.
-        OrgId(
-            HeaderValue::from_maybe_shared(bytes::Bytes::from_static(bytes))
-                .unwrap_or_else(|_| self.0.clone()),
-        )
+    /// Each call keeps the id's bytes until the process exits; the store calls
+    /// it once per org it holds (orgs are never removed), nothing else does.
+    pub(crate) fn intern(&self) -> &'static str {
+        // The bytes of a valid id are ASCII.
+        std::str::from_utf8(intern(self.as_bytes())).unwrap_or_default()
+    }
+
+    /// The id whose bytes [`intern`](OrgId::intern) returned. The header value
+    /// points at them: cloning it copies a few words and touches no reference
+    /// count, so the request path can clone an org's id for every forwarded
+    /// request without cache-line traffic between cores.
+    pub(crate) fn from_interned(id: &'static str) -> OrgId {
+        // `intern` only ever returns the bytes of a valid id, which are visible
+        // ASCII: `from_static` checks that again and cannot panic on them.
+        OrgId(HeaderValue::from_static(id))
     }
 
     /// The id as a string.
@@ -197,7 +204,7 @@ mod tests {
     #[test]
     fn an_interned_id_equals_the_original() {
         let id = OrgId::parse("acme-42").unwrap();
-        let i = id.interned();
+        let i = OrgId::from_interned(id.intern());
         assert_eq!(i, id);
         assert_eq!(i.as_str(), "acme-42");
         assert_eq!(i.header_value(), "acme-42");

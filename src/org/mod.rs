@@ -22,7 +22,8 @@ use crate::limit::{CallCounter, Rate, RateLimiter};
 /// One live org, as the gate sees it.
 #[derive(Debug)]
 pub struct Org {
-    id: OrgId,
+    /// The id's bytes, interned: see [`OrgId::intern`].
+    id: &'static str,
     current: RwLock<Current>,
     rate: RateLimiter,
     calls: CallCounter,
@@ -53,18 +54,23 @@ impl Current {
 impl Org {
     pub(crate) fn new(id: OrgId, state: OrgState, defaults: Limits) -> Org {
         Org {
-            // The id lives as long as the process, so that cloning it for every
-            // forwarded request touches no reference count.
-            id: id.interned(),
+            id: id.intern(),
             current: RwLock::new(Current::new(state, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
         }
     }
 
-    /// The org's id.
-    pub fn id(&self) -> &OrgId {
-        &self.id
+    /// The org's id. Builds a header value over the interned bytes: no
+    /// allocation, no reference count.
+    pub fn id(&self) -> OrgId {
+        OrgId::from_interned(self.id)
+    }
+
+    /// The org's id as a string, for hashing and comparing without an
+    /// [`OrgId`].
+    pub fn id_str(&self) -> &str {
+        self.id
     }
 
     /// Runs `f` on the state in force, under a read lock held only for `f`.

@@ -85,13 +85,13 @@ struct Entry(Arc<Org>);
 
 impl Hash for Entry {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id().hash(state)
+        self.0.id_str().as_bytes().hash(state)
     }
 }
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id() == other.0.id()
+        self.0.id_str() == other.0.id_str()
     }
 }
 
@@ -99,7 +99,7 @@ impl Eq for Entry {}
 
 impl Borrow<[u8]> for Entry {
     fn borrow(&self) -> &[u8] {
-        self.0.id().as_bytes()
+        self.0.id_str().as_bytes()
     }
 }
 
@@ -139,9 +139,12 @@ impl Store {
         }
         let orgs = DashSet::with_capacity(snapshot.orgs.len());
         for OrgRecord { id, state } in snapshot.orgs {
-            let id_text = id.to_string();
-            if !orgs.insert(Entry(Arc::new(Org::new(id, state, defaults)))) {
-                return Err(BackendError::Corrupt(format!("org {id_text} stored twice")));
+            let org = Arc::new(Org::new(id, state, defaults));
+            if !orgs.insert(Entry(Arc::clone(&org))) {
+                return Err(BackendError::Corrupt(format!(
+                    "org {} stored twice",
+                    org.id()
+                )));
             }
         }
         Ok(Store {
@@ -217,7 +220,7 @@ impl Store {
     /// The audit log of one org, oldest first.
     pub async fn audit(&self, id: &str) -> Result<Vec<AuditEvent>, OpError> {
         let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
-        Ok(self.inner.backend.audit(org.id().clone()).await?)
+        Ok(self.inner.backend.audit(org.id()).await?)
     }
 
     /// Creates an org with a random, enabled key.
@@ -311,7 +314,7 @@ impl Store {
     ) -> impl Future<Output = ()> + Send + 'static {
         let store = self.clone();
         async move {
-            let id = org.id().clone();
+            let id = org.id();
             let done = run_to_completion(async move {
                 store
                     .apply_to(org, |s, now| s.disable_over_threshold(now))
@@ -362,7 +365,7 @@ impl Store {
             let record = TokenRecord {
                 name,
                 role,
-                org: org.id().clone(),
+                org: org.id(),
                 digest: TokenDigest::of(&secret),
                 created_at: now,
             };
@@ -447,10 +450,10 @@ impl Store {
     where
         F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError>,
     {
-        let _writer = self.writer(org.id()).lock().await;
+        let _writer = self.writer(&org.id()).lock().await;
         let now = self.inner.clock.now();
         let t = org.read(|c| op(&c.state, now))?;
-        self.commit(org.id(), &t).await?;
+        self.commit(&org.id(), &t).await?;
         if t.action == Action::Enable {
             // Before the swap: until it, requests still see the key disabled and
             // are not counted, so none is counted against the old window.
@@ -493,7 +496,7 @@ fn role_name(role: Role) -> &'static str {
 impl Store {
     fn view_of(&self, org: &Org) -> OrgView {
         org.read(|c| OrgView {
-            id: org.id().clone(),
+            id: org.id(),
             limits: self.inner.defaults.with(&c.state.limits),
             state: c.state.clone(),
         })

@@ -61,6 +61,9 @@ const SCHEMA_VERSION: u64 = 1;
 /// File mode of the store: it holds every org's API key.
 const MODE: u32 = 0o600;
 
+/// The page cache of an open store; see [`RedbBackend::open`].
+const CACHE_BYTES: usize = 1 << 20;
+
 /// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
 /// `Arc`, and each operation runs on tokio's blocking pool, since redb is
 /// synchronous and a commit waits for an fsync.
@@ -130,6 +133,12 @@ impl RedbBackend {
             let repaired = Arc::clone(&repaired);
             let shown = path.display().to_string();
             let mut builder = Database::builder();
+            // keygate serves every request from memory and reads the file only
+            // at start-up and for audit pages, so redb's page cache (1 GiB by
+            // default, filled by the start-up scan and then kept) would only
+            // hold a second copy of the orgs: about 390 bytes of resident
+            // memory per org at a million orgs. Commits touch a few pages.
+            builder.set_cache_size(CACHE_BYTES);
             builder.set_repair_callback(move |_| {
                 // Called repeatedly while a repair runs; say so once.
                 if !repaired.swap(true, Ordering::SeqCst) {
