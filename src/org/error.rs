@@ -94,7 +94,10 @@ impl OpError {
     /// the full error goes to the log.
     pub fn public_message(&self) -> String {
         match self {
-            OpError::Store(_) => "internal error; the change was not made".to_owned(),
+            OpError::Store(_) => {
+                "internal error: the store could not be read or written; nothing was changed"
+                    .to_owned()
+            }
             other => other.to_string(),
         }
     }
