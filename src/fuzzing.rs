@@ -15,8 +15,9 @@
 //!
 //! (`RUSTC_BOOTSTRAP=1` lets cargo-fuzz's nightly flags run on stable. Leak
 //! detection is off because every input builds a store, and the ids of a
-//! store's orgs are interned for the life of the process by design
-//! ([`OrgId::interned`]), which LeakSanitizer reports once the store is gone.)
+//! store's orgs are interned for the life of the process by design (see
+//! [`Org`](crate::org::Org)), which LeakSanitizer reports once the store is
+//! gone.)
 //!
 //! | target          | function            | input                                   |
 //! |-----------------|---------------------|-----------------------------------------|

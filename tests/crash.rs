@@ -33,12 +33,9 @@
 //! and checks that keygate refuses to start over it, naming the store, and
 //! leaves the file as it was.
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,9 +46,12 @@ use hyper_util::rt::TokioExecutor;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+#[path = "support/child.rs"]
+mod child;
+
+use child::{serve_command, Env, Proc};
+
 /// From spawn to the `keygate listening` line (the recovery after a kill included).
 const START_LIMIT: Duration = Duration::from_secs(20);
 /// From a signal to the exit.
@@ -74,91 +74,6 @@ const SUBSCRIPTIONS: [Option<&str>; 3] = [
 // The keygate process
 // ---------------------------------------------------------------------------
 
-/// A running child whose stdout and stderr are collected by two threads. Dropping
-/// it kills (SIGKILL) and reaps it; if the test is failing, it also prints what
-/// the child wrote to stderr.
-struct Proc {
-    child: Child,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keygate");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), stdout),
-            collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
-        ];
-        Proc {
-            child,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Waits, at most `limit`, for the child to exit, then for its output to end.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate did not exit within {limit:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(POLL).await;
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- keygate stderr ---\n{}", self.stderr());
-        }
-    }
-}
-
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
-
-fn serve_command(config: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env("KEYGATE_LOG", "info")
-        .env_remove("RUST_LOG")
-        .env_remove("KEYGATE_PROVIDER_TOKEN_SHA256");
-    cmd
-}
-
 /// `keygate serve`, listening.
 struct Gateway {
     proc: Proc,
@@ -178,40 +93,12 @@ impl Gateway {
     /// Starts keygate and waits for its `keygate listening` line. Nothing is
     /// done to the store first: after a kill, keygate must open it by itself.
     async fn start(env: &Env) -> Gateway {
-        let mut proc = Proc::spawn(serve_command(&env.config));
-        let deadline = Instant::now() + START_LIMIT;
-        let line = loop {
-            if let Some(line) = proc
-                .stderr()
-                .lines()
-                .find(|l| l.contains("keygate listening"))
-            {
-                break line.to_owned();
-            }
-            if let Some(status) = proc.child.try_wait().expect("try_wait") {
-                let _ = proc.wait_exit(EXIT_LIMIT).await;
-                panic!(
-                    "keygate exited ({status}) before listening: the store did not open by itself; stderr:\n{}",
-                    proc.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate did not listen within {START_LIMIT:?}; stderr:\n{}",
-                proc.stderr()
-            );
-            tokio::time::sleep(POLL).await;
-        };
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-        };
+        let mut proc = Proc::spawn("keygate serve", serve_command(&env.config, "info"));
+        let (proxy, admin) = proc.listening(START_LIMIT).await;
         Gateway {
             api: Api {
-                proxy: field("proxy_addr="),
-                admin: field("admin_addr="),
+                proxy,
+                admin,
                 provider: env.provider.as_str().into(),
                 client: Client::builder(TokioExecutor::new()).build_http(),
             },
@@ -221,19 +108,12 @@ impl Gateway {
 
     /// SIGKILL (what `Child::kill` sends on Unix), then reaps the child.
     async fn kill9(mut self) {
-        self.proc.child.kill().expect("SIGKILL keygate");
-        let status = self.proc.wait_exit(EXIT_LIMIT).await;
-        assert!(!status.success(), "{status}");
+        self.proc.kill9(EXIT_LIMIT).await;
     }
 
     /// SIGTERM, then the exit status.
     async fn terminate(mut self) -> ExitStatus {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.proc.child.id().to_string()])
-            .status()
-            .expect("run kill(1)")
-            .success();
-        assert!(ok, "kill -TERM failed");
+        self.proc.signal("TERM");
         self.proc.wait_exit(EXIT_LIMIT).await
     }
 }
@@ -324,43 +204,9 @@ impl Api {
 // A test's world
 // ---------------------------------------------------------------------------
 
-struct Env {
-    _dir: TempDir,
-    config: PathBuf,
-    store: PathBuf,
-    provider: String,
-}
-
-impl Env {
-    /// A config over a fresh folder and an echo upstream served by this test's
-    /// runtime. Rates are far above anything a round sends, and the threshold
-    /// is out of reach: the only mutations are the round's own.
-    async fn new() -> Env {
-        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = echo.local_addr().unwrap();
-        tokio::spawn(keygate::demo::serve_echo(echo));
-        let dir = TempDir::new().unwrap();
-        let store = dir.path().join("state").join("keygate.redb");
-        let provider = keygate::token::generate();
-        let config = dir.path().join("keygate.toml");
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
-             public_url = \"http://gateway.test\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\nprovider_token_sha256 = \"{digest}\"\n\n\
-             [store]\npath = {store:?}\n\n\
-             [limits]\nrate_per_sec = 1000000\nburst = 1000000\n",
-            digest = keygate::token::TokenDigest::of(&provider).to_hex(),
-            store = store.display().to_string(),
-        );
-        std::fs::write(&config, text).unwrap();
-        Env {
-            _dir: dir,
-            config,
-            store,
-            provider,
-        }
-    }
-}
+/// The config of every round: rates far above anything a round sends, and
+/// the threshold out of reach, so the only mutations are the round's own.
+const LIMITS: &str = "\n[limits]\nrate_per_sec = 1000000\nburst = 1000000\n";
 
 // ---------------------------------------------------------------------------
 // The oracle
@@ -947,7 +793,7 @@ async fn acknowledged_mutations_survive_sigkill_at_random_moments() {
     let rounds = rounds();
     eprintln!("crash test: {rounds} rounds, KEYGATE_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let env = Env::new().await;
+    let env = Env::new(LIMITS).await;
     let oracle: Oracle = Arc::new(Mutex::new(
         ORGS.iter().map(|_| OrgOracle::default()).collect(),
     ));
@@ -1041,14 +887,14 @@ async fn acknowledged_mutations_survive_sigkill_at_random_moments() {
 /// Runs `keygate serve` to its end (bounded): status and stderr. A keygate that
 /// starts listening instead is killed, and its stderr returned all the same.
 async fn serve_until_exit(env: &Env) -> (ExitStatus, String) {
-    let mut proc = Proc::spawn(serve_command(&env.config));
+    let mut proc = Proc::spawn("keygate serve", serve_command(&env.config, "info"));
     let deadline = Instant::now() + START_LIMIT;
     loop {
-        if proc.child.try_wait().expect("try_wait").is_some()
+        if proc.exited().is_some()
             || proc.stderr().contains("keygate listening")
             || Instant::now() >= deadline
         {
-            let _ = proc.child.kill();
+            proc.kill();
             let status = proc.wait_exit(EXIT_LIMIT).await;
             return (status, proc.stderr());
         }
@@ -1083,7 +929,7 @@ async fn fill(api: &Api) {
 /// A store with history, as SIGTERM leaves it (closed cleanly) and as SIGKILL
 /// leaves it (redb runs its recovery, which verifies checksums, on open).
 async fn damaged_store_fixture() -> (Env, Vec<(&'static str, Vec<u8>)>) {
-    let env = Env::new().await;
+    let env = Env::new(LIMITS).await;
     let gw = Gateway::start(&env).await;
     fill(&gw.api).await;
     assert_eq!(gw.terminate().await.code(), Some(0));

@@ -6,14 +6,11 @@
 //! to it over real HTTP. The child is killed when its guard drops, also when a
 //! test fails; every wait polls with a deadline.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -24,122 +21,17 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+#[path = "support/child.rs"]
+mod child;
+
+use child::{serve_command, Env, Proc, PUBLIC_URL};
+
 /// From spawn to the `keygate listening` line (a repair after kill -9 included).
 const START_LIMIT: Duration = Duration::from_secs(20);
 /// From SIGTERM to exit: the contract's 10 s drain limit, and some slack.
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
 /// One HTTP exchange.
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(10);
-/// The public URL every test config sets, so that `base_url` does not follow
-/// the port the system picks at each start.
-const PUBLIC_URL: &str = "http://gateway.test";
-
-// ---------------------------------------------------------------------------
-// A child process, its output, and a guard that kills it
-// ---------------------------------------------------------------------------
-
-/// A running child whose stdout and stderr are collected by two threads. Dropping
-/// it kills (SIGKILL) and reaps the child, so no test leaves one behind; if the
-/// test is failing, it also prints what the child wrote to stderr.
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn keygate");
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), stdout.clone()),
-            collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
-        ];
-        Proc {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    /// Waits, at most `limit`, for the child to exit, then for its output to end.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate did not exit within {limit:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(POLL).await;
-        };
-        // The child is gone, so both pipes are at EOF or about to be.
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        status
-    }
-
-    /// Sends SIGTERM.
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill(1)")
-            .success();
-        assert!(ok, "kill -TERM {} failed", self.child.id());
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reaps the child.
-    async fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL keygate");
-        let status = self.wait_exit(EXIT_LIMIT).await;
-        assert!(!status.success(), "{status}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- keygate stderr ---\n{}", self.stderr());
-        }
-    }
-}
-
-/// Copies everything `from` yields into `into`, on a thread of its own.
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
 
 // ---------------------------------------------------------------------------
 // keygate serving, and HTTP to it
@@ -160,45 +52,11 @@ impl Gateway {
     /// Starts `keygate serve --config config` with `KEYGATE_LOG=log` and waits
     /// for its `keygate listening` line.
     async fn start(config: &Path, log: &str) -> Gateway {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config"])
-            .arg(config)
-            .env("KEYGATE_LOG", log)
-            .env_remove("RUST_LOG")
-            .env_remove("KEYGATE_PROVIDER_TOKEN_SHA256");
-        let mut proc = Proc::spawn(cmd);
-        let deadline = Instant::now() + START_LIMIT;
-        let line = loop {
-            if let Some(line) = proc
-                .stderr()
-                .lines()
-                .find(|l| l.contains("keygate listening"))
-            {
-                break line.to_owned();
-            }
-            if let Some(status) = proc.child.try_wait().expect("try_wait") {
-                let _ = proc.wait_exit(EXIT_LIMIT).await;
-                panic!(
-                    "keygate exited ({status}) before listening; stderr:\n{}",
-                    proc.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keygate did not listen within {START_LIMIT:?}; stderr:\n{}",
-                proc.stderr()
-            );
-            tokio::time::sleep(POLL).await;
-        };
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-        };
+        let mut proc = Proc::spawn("keygate serve", serve_command(config, log));
+        let (proxy, admin) = proc.listening(START_LIMIT).await;
         Gateway {
-            proxy: field("proxy_addr="),
-            admin: field("admin_addr="),
+            proxy,
+            admin,
             proc,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -206,14 +64,14 @@ impl Gateway {
 
     /// SIGTERM, then the exit status (bounded) and everything written to stderr.
     async fn terminate(mut self) -> (ExitStatus, String) {
-        self.proc.sigterm();
+        self.proc.signal("TERM");
         let status = self.proc.wait_exit(EXIT_LIMIT).await;
         (status, self.proc.stderr())
     }
 
     /// SIGKILL, right now.
     async fn kill9(mut self) {
-        self.proc.kill9().await;
+        self.proc.kill9(EXIT_LIMIT).await;
     }
 
     /// An admin call, with the provider's or another bearer token.
@@ -332,41 +190,7 @@ async fn send(
 // A test's world: a folder, an echo upstream, a config, a provider token
 // ---------------------------------------------------------------------------
 
-struct Env {
-    _dir: TempDir,
-    config: PathBuf,
-    store: PathBuf,
-    provider: String,
-}
-
 impl Env {
-    /// A config over a fresh folder (the store in a subfolder that does not
-    /// exist yet) and an echo upstream served by this test's runtime.
-    async fn new() -> Env {
-        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = echo.local_addr().unwrap();
-        tokio::spawn(keygate::demo::serve_echo(echo));
-        let dir = TempDir::new().unwrap();
-        let store = dir.path().join("state").join("keygate.redb");
-        let provider = keygate::token::generate();
-        let config = dir.path().join("keygate.toml");
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\n\
-             public_url = \"{PUBLIC_URL}\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\nprovider_token_sha256 = \"{digest}\"\n\n\
-             [store]\npath = {store:?}\n",
-            digest = keygate::token::TokenDigest::of(&provider).to_hex(),
-            store = store.display().to_string(),
-        );
-        std::fs::write(&config, text).unwrap();
-        Env {
-            _dir: dir,
-            config,
-            store,
-            provider,
-        }
-    }
-
     async fn start(&self) -> Gateway {
         Gateway::start(&self.config, "info").await
     }
@@ -536,7 +360,7 @@ async fn observe(gw: &Gateway, w: &World) -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_restart_keeps_every_key_page_audit_log_token_and_proxy_answer() {
-    let env = Env::new().await;
+    let env = Env::new("").await;
     let gw = env.start().await;
     let p = Some(env.provider.as_str());
 
@@ -782,7 +606,7 @@ async fn last_event(gw: &Gateway, env: &Env, org: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_change_survives_kill_9() {
     const ROUNDS: usize = 5;
-    let env = Env::new().await;
+    let env = Env::new("").await;
     let p = Some(env.provider.as_str());
     let mut gw = env.start().await;
     let hello = |org: &str| format!("/{org}/v1/hello");
@@ -1055,13 +879,7 @@ async fn every_acknowledged_change_survives_kill_9() {
 
 /// Runs `keygate serve --config config` to its end (bounded).
 async fn serve_until_exit(config: &Path) -> (ExitStatus, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env("KEYGATE_LOG", "info")
-        .env_remove("RUST_LOG")
-        .env_remove("KEYGATE_PROVIDER_TOKEN_SHA256");
-    let mut proc = Proc::spawn(cmd);
+    let mut proc = Proc::spawn("keygate serve", serve_command(config, "info"));
     let status = proc.wait_exit(START_LIMIT).await;
     (status, proc.stdout(), proc.stderr())
 }
@@ -1077,7 +895,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_store_is_refused_with_a_clear_message_and_left_as_it_was() {
-    let env = Env::new().await;
+    let env = Env::new("").await;
     let folder = env.store.parent().unwrap().to_owned();
 
     // A real store, cut in half, first: it needs one run to exist.
@@ -1209,7 +1027,7 @@ impl Secrets {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_and_no_token_ever_reaches_the_logs_even_at_trace() {
-    let env = Env::new().await;
+    let env = Env::new("").await;
     let gw = Gateway::start(&env.config, "trace").await;
     let p = Some(env.provider.as_str());
     let mut s = Secrets::default();

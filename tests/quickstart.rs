@@ -5,15 +5,16 @@
 //! and this test cannot drift apart: edit a step and this test runs the edit.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+#[path = "support/child.rs"]
+mod child;
+
+use child::{Proc, BIN};
+
 /// From spawn to the demo's four `export` lines.
 const START_LIMIT: Duration = Duration::from_secs(30);
 /// The whole curl block.
@@ -29,101 +30,6 @@ const EXPORTS: [&str; 4] = [
     "KEYGATE_KEY",
     "KEYGATE_TOKEN",
 ];
-
-/// A child whose output two threads collect; dropping it kills and reaps it.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), stdout.clone()),
-            collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
-        ];
-        Proc {
-            name,
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits, at most `limit`, for the child to exit, then for its output to end.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.exited() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish within {limit:?}; stdout:\n{}\nstderr:\n{}",
-                self.name,
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(POLL);
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        status
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} stdout ---\n{}\n--- {} stderr ---\n{}",
-                self.name,
-                self.stdout(),
-                self.name,
-                self.stderr()
-            );
-        }
-    }
-}
-
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-}
 
 /// A port nothing listens on (bound and released).
 fn free_port() -> String {
@@ -280,7 +186,7 @@ fn the_readme_quickstart_runs_as_written_against_the_demo() {
         cmd.env_remove(proxy);
     }
     let mut steps_run = Proc::spawn("the quickstart block", cmd);
-    let status = steps_run.wait_exit(STEPS_LIMIT);
+    let status = steps_run.wait_exit_blocking(STEPS_LIMIT);
     let output = steps_run.stdout();
     assert!(
         status.success(),
@@ -326,12 +232,7 @@ fn the_readme_quickstart_runs_as_written_against_the_demo() {
     }
 
     // Ctrl-C, as the demo's banner says, stops it cleanly.
-    let ok = Command::new("kill")
-        .args(["-INT", &demo.child.id().to_string()])
-        .status()
-        .expect("run kill(1)")
-        .success();
-    assert!(ok, "kill -INT failed");
-    let status = demo.wait_exit(EXIT_LIMIT);
+    demo.signal("INT");
+    let status = demo.wait_exit_blocking(EXIT_LIMIT);
     assert_eq!(status.code(), Some(0), "the demo after Ctrl-C");
 }

@@ -129,8 +129,8 @@ impl Activity {
     /// When the connection task should set its timer for, which this records:
     /// the current phase's deadline; while busy, the time it is already set
     /// for, if that is still ahead (it may fire for nothing, which costs less
-    /// than a wake per request); `None` leaves it unset. Once `closing`, only a head's
-    /// deadline counts: an idle connection is on its way out already.
+    /// than a wake per request); `None` leaves it unset. Once `closing`, only
+    /// a head's deadline counts: an idle connection is on its way out already.
     pub(super) fn arm(&self, closing: bool) -> Option<Instant> {
         let mut state = self.state();
         let at = match (state.phase, state.deadline(&self.limits)) {
