@@ -29,14 +29,46 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The store serializes the mutations of one org, so a backend may assume that
 /// two commits for the same org never overlap; commits of different orgs may.
 pub trait Backend: Send + Sync + 'static {
-    /// Reads every org back, once, at start.
+    /// Reads every org and token back.
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>>;
+
+    /// Reads every org back as [`load`](Backend::load) does, but sends the orgs
+    /// to `orgs` in batches as they are read, and returns the tokens. The store
+    /// starts with this: it builds each org while the backend reads the next
+    /// ones, so start-up uses two cores and never holds every record at once
+    /// (a million records in one `Vec` would also leave their freed ids as holes
+    /// between the orgs built after them). The default sends all of `load` as
+    /// one batch.
+    ///
+    /// A send that fails means the store stopped reading (it found a problem it
+    /// reports itself); the backend may stop too.
+    fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
+        Box::pin(async move {
+            let Snapshot { orgs: all, tokens } = self.load().await?;
+            // Closed: the store stopped reading and reports why itself.
+            let _ = orgs.send(Loading::Orgs(all)).await;
+            Ok(tokens)
+        })
+    }
 
     /// Makes `commit` durable.
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// The audit events of `org`, oldest first.
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>>;
+}
+
+/// Where [`Backend::load_into`] sends what it reads.
+pub type OrgBatches = tokio::sync::mpsc::Sender<Loading>;
+
+/// What [`Backend::load_into`] sends, in order.
+#[derive(Debug)]
+pub enum Loading {
+    /// How many orgs follow, sent first by a backend that knows it cheaply: the
+    /// store sizes its map once instead of growing it a million times over.
+    Expect(usize),
+    /// The next orgs read.
+    Orgs(Vec<OrgRecord>),
 }
 
 /// What a backend holds, as loaded at start.

@@ -31,7 +31,8 @@ use std::sync::Arc;
 use dashmap::DashSet;
 
 pub use backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, OrgRecord, Snapshot,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, OrgRecord,
+    Snapshot,
 };
 pub use import::{import_orgs, ImportError};
 pub use memory::MemoryBackend;
@@ -46,6 +47,9 @@ use crate::token::{self, Role, TokenDigest, TokenRecord};
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
 /// their ids hash alike, one chance in this many, and an org costs no lock memory.
 const WRITER_STRIPES: usize = 256;
+
+/// How many batches of loaded orgs may wait to be built at start.
+const LOAD_QUEUE: usize = 8;
 
 /// The orgs, their state and the path by which it changes. Cheap to clone: every
 /// clone is a handle to the same store.
@@ -132,20 +136,37 @@ impl Store {
         clock: Arc<dyn Clock>,
         defaults: Limits,
     ) -> Result<Store, BackendError> {
-        let snapshot = backend.load().await?;
-        let mut tokens = Tokens::default();
-        for t in snapshot.tokens {
-            tokens.insert(t);
-        }
-        let orgs = DashSet::with_capacity(snapshot.orgs.len());
-        for OrgRecord { id, state } in snapshot.orgs {
-            let org = Arc::new(Org::new(id, state, defaults));
-            if !orgs.insert(Entry(Arc::clone(&org))) {
-                return Err(BackendError::Corrupt(format!(
-                    "org {} stored twice",
-                    org.id()
-                )));
+        // The backend reads on its own thread while this one builds the orgs.
+        let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
+        let build = async {
+            let mut next = received.recv().await;
+            let orgs = match next {
+                Some(Loading::Expect(n)) => {
+                    next = received.recv().await;
+                    DashSet::with_capacity(n)
+                }
+                _ => DashSet::new(),
+            };
+            while let Some(loading) = next {
+                if let Loading::Orgs(batch) = loading {
+                    for OrgRecord { id, state } in batch {
+                        let org = Arc::new(Org::new(id, state, defaults));
+                        if !orgs.insert(Entry(Arc::clone(&org))) {
+                            return Err(BackendError::Corrupt(format!(
+                                "org {} stored twice",
+                                org.id()
+                            )));
+                        }
+                    }
+                }
+                next = received.recv().await;
             }
+            Ok(orgs)
+        };
+        let (loaded, orgs) = tokio::try_join!(backend.load_into(batches), build)?;
+        let mut tokens = Tokens::default();
+        for t in loaded {
+            tokens.insert(t);
         }
         Ok(Store {
             inner: Arc::new(Inner {

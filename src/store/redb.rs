@@ -34,12 +34,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use redb::{
-    Database, DatabaseError, Durability, ReadableTable, StorageError, TableDefinition, TableError,
+    Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, StorageError,
+    TableDefinition, TableError,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::backend::{AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Snapshot};
+use super::backend::{
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, Snapshot,
+};
 use super::OrgRecord;
 use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
@@ -63,6 +66,11 @@ const MODE: u32 = 0o600;
 
 /// The page cache of an open store; see [`RedbBackend::open`].
 const CACHE_BYTES: usize = 1 << 20;
+
+/// How many orgs [`Backend::load_into`] sends at a time: enough that the channel
+/// is not the cost, small enough that a batch (about 35 KB) is reused from the
+/// heap rather than mapped and unmapped.
+const LOAD_BATCH: usize = 256;
 
 /// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
 /// `Arc`, and each operation runs on tokio's blocking pool, since redb is
@@ -186,6 +194,12 @@ impl Backend for RedbBackend {
         Box::pin(blocking("load", path, move || inner.load()))
     }
 
+    fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("load", path, move || inner.load_into(&orgs)))
+    }
+
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
         let inner = Arc::clone(&self.inner);
         let path = self.inner.path.clone();
@@ -201,13 +215,55 @@ impl Backend for RedbBackend {
 
 impl Inner {
     fn load(&self) -> Result<Snapshot, BackendError> {
+        let mut orgs = Vec::new();
+        let tokens = self.read_all(
+            |_| Ok(()),
+            |org| {
+                orgs.push(org);
+                Ok(())
+            },
+        )?;
+        Ok(Snapshot { orgs, tokens })
+    }
+
+    /// [`load`](Inner::load), sending the orgs in batches of [`LOAD_BATCH`].
+    fn load_into(&self, orgs: &OrgBatches) -> Result<Vec<TokenRecord>, BackendError> {
+        let send = |loading| {
+            orgs.blocking_send(loading)
+                .map_err(|_| BackendError::Unavailable("load: the store stopped reading".into()))
+        };
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        let tokens = self.read_all(
+            |count| send(Loading::Expect(count)),
+            |org| {
+                batch.push(org);
+                if batch.len() == LOAD_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    send(Loading::Orgs(full))?;
+                }
+                Ok(())
+            },
+        )?;
+        send(Loading::Orgs(batch))?;
+        Ok(tokens)
+    }
+
+    /// Reads every org, telling `count` how many there are, then handing each
+    /// to `org` as it is decoded; then every token.
+    fn read_all(
+        &self,
+        count: impl FnOnce(usize) -> Result<(), BackendError>,
+        mut org: impl FnMut(OrgRecord) -> Result<(), BackendError>,
+    ) -> Result<Vec<TokenRecord>, BackendError> {
         let txn = self
             .db
             .begin_read()
             .map_err(|e| self.unavailable("read", e))?;
 
         let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
-        let mut orgs = Vec::new();
+        // redb keeps each table's length in its header: no scan.
+        let len = table.len().map_err(|e| self.unavailable("read orgs", e))?;
+        count(usize::try_from(len).unwrap_or(usize::MAX))?;
         for entry in table.iter().map_err(|e| self.unavailable("read orgs", e))? {
             let (key, value) = entry.map_err(|e| self.unavailable("read orgs", e))?;
             let key = key.value();
@@ -215,7 +271,7 @@ impl Inner {
                 self.corrupt(format_args!("table orgs: key {key:?} is not an org id"))
             })?;
             let state: OrgState = self.decode("orgs", format_args!("{key:?}"), value.value())?;
-            orgs.push(OrgRecord { id, state });
+            org(OrgRecord { id, state })?;
         }
 
         let table = txn.open_table(TOKENS).map_err(|e| self.table_error(e))?;
@@ -236,7 +292,7 @@ impl Inner {
             }
             tokens.push(token);
         }
-        Ok(Snapshot { orgs, tokens })
+        Ok(tokens)
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), BackendError> {
@@ -735,6 +791,75 @@ mod tests {
             ]
         );
         assert_eq!(snap.tokens, vec![token("alice", "acme")]);
+    }
+
+    #[tokio::test]
+    async fn load_into_sends_the_count_then_every_org_in_batches_then_the_tokens() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let n = 2 * LOAD_BATCH + 7;
+        let commits: Vec<Commit> = (0..n)
+            .map(|i| org_commit(&format!("org-{i:04}"), state(), "p"))
+            .collect();
+        b.inner.commit_all(&commits).unwrap();
+        b.commit(Commit {
+            change: Change::PutToken(token("alice", "org-0000")),
+            event: event("org-0000", "token"),
+        })
+        .await
+        .unwrap();
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(loading) = rx.recv().await {
+                got.push(loading);
+            }
+            got
+        });
+        let tokens = b.load_into(tx).await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(tokens, vec![token("alice", "org-0000")]);
+        assert!(
+            matches!(got[0], Loading::Expect(c) if c == n),
+            "{:?}",
+            got[0]
+        );
+        let sizes: Vec<usize> = got[1..]
+            .iter()
+            .map(|l| match l {
+                Loading::Orgs(batch) => batch.len(),
+                Loading::Expect(_) => panic!("a second count"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![LOAD_BATCH, LOAD_BATCH, 7]);
+        let ids: Vec<String> = got[1..]
+            .iter()
+            .flat_map(|l| match l {
+                Loading::Orgs(batch) => batch.iter().map(|r| r.id.to_string()).collect(),
+                Loading::Expect(_) => Vec::new(),
+            })
+            .collect();
+        let expected: Vec<String> = (0..n).map(|i| format!("org-{i:04}")).collect();
+        assert_eq!(ids, expected);
+    }
+
+    #[tokio::test]
+    async fn load_into_stops_when_the_store_stops_reading() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let commits: Vec<Commit> = (0..3 * LOAD_BATCH)
+            .map(|i| org_commit(&format!("org-{i}"), state(), "p"))
+            .collect();
+        b.inner.commit_all(&commits).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        drop(rx);
+        match b.load_into(tx).await {
+            Err(BackendError::Unavailable(msg)) => {
+                assert!(msg.contains("stopped reading"), "{msg}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
     }
 
     #[tokio::test]

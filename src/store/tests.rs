@@ -370,3 +370,50 @@ async fn token_names_are_unique_valid_and_for_existing_orgs() {
 fn nz(n: u32) -> Option<std::num::NonZeroU32> {
     std::num::NonZeroU32::new(n)
 }
+
+/// A backend that holds fixed records: what a damaged or hand-made one could
+/// return.
+struct Fixed(Vec<OrgRecord>);
+
+impl Backend for Fixed {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        let orgs = self.0.clone();
+        Box::pin(std::future::ready(Ok(Snapshot {
+            orgs,
+            tokens: Vec::new(),
+        })))
+    }
+
+    fn commit(&self, _: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(
+            "read only".into(),
+        ))))
+    }
+
+    fn audit(&self, _: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+}
+
+#[tokio::test]
+async fn an_org_loaded_twice_is_refused_at_open() {
+    let state = OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
+    let record = |id: &str| OrgRecord {
+        id: OrgId::parse(id).unwrap(),
+        state: state.clone(),
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    let ok = Fixed(vec![record("acme"), record("globex")]);
+    let store = Store::open(Arc::new(ok), clock.clone(), Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(store.len(), 2);
+    assert!(store.view("globex").is_ok());
+
+    let twice = Fixed(vec![record("acme"), record("globex"), record("acme")]);
+    match Store::open(Arc::new(twice), clock, Limits::default()).await {
+        Err(BackendError::Corrupt(msg)) => assert!(msg.contains("acme stored twice"), "{msg}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a store with an org stored twice opened"),
+    }
+}
