@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
-use support::{refusing_addr, send_with, Answer, Gateway, PROVIDER};
+use support::{refusing_addr, send_with, Answer, Gateway, Upstream, PROVIDER};
 
 /// `n` bytes of every value, in a pattern that a shifted or truncated copy
 /// would not match.
@@ -716,4 +716,105 @@ async fn a_key_disabled_over_its_threshold_stays_disabled_after_a_restart() {
     assert_eq!(page["disabled_reason"], "call threshold exceeded");
     assert_eq!(page["last_modified_by"], "system");
     assert_eq!(gw.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_for_the_client_connection_and_handed_on_when_it_ends() {
+    let gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+
+    // One client connection (the test client pools one), three requests.
+    for _ in 0..3 {
+        gw.get_with("/acme/v1/users", &key)
+            .await
+            .assert_status(StatusCode::OK);
+    }
+    assert_eq!(gw.upstream.count(), 3);
+    assert_eq!(
+        gw.upstream.connections(),
+        1,
+        "one upstream connection for one client connection"
+    );
+
+    // New client connections, one after another: each takes over the idle one.
+    for _ in 0..3 {
+        let r = gw
+            .raw(&format!(
+                "GET /acme/v1/users HTTP/1.1\r\nHost: gw\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+            ))
+            .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        // The next client's first request may arrive before this client's
+        // connection task has handed the upstream connection back.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.upstream.count(), 6);
+    assert!(
+        gw.upstream.connections() <= 2,
+        "upstream connections: {}",
+        gw.upstream.connections()
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_every_connection_still_gets_every_request_once() {
+    let gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+    gw.upstream.answer_with(Answer {
+        headers: vec![("content-type", "text/plain"), ("connection", "close")],
+        ..Answer::default()
+    });
+
+    for i in 0..5 {
+        let r = gw.get_with(&format!("/acme/v1/{i}"), &key).await;
+        r.assert_status(StatusCode::OK);
+        assert_eq!(r.body, "upstream");
+    }
+    let uris: Vec<String> = gw.upstream.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/v1/0", "/v1/1", "/v1/2", "/v1/3", "/v1/4"]);
+    assert_eq!(gw.upstream.connections(), 5);
+}
+
+#[tokio::test]
+async fn concurrent_requests_of_one_client_connection_do_not_wait_for_each_other() {
+    // HTTP/2 clients send many requests on one connection; here, one slow
+    // request must not hold up a second one sent while it is in flight.
+    let slow = Upstream::start().await;
+    slow.answer_with(Answer {
+        delay: Some(Duration::from_millis(500)),
+        ..Answer::default()
+    });
+    let gw = Gateway::builder().upstream(slow.addr).start().await;
+    let key = gw.provision("acme").await;
+    // HTTP/2 with prior knowledge: both requests on one client connection.
+    let tcp = tokio::net::TcpStream::connect(gw.proxy_addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &'static str| {
+        let mut sender = sender.clone();
+        let req = http::Request::builder()
+            .uri(format!("http://gw{path}"))
+            .header("x-api-key", &key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        async move {
+            let res = sender.send_request(req).await.unwrap();
+            (res.version(), res.status())
+        }
+    };
+    let (a, b) = tokio::join!(get("/acme/v1/a"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get("/acme/v1/b").await
+    });
+    assert_eq!(a, (http::Version::HTTP_2, StatusCode::OK));
+    assert_eq!(b, (http::Version::HTTP_2, StatusCode::OK));
+    // The second request went out while the first was in flight, so on a
+    // connection of its own: two upstream connections.
+    assert_eq!(slow.count(), 2);
+    assert_eq!(slow.connections(), 2);
 }

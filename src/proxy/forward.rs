@@ -1,23 +1,25 @@
 //! [`Forward`]: the last step of the request path, sending what the gate admitted
-//! to the upstream over a pooled connection.
+//! to the upstream over a connection kept for the client connection (see
+//! [`client`](super::client)).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{Entry, HOST};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client, ResponseFuture};
-use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::client::{Affinity, ClientError, Upstreams};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::Upstream;
 use crate::gate::{GateBody, Refusal};
+use crate::store::BoxFuture;
 
 /// How keygate talks to its upstream.
 #[derive(Debug, Clone)]
@@ -29,26 +31,28 @@ pub struct ForwardConfig {
     /// Limit from sending the request to the upstream's response headers; past
     /// it, 504.
     pub upstream_timeout: Duration,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle upstream connection no client connection holds is kept.
     pub pool_idle_timeout: Duration,
-    /// How many idle connections to keep to the upstream.
+    /// How many such idle connections to keep.
     pub pool_max_idle_per_host: usize,
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
 }
 
-/// What every connection's `Forward` shares: the pool and the target.
+/// What every connection's `Forward` shares: the idle connections and the target.
 struct Shared<B> {
-    client: Client<HttpConnector, B>,
+    upstreams: Arc<Upstreams<B>>,
     upstream: Upstream,
     timeout: Duration,
     proto: HeaderValue,
 }
 
 /// Sends requests to the upstream and streams its answers back. One per client
-/// connection (it carries the client's address); cloning is a reference count.
+/// connection (it carries the client's address and the upstream connection the
+/// client connection uses); cloning is two reference counts.
 pub struct Forward<B> {
     shared: Arc<Shared<B>>,
+    affinity: Arc<Affinity<B>>,
     client_ip: HeaderValue,
 }
 
@@ -56,6 +60,7 @@ impl<B> Clone for Forward<B> {
     fn clone(&self) -> Self {
         Forward {
             shared: Arc::clone(&self.shared),
+            affinity: Arc::clone(&self.affinity),
             client_ip: self.client_ip.clone(),
         }
     }
@@ -74,19 +79,20 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// A forwarder with its own connection pool.
+    /// A forwarder with its own upstream connections. Its clones share one
+    /// upstream connection at a time, like one client connection's requests;
+    /// [`for_client`](Forward::for_client) makes one per client connection.
     pub fn new(config: &ForwardConfig) -> Forward<B> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
+        let upstreams = Upstreams::new(
+            config.upstream.addr().to_owned(),
+            config.connect_timeout,
+            config.pool_idle_timeout,
+            config.pool_max_idle_per_host,
+        );
         Forward {
+            affinity: Arc::new(Affinity::new(Arc::clone(&upstreams))),
             shared: Arc::new(Shared {
-                client,
+                upstreams,
                 upstream: config.upstream.clone(),
                 timeout: config.upstream_timeout,
                 proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
@@ -95,11 +101,13 @@ where
         }
     }
 
-    /// This forwarder for one client connection from `ip`. Its address is turned
-    /// into a header value here, once per connection, not once per request.
+    /// This forwarder for one client connection from `ip`: its own upstream
+    /// connection, and its address turned into a header value once per
+    /// connection, not once per request.
     pub fn for_client(&self, ip: std::net::IpAddr) -> Forward<B> {
         Forward {
             shared: Arc::clone(&self.shared),
+            affinity: Arc::new(Affinity::new(Arc::clone(&self.shared.upstreams))),
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
@@ -116,7 +124,8 @@ where
     type Future = ForwardFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // The pool queues requests itself; there is nothing to wait for here.
+        // A busy upstream connection is not waited for (another is used), so
+        // there is nothing to wait for here.
         Poll::Ready(Ok(()))
     }
 
@@ -124,43 +133,56 @@ where
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
         add_forwarded(&mut parts.headers, &self.client_ip, &self.shared.proto);
+        if let Entry::Vacant(host) = parts.headers.entry(HOST) {
+            host.insert(self.shared.upstream.host().clone());
+        }
         parts.uri = self.shared.upstream.target(parts.uri);
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
-        let fut = self.shared.client.request(Request::from_parts(parts, body));
+        let req = Request::from_parts(parts, body);
+        let affinity = Arc::clone(&self.affinity);
+        let timeout = self.shared.timeout;
         ForwardFuture {
-            inner: tokio::time::timeout(self.shared.timeout, fut),
+            inner: Box::pin(async move {
+                Ok(
+                    match tokio::time::timeout(timeout, affinity.send(req)).await {
+                        Ok(Ok(res)) => {
+                            let (mut parts, body) = res.into_parts();
+                            strip_hop_by_hop(&mut parts.headers);
+                            Response::from_parts(parts, GateBody::inner(body))
+                        }
+                        Ok(Err(e)) => {
+                            let connect = matches!(e, ClientError::Connect(_));
+                            tracing::warn!(error = %e, connect, "upstream request failed");
+                            Refusal::UpstreamUnavailable.into_response()
+                        }
+                        Err(_elapsed) => {
+                            tracing::warn!("upstream did not answer in time");
+                            Refusal::UpstreamTimeout.into_response()
+                        }
+                    },
+                )
+            }),
         }
     }
 }
 
-pin_project! {
-    /// The upstream's answer, or 502/504.
-    pub struct ForwardFuture {
-        #[pin]
-        inner: tokio::time::Timeout<ResponseFuture>,
+/// The upstream's answer, or 502/504.
+pub struct ForwardFuture {
+    // One allocation per forwarded request: the exchange is an `async fn`.
+    inner: BoxFuture<'static, Result<Response<GateBody<Incoming>>, Infallible>>,
+}
+
+impl std::fmt::Debug for ForwardFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardFuture").finish_non_exhaustive()
     }
 }
 
 impl Future for ForwardFuture {
     type Output = Result<Response<GateBody<Incoming>>, Infallible>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = match ready!(self.project().inner.poll(cx)) {
-            Ok(Ok(res)) => {
-                let (mut parts, body) = res.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, GateBody::inner(body))
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
-                Refusal::UpstreamUnavailable.into_response()
-            }
-            Err(_elapsed) => {
-                tracing::warn!("upstream did not answer in time");
-                Refusal::UpstreamTimeout.into_response()
-            }
-        };
-        Poll::Ready(Ok(res))
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
     }
 }

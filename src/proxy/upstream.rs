@@ -1,15 +1,18 @@
 //! Where admitted requests go.
 
 use bytes::{BufMut, BytesMut};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::Uri;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Uri};
 
-/// The upstream's scheme, authority and optional base path, split once at start
-/// so that each request's URI is assembled from reference-counted parts.
+/// The upstream's address, `Host` value and optional base path, worked out once
+/// at start so that each request's target is assembled from reference-counted
+/// parts.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
+    /// `host:port` to connect to (port 80 when the URL names none).
+    addr: String,
+    /// `host[:port]`, the port only when it is not 80, as `Host` carries it.
+    host: HeaderValue,
     /// The upstream URI's path without a trailing `/`; empty for none.
     base: String,
 }
@@ -28,15 +31,36 @@ impl Upstream {
         if *scheme != Scheme::HTTP || uri.query().is_some() {
             return Err(UpstreamError);
         }
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
         Ok(Upstream {
-            scheme: scheme.clone(),
-            authority: authority.clone(),
+            addr: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(80)
+            ),
+            // An authority is made of valid header value bytes.
+            host: HeaderValue::from_str(&host).map_err(|_| UpstreamError)?,
             base: uri.path().trim_end_matches('/').to_owned(),
         })
     }
 
-    /// The upstream URI for a request to `uri`: the request's path and query,
-    /// after the base path. Without a base path nothing is copied.
+    /// Where to connect: `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The `Host` a request gets when its client sent none (HTTP/2 clients send
+    /// `:authority` instead).
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The request target sent upstream for a request to `uri`, in origin form:
+    /// the request's path and query after the base path. Without a base path
+    /// nothing is copied.
     pub fn target(&self, uri: Uri) -> Uri {
         let mut parts = uri.into_parts();
         let pq = parts.path_and_query.take();
@@ -53,12 +77,7 @@ impl Upstream {
                     .unwrap_or_else(|_| PathAndQuery::from_static("/"))
             }
         };
-        let mut out = http::uri::Parts::default();
-        out.scheme = Some(self.scheme.clone());
-        out.authority = Some(self.authority.clone());
-        out.path_and_query = Some(pq);
-        // Scheme, authority and path-and-query are each valid, so is the whole.
-        Uri::from_parts(out).unwrap_or_else(|_| Uri::from_static("/"))
+        Uri::from(pq)
     }
 }
 
@@ -71,10 +90,12 @@ mod tests {
     }
 
     #[test]
-    fn the_request_path_and_query_go_to_the_upstream_authority() {
+    fn the_request_path_and_query_are_sent_in_origin_form() {
         let u = up("http://127.0.0.1:9000");
         let t = u.target("/v1/users?x=1".parse().unwrap());
-        assert_eq!(t.to_string(), "http://127.0.0.1:9000/v1/users?x=1");
+        assert_eq!(t.to_string(), "/v1/users?x=1");
+        let t = u.target("http://elsewhere:1/v1?y=2".parse().unwrap());
+        assert_eq!(t.to_string(), "/v1?y=2");
     }
 
     #[test]
@@ -82,11 +103,27 @@ mod tests {
         let u = up("http://127.0.0.1:9000/api/");
         assert_eq!(
             u.target("/v1?x=1".parse().unwrap()).to_string(),
-            "http://127.0.0.1:9000/api/v1?x=1"
+            "/api/v1?x=1"
         );
+        assert_eq!(u.target("/".parse().unwrap()).to_string(), "/api/");
+    }
+
+    #[test]
+    fn the_address_has_a_port_and_the_host_value_names_it_unless_it_is_80() {
+        let u = up("http://127.0.0.1:9000");
         assert_eq!(
-            u.target("/".parse().unwrap()).to_string(),
-            "http://127.0.0.1:9000/api/"
+            (u.addr(), u.host().to_str().unwrap()),
+            ("127.0.0.1:9000", "127.0.0.1:9000")
+        );
+        let u = up("http://api.internal/base");
+        assert_eq!(
+            (u.addr(), u.host().to_str().unwrap()),
+            ("api.internal:80", "api.internal")
+        );
+        let u = up("http://[::1]:80");
+        assert_eq!(
+            (u.addr(), u.host().to_str().unwrap()),
+            ("[::1]:80", "[::1]")
         );
     }
 

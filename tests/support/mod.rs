@@ -86,6 +86,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     answer: Arc<Mutex<Answer>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -96,13 +97,25 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(Answer::default()));
-        let task = tokio::spawn(accept(listener, Arc::clone(&seen), Arc::clone(&answer)));
+        let connections = Arc::default();
+        let task = tokio::spawn(accept(
+            listener,
+            Arc::clone(&seen),
+            Arc::clone(&answer),
+            Arc::clone(&connections),
+        ));
         Upstream {
             addr,
             seen,
             answer,
+            connections,
             task,
         }
+    }
+
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Answers every later request with `answer`.
@@ -134,11 +147,17 @@ impl Drop for Upstream {
     }
 }
 
-async fn accept(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>, answer: Arc<Mutex<Answer>>) {
+async fn accept(
+    listener: TcpListener,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    answer: Arc<Mutex<Answer>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
+        connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let seen = Arc::clone(&seen);
         let answer = Arc::clone(&answer);
         tokio::spawn(async move {
