@@ -28,12 +28,14 @@ $1 == "meta" {
     cores = $9; cpu = $10; wrkv = $11; nginxv = $12; haproxyv = $13; load = $14
 }
 $1 == "import" { imp[$2] = $3 }
-$1 == "start" { st[$3, $2] = $4; strss[$3, $2] = $5; stn[++nst] = $3 SUBSEP $2 }
+$1 == "start" { if (!(($3, $2) in st)) stn[++nst] = $3 SUBSEP $2; st[$3, $2] = $4; strss[$3, $2] = $5 }
 $1 == "cell" {
+    # With ROUNDS > 1 a cell is measured several times; the report shows the
+    # round with the median req/s (all of its numbers) and the range.
     k = $3 SUBSEP $2 SUBSEP $4
-    cells[++nc] = k; rps[k] = $5; p50[k] = $6; p99[k] = $7; nonok[k] = $8; serr[k] = $9
-    share[k] = $10; percore[k] = $11; rss[k] = $12; c0[k] = $13; c1[k] = $14; chk[k] = $15
-    ns[$2] = 1; byt[$3, $4] = k  # latest per target/path, for org-independent cells
+    if (!(k in cnt)) cells[++nc] = k
+    cnt[k]++; line[k, cnt[k]] = $0
+    ns[$2] = 1; byt[$3, $4] = k  # per target/path, for org-independent cells
 }
 $1 == "open" {
     ot[++no] = $3; on = $2; orate = $4
@@ -43,10 +45,22 @@ $1 == "open" {
 $1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
 $1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
 END {
+    rounds = 1
+    for (i = 1; i <= nc; i++) {
+        k = cells[i]; m = cnt[k]
+        if (m > rounds) rounds = m
+        for (a = 1; a <= m; a++) { split(line[k, a], F, "\t"); v[a] = F[5] + 0; idx[a] = a }
+        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (v[idx[b]] < v[idx[a]]) { t = idx[a]; idx[a] = idx[b]; idx[b] = t }
+        lo[k] = v[idx[1]]; hi[k] = v[idx[m]]
+        split(line[k, idx[int((m + 1) / 2)]], F, "\t")
+        rps[k] = F[5]; p50[k] = F[6]; p99[k] = F[7]; nonok[k] = F[8]; serr[k] = F[9]
+        share[k] = F[10]; percore[k] = F[11]; rss[k] = F[12]; c0[k] = F[13]; c1[k] = F[14]; chk[k] = F[15]
+    }
     printf "# keygate vs nginx vs HAProxy: run %s\n\n", stamp
     if (quick == 1) print "**QUICK smoke run**: short cells, a subset of the org counts.\n"
     printf "- cells: %s s of closed-loop load after %s s of warm-up, wrk with 1 thread and %s connections\n", dur, warm, conns
     printf "- org counts: %s\n", orgs
+    if (rounds > 1) printf "- rounds: each cell measured %d times, the targets taking turns; tables show the round with the median req/s, and *range* the lowest and highest req/s\n", rounds
     printf "- machine: %s cores, %s, Linux %s; load average at the start: %s\n", cores, cpu, kernel, load
     printf "- wrk %s, nginx %s, HAProxy %s\n", wrkv, nginxv, haproxyv
     print "- topology: load generator and upstream on core 0, the proxy under test on core 1 (keygate --workers 1, nginx 1 worker, HAProxy 1 thread); \"default runtime\" is keygate unpinned with its default worker count"
@@ -54,14 +68,15 @@ END {
 
     print "## Closed loop (wrk)\n"
     print "Latencies in microseconds. *proxy CPU* is the proxy'"'"'s CPU time per wall-clock second over the steady 80% of the run (1.00 = one core busy), *req/core-s* the requests per second of the proxy'"'"'s CPU time. core0 and core1 are how busy each core was over the same window (core 0 carries wrk and the upstream); for *upstream direct*, *proxy CPU* is the upstream'"'"'s. *others on core1* is how busy core 1 was beyond the pinned proxy: other processes of the machine competing with it (near 0 on a quiet machine). *check*: one request with the same org and key, and for the job, what reached the upstream (path without the org, no key header, x-org-id).\n"
-    print "| orgs | target | path | req/s | p50 | p99 | non-2xx % | socket errors | proxy CPU | req/core-s | RSS MiB | core0 % | core1 % | others on core1 % | check |"
-    print "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    print "| orgs | target | path | req/s | range | p50 | p99 | non-2xx % | socket errors | proxy CPU | req/core-s | RSS MiB | core0 % | core1 % | others on core1 % | check |"
+    print "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for (i = 1; i <= nc; i++) {
         k = cells[i]; split(k, f, SUBSEP)
         bare = (f[1] == "direct" || f[1] ~ /-bare$/)
         pinned = (f[1] != "direct" && f[1] != "kg-multi")
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", \
-            (bare ? f[2] " (paths only)" : f[2]), label(f[1]), f[3], fmt(rps[k], 0), p50[k], p99[k], \
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", \
+            (bare ? f[2] " (paths only)" : f[2]), label(f[1]), f[3], fmt(rps[k], 0), \
+            (cnt[k] > 1 ? sprintf("%.0f–%.0f", lo[k], hi[k]) : "—"), p50[k], p99[k], \
             nonok[k], serr[k], fmt(share[k], 2), (f[1] == "direct" ? "—" : fmt(percore[k], 0)), \
             (f[1] == "direct" ? "—" : rss[k]), c0[k], c1[k], \
             (pinned ? fmt(other(k) > 0 ? other(k) : 0, 0) : "—"), chk[k]

@@ -18,8 +18,10 @@
 # bounded in time. See BENCHMARKS.md for the method.
 #
 # Settings (environment):
-#   DURATION=10        seconds of each closed-loop cell (a trailing "s" is fine)
-#   WARMUP=2           seconds of unmeasured load before each cell
+#   DURATION=5         seconds of each closed-loop cell (a trailing "s" is fine)
+#   WARMUP=1           seconds of unmeasured load before each cell
+#   ROUNDS=3           times each closed-loop cell is measured, the targets
+#                      taking turns; the report shows the median round
 #   ORGS="1 1000 100000 1000000"   org counts
 #   TARGETS="direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"
 #   PATHS="allowed 401 429"
@@ -53,11 +55,12 @@ secs() { local v=${1%s}; printf '%s' "$v"; }
 
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-    : "${DURATION:=3}" "${WARMUP:=1}" "${ORGS:=1 1000}" "${OPEN_DURATION:=5}" \
+    : "${DURATION:=3}" "${WARMUP:=1}" "${ROUNDS:=1}" "${ORGS:=1 1000}" "${OPEN_DURATION:=5}" \
         "${OPEN_WARMUP:=1}" "${ROTATION_SECS:=10}" "${STARTUP_RUNS:=1}"
 fi
-DURATION=$(secs "${DURATION:-10}")
-WARMUP=$(secs "${WARMUP:-2}")
+DURATION=$(secs "${DURATION:-5}")
+WARMUP=$(secs "${WARMUP:-1}")
+ROUNDS=${ROUNDS:-3}
 ORGS=${ORGS:-"1 1000 100000 1000000"}
 TARGETS=${TARGETS:-"direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"}
 PATHS=${PATHS:-"allowed 401 429"}
@@ -559,37 +562,43 @@ in_list() { [[ " $2 " == *" $1 "* ]]; }
 has_stage() { in_list "$1" "$STAGES"; }
 
 closed_loop() {
-    local n
-    # Org-independent cells: the upstream alone and the bare proxies.
+    local n r
+    # Org-independent cells: the upstream alone and the bare proxies. On this
+    # kind of machine throughput drifts by 10 to 30% within minutes, so each
+    # cell is measured ROUNDS times with the targets taking turns.
     local t
-    for t in direct kg-bare nginx-bare haproxy-bare; do
-        in_list "$t" "$TARGETS" || continue
-        log "$t"
-        local store_n=$BARE_ORGS
-        [[ $t == kg-bare ]] && store_n=1
-        if ! start_proxy "$t" "$store_n"; then
-            log "$t did not start"
-            continue
-        fi
-        [[ $t == direct ]] || record_start "$t" "$store_n"
-        cell "$t" "$BARE_ORGS" allowed
-        stop_proxy
+    for r in $(seq "$ROUNDS"); do
+        for t in direct kg-bare nginx-bare haproxy-bare; do
+            in_list "$t" "$TARGETS" || continue
+            log "$t (round $r of $ROUNDS)"
+            local store_n=$BARE_ORGS
+            [[ $t == kg-bare ]] && store_n=1
+            if ! start_proxy "$t" "$store_n"; then
+                log "$t did not start"
+                continue
+            fi
+            [[ $t == direct ]] || record_start "$t" "$store_n"
+            cell "$t" "$BARE_ORGS" allowed
+            stop_proxy
+        done
     done
 
     # The job, at every org count.
     for n in $ORGS; do
-        for t in kg kg-multi nginx haproxy; do
-            in_list "$t" "$TARGETS" || continue
-            log "$t with $n orgs: starting"
-            if ! start_proxy "$t" "$n"; then
-                log "$t did not start with $n orgs"
-                continue
-            fi
-            record_start "$t" "$n"
-            log "  ready in $(awk -v s="$START_NS" 'BEGIN { printf "%.2f", s / 1e9 }') s, RSS $((START_RSS_KIB / 1024)) MiB"
-            local p
-            for p in $PATHS; do cell "$t" "$n" "$p"; done
-            stop_proxy
+        for r in $(seq "$ROUNDS"); do
+            for t in kg kg-multi nginx haproxy; do
+                in_list "$t" "$TARGETS" || continue
+                log "$t with $n orgs (round $r of $ROUNDS): starting"
+                if ! start_proxy "$t" "$n"; then
+                    log "$t did not start with $n orgs"
+                    continue
+                fi
+                record_start "$t" "$n"
+                log "  ready in $(awk -v s="$START_NS" 'BEGIN { printf "%.2f", s / 1e9 }') s, RSS $((START_RSS_KIB / 1024)) MiB"
+                local p
+                for p in $PATHS; do cell "$t" "$n" "$p"; done
+                stop_proxy
+            done
         done
     done
 }
