@@ -112,15 +112,15 @@ where
     }
 
     /// The most recently released idle connection that can take a request now.
+    /// One still finishing its last exchange (released by a client connection
+    /// that ended just now) stays for a later checkout; closed and expired ones
+    /// are left to the reaper.
     fn checkout(&self) -> Option<SendRequest<B>> {
         let mut idle = self.idle();
-        while let Some(Idle { sender, since }) = idle.pop_back() {
-            if sender.is_ready() && since.elapsed() < self.idle_timeout {
-                return Some(sender);
-            }
-            // Closed, or about to be reaped: dropping it closes it.
-        }
-        None
+        let at = idle.iter().rposition(|i| i.sender.is_ready())?;
+        let Idle { sender, since } = idle.remove(at)?;
+        // An expired one is dropped, which closes it.
+        (since.elapsed() < self.idle_timeout).then_some(sender)
     }
 
     /// A new connection, its I/O driven by a task of its own.
