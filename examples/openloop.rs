@@ -94,6 +94,16 @@ fn parse_args() -> Result<Args, String> {
     if !(a.rate > 0.0 && a.duration > 0.0 && a.warmup >= 0.0 && a.connections > 0) {
         return Err("rate, duration and connections must be positive".to_owned());
     }
+    // Every scheduled request's latency is kept: bound the count, so a wrong
+    // rate is an error and not an attempt to allocate terabytes.
+    if (a.duration + a.warmup) * a.rate > 1e9 {
+        return Err(format!(
+            "{} requests scheduled ({} req/s for {} s): at most 1,000,000,000",
+            (a.duration + a.warmup) * a.rate,
+            a.rate,
+            a.duration + a.warmup
+        ));
+    }
     Ok(a)
 }
 
