@@ -51,6 +51,9 @@ const WRITER_STRIPES: usize = 256;
 /// How many batches of loaded orgs may wait to be built at start.
 const LOAD_QUEUE: usize = 8;
 
+/// The most orgs the map is sized for up front from a backend's count.
+const PRESIZE_MAX: usize = 1 << 24;
+
 /// The orgs, their state and the path by which it changes. Cheap to clone: every
 /// clone is a handle to the same store.
 #[derive(Clone)]
@@ -143,7 +146,8 @@ impl Store {
             let orgs = match next {
                 Some(Loading::Expect(n)) => {
                     next = received.recv().await;
-                    DashSet::with_capacity(n)
+                    // A hint, not a promise: a damaged file could claim any count.
+                    DashSet::with_capacity(n.min(PRESIZE_MAX))
                 }
                 _ => DashSet::new(),
             };
