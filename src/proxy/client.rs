@@ -136,6 +136,7 @@ where
             .map_err(ClientError::Connect)?;
         stream.set_nodelay(true).map_err(ClientError::Connect)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tracing::debug!(upstream = %self.addr, "upstream connection opened");
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
