@@ -746,7 +746,7 @@ async fn upstream_connections_are_kept_for_the_client_connection_and_handed_on_w
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         // The next client's first request may arrive before this client's
         // connection task has handed the upstream connection back.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(gw.upstream.count(), 6);
     assert!(
