@@ -62,6 +62,13 @@ struct Idle<B> {
     since: Instant,
 }
 
+impl<B> Idle<B> {
+    /// Idle past `timeout`: the reaper closes it, checkout does not use it.
+    fn expired(&self, timeout: Duration) -> bool {
+        self.since.elapsed() >= timeout
+    }
+}
+
 impl<B> Upstreams<B> {
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
         // Nothing panics while the lock is held: a poisoned list is whole.
@@ -118,9 +125,9 @@ where
     fn checkout(&self) -> Option<SendRequest<B>> {
         let mut idle = self.idle();
         let at = idle.iter().rposition(|i| i.sender.is_ready())?;
-        let Idle { sender, since } = idle.remove(at)?;
+        let taken = idle.remove(at)?;
         // An expired one is dropped, which closes it.
-        (since.elapsed() < self.idle_timeout).then_some(sender)
+        (!taken.expired(self.idle_timeout)).then_some(taken.sender)
     }
 
     /// A new connection, its I/O driven by a task of its own.
@@ -160,7 +167,7 @@ async fn reap<B>(upstreams: Weak<Upstreams<B>>) {
         let Some(u) = upstreams.upgrade() else { return };
         let expired: VecDeque<Idle<B>> = {
             let mut idle = u.idle();
-            let keep = |i: &Idle<B>| !i.sender.is_closed() && i.since.elapsed() < u.idle_timeout;
+            let keep = |i: &Idle<B>| !i.sender.is_closed() && !i.expired(u.idle_timeout);
             let (kept, expired) = idle.drain(..).partition(keep);
             *idle = kept;
             expired

@@ -142,28 +142,26 @@ impl Store {
         // The backend reads on its own thread while this one builds the orgs.
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
-            let mut next = received.recv().await;
-            let orgs = match next {
-                Some(Loading::Expect(n)) => {
-                    next = received.recv().await;
+            let mut orgs = DashSet::new();
+            while let Some(loading) = received.recv().await {
+                match loading {
                     // A hint, not a promise: a damaged file could claim any count.
-                    DashSet::with_capacity(n.min(PRESIZE_MAX))
-                }
-                _ => DashSet::new(),
-            };
-            while let Some(loading) = next {
-                if let Loading::Orgs(batch) = loading {
-                    for OrgRecord { id, state } in batch {
-                        let org = Arc::new(Org::new(id, state, defaults));
-                        if !orgs.insert(Entry(Arc::clone(&org))) {
-                            return Err(BackendError::Corrupt(format!(
-                                "org {} stored twice",
-                                org.id()
-                            )));
+                    Loading::Expect(n) if orgs.is_empty() => {
+                        orgs = DashSet::with_capacity(n.min(PRESIZE_MAX));
+                    }
+                    Loading::Expect(_) => {}
+                    Loading::Orgs(batch) => {
+                        for OrgRecord { id, state } in batch {
+                            let org = Arc::new(Org::new(id, state, defaults));
+                            if !orgs.insert(Entry(Arc::clone(&org))) {
+                                return Err(BackendError::Corrupt(format!(
+                                    "org {} stored twice",
+                                    org.id()
+                                )));
+                            }
                         }
                     }
                 }
-                next = received.recv().await;
             }
             Ok(orgs)
         };
