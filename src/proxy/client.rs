@@ -30,9 +30,12 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::store::BoxFuture;
 
 /// Why a request got no answer from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -233,33 +236,51 @@ where
         }
     }
 
-    /// Sends `req` upstream and returns the answer's head; its body streams
-    /// from the connection, which takes the next request once it is read.
-    pub(crate) async fn send(&self, req: Request<B>) -> Result<Response<Incoming>, ClientError> {
-        let reused = self.take().or_else(|| self.upstreams.checkout());
-        let mut sender = match reused {
-            Some(sender) => sender,
-            None => self.upstreams.connect().await?,
-        };
-        let res = match sender.try_send_request(req).await {
-            Ok(res) => res,
-            Err(mut e) => match e.take_message() {
-                // Never written: the connection was closed as it was taken.
-                Some(req) => {
-                    tracing::debug!(error = %e.error(), "stale upstream connection; reconnecting");
-                    sender = self.upstreams.connect().await?;
-                    sender
-                        .try_send_request(req)
-                        .await
-                        .map_err(|e| e.into_error())?
-                }
-                None => return Err(e.into_error().into()),
-            },
-        };
+    /// Sends `req` upstream. On a connection this client connection holds, or
+    /// one from the idle list, the request is queued on it at once and only
+    /// the answer is waited for ([`Sending::Sent`]); otherwise a connection is
+    /// made first ([`Sending::Connecting`]). The answer's body streams from the
+    /// connection, which takes the next request once it is read.
+    pub(crate) fn send(self: &Arc<Self>, req: Request<B>) -> Sending<B> {
+        match self.take().or_else(|| self.upstreams.checkout()) {
+            Some(mut sender) => {
+                let answer = Box::pin(sender.try_send_request(req));
+                // Back at once: busy until its answer is read, it is not taken
+                // again before (`take` wants it ready).
+                self.put(sender);
+                Sending::Sent(answer)
+            }
+            None => Sending::Connecting(Box::pin(Arc::clone(self).send_new(req))),
+        }
+    }
+
+    /// A request [`Sending::Sent`] that the connection closed before writing:
+    /// sent once more, on a new connection.
+    pub(crate) fn resend(self: &Arc<Self>, req: Request<B>) -> Sending<B> {
+        Sending::Connecting(Box::pin(Arc::clone(self).send_new(req)))
+    }
+
+    /// Sends `req` on a new connection, which this client connection keeps.
+    async fn send_new(self: Arc<Self>, req: Request<B>) -> Result<Response<Incoming>, ClientError> {
+        let mut sender = self.upstreams.connect().await?;
+        let answer = sender.try_send_request(req);
         self.put(sender);
-        Ok(res)
+        answer.await.map_err(|e| e.into_error().into())
     }
 }
+
+/// The exchange [`Affinity::send`] started.
+pub(crate) enum Sending<B> {
+    /// Queued on an open connection: its answer. If the connection closed
+    /// before writing the request, the error gives it back.
+    Sent(Answer<B>),
+    /// Connecting first, then sending.
+    Connecting(BoxFuture<'static, Result<Response<Incoming>, ClientError>>),
+}
+
+/// hyper's answer to one request on one connection.
+pub(crate) type Answer<B> =
+    BoxFuture<'static, Result<Response<Incoming>, TrySendError<Request<B>>>>;
 
 impl<B> Drop for Affinity<B> {
     fn drop(&mut self) {

@@ -13,13 +13,14 @@ use bytes::Bytes;
 use http::header::{Entry, HOST};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::client::{Affinity, ClientError, Upstreams};
+use super::client::{Affinity, ClientError, Sending, Upstreams};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::Upstream;
 use crate::gate::{GateBody, Refusal};
-use crate::store::BoxFuture;
 
 /// How keygate talks to its upstream.
 #[derive(Debug, Clone)]
@@ -121,7 +122,7 @@ where
 {
     type Response = Response<GateBody<Incoming>>;
     type Error = Infallible;
-    type Future = ForwardFuture;
+    type Future = ForwardFuture<B>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // A busy upstream connection is not waited for (another is used), so
@@ -129,7 +130,7 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> ForwardFuture {
+    fn call(&mut self, req: Request<B>) -> ForwardFuture<B> {
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
         add_forwarded(&mut parts.headers, &self.client_ip, &self.shared.proto);
@@ -140,49 +141,78 @@ where
         // The upstream connection is HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);
-        let affinity = Arc::clone(&self.affinity);
-        let timeout = self.shared.timeout;
         ForwardFuture {
-            inner: Box::pin(async move {
-                Ok(
-                    match tokio::time::timeout(timeout, affinity.send(req)).await {
-                        Ok(Ok(res)) => {
-                            let (mut parts, body) = res.into_parts();
-                            strip_hop_by_hop(&mut parts.headers);
-                            Response::from_parts(parts, GateBody::inner(body))
-                        }
-                        Ok(Err(e)) => {
-                            let connect = matches!(e, ClientError::Connect(_));
-                            tracing::warn!(error = %e, connect, "upstream request failed");
-                            Refusal::UpstreamUnavailable.into_response()
-                        }
-                        Err(_elapsed) => {
-                            tracing::warn!("upstream did not answer in time");
-                            Refusal::UpstreamTimeout.into_response()
-                        }
-                    },
-                )
-            }),
+            sending: self.affinity.send(req),
+            affinity: Arc::clone(&self.affinity),
+            timeout: tokio::time::sleep(self.shared.timeout),
         }
     }
 }
 
-/// The upstream's answer, or 502/504.
-pub struct ForwardFuture {
-    // One allocation per forwarded request: the exchange is an `async fn`.
-    inner: BoxFuture<'static, Result<Response<GateBody<Incoming>>, Infallible>>,
+pin_project! {
+    /// The upstream's answer, or 502/504.
+    ///
+    /// A named future rather than an `async` block: the request is queued on
+    /// its upstream connection when [`Forward::call`] returns, and what is
+    /// left to wait for (hyper's answer, boxed once because its type has no
+    /// name) and the timer sit inline in the server's per-connection state.
+    pub struct ForwardFuture<B> {
+        sending: Sending<B>,
+        affinity: Arc<Affinity<B>>,
+        #[pin]
+        timeout: Sleep,
+    }
 }
 
-impl std::fmt::Debug for ForwardFuture {
+impl<B> std::fmt::Debug for ForwardFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ForwardFuture").finish_non_exhaustive()
     }
 }
 
-impl Future for ForwardFuture {
+impl<B> Future for ForwardFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Output = Result<Response<GateBody<Incoming>>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        loop {
+            let answer = match this.sending {
+                Sending::Sent(answer) => match answer.as_mut().poll(cx) {
+                    Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(mut e)) => match e.take_message() {
+                        // Never written: the connection closed as it was taken.
+                        Some(req) => {
+                            tracing::debug!(error = %e.error(), "stale upstream connection; reconnecting");
+                            *this.sending = this.affinity.resend(req);
+                            continue;
+                        }
+                        None => Poll::Ready(Err(ClientError::from(e.into_error()))),
+                    },
+                },
+                Sending::Connecting(exchange) => exchange.as_mut().poll(cx),
+            };
+            return Poll::Ready(Ok(match answer {
+                Poll::Ready(Ok(res)) => {
+                    let (mut parts, body) = res.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, GateBody::inner(body))
+                }
+                Poll::Ready(Err(e)) => {
+                    let connect = matches!(e, ClientError::Connect(_));
+                    tracing::warn!(error = %e, connect, "upstream request failed");
+                    Refusal::UpstreamUnavailable.into_response()
+                }
+                Poll::Pending => {
+                    std::task::ready!(this.timeout.poll(cx));
+                    tracing::warn!("upstream did not answer in time");
+                    Refusal::UpstreamTimeout.into_response()
+                }
+            }));
+        }
     }
 }
