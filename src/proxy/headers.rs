@@ -2,7 +2,7 @@
 //! `X-Forwarded-*` headers it adds.
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -102,21 +102,28 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client's address to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto`. `client` is built once per connection; only a client that
-/// sent its own `X-Forwarded-For` costs an allocation.
+/// Appends the client's address to `X-Forwarded-For` (after every value the
+/// client sent) and sets `X-Forwarded-Proto`. `client` is built once per
+/// connection; only a client that sent its own `X-Forwarded-For` costs an
+/// allocation.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &HeaderValue) {
-    let joined = match headers.get(X_FORWARDED_FOR) {
-        None => client.clone(),
-        Some(prior) => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + client.len());
-            v.extend_from_slice(prior.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone())
+    // One lookup of `X-Forwarded-For` either way.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
         }
-    };
-    headers.insert(X_FORWARDED_FOR, joined);
+        Entry::Occupied(mut e) => {
+            // Every value the client sent, in order, then its address.
+            let mut v = Vec::with_capacity(64);
+            for prior in e.iter() {
+                v.extend_from_slice(prior.as_bytes());
+                v.extend_from_slice(b", ");
+            }
+            v.extend_from_slice(client.as_bytes());
+            let joined = HeaderValue::from_bytes(&v).unwrap_or_else(|_| client.clone());
+            e.insert(joined);
+        }
+    }
     headers.insert(X_FORWARDED_PROTO, proto.clone());
 }
 
@@ -206,5 +213,16 @@ mod tests {
         h.insert(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
         add_forwarded(&mut h, &client, &http);
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
+
+        // Two headers from the client: both kept, in order, in one value;
+        // its own X-Forwarded-Proto is replaced.
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "1.2.3.4".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "5.6.7.8".parse().unwrap());
+        h.insert(X_FORWARDED_PROTO, "https".parse().unwrap());
+        add_forwarded(&mut h, &client, &http);
+        let all: Vec<_> = h.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["1.2.3.4, 5.6.7.8, 10.0.0.1"]);
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
 }
