@@ -46,6 +46,10 @@ $1 == "open" {
 }
 $1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
 $1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
+$1 == "instr" {
+    if (!($3 in ins_seen)) { ins_seen[$3] = 1; ins_t[++nins] = $3 }
+    ins[$3, $4] = $6 / $5; ins_req[$3, $4] = $5; ins_n = $2
+}
 END {
     rounds = 1
     for (i = 1; i <= nc; i++) {
@@ -177,6 +181,23 @@ END {
         printf "\nexit status %s (0: both counts are 0)\n\n", rotrc
         split(rot, words, /[ \n]/)
         for (w in words) { split(words[w], kvp, "="); rv[kvp[1]] = kvp[2] }
+    }
+
+    if (nins > 0) {
+        printf "## Instructions per request (callgrind, %s orgs)\n\n", ins_n
+        print "Each proxy under valgrind'"'"'s callgrind, same topology and wrk settings: user-space instructions of all its processes per request answered, over INSTR_SECS of load after a warm-up. A count, not a time, so it does not drift with the machine; it leaves out the kernel (the same system calls per request for every proxy here: BENCHMARKS.md). Lower is better.\n"
+        print "| target | allowed | 401 | requests counted (allowed) |"
+        print "|---|---:|---:|---:|"
+        for (i = 1; i <= nins; i++) {
+            t = ins_t[i]
+            printf "| %s | %s | %s | %s |\n", label(t), fmt(ins[t, "allowed"], 0), fmt(ins[t, "401"], 0), ins_req[t, "allowed"]
+        }
+        print ""
+        print "Ratios of instructions (keygate / peer; below 1.00 keygate does the same work with fewer):\n"
+        printf "- keygate job / nginx job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["nginx", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["nginx", "401"]), 2)
+        printf "- keygate job / HAProxy job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["haproxy", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["haproxy", "401"]), 2)
+        printf "- keygate bare / nginx bare: %s; keygate bare / HAProxy bare: %s\n", fmt(ratio(ins["kg-bare", "allowed"], ins["nginx-bare", "allowed"]), 2), fmt(ratio(ins["kg-bare", "allowed"], ins["haproxy-bare", "allowed"]), 2)
+        printf "- keygate job / keygate bare: %s (the gate'"'"'s share: %s instructions per request)\n\n", fmt(ratio(ins["kg", "allowed"], ins["kg-bare", "allowed"]), 2), ((("kg", "allowed") in ins && ("kg-bare", "allowed") in ins) ? fmt(ins["kg", "allowed"] - ins["kg-bare", "allowed"], 0) : "—")
     }
 
     print "## The issue'"'"'s goals\n"

@@ -40,7 +40,13 @@
 #   ROTATION_SECS=30   ROTATION_ORGS=8   ROTATION_PERIOD_MS=100
 #   ROTATION_WORKERS   keygate --workers for the rotation run (default: its
 #                      default runtime)
-#   STAGES="closed open startup rotation"   which parts to run
+#   STAGES="closed open startup rotation instructions"   which parts to run
+#   INSTR_TARGETS="kg-bare nginx-bare haproxy-bare kg nginx haproxy"
+#   INSTR_PATHS="allowed 401"   INSTR_SECS=5
+#                      the instructions stage: each proxy under valgrind's
+#                      callgrind, user-space instructions per request at
+#                      BARE_ORGS orgs (a count, not a time: the same on a
+#                      busy machine)
 #   SKIP_INSTALL=1     SKIP_BUILD=1   (use what is there)
 #   WORK=benches/compare/work   generated files; stores are reused when their
 #                      org list is unchanged
@@ -86,7 +92,10 @@ ROTATION_SECS=$(secs "${ROTATION_SECS:-30}")
 ROTATION_ORGS=${ROTATION_ORGS:-8}
 ROTATION_PERIOD_MS=${ROTATION_PERIOD_MS:-100}
 ROTATION_WORKERS=${ROTATION_WORKERS:-}
-STAGES=${STAGES:-"closed open startup rotation"}
+STAGES=${STAGES:-"closed open startup rotation instructions"}
+INSTR_TARGETS=${INSTR_TARGETS:-"kg-bare nginx-bare haproxy-bare kg nginx haproxy"}
+INSTR_PATHS=${INSTR_PATHS:-"allowed 401"}
+INSTR_SECS=$(secs "${INSTR_SECS:-5}")
 WORK=${WORK:-$HERE/work}
 PORT_UP=${PORT_UP:-18000}
 PORT=${PORT:-18080}
@@ -123,6 +132,9 @@ install_tools() {
     command -v curl >/dev/null || need+=(curl)
     command -v taskset >/dev/null || need+=(util-linux)
     command -v ps >/dev/null || need+=(procps)
+    if has_stage instructions; then
+        command -v valgrind >/dev/null || need+=(valgrind)
+    fi
     if ((${#need[@]})); then
         log "installing ${need[*]} from the system's packages"
         apt-get update -qq
@@ -331,6 +343,7 @@ make_maps() {
 PROXY_PORT=
 START_NS=
 START_RSS_KIB=
+VIA=() # a command the proxy runs under (the instructions stage: valgrind)
 start_proxy() {
     local target=$1 n=$2 t0 cfg
     PROXY_PORT=$PORT
@@ -348,7 +361,7 @@ start_proxy() {
         [[ $target == kg-bare ]] && flags+=(--bare)
         cfg=$(kg_config "$n")
         t0=$(now_ns)
-        KEYGATE_LOG=warn "${pin[@]}" "$KG" serve --config "$cfg" "${flags[@]}" \
+        KEYGATE_LOG=warn "${pin[@]}" "${VIA[@]}" "$KG" serve --config "$cfg" "${flags[@]}" \
             2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
         ;;
@@ -360,9 +373,12 @@ start_proxy() {
         render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
             MAP="$WORK/map-$n.nginx" MAP_HASH_MAX=$((n * 2 > 4096 ? n * 2 : 4096)) \
             ZONE_MB="$zone_mb" RATE=1000000 BURST=1000000
+        # Under valgrind, the worker's counters are reachable only without a
+        # master process (the same one process serves either way).
+        if ((${#VIA[@]})); then sed -i 's/^master_process on;/master_process off;/' "$cfg"; fi
         : >"$WORK/nginx-error.log"
         t0=$(now_ns)
-        taskset -c "$CORE_PROXY" nginx -p "$WORK/nginx-tmp" -e "$WORK/nginx-error.log" \
+        taskset -c "$CORE_PROXY" "${VIA[@]}" nginx -p "$WORK/nginx-tmp" -e "$WORK/nginx-error.log" \
             -c "$cfg" 2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
         ;;
@@ -373,7 +389,7 @@ start_proxy() {
         render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
             MAP="$WORK/map-$n.haproxy" TABLE_SIZE=$((n + 1000)) THRESHOLD=$KG_THRESHOLD
         t0=$(now_ns)
-        taskset -c "$CORE_PROXY" haproxy -db -f "$cfg" 2>>"$WORK/logs/$target.log" &
+        taskset -c "$CORE_PROXY" "${VIA[@]}" haproxy -db -f "$cfg" 2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
         ;;
     *)
@@ -553,6 +569,7 @@ main() {
     has_stage open && open_loop
     has_stage startup && startup
     has_stage rotation && rotation
+    has_stage instructions && instructions
     stop_pid "$UPSTREAM_PID"
     "$HERE/report.sh" "$RAW" | tee "$REPORT"
     log "report: $REPORT (raw numbers: $RAW)"
@@ -695,6 +712,58 @@ rotation() {
         [[ -n $line ]] && log "  $line"
     done <<<"$out"
     raw rotation "$(tr '\n' ' ' <<<"$out")" "$rc" "${ROTATION_WORKERS:-default}"
+}
+
+# Each proxy under callgrind (valgrind's instruction counter, about 50 times
+# slower): warm up, zero its counters, run wrk for INSTR_SECS, dump, and divide
+# the user-space instructions of every process of the proxy by the requests
+# answered. Time on this kind of machine drifts by 10 to 30% within minutes; an
+# instruction count does not (runs of the same build agree within about 1%).
+# It does not see the kernel, where the proxies make the same system calls per
+# request (BENCHMARKS.md).
+instructions() {
+    local n=$BARE_ORGS t p
+    for t in $INSTR_TARGETS; do
+        local out=$WORK/callgrind/$t
+        rm -rf "$out"
+        mkdir -p "$out"
+        VIA=(valgrind --tool=callgrind "--callgrind-out-file=$out/%p.out")
+        local store_n=$n
+        [[ $t == kg-bare ]] && store_n=1
+        log "$t under callgrind: starting"
+        if ! start_proxy "$t" "$store_n"; then
+            VIA=()
+            log "$t did not start under callgrind"
+            continue
+        fi
+        VIA=()
+        for p in $INSTR_PATHS; do
+            [[ $t == *-bare && $p != allowed ]] && continue
+            local list mode url=http://127.0.0.1:$PROXY_PORT
+            list=$(org_list "$n")
+            mode=good
+            [[ $p == 401 ]] && mode=bad
+            local wrk=(taskset -c "$CORE_GEN" wrk -t1 -c"$CONNS" -s "$HERE/spread.lua")
+            "${wrk[@]}" -d2s "$url" -- "$list" "$n" "$mode" >/dev/null 2>&1 || true
+            local pids pid
+            pids=$(tree_pids "$PROXY_PID")
+            rm -f "$out"/*.out.*
+            for pid in $pids; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
+            local line
+            line=$("${wrk[@]}" -d"${INSTR_SECS}s" "$url" -- "$list" "$n" "$mode" 2>&1 | grep '^wrk ' || true)
+            for pid in $pids; do callgrind_control -d "$pid" >/dev/null 2>&1 || true; done
+            local req ir
+            req=$(kv requests "$line")
+            ir=$(cat "$out"/*.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { printf "%.0f", s }')
+            if [[ -z $req || $req == 0 || $ir == 0 ]]; then
+                log "  $t $p: no count (wrk: ${line:-nothing})"
+                continue
+            fi
+            raw instr "$n" "$t" "$p" "$req" "$ir"
+            log "  $t $n orgs $p: $req requests, $((ir / req)) instructions per request"
+        done
+        stop_proxy
+    done
 }
 
 main "$@"
