@@ -216,3 +216,74 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::client::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// An upstream answering `ok` on every connection; counts its connections.
+    async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let ok = service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), ok),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_request_given_back_unsent_goes_once_more_on_a_new_connection() {
+        let (addr, accepted) = upstream().await;
+        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+        let forward = Forward::<Empty<Bytes>>::new(&ForwardConfig {
+            upstream: Upstream::new(&uri).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 4,
+            https: false,
+        });
+        // A connection whose I/O half is gone, as when the upstream closed it
+        // just as it was taken: hyper hands the request back unwritten.
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut dead, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        drop(connection);
+        let req = Request::get("/v1/x")
+            .header(HOST, "upstream")
+            .body(Empty::new())
+            .unwrap();
+        let answer = ForwardFuture {
+            sending: Sending::Sent(Box::pin(dead.try_send_request(req))),
+            affinity: Arc::clone(&forward.affinity),
+            timeout: tokio::time::sleep(Duration::from_secs(5)),
+        }
+        .await
+        .unwrap();
+
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        // The dead connection and the one the request went on.
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}
