@@ -778,6 +778,14 @@ fn main() {
             ..GateConfig::default()
         },
     );
+    let mut gate_no_extension = KeyGate::new(
+        identity(),
+        hot.clone(),
+        GateConfig {
+            org_extension: false,
+            ..GateConfig::default()
+        },
+    );
     let mut gate_limited = KeyGate::new(identity(), limited, GateConfig::default());
     assert_eq!(
         call_now(&mut gate_limited, limited_target[0].build()).status(),
@@ -839,15 +847,13 @@ fn main() {
     // entries); the `*_added` figures are the layer's:
     // * allowed, either mode: 3, all forced by `http`. `Extensions` is an
     //   `Option<Box<HashMap>>`, so the first `insert` (the org's `OrgId`, which
-    //   the contract puts there) allocates the box, the map's table and the boxed
-    //   value. `x-org-id` costs nothing: the id is kept as a `HeaderValue`,
-    //   cloned by reference count, and takes the removed key header's slot.
-    // * allowed, path mode: 2 more for the rewritten path. One is forced: `Uri`
-    //   cannot point into the old path's bytes at an offset, so the new
-    //   path-and-query needs a buffer (one `BytesMut`). The other is not:
-    //   `strip_path_prefix` reserves `rest.len() + 1` even when `rest` already
-    //   starts with '/', so `freeze` sees len != capacity and boxes a `Shared`
-    //   header (bytes' `From<Vec<u8>>`). Reserving exactly would make it 1.
+    //   the default config puts there) allocates the box, the map's table and
+    //   the boxed value. With `org_extension` off, as keygate's own proxy runs,
+    //   0. `x-org-id` costs nothing: the id's `HeaderValue` points at interned
+    //   bytes, and takes the removed key header's slot.
+    // * allowed, path mode: 1 more for the rewritten path: `Uri` cannot point
+    //   into the old path's bytes at an offset, so the new path-and-query needs
+    //   a buffer (one exactly sized `BytesMut`, which `freeze` keeps whole).
     // * 401: 2, the refusal's own `HeaderMap` (its values are static).
     // * 429: 11. The map (2); the three `x-ratelimit-*` names, inserted as
     //   `&str`, which `http` copies into a new buffer each time (3); and the
@@ -857,6 +863,7 @@ fn main() {
     let bare_path = allocs_per_request(&mut bare, &hot_path, n);
     let bare_header = allocs_per_request(&mut bare, &hot_header, n);
     let path = allocs_per_request(&mut gate_path, &hot_path, n);
+    let path_no_extension = allocs_per_request(&mut gate_no_extension, &hot_path, n);
     let header = allocs_per_request(&mut gate_header, &hot_header, n);
     let refused_401 = allocs_per_request(&mut gate_path, &wrong_key, n);
     let refused_429 = allocs_per_request(&mut gate_limited, &limited_target, n);
@@ -865,6 +872,10 @@ fn main() {
     out.put("allocs_bare_header_request", bare_header);
     out.put("allocs_allowed_path_mode", path);
     out.put("allocs_allowed_path_mode_added", path - bare_path);
+    out.put(
+        "allocs_allowed_path_mode_no_extension_added",
+        path_no_extension - bare_path,
+    );
     out.put("allocs_allowed_header_mode", header);
     out.put("allocs_allowed_header_mode_added", header - bare_header);
     out.put(

@@ -622,12 +622,14 @@ impl Config {
         Config::from_toml_with_env(&text, env)
     }
 
-    /// What the gate middleware needs of this config.
+    /// What the gate middleware needs of this config. The org goes upstream in
+    /// `x-org-id` only: the proxy's forwarder reads no extensions.
     pub fn gate(&self) -> GateConfig {
         GateConfig {
             org_from: self.proxy.org_from.clone(),
             key_header: self.proxy.key_header.clone(),
             blocked_when_expired: self.proxy.blocked_when_expired.clone(),
+            org_extension: false,
         }
     }
 }

@@ -706,6 +706,22 @@ async fn an_admitted_request_loses_its_key_and_org_segment_and_gains_x_org_id() 
 }
 
 #[tokio::test]
+async fn with_the_org_extension_off_the_org_travels_in_x_org_id_only() {
+    let config = GateConfig {
+        org_extension: false,
+        ..GateConfig::default()
+    };
+    let f = fixture_with(config, Limits::default()).await;
+    let key = f.org("acme").await;
+    f.get("/acme/v1", &key).await.served();
+    let seen = f.seen();
+    assert_eq!(seen[0].uri, "/v1");
+    assert_eq!(seen[0].headers["x-org-id"], "acme");
+    assert!(seen[0].headers.get("x-api-key").is_none());
+    assert!(seen[0].org.is_none());
+}
+
+#[tokio::test]
 async fn the_org_alone_becomes_the_root_path() {
     let f = fixture().await;
     let key = f.org("acme").await;

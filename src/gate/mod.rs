@@ -13,7 +13,8 @@
 //!    (`RATE_LIMITED` with `Retry-After` and `x-ratelimit-*`);
 //! 3. `service`: forward what passed, without the key header, with `x-org-id`
 //!    (a client's own dropped), the org in the request's extensions as an
-//!    [`OrgId`](crate::org::OrgId), and, in path mode, the org's segment removed.
+//!    [`OrgId`](crate::org::OrgId) (unless [`GateConfig::org_extension`] is
+//!    off), and, in path mode, the org's segment removed.
 //!
 //! Refusals are answered at once by the response future, never forwarded, as
 //! `application/json` bodies `{"code": "...", "message": "..."}`.
@@ -75,16 +76,24 @@ pub struct GateConfig {
     pub key_header: HeaderName,
     /// Methods refused while an org's subscription is expired.
     pub blocked_when_expired: Vec<Method>,
+    /// Whether an admitted request carries its [`OrgId`](crate::org::OrgId) in
+    /// its extensions, for a handler that reads it there (axum's
+    /// `Extension<OrgId>`). On by default. `x-org-id` is set either way; keygate's
+    /// own proxy turns this off, since `http` allocates three times for the first
+    /// extension of a request (the map, its table, the boxed value) and its
+    /// forwarder reads none.
+    pub org_extension: bool,
 }
 
 impl Default for GateConfig {
     /// The contract's defaults: org from the path, key in `x-api-key`, POST and
-    /// PUT blocked while expired.
+    /// PUT blocked while expired; and the org in the request's extensions.
     fn default() -> Self {
         GateConfig {
             org_from: OrgSource::Path,
             key_header: HeaderName::from_static("x-api-key"),
             blocked_when_expired: vec![Method::POST, Method::PUT],
+            org_extension: true,
         }
     }
 }

@@ -87,7 +87,7 @@ where
         mark_sensitive(req.headers_mut(), &self.gate.config.key_header);
         match self.gate.admit(req.method(), req.uri(), req.headers()) {
             Admission::Allow { org, prefix_len } => {
-                forward(&mut req, &self.gate.config.key_header, org, prefix_len);
+                forward(&mut req, &self.gate.config, org, prefix_len);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
@@ -106,20 +106,22 @@ pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap, name: &HeaderName) {
 }
 
 /// Prepares an admitted request for the inner service: the key header goes, the
-/// org goes in `x-org-id` and the extensions, and in path mode the org's segment
-/// leaves the path.
+/// org goes in `x-org-id` (and the extensions, if configured), and in path mode
+/// the org's segment leaves the path.
 ///
 /// Allocations here are the ones `http` forces: the extensions map on its first
 /// insert, and, in path mode, the new path (one buffer; the `x-org-id` value is a
-/// reference-counted clone).
-fn forward<B>(req: &mut Request<B>, key_header: &HeaderName, org: OrgId, prefix_len: usize) {
+/// clone of interned bytes).
+fn forward<B>(req: &mut Request<B>, config: &GateConfig, org: OrgId, prefix_len: usize) {
     let headers = req.headers_mut();
-    headers.remove(key_header);
+    headers.remove(&config.key_header);
     headers.insert(X_ORG_ID, org.header_value().clone());
     if prefix_len > 0 {
         strip_path_prefix(req.uri_mut(), prefix_len);
     }
-    req.extensions_mut().insert(org);
+    if config.org_extension {
+        req.extensions_mut().insert(org);
+    }
 }
 
 /// `/acme/v1/users?x=1` with `prefix_len` 5 becomes `/v1/users?x=1`; `/acme` and
