@@ -67,7 +67,7 @@ impl FromRequestParts<AdminState> for Principal {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
-        crate::gate::mark_sensitive(&mut parts.headers, &AUTHORIZATION);
+        mark_sensitive(&mut parts.headers);
         let token = bearer(parts).ok_or(AdminError::Unauthenticated)?;
         let digest = TokenDigest::of(token);
         if digest.ct_eq(&state.provider) {
@@ -82,6 +82,14 @@ impl FromRequestParts<AdminState> for Principal {
 }
 
 /// The token of a single `Authorization: Bearer <token>` header.
+/// Marks every `Authorization` value sensitive: from here on `Debug` of the
+/// request shows `Sensitive` instead of the token.
+fn mark_sensitive(headers: &mut http::HeaderMap) {
+    if let http::header::Entry::Occupied(mut values) = headers.entry(AUTHORIZATION) {
+        values.iter_mut().for_each(|v| v.set_sensitive(true));
+    }
+}
+
 fn bearer(parts: &Parts) -> Option<&str> {
     let mut values = parts.headers.get_all(AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
@@ -91,4 +99,27 @@ fn bearer(parts: &Parts) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn every_authorization_value_is_marked_sensitive_and_others_are_not() {
+        let mut h = http::HeaderMap::new();
+        h.append(AUTHORIZATION, "Bearer s3cr3t-token".parse().unwrap());
+        h.append(AUTHORIZATION, "Bearer other".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        mark_sensitive(&mut h);
+        assert!(h
+            .get_all(AUTHORIZATION)
+            .iter()
+            .all(HeaderValue::is_sensitive));
+        assert!(!h["x-other"].is_sensitive());
+        assert!(format!("{h:?}").contains("Sensitive"));
+        assert!(!format!("{h:?}").contains("s3cr3t-token"));
+    }
 }

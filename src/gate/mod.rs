@@ -53,7 +53,6 @@ pub use body::GateBody;
 pub use future::ResponseFuture;
 pub use layer::KeyGateLayer;
 pub use refusal::Refusal;
-pub(crate) use service::mark_sensitive;
 pub use service::{KeyGate, X_ORG_ID};
 
 use crate::store::Store;

@@ -82,9 +82,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // From here on the key is marked sensitive: `Debug` of the request shows
-        // `Sensitive`, and an HTTP/2 encoder would never index it.
-        mark_sensitive(req.headers_mut(), &self.gate.config.key_header);
+        // The key header is not marked sensitive: an admitted request loses it
+        // before the inner service sees it, and a refused one is dropped here.
         match self.gate.admit(req.method(), req.uri(), req.headers()) {
             Admission::Allow { org, prefix_len } => {
                 forward(&mut req, &self.gate.config, org, prefix_len);
@@ -95,13 +94,6 @@ where
                 ResponseFuture::disabling(Box::pin(self.gate.store.disable_over_threshold(org)))
             }
         }
-    }
-}
-
-/// Marks every value of `name` sensitive.
-pub(crate) fn mark_sensitive(headers: &mut http::HeaderMap, name: &HeaderName) {
-    if let http::header::Entry::Occupied(mut values) = headers.entry(name) {
-        values.iter_mut().for_each(|v| v.set_sensitive(true));
     }
 }
 
@@ -151,20 +143,6 @@ mod tests {
         let mut uri: Uri = uri.parse().unwrap();
         strip_path_prefix(&mut uri, n);
         uri.to_string()
-    }
-
-    #[test]
-    fn every_value_of_the_key_header_is_marked_sensitive_and_others_are_not() {
-        let name = HeaderName::from_static("x-api-key");
-        let mut h = http::HeaderMap::new();
-        h.append(&name, "Ab3dEf6hIj9k".parse().unwrap());
-        h.append(&name, "other".parse().unwrap());
-        h.insert("x-other", "1".parse().unwrap());
-        mark_sensitive(&mut h, &name);
-        assert!(h.get_all(&name).iter().all(http::HeaderValue::is_sensitive));
-        assert!(!h["x-other"].is_sensitive());
-        assert!(format!("{h:?}").contains("Sensitive"));
-        assert!(!format!("{h:?}").contains("Ab3dEf6hIj9k"));
     }
 
     #[test]
