@@ -26,6 +26,7 @@ function label(t) {
 $1 == "meta" {
     stamp = $2; dur = $3; warm = $4; conns = $5; orgs = $6; quick = $7; kernel = $8
     cores = $9; cpu = $10; wrkv = $11; nginxv = $12; haproxyv = $13; load = $14
+    body = ($15 == "" ? 12 : $15)
 }
 $1 == "import" { imp[$2] = $3 }
 $1 == "start" { if (!(($3, $2) in st)) stn[++nst] = $3 SUBSEP $2; st[$3, $2] = $4; strss[$3, $2] = $5 }
@@ -69,6 +70,7 @@ END {
     if (quick == 1) print "**QUICK smoke run**: short cells, a subset of the org counts.\n"
     printf "- cells: %s s of closed-loop load after %s s of warm-up, wrk with 1 thread and %s connections\n", dur, warm, conns
     printf "- org counts: %s\n", orgs
+    printf "- upstream answers: 200 with a %s-byte JSON body%s\n", body, (body == 12 ? " ({\"ok\":true} and a newline)" : "")
     if (rounds > 1) printf "- rounds: each cell measured %d times, the targets taking turns; tables show the round with the median req/s, and *range* the lowest and highest req/s\n", rounds
     printf "- machine: %s cores, %s, Linux %s; load average at the start: %s\n", cores, cpu, kernel, load
     printf "- wrk %s, nginx %s, HAProxy %s\n", wrkv, nginxv, haproxyv

@@ -26,6 +26,8 @@
 #   TARGETS="direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"
 #   PATHS="allowed 401 429"
 #   CONNS=64           wrk connections (one wrk thread)
+#   BODY_BYTES=12      bytes of the upstream's answer body: 12 is {"ok":true}
+#                      and a newline; a larger size pads it (13 to 20 cannot)
 #   BARE_ORGS=1000     orgs the org-independent cells spread their paths over
 #   OPEN_ORGS          org count of the open-loop run (100000 when measured,
 #                      else the largest of ORGS)
@@ -71,6 +73,7 @@ ORGS=${ORGS:-"1 1000 100000 1000000"}
 TARGETS=${TARGETS:-"direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"}
 PATHS=${PATHS:-"allowed 401 429"}
 CONNS=${CONNS:-64}
+BODY_BYTES=${BODY_BYTES:-12}
 BARE_ORGS=${BARE_ORGS:-1000}
 MAX_ORGS=$(tr ' ' '\n' <<<"$ORGS" | grep . | sort -n | tail -1)
 if [[ -z ${OPEN_ORGS:-} ]]; then
@@ -235,7 +238,7 @@ stop_pid() {
 }
 
 start_upstream() {
-    taskset -c "$CORE_GEN" "$EX/bench_upstream" "127.0.0.1:$PORT_UP" \
+    taskset -c "$CORE_GEN" "$EX/bench_upstream" "127.0.0.1:$PORT_UP" "$BODY_BYTES" \
         2>"$WORK/logs/upstream.log" &
     UPSTREAM_PID=$!
     PIDS+=("$UPSTREAM_PID")
@@ -562,7 +565,8 @@ main() {
     raw meta "$STAMP" "$DURATION" "$WARMUP" "$CONNS" "$ORGS" "$QUICK" \
         "$(uname -r)" "$(nproc)" "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
         "$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')" "$(nginx -v 2>&1 | sed 's|.*/||')" \
-        "$(haproxy -v | head -1 | awk '{ print $3 }')" "$(cat /proc/loadavg | cut -d' ' -f1-3)"
+        "$(haproxy -v | head -1 | awk '{ print $3 }')" "$(cat /proc/loadavg | cut -d' ' -f1-3)" \
+        "$BODY_BYTES"
 
     start_upstream
     has_stage closed && closed_loop
