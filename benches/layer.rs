@@ -855,10 +855,9 @@ fn main() {
     //   into the old path's bytes at an offset, so the new path-and-query needs
     //   a buffer (one exactly sized `BytesMut`, which `freeze` keeps whole).
     // * 401: 2, the refusal's own `HeaderMap` (its values are static).
-    // * 429: 11. The map (2); the three `x-ratelimit-*` names, inserted as
-    //   `&str`, which `http` copies into a new buffer each time (3); and the
-    //   three integer values, each a `BytesMut` plus the `Shared` its `freeze`
-    //   adds (6).
+    // * 429: 5. The map (2) and the three numbers (`Retry-After`,
+    //   `x-ratelimit-limit`, `x-ratelimit-reset`), one exactly sized buffer
+    //   each (3); the names and `x-ratelimit-remaining: 0` are static.
     let n = scale.alloc_n;
     let bare_path = allocs_per_request(&mut bare, &hot_path, n);
     let bare_header = allocs_per_request(&mut bare, &hot_header, n);

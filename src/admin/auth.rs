@@ -81,7 +81,6 @@ impl FromRequestParts<AdminState> for Principal {
     }
 }
 
-/// The token of a single `Authorization: Bearer <token>` header.
 /// Marks every `Authorization` value sensitive: from here on `Debug` of the
 /// request shows `Sensitive` instead of the token.
 fn mark_sensitive(headers: &mut http::HeaderMap) {
@@ -90,6 +89,7 @@ fn mark_sensitive(headers: &mut http::HeaderMap) {
     }
 }
 
+/// The token of a single `Authorization: Bearer <token>` header.
 fn bearer(parts: &Parts) -> Option<&str> {
     let mut values = parts.headers.get_all(AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
