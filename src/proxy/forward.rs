@@ -230,7 +230,8 @@ mod tests {
 
     use super::*;
 
-    /// An upstream answering `ok` on every connection; counts its connections.
+    /// An upstream answering `ok` on every connection: `/medium` after 300 ms,
+    /// `/slow` after a minute, anything else at once. Counts its connections.
     async fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -239,7 +240,13 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let ok = service_fn(|_req| async {
+                let ok = service_fn(|req: Request<Incoming>| async move {
+                    let delay = match req.uri().path() {
+                        "/medium" => Duration::from_millis(300),
+                        "/slow" => Duration::from_secs(60),
+                        _ => Duration::ZERO,
+                    };
+                    tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 });
                 tokio::spawn(
@@ -251,18 +258,72 @@ mod tests {
         (addr, accepted)
     }
 
-    #[tokio::test]
-    async fn a_request_given_back_unsent_goes_once_more_on_a_new_connection() {
-        let (addr, accepted) = upstream().await;
+    /// A forwarder to `addr` whose clones share one client connection's state,
+    /// as the requests of one client connection do.
+    fn forward_to(addr: std::net::SocketAddr, upstream_timeout: Duration) -> Forward<Empty<Bytes>> {
         let uri: http::Uri = format!("http://{addr}").parse().unwrap();
-        let forward = Forward::<Empty<Bytes>>::new(&ForwardConfig {
+        Forward::new(&ForwardConfig {
             upstream: Upstream::new(&uri).unwrap(),
             connect_timeout: Duration::from_secs(5),
-            upstream_timeout: Duration::from_secs(5),
+            upstream_timeout,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
             https: false,
-        });
+        })
+    }
+
+    /// The status `forward` answers `GET path` with (a test that would hang
+    /// fails after 10 s instead).
+    async fn status(forward: &Forward<Empty<Bytes>>, path: &str) -> StatusCode {
+        let req = Request::get(path).body(Empty::new()).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), forward.clone().call(req));
+        answer.await.expect("an answer").unwrap().status()
+    }
+
+    // Each exchange has its own deadline, counted from its own start, however
+    // the exchanges before it on the same client connection went: answered,
+    // idle past the timeout since, or running at the same time.
+
+    #[tokio::test]
+    async fn a_later_exchange_is_not_cut_short_by_an_earlier_ones_deadline() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1));
+        assert_eq!(status(&forward, "/fast").await, StatusCode::OK);
+        // The first exchange's deadline passes while this one (300 ms) runs:
+        // a timer still set to it would answer 504. (A timer shared by the
+        // connection's exchanges, to save tokio's timer wheel an insert and a
+        // removal per request, was tried this way: BENCHMARKS.md.)
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+        assert_eq!(status(&forward, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_after_an_idle_timeout_period_still_times_out() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1));
+        assert_eq!(status(&forward, "/fast").await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+        assert_eq!(status(&forward, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn concurrent_exchanges_on_one_client_connection_each_have_a_timer() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1));
+        let (a, b) = tokio::join!(status(&forward, "/slow"), status(&forward, "/slow"));
+        assert_eq!(
+            (a, b),
+            (StatusCode::GATEWAY_TIMEOUT, StatusCode::GATEWAY_TIMEOUT)
+        );
+        assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_request_given_back_unsent_goes_once_more_on_a_new_connection() {
+        let (addr, accepted) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(5));
         // A connection whose I/O half is gone, as when the upstream closed it
         // just as it was taken: hyper hands the request back unwritten.
         let stream = TcpStream::connect(addr).await.unwrap();
