@@ -2,7 +2,7 @@
 //! thread that answers every request `200 {"ok":true}`, keep-alive. Given a
 //! body size (the second argument, in bytes; the harness's `BODY_BYTES`), it
 //! answers a JSON body of exactly that many bytes instead, padded with `"pad"`.
-
+//!
 //! A request carrying `x-echo: 1` also gets, as response headers, what the
 //! upstream received: `x-echo-path` (path and query), `x-echo-org` (the
 //! `x-org-id` header, or `-`) and `x-echo-key` (`present` or `absent`: whether an

@@ -236,7 +236,7 @@ END {
     print "## The issue'"'"'s goals\n"
     gn = ("100000" in ns) ? 100000 : order[nn]
     kk = "kg" SUBSEP gn SUBSEP "allowed"; kn = "nginx" SUBSEP gn SUBSEP "allowed"; kh = "haproxy" SUBSEP gn SUBSEP "allowed"
-    print "Throughput goals show the req/s ratio of the median rounds, in brackets the ratio of requests per proxy-core-second, and the lowest and highest ratio of one round to the same round of the other target (measured within a minute or so of each other).\n"
+    print "Throughput goals show the req/s ratio of the median rounds, in brackets the ratio of requests per proxy-core-second, and the lowest and highest ratio of one round to the same round of the other target, measured within a minute or so of each other (keygate bare, when it has extra rounds, by the round recorded nearest).\n"
     print "| goal | measured | verdict |"
     print "|---|---:|---|"
     r = ratio(rps[kk], rps[kn]); printf "| keygate job >= 1.15x nginx job, %s orgs | %s | %s |\n", gn, fmt(r, 2) " [" fmt(ratio(percore[kk], percore[kn]), 2) "]" spread(kk, kn), verdict(r >= 1.15, r != "") noise(kk, kn)
