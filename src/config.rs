@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
+use crate::timeout::BodyTimeouts;
 use crate::tls::{ServerTls, TlsFile};
 use crate::token::TokenDigest;
 
@@ -199,6 +200,15 @@ pub struct RawProxy {
     /// for the first byte of its next request before it is closed, so idle
     /// clients cannot hold connections forever.
     pub idle_timeout_ms: i64,
+    /// How long a request body may go without a byte arriving, once the
+    /// body's reader waits for it (nginx's `client_body_timeout`); past it
+    /// the client gets 408 and its connection is closed, so a body that stops
+    /// arriving cannot hold a connection and an upstream connection forever.
+    pub body_read_timeout_ms: i64,
+    /// How long the upstream's answer body may go without a byte arriving
+    /// (nginx's `proxy_read_timeout`); past it both connections are closed,
+    /// so an upstream that stalls mid-answer cannot hold them forever.
+    pub upstream_read_timeout_ms: i64,
     /// `[proxy.tls]`: serve HTTPS on this listener; absent for plain HTTP.
     pub tls: Option<RawTls>,
 }
@@ -222,10 +232,16 @@ impl Default for RawProxy {
             max_connections: 10_000,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            upstream_read_timeout_ms: 60_000,
             tls: None,
         }
     }
 }
+
+/// 60 s, nginx's `client_body_timeout`: a client that sends nothing for a
+/// minute mid-body has gone.
+const DEFAULT_BODY_READ_TIMEOUT_MS: i64 = 60_000;
 
 /// 64 KiB: ten times what browsers send, a fraction of hyper's ~400 KB buffer.
 const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
@@ -254,6 +270,13 @@ pub struct RawAdmin {
     pub max_header_bytes: i64,
     /// As `proxy.idle_timeout_ms`, for the admin listener.
     pub idle_timeout_ms: i64,
+    /// As `proxy.body_read_timeout_ms`, for the admin listener.
+    pub body_read_timeout_ms: i64,
+    /// How long a whole admin request body (at most 64 KiB) may take, from
+    /// the end of its head; past it, 408 and the connection is closed. A slow
+    /// sender then holds a connection slot no longer than a slow head does, so
+    /// senders trickling bodies cannot keep the provider out (README, "Limits").
+    pub body_timeout_ms: i64,
     /// `[admin.tls]`: serve the admin API over HTTPS; absent for plain HTTP.
     pub tls: Option<RawTls>,
 }
@@ -268,6 +291,8 @@ impl Default for RawAdmin {
             max_connections: 1_024,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
             tls: None,
         }
     }
@@ -387,6 +412,8 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_connections", Kind::Int),
             ("max_header_bytes", Kind::Int),
             ("idle_timeout_ms", Kind::Int),
+            ("body_read_timeout_ms", Kind::Int),
+            ("upstream_read_timeout_ms", Kind::Int),
             ("tls", Kind::Table(TLS_SCHEMA)),
         ],
     ),
@@ -399,6 +426,8 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_connections", Kind::Int),
             ("max_header_bytes", Kind::Int),
             ("idle_timeout_ms", Kind::Int),
+            ("body_read_timeout_ms", Kind::Int),
+            ("body_timeout_ms", Kind::Int),
             ("tls", Kind::Table(TLS_SCHEMA)),
         ],
     ),
@@ -527,8 +556,11 @@ pub struct ProxyConfig {
     pub blocked_when_expired: Vec<Method>,
     /// Upstream TCP connect timeout; past it the client gets 502.
     pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response headers; past it, 504.
+    /// Time allowed until the upstream's response headers; past it, 504. At
+    /// least `connect_timeout`, which it includes.
     pub upstream_timeout: Duration,
+    /// The longest wait for the next bytes of the upstream's answer body.
+    pub upstream_read_timeout: Duration,
     /// How long an idle pooled upstream connection is kept.
     pub pool_idle_timeout: Duration,
     /// How many idle upstream connections are kept.
@@ -568,6 +600,9 @@ pub struct ConnectionLimits {
     /// Time a keep-alive connection may sit with no request in flight and no
     /// byte of a next one; past it the connection is closed.
     pub idle_timeout: Duration,
+    /// How long a request body may take: between two reads, and in all (the
+    /// admin listener); past it, 408.
+    pub body: BodyTimeouts,
 }
 
 /// The checked `[store]` section.
@@ -661,6 +696,8 @@ mod max {
     pub const MAX_HEADER_BYTES: u64 = 1_048_576;
     /// 1 day.
     pub const IDLE_TIMEOUT_MS: u64 = 86_400_000;
+    /// 1 hour: a pause longer than this in a body or an answer is a dead peer.
+    pub const BODY_TIMEOUT_MS: u64 = 3_600_000;
 }
 
 impl RawProxy {
@@ -701,8 +738,29 @@ impl RawProxy {
             self.max_connections,
             self.max_header_bytes,
             self.idle_timeout_ms,
+            self.body_read_timeout_ms,
+            None,
         )?;
         let tls = tls("proxy", self.tls)?;
+        let connect_timeout = Duration::from_millis(ranged(
+            "proxy.connect_timeout_ms",
+            self.connect_timeout_ms,
+            max::CONNECT_TIMEOUT_MS,
+        )?);
+        let upstream_timeout = Duration::from_millis(ranged(
+            "proxy.upstream_timeout_ms",
+            self.upstream_timeout_ms,
+            max::UPSTREAM_TIMEOUT_MS,
+        )?);
+        // The upstream timeout runs from the request's start, connect
+        // included: a shorter one would answer a black-holed upstream 504
+        // before the connect timeout could answer 502.
+        if upstream_timeout < connect_timeout {
+            return Err(invalid(
+                "proxy.upstream_timeout_ms",
+                "must be at least proxy.connect_timeout_ms",
+            ));
+        }
         let public_url = match &self.public_url {
             Some(url) => public_url(url)?,
             None => default_public_url(listen, tls.is_some()),
@@ -717,15 +775,12 @@ impl RawProxy {
                 "proxy.blocked_when_expired",
                 &self.blocked_when_expired,
             )?,
-            connect_timeout: Duration::from_millis(ranged(
-                "proxy.connect_timeout_ms",
-                self.connect_timeout_ms,
-                max::CONNECT_TIMEOUT_MS,
-            )?),
-            upstream_timeout: Duration::from_millis(ranged(
-                "proxy.upstream_timeout_ms",
-                self.upstream_timeout_ms,
-                max::UPSTREAM_TIMEOUT_MS,
+            connect_timeout,
+            upstream_timeout,
+            upstream_read_timeout: Duration::from_millis(ranged(
+                "proxy.upstream_read_timeout_ms",
+                self.upstream_read_timeout_ms,
+                max::BODY_TIMEOUT_MS,
             )?),
             pool_idle_timeout: Duration::from_secs(ranged(
                 "proxy.pool_idle_timeout_secs",
@@ -758,7 +813,12 @@ fn connection_limits(
     max_connections: i64,
     max_header_bytes: i64,
     idle_timeout_ms: i64,
+    body_read_timeout_ms: i64,
+    body_timeout_ms: Option<i64>,
 ) -> Result<ConnectionLimits, ConfigError> {
+    let body_timeout = |name: &str, ms| {
+        ranged(&format!("{section}.{name}"), ms, max::BODY_TIMEOUT_MS).map(Duration::from_millis)
+    };
     Ok(ConnectionLimits {
         header_read_timeout: Duration::from_millis(ranged(
             &format!("{section}.header_read_timeout_ms"),
@@ -782,6 +842,12 @@ fn connection_limits(
             idle_timeout_ms,
             max::IDLE_TIMEOUT_MS,
         )?),
+        body: BodyTimeouts {
+            between_reads: body_timeout("body_read_timeout_ms", body_read_timeout_ms)?,
+            total: body_timeout_ms
+                .map(|ms| body_timeout("body_timeout_ms", ms))
+                .transpose()?,
+        },
     })
 }
 
@@ -838,6 +904,8 @@ impl RawAdmin {
             self.max_connections,
             self.max_header_bytes,
             self.idle_timeout_ms,
+            self.body_read_timeout_ms,
+            Some(self.body_timeout_ms),
         )?;
         Ok(AdminConfig {
             listen,
@@ -1049,6 +1117,7 @@ mod tests {
         assert_eq!(c.proxy.blocked_when_expired, [Method::POST, Method::PUT]);
         assert_eq!(c.proxy.connect_timeout, Duration::from_millis(2_000));
         assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(30_000));
+        assert_eq!(c.proxy.upstream_read_timeout, Duration::from_millis(60_000));
         assert_eq!(c.proxy.pool_idle_timeout, Duration::from_secs(90));
         assert_eq!(c.proxy.pool_max_idle_per_host, 256);
         assert_eq!(
@@ -1058,6 +1127,10 @@ mod tests {
                 max_connections: 10_000,
                 max_header_bytes: 65_536,
                 idle_timeout: Duration::from_millis(60_000),
+                body: BodyTimeouts {
+                    between_reads: Duration::from_millis(60_000),
+                    total: None,
+                },
             }
         );
         assert_eq!(c.proxy.tls, None);
@@ -1073,6 +1146,10 @@ mod tests {
                 max_connections: 1_024,
                 max_header_bytes: 65_536,
                 idle_timeout: Duration::from_millis(60_000),
+                body: BodyTimeouts {
+                    between_reads: Duration::from_millis(10_000),
+                    total: Some(Duration::from_millis(10_000)),
+                },
             }
         );
         assert_eq!(c.admin.tls, None);
@@ -1537,16 +1614,49 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_timeout_shorter_than_the_connect_timeout_is_refused() {
+        assert_eq!(
+            error(&with(
+                "proxy.connect_timeout_ms = 2000\nproxy.upstream_timeout_ms = 1999"
+            )),
+            "config: proxy.upstream_timeout_ms: must be at least proxy.connect_timeout_ms"
+        );
+        let c = Config::from_toml(&with(
+            "proxy.connect_timeout_ms = 2000\nproxy.upstream_timeout_ms = 2000",
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.upstream_timeout, c.proxy.connect_timeout);
+    }
+
+    #[test]
+    fn body_timeouts_are_one_hour_at_most_and_not_zero() {
+        for key in [
+            "proxy.body_read_timeout_ms",
+            "proxy.upstream_read_timeout_ms",
+            "admin.body_read_timeout_ms",
+            "admin.body_timeout_ms",
+        ] {
+            for bad in ["0", "-1", "3600001"] {
+                let e = error(&with(&format!("{key} = {bad}")));
+                assert_eq!(e, format!("config: {key}: must be between 1 and 3600000"));
+            }
+        }
+    }
+
+    #[test]
     fn connection_limits_are_read_per_listener() {
         let c = Config::from_toml(&with(
             "proxy.header_read_timeout_ms = 300\n\
              proxy.max_connections = 2\n\
              proxy.max_header_bytes = 8192\n\
              proxy.idle_timeout_ms = 200\n\
+             proxy.body_read_timeout_ms = 250\n\
              admin.header_read_timeout_ms = 400\n\
              admin.max_connections = 3\n\
              admin.max_header_bytes = 1048576\n\
-             admin.idle_timeout_ms = 500\n",
+             admin.idle_timeout_ms = 500\n\
+             admin.body_read_timeout_ms = 600\n\
+             admin.body_timeout_ms = 700\n",
         ))
         .unwrap();
         assert_eq!(
@@ -1556,6 +1666,10 @@ mod tests {
                 max_connections: 2,
                 max_header_bytes: 8192,
                 idle_timeout: Duration::from_millis(200),
+                body: BodyTimeouts {
+                    between_reads: Duration::from_millis(250),
+                    total: None,
+                },
             }
         );
         assert_eq!(
@@ -1565,6 +1679,10 @@ mod tests {
                 max_connections: 3,
                 max_header_bytes: 1_048_576,
                 idle_timeout: Duration::from_millis(500),
+                body: BodyTimeouts {
+                    between_reads: Duration::from_millis(600),
+                    total: Some(Duration::from_millis(700)),
+                },
             }
         );
     }

@@ -14,6 +14,7 @@ pub mod store;
 pub mod gate;
 pub mod config;
 pub mod proxy;
+pub mod timeout;
 pub mod tls;
 pub mod admin;
 pub mod server;

@@ -33,6 +33,7 @@ use crate::config::{default_public_url, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::{Forward, ForwardConfig, HopByHop, Upstream};
 use crate::store::{Backend, BackendError, RedbBackend, Store};
+use crate::timeout::TimeoutBody;
 
 /// How long [`Running::stop`] lets requests in flight finish.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -136,10 +137,11 @@ pub async fn start_with_options(
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
 
     let (stop, stopped) = watch::channel(false);
-    let forward = Forward::<Incoming>::new(&ForwardConfig {
+    let forward = Forward::<TimeoutBody<Incoming>>::new(&ForwardConfig {
         upstream,
         connect_timeout: config.proxy.connect_timeout,
         upstream_timeout: config.proxy.upstream_timeout,
+        upstream_read_timeout: config.proxy.upstream_read_timeout,
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
         https: config.proxy.tls.is_some(),

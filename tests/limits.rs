@@ -42,12 +42,18 @@ struct Keygate {
 impl Keygate {
     /// Starts keygate with extra `[proxy]` and `[admin]` keys.
     async fn start(proxy_keys: &str, admin_keys: &str) -> Keygate {
+        Keygate::start_to(None, proxy_keys, admin_keys).await
+    }
+
+    /// [`start`](Keygate::start), forwarding to `to` instead of the recording
+    /// upstream when given.
+    async fn start_to(to: Option<SocketAddr>, proxy_keys: &str, admin_keys: &str) -> Keygate {
         let upstream = Upstream::start().await;
         let toml = format!(
             "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up}\"\n{proxy_keys}\n\
              [admin]\nlisten = \"127.0.0.1:0\"\nprovider_token_sha256 = \"{digest}\"\n{admin_keys}\n\
              [limits]\nrate_per_sec = 100000\nburst = 100000\n",
-            up = upstream.addr,
+            up = to.unwrap_or(upstream.addr),
             digest = TokenDigest::of(PROVIDER).to_hex(),
         );
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
@@ -517,4 +523,185 @@ async fn the_admin_listener_has_its_own_connection_cap() {
     let _a = proxy.served_connection().await;
     let _b = proxy.served_connection().await;
     let _c = proxy.served_connection().await;
+}
+
+// ---------------------------------------------------------------------------
+// Bodies: nothing is held forever after the head
+// ---------------------------------------------------------------------------
+
+/// The head of a request to `path` with a `content-length` of `length`.
+fn post_head(path: &str, auth: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: keygate\r\n{auth}content-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+}
+
+/// Sends a head promising 1,000 body bytes and 10 of them, then nothing: the
+/// answer is 408 `REQUEST_TIMEOUT` and the connection is closed.
+async fn check_stalled_body_gets_408(addr: SocketAddr, head: &str) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 10]).await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, read_answer(&mut stream))
+        .await
+        .expect("an answer once the body timed out")
+        .unwrap();
+    assert_eq!(got.status, 408, "{}", got.text());
+    let body: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["code"], "REQUEST_TIMEOUT", "{}", got.text());
+    assert!(
+        closes_within(&mut stream, PATIENCE).await.is_some(),
+        "the connection stayed open after the body timed out"
+    );
+}
+
+#[tokio::test]
+async fn a_proxied_request_body_that_stops_arriving_gets_408_and_is_closed() {
+    let keygate = Keygate::start("body_read_timeout_ms = 300", "").await;
+    let head = post_head(
+        "/acme/v1/upload",
+        &format!("x-api-key: {}\r\n", keygate.key),
+        1000,
+    );
+    check_stalled_body_gets_408(keygate.proxy, &head).await;
+    // The upstream saw the request start but never a whole body.
+    assert!(keygate.upstream.seen().iter().all(|s| s.body.len() < 1000));
+    keygate.proxy_target().served_connection().await;
+}
+
+#[tokio::test]
+async fn a_proxied_body_arriving_slowly_but_steadily_is_forwarded_whole() {
+    // 20 bytes, one every 100 ms: 2 s in all, each gap under the 400 ms limit.
+    let keygate = Keygate::start("body_read_timeout_ms = 400", "").await;
+    let mut stream = TcpStream::connect(keygate.proxy).await.unwrap();
+    let head = post_head(
+        "/acme/v1/upload",
+        &format!("x-api-key: {}\r\n", keygate.key),
+        20,
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(b"y").await.unwrap();
+    }
+    let got = tokio::time::timeout(PATIENCE, read_answer(&mut stream))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(keygate.upstream.only().body, vec![b'y'; 20]);
+}
+
+#[tokio::test]
+async fn an_admin_body_that_stops_arriving_gets_408_and_is_closed() {
+    let keygate = Keygate::start("", "body_timeout_ms = 300").await;
+    let head = post_head(
+        "/v1/orgs",
+        &format!("authorization: Bearer {PROVIDER}\r\n"),
+        1000,
+    );
+    check_stalled_body_gets_408(keygate.admin, &head).await;
+}
+
+#[tokio::test]
+async fn clients_trickling_admin_bodies_on_every_slot_do_not_lock_the_provider_out() {
+    // The issue's flood, scaled down: more tricklers than slots, each sending
+    // the head of `POST /v1/orgs` and then one body byte every 200 ms, for up
+    // to 30 s. Without a deadline for the whole body they hold every slot for
+    // the full 30 s; with it, each is cut off after 500 ms and the provider's
+    // call, waiting in the listen backlog behind a few of them, is served.
+    let keygate = Keygate::start("", "max_connections = 8\nbody_timeout_ms = 500").await;
+    let head = post_head(
+        "/v1/orgs",
+        &format!("authorization: Bearer {PROVIDER}\r\n"),
+        65_536,
+    );
+    let mut tricklers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (addr, head) = (keygate.admin, head.clone());
+        tricklers.spawn(async move {
+            let Ok(mut stream) = TcpStream::connect(addr).await else {
+                return None;
+            };
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return None;
+            }
+            for _ in 0..150 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await;
+            Some(rest)
+        });
+    }
+    // Let the tricklers take every slot first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let list = format!(
+        "GET /v1/orgs HTTP/1.1\r\nhost: keygate\r\nauthorization: Bearer {PROVIDER}\r\n\r\n"
+    );
+    let target = Target {
+        addr: keygate.admin,
+        request: list,
+    };
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        target.exchange(target.request.as_bytes()).await
+    })
+    .await
+    .expect("the provider was locked out by the tricklers");
+    assert_eq!(got.status, 200, "{}", got.text());
+    // Every trickler that got in was answered 408, not left hanging.
+    let mut answered = 0;
+    while let Some(done) = tricklers.join_next().await {
+        if let Some(rest) = done.unwrap() {
+            assert!(
+                rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"),
+                "{}",
+                String::from_utf8_lossy(&rest)
+            );
+            answered += usize::from(!rest.is_empty());
+        }
+    }
+    assert!(answered >= 8, "only {answered} tricklers were answered 408");
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_stops_arriving_closes_both_connections() {
+    // An upstream that sends its answer's head and 10 of 1,000 promised bytes,
+    // then goes silent; it reports whether keygate closed its connection.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let upstream_closed = tokio::spawn(async move {
+        let (mut conn, _) = upstream.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "keygate closed before sending the request");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        closes_within(&mut conn, PATIENCE).await.is_some()
+    });
+    let keygate = Keygate::start_to(Some(addr), "upstream_read_timeout_ms = 300", "").await;
+    let mut client = TcpStream::connect(keygate.proxy).await.unwrap();
+    client
+        .write_all(keygate.proxy_request().as_bytes())
+        .await
+        .unwrap();
+    let got = closes_within(&mut client, PATIENCE)
+        .await
+        .expect("the client's connection stayed open");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("0123456789"), "{got}");
+    assert!(
+        upstream_closed.await.unwrap(),
+        "the upstream connection stayed open"
+    );
 }

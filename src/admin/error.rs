@@ -27,6 +27,9 @@ pub enum AdminError {
     /// The body is not `application/json`.
     #[error("the request body must be application/json")]
     UnsupportedMediaType,
+    /// The body did not arrive within `admin.body_timeout_ms`.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// No such endpoint.
     #[error("no such endpoint")]
     NotFound,
@@ -47,6 +50,7 @@ impl AdminError {
             AdminError::Forbidden => StatusCode::FORBIDDEN,
             AdminError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AdminError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::Op(e) => e.status(),
@@ -61,6 +65,7 @@ impl AdminError {
             AdminError::Forbidden => "FORBIDDEN",
             AdminError::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             AdminError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            AdminError::RequestTimeout => "REQUEST_TIMEOUT",
             AdminError::NotFound => "NOT_FOUND",
             AdminError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             AdminError::Op(e) => e.code(),

@@ -7,6 +7,7 @@ use http::HeaderMap;
 use serde::de::DeserializeOwned;
 
 use super::AdminError;
+use crate::timeout::BodyTimedOut;
 
 /// The largest admin request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -23,6 +24,8 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
             AdminError::PayloadTooLarge
+        } else if BodyTimedOut::is_cause_of(&e) {
+            AdminError::RequestTimeout
         } else {
             AdminError::BadRequest("the request body could not be read".into())
         }

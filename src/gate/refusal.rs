@@ -31,6 +31,9 @@ pub enum Refusal {
     /// The org is over its rate.
     #[error("rate limit exceeded")]
     RateLimited(RateLimited),
+    /// The request's body stopped arriving (`body_read_timeout_ms`).
+    #[error("request body timeout")]
+    RequestTimeout,
     /// The upstream refused the connection.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -61,6 +64,7 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -74,6 +78,7 @@ impl Refusal {
             Refusal::KeyDisabled | Refusal::ThresholdExceeded => "KEY_DISABLED",
             Refusal::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
             Refusal::RateLimited(_) => "RATE_LIMITED",
+            Refusal::RequestTimeout => "REQUEST_TIMEOUT",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
@@ -97,6 +102,9 @@ impl Refusal {
                 "the subscription has expired; this method is not allowed until it is renewed"
             ),
             Refusal::RateLimited(_) => body!("RATE_LIMITED", "rate limit exceeded; retry later"),
+            Refusal::RequestTimeout => {
+                body!("REQUEST_TIMEOUT", "the request body did not arrive in time")
+            }
             Refusal::UpstreamUnavailable => {
                 body!("UPSTREAM_UNAVAILABLE", "the upstream service is unavailable")
             }
@@ -170,6 +178,7 @@ mod tests {
                 retry_after: Duration::ZERO,
                 reset_after: Duration::ZERO,
             }),
+            Refusal::RequestTimeout,
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
         ];

@@ -21,6 +21,10 @@ use super::client::{Affinity, ClientError, Sending, Upstreams};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::Upstream;
 use crate::gate::{GateBody, Refusal};
+use crate::timeout::{BodyTimedOut, BodyTimeouts, TimeoutBody};
+
+/// The upstream's answer body as the client gets it: bounded between reads.
+pub type UpstreamBody = TimeoutBody<Incoming>;
 
 /// How keygate talks to its upstream.
 #[derive(Debug, Clone)]
@@ -32,6 +36,9 @@ pub struct ForwardConfig {
     /// Limit from sending the request to the upstream's response headers; past
     /// it, 504.
     pub upstream_timeout: Duration,
+    /// The longest wait for the next bytes of the upstream's answer body; past
+    /// it both connections are closed.
+    pub upstream_read_timeout: Duration,
     /// How long an idle upstream connection no client connection holds is kept.
     pub pool_idle_timeout: Duration,
     /// How many such idle connections to keep.
@@ -45,6 +52,7 @@ struct Shared<B> {
     upstreams: Arc<Upstreams<B>>,
     upstream: Upstream,
     timeout: Duration,
+    answer_timeouts: BodyTimeouts,
     proto: HeaderValue,
 }
 
@@ -96,6 +104,10 @@ where
                 upstreams,
                 upstream: config.upstream.clone(),
                 timeout: config.upstream_timeout,
+                answer_timeouts: BodyTimeouts {
+                    between_reads: config.upstream_read_timeout,
+                    total: None,
+                },
                 proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
             }),
             client_ip: HeaderValue::from_static("unknown"),
@@ -120,7 +132,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<GateBody<Incoming>>;
+    type Response = Response<GateBody<UpstreamBody>>;
     type Error = Infallible;
     type Future = ForwardFuture<B>;
 
@@ -144,6 +156,7 @@ where
         ForwardFuture {
             sending: self.affinity.send(req),
             affinity: Arc::clone(&self.affinity),
+            answer_timeouts: self.shared.answer_timeouts,
             timeout: tokio::time::sleep(self.shared.timeout),
         }
     }
@@ -159,6 +172,7 @@ pin_project! {
     pub struct ForwardFuture<B> {
         sending: Sending<B>,
         affinity: Arc<Affinity<B>>,
+        answer_timeouts: BodyTimeouts,
         #[pin]
         timeout: Sleep,
     }
@@ -175,7 +189,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Output = Result<Response<GateBody<Incoming>>, Infallible>;
+    type Output = Result<Response<GateBody<UpstreamBody>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -200,7 +214,15 @@ where
                 Poll::Ready(Ok(res)) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    let body = TimeoutBody::new(body, *this.answer_timeouts).warn_on_timeout(
+                        "the upstream's answer stopped arriving; closing both connections",
+                    );
                     Response::from_parts(parts, GateBody::inner(body))
+                }
+                Poll::Ready(Err(e)) if BodyTimedOut::is_cause_of(&e) => {
+                    // The client's body stopped: the client's doing, logged
+                    // at debug where the body timed out.
+                    Refusal::RequestTimeout.into_response()
                 }
                 Poll::Ready(Err(e)) => {
                     let connect = matches!(e, ClientError::Connect(_));
@@ -266,6 +288,7 @@ mod tests {
             upstream: Upstream::new(&uri).unwrap(),
             connect_timeout: Duration::from_secs(5),
             upstream_timeout,
+            upstream_read_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
             https: false,
@@ -337,6 +360,7 @@ mod tests {
         let answer = ForwardFuture {
             sending: Sending::Sent(Box::pin(dead.try_send_request(req))),
             affinity: Arc::clone(&forward.affinity),
+            answer_timeouts: forward.shared.answer_timeouts,
             timeout: tokio::time::sleep(Duration::from_secs(5)),
         }
         .await

@@ -15,6 +15,6 @@ mod forward;
 mod headers;
 mod upstream;
 
-pub use forward::{Forward, ForwardConfig, ForwardFuture};
+pub use forward::{Forward, ForwardConfig, ForwardFuture, UpstreamBody};
 pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use upstream::{Upstream, UpstreamError};

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::ConnectionLimits;
+use crate::timeout::TimeoutBody;
 
 /// What a connection is doing; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,7 +306,7 @@ impl<S: Clone> Clone for Tracked<S> {
 
 impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Tracked<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: tower_service::Service<Request<TimeoutBody<ReqBody>>, Response = Response<ResBody>>,
 {
     type Response = Response<TrackedBody<ResBody>>;
     type Error = S::Error;
@@ -317,6 +318,8 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let in_flight = InFlight::start(&self.activity, req.version());
+        // The body's limits count from here, the end of its head.
+        let req = req.map(|body| TimeoutBody::new(body, self.activity.limits.body));
         TrackedFuture {
             inner: self.inner.call(req),
             in_flight: Some(in_flight),
@@ -397,6 +400,10 @@ mod tests {
             max_connections: 1,
             max_header_bytes: 8192,
             idle_timeout: Duration::from_secs(60),
+            body: crate::timeout::BodyTimeouts {
+                between_reads: Duration::from_secs(60),
+                total: None,
+            },
         }
     }
 

@@ -39,6 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use super::activity::{Activity, Phase, Tracked, Watched};
 use super::DRAIN_LIMIT;
 use crate::config::ConnectionLimits;
+use crate::timeout::TimeoutBody;
 
 /// How a listener serves its connections.
 #[derive(Clone)]
@@ -84,7 +85,7 @@ pub(super) async fn serve<S, B>(
     per_client: impl Fn(IpAddr) -> S,
     mut stopped: watch::Receiver<bool>,
 ) where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: tower_service::Service<http::Request<TimeoutBody<Incoming>>, Response = http::Response<B>>
         + Clone
         + Send
         + 'static,
@@ -187,7 +188,7 @@ async fn connection<S, B>(
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) where
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: tower_service::Service<http::Request<TimeoutBody<Incoming>>, Response = http::Response<B>>
         + Clone
         + Send
         + 'static,
@@ -225,7 +226,7 @@ async fn drive<I, S, B>(
     mut stopped: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: tower_service::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: tower_service::Service<http::Request<TimeoutBody<Incoming>>, Response = http::Response<B>>
         + Clone
         + Send
         + 'static,
