@@ -48,9 +48,10 @@ use http_body_util::{BodyExt, Empty};
 use tower_service::Service;
 
 use crate::admin::{self, AdminState};
+use crate::answer::Refusal;
 use crate::clock::{ManualClock, Timestamp};
 use crate::config::{Config, ConfigError, RawConfig};
-use crate::gate::{GateConfig, KeyGate, OrgSource, Refusal, X_ORG_ID};
+use crate::gate::{GateConfig, KeyGate, OrgSource, X_ORG_ID};
 use crate::key::ApiKey;
 use crate::org::{Actor, LimitOverrides, Limits, OrgId};
 use crate::store::Store;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use super::resolve::{named_org, presented_key};
-use super::{Gate, Refusal};
+use super::Gate;
+use crate::answer::Refusal;
 use crate::key::ApiKey;
 use crate::limit::Count;
 use crate::org::{Org, OrgId};

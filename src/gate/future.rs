@@ -7,7 +7,7 @@ use std::task::{ready, Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::{GateBody, Refusal};
+use crate::answer::{AnswerBody, Refusal};
 use crate::store::BoxFuture;
 
 pin_project! {
@@ -59,13 +59,13 @@ impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<GateBody<B>>, E>;
+    type Output = Result<Response<AnswerBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Inner { fut } => {
                 let res = ready!(fut.poll(cx))?;
-                Poll::Ready(Ok(res.map(GateBody::inner)))
+                Poll::Ready(Ok(res.map(AnswerBody::inner)))
             }
             KindProj::Refused { refusal } => Poll::Ready(Ok(refusal.into_response())),
             KindProj::Disabling { fut } => {

@@ -17,7 +17,9 @@
 //!    off), and, in path mode, the org's segment removed.
 //!
 //! Refusals are answered at once by the response future, never forwarded, as
-//! `application/json` bodies `{"code": "...", "message": "..."}`.
+//! [`Refusal`](crate::answer::Refusal)s: `application/json` bodies
+//! `{"code": "...", "message": "..."}`, in keygate's one home for its own
+//! answers ([`answer`](crate::answer)), which the proxy uses too.
 //!
 //! # Example
 //!
@@ -40,19 +42,15 @@
 //! ```
 
 mod admit;
-mod body;
 mod future;
 mod layer;
-mod refusal;
 mod resolve;
 mod service;
 
 use http::{HeaderName, Method};
 
-pub use body::GateBody;
 pub use future::ResponseFuture;
 pub use layer::KeyGateLayer;
-pub use refusal::Refusal;
 pub use service::{KeyGate, X_ORG_ID};
 
 use crate::store::Store;

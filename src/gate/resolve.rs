@@ -4,7 +4,8 @@
 use http::header::{HeaderMap, HeaderName};
 use http::{HeaderValue, Uri};
 
-use super::{OrgSource, Refusal};
+use super::OrgSource;
+use crate::answer::Refusal;
 use crate::org::OrgId;
 
 /// The org a request names, and how much of its path names it.

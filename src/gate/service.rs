@@ -73,7 +73,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KeyGate<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response<super::GateBody<ResBody>>;
+    type Response = Response<crate::answer::AnswerBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 

@@ -20,7 +20,7 @@ use tower_service::Service;
 use super::client::{Affinity, ClientError, Sending, Upstreams};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::Upstream;
-use crate::gate::{GateBody, Refusal};
+use crate::answer::{AnswerBody, Refusal};
 use crate::timeout::{BodyTimedOut, BodyTimeouts, TimeoutBody};
 
 /// The upstream's answer body as the client gets it: bounded between reads.
@@ -132,7 +132,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = Response<GateBody<UpstreamBody>>;
+    type Response = Response<AnswerBody<UpstreamBody>>;
     type Error = Infallible;
     type Future = ForwardFuture<B>;
 
@@ -189,7 +189,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Output = Result<Response<GateBody<UpstreamBody>>, Infallible>;
+    type Output = Result<Response<AnswerBody<UpstreamBody>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -217,7 +217,7 @@ where
                     let body = TimeoutBody::new(body, *this.answer_timeouts).warn_on_timeout(
                         "the upstream's answer stopped arriving; closing both connections",
                     );
-                    Response::from_parts(parts, GateBody::inner(body))
+                    Response::from_parts(parts, AnswerBody::inner(body))
                 }
                 Poll::Ready(Err(e)) if BodyTimedOut::is_cause_of(&e) => {
                     // The client's body stopped: the client's doing, logged

@@ -1,4 +1,5 @@
-//! The response body of a gated service: the inner service's body, or a refusal.
+//! The body of an answer on the proxy listener: the inner service's body, or a
+//! refusal's.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,7 +11,7 @@ use pin_project_lite::pin_project;
 pin_project! {
     /// The inner service's body, untouched, or the JSON of a refusal.
     #[derive(Debug)]
-    pub struct GateBody<B> {
+    pub struct AnswerBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -25,23 +26,23 @@ pin_project! {
     }
 }
 
-impl<B> GateBody<B> {
+impl<B> AnswerBody<B> {
     /// Wraps the inner service's body.
     pub fn inner(body: B) -> Self {
-        GateBody {
+        AnswerBody {
             kind: Kind::Inner { body },
         }
     }
 
     /// A body of the given bytes.
     pub fn refusal(data: Bytes) -> Self {
-        GateBody {
+        AnswerBody {
             kind: Kind::Refusal { data: Some(data) },
         }
     }
 }
 
-impl<B> Body for GateBody<B>
+impl<B> Body for AnswerBody<B>
 where
     B: Body,
     B::Data: From<Bytes>,

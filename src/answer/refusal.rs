@@ -1,15 +1,15 @@
-//! The one home of the proxy's refusals: each knows its status, its contract code
-//! and its JSON body.
+//! The one home of keygate's own answers: each knows its status, its contract
+//! code and its JSON body.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::GateBody;
+use super::AnswerBody;
 use crate::limit::RateLimited;
 
-/// Why keygate answered a proxied request itself. Every row of the contract's
-/// proxy table is one variant.
+/// Why keygate answered a proxied request itself. Every row of the proxy's
+/// table of answers (README, "The proxy") is one variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
@@ -116,8 +116,8 @@ impl Refusal {
 
     /// The whole answer: status, JSON body and, for 429, `Retry-After` and the
     /// `x-ratelimit-*` headers.
-    pub fn into_response<B>(self) -> Response<GateBody<B>> {
-        let mut res = Response::new(GateBody::refusal(self.body()));
+    pub fn into_response<B>(self) -> Response<AnswerBody<B>> {
+        let mut res = Response::new(AnswerBody::refusal(self.body()));
         *res.status_mut() = self.status();
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, APPLICATION_JSON);
