@@ -8,13 +8,16 @@
 //! [`DRAIN_LIMIT`], and returns.
 //!
 //! Both listeners run the same accept loop (`listener`), each with its own
-//! [`ConnectionLimits`](crate::config::ConnectionLimits) and optional TLS: a
+//! [`ConnectionLimits`] and optional TLS: a
 //! cap on open connections (beyond it new clients wait in the listen backlog),
 //! a cap on the request head (431 beyond it), a timeout for each request's head
 //! and one for idle keep-alive connections (`activity`).
 
 mod activity;
+mod limits;
 mod listener;
+
+pub use limits::ConnectionLimits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

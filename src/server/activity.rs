@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::ConnectionLimits;
+use super::ConnectionLimits;
 use crate::timeout::TimeoutBody;
 
 /// What a connection is doing; see the module docs.

@@ -37,8 +37,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::activity::{Activity, Phase, Tracked, Watched};
+use super::ConnectionLimits;
 use super::DRAIN_LIMIT;
-use crate::config::ConnectionLimits;
 use crate::timeout::TimeoutBody;
 
 /// How a listener serves its connections.

@@ -1,0 +1,202 @@
+//! keygate's configuration: the TOML file of CONTRACT.md §2, checked once at start.
+//!
+//! Two layers, as in Pingora and ripgrep:
+//!
+//! - [`RawConfig`] is the file as written: every key with its default, in plain
+//!   strings and integers, so that serde can fill it and nothing can fail yet;
+//! - [`Config`] is what the rest of keygate uses: socket addresses, an upstream
+//!   [`Uri`], [`HeaderName`]s, [`Method`]s, [`Duration`]s, checked [`Limits`]
+//!   and [`ConnectionLimits`], and each listener's [`ServerTls`], produced by
+//!   [`RawConfig::validate`]. Validation reads the TLS certificate and key files
+//!   it names, so that a bad one stops keygate before anything binds.
+//!
+//! [`Config::load`] runs the whole way: read the file, parse it, walk it for
+//! unknown keys and wrong types (so that each is reported with its full dotted
+//! path, which serde's own messages do not give), apply the
+//! [`PROVIDER_TOKEN_ENV`] override, validate. Every refusal is a
+//! [`ConfigError`] that prints as one line naming the key and why, which is
+//! what `keygate serve` prints before exiting.
+//!
+//! The files follow those steps: `raw` (the file as written, and the walk),
+//! `validate` (section by section), `error` (the one-line refusals), and this
+//! module (the checked types and the loading), with the tests in `tests`.
+//!
+//! # Example
+//!
+//! ```
+//! use keygate::config::Config;
+//!
+//! let config = Config::from_toml(r#"
+//!     [proxy]
+//!     upstream = "http://127.0.0.1:9000/api"
+//!     [admin]
+//!     provider_token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+//! "#).unwrap();
+//! assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
+//! assert_eq!(config.proxy.upstream.path(), "/api");
+//! assert_eq!(config.proxy.public_url, "http://127.0.0.1:8080");
+//!
+//! let err = Config::from_toml("[proxy]\nupstreem = \"http://127.0.0.1:9000\"").unwrap_err();
+//! assert_eq!(err.to_string(), "config: proxy.upstreem: unknown key");
+//! ```
+
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::Uri;
+use http::{HeaderName, Method};
+
+pub use error::ConfigError;
+pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls};
+
+use crate::gate::{GateConfig, OrgSource};
+use crate::org::Limits;
+use crate::server::ConnectionLimits;
+use crate::tls::ServerTls;
+use crate::token::TokenDigest;
+use error::invalid;
+use validate::NOT_A_DIGEST;
+
+/// The environment variable that, when set and not empty, replaces
+/// `admin.provider_token_sha256`, so that a deployment can keep the digest out
+/// of the file it ships.
+pub const PROVIDER_TOKEN_ENV: &str = "KEYGATE_PROVIDER_TOKEN_SHA256";
+
+/// The checked configuration keygate runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The proxy listener and the upstream.
+    pub proxy: ProxyConfig,
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// The store.
+    pub store: StoreConfig,
+    /// Every org's default limits, each within `1..=`[`limits_max`](crate::org::limits_max).
+    pub limits: Limits,
+}
+
+/// The checked `[proxy]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The address the proxy listener binds.
+    pub listen: SocketAddr,
+    /// Where accepted requests go: scheme `http`, an authority without
+    /// credentials, no query. Its path is `/` or a base path without a trailing
+    /// slash (`/api`) that the forwarded path is appended to.
+    pub upstream: Uri,
+    /// The header that carries the API key, lowercase.
+    pub key_header: HeaderName,
+    /// Where a request names its org.
+    pub org_from: OrgSource,
+    /// `http(s)://host[:port][/base]` with no trailing slash; an org's
+    /// `base_url` is this plus `/` and the org id in path mode.
+    pub public_url: String,
+    /// Methods refused while a subscription is expired, uppercase, no repeats.
+    pub blocked_when_expired: Vec<Method>,
+    /// Upstream TCP connect timeout; past it the client gets 502.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers; past it, 504. At
+    /// least `connect_timeout`, which it includes.
+    pub upstream_timeout: Duration,
+    /// The longest wait for the next bytes of the upstream's answer body.
+    pub upstream_read_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// How many idle upstream connections are kept.
+    pub pool_max_idle_per_host: usize,
+    /// How the proxy listener treats client connections.
+    pub connections: ConnectionLimits,
+    /// The certificate and key when the proxy listener serves HTTPS.
+    pub tls: Option<ServerTls>,
+}
+
+/// The checked `[admin]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The address the admin listener binds.
+    pub listen: SocketAddr,
+    /// The digest a bearer token must have to act as the provider.
+    pub provider_token: TokenDigest,
+    /// How the admin listener treats client connections.
+    pub connections: ConnectionLimits,
+    /// The certificate and key when the admin listener serves HTTPS.
+    pub tls: Option<ServerTls>,
+}
+
+/// The checked `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The database file; relative paths are relative to the working directory.
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Parses and validates TOML text, ignoring the environment.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, |_| None)
+    }
+
+    /// Parses TOML text, applies the overrides `env` returns (see
+    /// [`PROVIDER_TOKEN_ENV`]), and validates. `env` stands for
+    /// `std::env::var`, so tests need not touch the process environment.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::from_toml(text)?;
+        // Empty counts as unset, as `KEY=` in an env file or compose file means.
+        if let Some(digest) = env(PROVIDER_TOKEN_ENV).filter(|d| !d.is_empty()) {
+            // Checked here too, so that a bad value names where it came from.
+            if TokenDigest::from_hex(&digest).is_none() {
+                return Err(invalid(PROVIDER_TOKEN_ENV, NOT_A_DIGEST));
+            }
+            raw.admin.provider_token_sha256 = Some(digest);
+        }
+        raw.validate()
+    }
+
+    /// Reads the file at `path`, applies the process environment's overrides,
+    /// and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, |name| {
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// [`load`](Config::load) with the environment given by `env`.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_with_env(&text, env)
+    }
+
+    /// What the gate middleware needs of this config. The org goes upstream in
+    /// `x-org-id` only: the proxy's forwarder reads no extensions.
+    pub fn gate(&self) -> GateConfig {
+        GateConfig {
+            org_from: self.proxy.org_from.clone(),
+            key_header: self.proxy.key_header.clone(),
+            blocked_when_expired: self.proxy.blocked_when_expired.clone(),
+            org_extension: false,
+        }
+    }
+}
+
+/// `http://{listen}`, or `https://` when the listener serves TLS: the URL a
+/// client on this machine would type.
+pub fn default_public_url(listen: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{listen}")
+}

@@ -1,0 +1,300 @@
+//! The file as written: [`RawConfig`] and its sections, every key at its
+//! default, and the walk that names each unknown key and wrong type.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{invalid, ConfigError};
+use crate::org::Limits;
+
+/// The configuration file as written, every key at its default until the file
+/// sets it. Nothing here is checked; [`RawConfig::validate`] does that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// The listener clients call with their org's API key.
+    pub proxy: RawProxy,
+    /// The listener providers, admins and viewers call to manage keys.
+    pub admin: RawAdmin,
+    /// Where org state, tokens and the audit log persist.
+    pub store: RawStore,
+    /// The limits every org has unless the provider overrides them.
+    pub limits: RawLimits,
+}
+
+/// `[proxy]`: how clients reach keygate and how keygate reaches the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawProxy {
+    /// The address clients connect to, as `ip:port`.
+    pub listen: String,
+    /// The one upstream every accepted request is forwarded to; required,
+    /// because a gateway with nowhere to forward has no purpose.
+    pub upstream: Option<String>,
+    /// The request header that carries the org's API key.
+    pub key_header: String,
+    /// Where a request names its org: `"path"` (first segment) or `"header"`.
+    pub org_from: String,
+    /// The header that names the org when `org_from = "header"`.
+    pub org_header: String,
+    /// The base of the URL shown to admins on the key page; needed because
+    /// behind a load balancer `listen` is not what clients type. Unset means
+    /// `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Methods refused while an org's subscription is expired, so that an
+    /// expired org can still read but no longer write.
+    pub blocked_when_expired: Vec<String>,
+    /// How long to wait for the upstream's TCP connect before answering 502,
+    /// so a dead upstream fails fast instead of holding the client.
+    pub connect_timeout_ms: i64,
+    /// How long to wait for the upstream's response headers before answering
+    /// 504, so a hung upstream cannot pin connections forever.
+    pub upstream_timeout_ms: i64,
+    /// How long an idle pooled upstream connection is kept for reuse; shorter
+    /// than the upstream's own keep-alive avoids reusing a closing socket.
+    pub pool_idle_timeout_secs: i64,
+    /// How many idle connections to the upstream are kept for reuse, which
+    /// bounds the file descriptors a burst leaves behind.
+    pub pool_max_idle_per_host: i64,
+    /// How long a client may take to send a request's head (request line and
+    /// headers), from the accept or from the first byte of a later request on
+    /// the connection, TLS handshake included; past it the connection is
+    /// closed, against slowloris-style clients.
+    pub header_read_timeout_ms: i64,
+    /// The most connections served at once; beyond it new connections wait in
+    /// the kernel's listen backlog, so a flood cannot exhaust memory or file
+    /// descriptors.
+    pub max_connections: i64,
+    /// The largest request head (request line and headers) accepted, in
+    /// bytes; a larger one is answered 431. Bounds the memory one request can
+    /// hold before keygate has looked at it.
+    pub max_header_bytes: i64,
+    /// How long a keep-alive connection may wait, with no request in flight,
+    /// for the first byte of its next request before it is closed, so idle
+    /// clients cannot hold connections forever.
+    pub idle_timeout_ms: i64,
+    /// How long a request body may go without a byte arriving, once the
+    /// body's reader waits for it (nginx's `client_body_timeout`); past it
+    /// the client gets 408 and its connection is closed, so a body that stops
+    /// arriving cannot hold a connection and an upstream connection forever.
+    pub body_read_timeout_ms: i64,
+    /// How long the upstream's answer body may go without a byte arriving
+    /// (nginx's `proxy_read_timeout`); past it both connections are closed,
+    /// so an upstream that stalls mid-answer cannot hold them forever.
+    pub upstream_read_timeout_ms: i64,
+    /// `[proxy.tls]`: serve HTTPS on this listener; absent for plain HTTP.
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawProxy {
+    /// The contract's defaults, and ours for the keys it leaves to us.
+    fn default() -> Self {
+        RawProxy {
+            listen: "127.0.0.1:8080".to_owned(),
+            upstream: None,
+            key_header: "x-api-key".to_owned(),
+            org_from: "path".to_owned(),
+            org_header: "x-org-id".to_owned(),
+            public_url: None,
+            blocked_when_expired: vec!["POST".to_owned(), "PUT".to_owned()],
+            connect_timeout_ms: 2_000,
+            upstream_timeout_ms: 30_000,
+            pool_idle_timeout_secs: 90,
+            pool_max_idle_per_host: 256,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            upstream_read_timeout_ms: 60_000,
+            tls: None,
+        }
+    }
+}
+
+/// 60 s, nginx's `client_body_timeout`: a client that sends nothing for a
+/// minute mid-body has gone.
+const DEFAULT_BODY_READ_TIMEOUT_MS: i64 = 60_000;
+
+/// 64 KiB: ten times what browsers send, a fraction of hyper's ~400 KB buffer.
+const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
+/// 60 s: longer than the keep-alive of common clients' pools (curl, Go, Python
+/// requests reuse within seconds), short enough to free an abandoned slot.
+const DEFAULT_IDLE_TIMEOUT_MS: i64 = 60_000;
+
+/// `[admin]`: the management listener and who is its provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAdmin {
+    /// The address the admin API listens on, as `ip:port`; separate from the
+    /// proxy's so it can stay on a private interface.
+    pub listen: String,
+    /// Lowercase hex SHA-256 of the provider's bearer token; required, because
+    /// without it nobody could provision an org. Only the digest is configured
+    /// so the file never holds the secret.
+    pub provider_token_sha256: Option<String>,
+    /// As `proxy.header_read_timeout_ms`, for the admin listener.
+    pub header_read_timeout_ms: i64,
+    /// As `proxy.max_connections`, for the admin listener; lower by default,
+    /// since its callers are few, so a flood here leaves file descriptors for
+    /// the proxy.
+    pub max_connections: i64,
+    /// As `proxy.max_header_bytes`, for the admin listener.
+    pub max_header_bytes: i64,
+    /// As `proxy.idle_timeout_ms`, for the admin listener.
+    pub idle_timeout_ms: i64,
+    /// As `proxy.body_read_timeout_ms`, for the admin listener.
+    pub body_read_timeout_ms: i64,
+    /// How long a whole admin request body (at most 64 KiB) may take, from
+    /// the end of its head; past it, 408 and the connection is closed. A slow
+    /// sender then holds a connection slot no longer than a slow head does, so
+    /// senders trickling bodies cannot keep the provider out (README, "Limits").
+    pub body_timeout_ms: i64,
+    /// `[admin.tls]`: serve the admin API over HTTPS; absent for plain HTTP.
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawAdmin {
+    /// The contract's defaults, and ours for the keys it leaves to us.
+    fn default() -> Self {
+        RawAdmin {
+            listen: "127.0.0.1:8081".to_owned(),
+            provider_token_sha256: None,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            tls: None,
+        }
+    }
+}
+
+/// `[proxy.tls]` and `[admin.tls]`: the listener's certificate and key, as PEM
+/// files. Both or neither: neither (or no table) means plain HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTls {
+    /// The certificate chain, leaf first. A relative path is relative to the
+    /// working directory.
+    pub cert_path: Option<String>,
+    /// The leaf certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<String>,
+}
+
+/// `[store]`: where state lives between restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawStore {
+    /// The database file, created with its parent folders on first start.
+    /// A relative path is relative to the working directory.
+    pub path: String,
+}
+
+impl Default for RawStore {
+    /// The contract's default.
+    fn default() -> Self {
+        RawStore {
+            path: "data/keygate.redb".to_owned(),
+        }
+    }
+}
+
+/// `[limits]`: the default [`Limits`] of every org. Integers are kept as TOML
+/// wrote them (signed, 64-bit) so that a negative or huge value is reported as
+/// out of range rather than as a type error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Sustained calls per second per org before 429.
+    pub rate_per_sec: i64,
+    /// Calls an org may make at once before the rate applies.
+    pub burst: i64,
+    /// More calls than this within one window disable the org's key.
+    pub threshold_calls: i64,
+    /// The length of the threshold window, in seconds.
+    pub threshold_window_secs: i64,
+}
+
+impl Default for RawLimits {
+    /// The contract's defaults, the same as [`Limits::default`].
+    fn default() -> Self {
+        let d = Limits::default();
+        RawLimits {
+            rate_per_sec: d.rate_per_sec.into(),
+            burst: d.burst.into(),
+            threshold_calls: d.threshold_calls.into(),
+            threshold_window_secs: d.threshold_window_secs.into(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text, refusing syntax errors, unknown keys and wrong types,
+    /// each named by its dotted key.
+    pub fn from_toml(text: &str) -> Result<RawConfig, ConfigError> {
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                line: e.span().map(|span| line_of(text, span.start)),
+                message: first_line(e.message()),
+            })?;
+        // serde's own messages say what is wrong but not where;
+        // serde_path_to_error keeps the path to the value that failed.
+        serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+            let (key, in_array) = dotted(e.path());
+            invalid(key, shape_error(&e.inner().to_string(), in_array))
+        })
+    }
+}
+
+/// The dotted key of `path` (an array's own key for one of its items), and
+/// whether the path went into an array.
+fn dotted(path: &serde_path_to_error::Path) -> (String, bool) {
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            serde_path_to_error::Segment::Map { key: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            serde_path_to_error::Segment::Seq { .. } => return (key, true),
+            _ => {}
+        }
+    }
+    (key, false)
+}
+
+/// serde's message for an unknown key or a wrong type, in keygate's words and
+/// without the value (a config file may hold a secret in the wrong place).
+fn shape_error(message: &str, in_array: bool) -> String {
+    let message = first_line(message);
+    if message.starts_with("unknown field") {
+        return "unknown key".to_owned();
+    }
+    if in_array {
+        return "expected an array of strings".to_owned();
+    }
+    let Some((_, expected)) = message.rsplit_once(", expected ") else {
+        return message;
+    };
+    let what = match expected {
+        "i64" => "an integer",
+        "a string" => "a string",
+        "a sequence" => "an array of strings",
+        s if s.starts_with("struct ") => "a table",
+        other => other,
+    };
+    format!("expected {what}")
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.get(..offset).unwrap_or(text);
+    before.bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().trim().to_owned()
+}

@@ -1,0 +1,439 @@
+//! [`RawConfig::validate`]: every value checked and converted, section by
+//! section, each refusal naming its key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+use http::{HeaderName, Method};
+
+use super::error::{invalid, ConfigError};
+use super::raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls};
+use super::{default_public_url, AdminConfig, Config, ProxyConfig, StoreConfig};
+use crate::gate::OrgSource;
+use crate::org::Limits;
+use crate::server::ConnectionLimits;
+use crate::timeout::BodyTimeouts;
+use crate::tls::{ServerTls, TlsFile};
+use crate::token::TokenDigest;
+
+impl RawConfig {
+    /// Checks every value and converts it into the [`Config`] keygate runs with.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let proxy = self.proxy.validate()?;
+        let admin = self.admin.validate()?;
+        let store = self.store.validate()?;
+        let limits = self.limits.validate()?;
+        Ok(Config {
+            proxy,
+            admin,
+            store,
+            limits,
+        })
+    }
+}
+
+pub(super) const NOT_A_DIGEST: &str =
+    "not 64 lowercase hex digits (the SHA-256 of the provider's token)";
+
+/// The largest values of our own keys. Beyond them a value is a typo (seconds
+/// written as milliseconds twice over), not a policy.
+mod max {
+    /// 5 minutes: no healthy upstream takes longer to accept a connection.
+    pub const CONNECT_TIMEOUT_MS: u64 = 300_000;
+    /// 1 hour: long polls and large exports, but not forever.
+    pub const UPSTREAM_TIMEOUT_MS: u64 = 3_600_000;
+    /// 1 day.
+    pub const POOL_IDLE_TIMEOUT_SECS: u64 = 86_400;
+    /// More idle sockets than this to one host is a leak, not a pool.
+    pub const POOL_MAX_IDLE_PER_HOST: u64 = 65_536;
+    /// 5 minutes.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 300_000;
+    /// Well past what one process's file descriptors allow.
+    pub const MAX_CONNECTIONS: u64 = 1_000_000;
+    /// The smallest read buffer hyper accepts, which is how the limit is enforced.
+    pub const MIN_HEADER_BYTES: u64 = 8_192;
+    /// 1 MiB: no legitimate request head comes near it.
+    pub const MAX_HEADER_BYTES: u64 = 1_048_576;
+    /// 1 day.
+    pub const IDLE_TIMEOUT_MS: u64 = 86_400_000;
+    /// 1 hour: a pause longer than this in a body or an answer is a dead peer.
+    pub const BODY_TIMEOUT_MS: u64 = 3_600_000;
+}
+
+impl RawProxy {
+    fn validate(self) -> Result<ProxyConfig, ConfigError> {
+        let listen = socket_addr("proxy.listen", &self.listen)?;
+        let upstream = match &self.upstream {
+            Some(u) => upstream(u)?,
+            None => return Err(invalid("proxy.upstream", "required")),
+        };
+        let key_header = header_name("proxy.key_header", &self.key_header)?;
+        if RESERVED_HEADERS.contains(&key_header.as_str()) {
+            return Err(invalid(
+                "proxy.key_header",
+                "must not be x-org-id, host, content-length or a hop-by-hop header",
+            ));
+        }
+        let org_header = header_name("proxy.org_header", &self.org_header)?;
+        if org_header != X_ORG_ID && RESERVED_HEADERS.contains(&org_header.as_str()) {
+            return Err(invalid(
+                "proxy.org_header",
+                "must not be host, content-length or a hop-by-hop header",
+            ));
+        }
+        let org_from = match self.org_from.as_str() {
+            "path" => OrgSource::Path,
+            "header" if org_header == key_header => {
+                return Err(invalid(
+                    "proxy.org_header",
+                    "must differ from proxy.key_header",
+                ))
+            }
+            "header" => OrgSource::Header(org_header),
+            _ => return Err(invalid("proxy.org_from", r#"must be "path" or "header""#)),
+        };
+        let connections = connection_limits(
+            "proxy",
+            self.header_read_timeout_ms,
+            self.max_connections,
+            self.max_header_bytes,
+            self.idle_timeout_ms,
+            self.body_read_timeout_ms,
+            None,
+        )?;
+        let tls = tls("proxy", self.tls)?;
+        let connect_timeout = Duration::from_millis(ranged(
+            "proxy.connect_timeout_ms",
+            self.connect_timeout_ms,
+            max::CONNECT_TIMEOUT_MS,
+        )?);
+        let upstream_timeout = Duration::from_millis(ranged(
+            "proxy.upstream_timeout_ms",
+            self.upstream_timeout_ms,
+            max::UPSTREAM_TIMEOUT_MS,
+        )?);
+        // The upstream timeout runs from the request's start, connect
+        // included: a shorter one would answer a black-holed upstream 504
+        // before the connect timeout could answer 502.
+        if upstream_timeout < connect_timeout {
+            return Err(invalid(
+                "proxy.upstream_timeout_ms",
+                "must be at least proxy.connect_timeout_ms",
+            ));
+        }
+        let public_url = match &self.public_url {
+            Some(url) => public_url(url)?,
+            None => default_public_url(listen, tls.is_some()),
+        };
+        Ok(ProxyConfig {
+            listen,
+            upstream,
+            key_header,
+            org_from,
+            public_url,
+            blocked_when_expired: methods(
+                "proxy.blocked_when_expired",
+                &self.blocked_when_expired,
+            )?,
+            connect_timeout,
+            upstream_timeout,
+            upstream_read_timeout: Duration::from_millis(ranged(
+                "proxy.upstream_read_timeout_ms",
+                self.upstream_read_timeout_ms,
+                max::BODY_TIMEOUT_MS,
+            )?),
+            pool_idle_timeout: Duration::from_secs(ranged(
+                "proxy.pool_idle_timeout_secs",
+                self.pool_idle_timeout_secs,
+                max::POOL_IDLE_TIMEOUT_SECS,
+            )?),
+            pool_max_idle_per_host: ranged_usize(
+                "proxy.pool_max_idle_per_host",
+                self.pool_max_idle_per_host,
+                1,
+                max::POOL_MAX_IDLE_PER_HOST,
+            )?,
+            connections,
+            tls,
+        })
+    }
+}
+
+/// The keys shared by `[proxy]` and `[admin]`, checked and named under `section`.
+fn connection_limits(
+    section: &str,
+    header_read_timeout_ms: i64,
+    max_connections: i64,
+    max_header_bytes: i64,
+    idle_timeout_ms: i64,
+    body_read_timeout_ms: i64,
+    body_timeout_ms: Option<i64>,
+) -> Result<ConnectionLimits, ConfigError> {
+    let body_timeout = |name: &str, ms| {
+        ranged(&format!("{section}.{name}"), ms, max::BODY_TIMEOUT_MS).map(Duration::from_millis)
+    };
+    Ok(ConnectionLimits {
+        header_read_timeout: Duration::from_millis(ranged(
+            &format!("{section}.header_read_timeout_ms"),
+            header_read_timeout_ms,
+            max::HEADER_READ_TIMEOUT_MS,
+        )?),
+        max_connections: ranged_usize(
+            &format!("{section}.max_connections"),
+            max_connections,
+            1,
+            max::MAX_CONNECTIONS,
+        )?,
+        max_header_bytes: ranged_usize(
+            &format!("{section}.max_header_bytes"),
+            max_header_bytes,
+            max::MIN_HEADER_BYTES,
+            max::MAX_HEADER_BYTES,
+        )?,
+        idle_timeout: Duration::from_millis(ranged(
+            &format!("{section}.idle_timeout_ms"),
+            idle_timeout_ms,
+            max::IDLE_TIMEOUT_MS,
+        )?),
+        body: BodyTimeouts {
+            between_reads: body_timeout("body_read_timeout_ms", body_read_timeout_ms)?,
+            total: body_timeout_ms
+                .map(|ms| body_timeout("body_timeout_ms", ms))
+                .transpose()?,
+        },
+    })
+}
+
+/// `[section.tls]`: both files or neither; both are read and checked now.
+fn tls(section: &str, raw: Option<RawTls>) -> Result<Option<ServerTls>, ConfigError> {
+    let RawTls {
+        cert_path,
+        key_path,
+    } = raw.unwrap_or_default();
+    let key = |name: &str| format!("{section}.tls.{name}");
+    let (cert_path, key_path) = match (cert_path, key_path) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(invalid(
+                key("key_path"),
+                format!("required when {} is set", key("cert_path")),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                key("cert_path"),
+                format!("required when {} is set", key("key_path")),
+            ))
+        }
+        (Some(cert), Some(k)) => (cert, k),
+    };
+    for (name, value) in [("cert_path", &cert_path), ("key_path", &key_path)] {
+        if value.is_empty() {
+            return Err(invalid(key(name), "must not be empty"));
+        }
+    }
+    ServerTls::load(Path::new(&cert_path), Path::new(&key_path))
+        .map(Some)
+        .map_err(|e| {
+            let name = match e.file() {
+                TlsFile::Certificate => "cert_path",
+                TlsFile::Key => "key_path",
+            };
+            invalid(key(name), e.to_string())
+        })
+}
+
+impl RawAdmin {
+    fn validate(self) -> Result<AdminConfig, ConfigError> {
+        let listen = socket_addr("admin.listen", &self.listen)?;
+        let Some(hex) = &self.provider_token_sha256 else {
+            return Err(invalid("admin.provider_token_sha256", "required"));
+        };
+        let provider_token = TokenDigest::from_hex(hex)
+            .ok_or_else(|| invalid("admin.provider_token_sha256", NOT_A_DIGEST))?;
+        let connections = connection_limits(
+            "admin",
+            self.header_read_timeout_ms,
+            self.max_connections,
+            self.max_header_bytes,
+            self.idle_timeout_ms,
+            self.body_read_timeout_ms,
+            Some(self.body_timeout_ms),
+        )?;
+        Ok(AdminConfig {
+            listen,
+            provider_token,
+            connections,
+            tls: tls("admin", self.tls)?,
+        })
+    }
+}
+
+impl RawStore {
+    fn validate(self) -> Result<StoreConfig, ConfigError> {
+        if self.path.is_empty() {
+            return Err(invalid("store.path", "must not be empty"));
+        }
+        Ok(StoreConfig {
+            path: PathBuf::from(self.path),
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        // Out-of-u32 values saturate to 0 or u32::MAX, both outside every
+        // limit's range, so `Limits::validate` refuses them with its own bounds.
+        let narrow = |v: i64| u32::try_from(v).unwrap_or(if v < 0 { 0 } else { u32::MAX });
+        let limits = Limits {
+            rate_per_sec: narrow(self.rate_per_sec),
+            burst: narrow(self.burst),
+            threshold_calls: narrow(self.threshold_calls),
+            threshold_window_secs: narrow(self.threshold_window_secs),
+        };
+        limits.validate().map_err(|e| {
+            invalid(
+                format!("limits.{}", e.field),
+                format!("must be between 1 and {}", e.max),
+            )
+        })?;
+        Ok(limits)
+    }
+}
+
+const X_ORG_ID: &str = "x-org-id";
+
+/// Headers the key header must not be: the one keygate sets on forwarded
+/// requests, the ones hyper and the upstream connection need intact (the gate
+/// strips the key header before forwarding), and the hop-by-hop headers of
+/// RFC 9110 §7.6.1, which never reach the upstream as sent.
+const RESERVED_HEADERS: &[&str] = &[
+    X_ORG_ID,
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid(key, "not a socket address (host:port)"))
+}
+
+fn header_name(key: &str, s: &str) -> Result<HeaderName, ConfigError> {
+    // `from_bytes` lowercases, so `X-Api-Key` is accepted as `x-api-key`.
+    HeaderName::from_bytes(s.as_bytes()).map_err(|_| invalid(key, "not a valid header name"))
+}
+
+/// `1..=max`, or an error naming `key` and the range.
+fn ranged(key: &str, value: i64, max: u64) -> Result<u64, ConfigError> {
+    ranged_from(key, value, 1, max)
+}
+
+/// `min..=max`, or an error naming `key` and the range.
+fn ranged_from(key: &str, value: i64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| invalid(key, format!("must be between {min} and {max}")))
+}
+
+fn ranged_usize(key: &str, value: i64, min: u64, max: u64) -> Result<usize, ConfigError> {
+    let v = ranged_from(key, value, min, max)?;
+    usize::try_from(v).map_err(|_| invalid(key, format!("must be between {min} and {max}")))
+}
+
+/// The authority of a URL already known to be `http` or `https`, after refusing
+/// a missing host, credentials, an unreadable port, a query and a fragment.
+fn web_url<'a>(
+    key: &str,
+    s: &str,
+    uri: &'a Uri,
+    not_a_url: &str,
+) -> Result<&'a Authority, ConfigError> {
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| invalid(key, not_a_url))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid(key, "must not contain credentials"));
+    }
+    // `Authority` keeps a port it cannot read (`:99999`, `:`) and reports none.
+    let port = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .unwrap_or_default();
+    let readable = port
+        .strip_prefix(':')
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| p != 0);
+    if !port.is_empty() && !readable {
+        return Err(invalid(key, not_a_url));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(key, "must not have a query"));
+    }
+    if s.contains('#') {
+        return Err(invalid(key, "must not have a fragment"));
+    }
+    Ok(authority)
+}
+
+fn upstream(s: &str) -> Result<Uri, ConfigError> {
+    const KEY: &str = "proxy.upstream";
+    const NOT_HTTP: &str = "not an http URL";
+    let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_HTTP))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid(KEY, "not an http URL (https is not supported)")),
+        _ => return Err(invalid(KEY, NOT_HTTP)),
+    }
+    let authority = web_url(KEY, s, &uri, NOT_HTTP)?;
+    // The proxy appends the request's path to this one; a trailing slash would
+    // double the slash between them.
+    let base = match uri.path().trim_end_matches('/') {
+        "" => "/",
+        base => base,
+    };
+    Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(base)
+        .build()
+        .map_err(|_| invalid(KEY, NOT_HTTP))
+}
+
+fn public_url(s: &str) -> Result<String, ConfigError> {
+    const KEY: &str = "proxy.public_url";
+    const NOT_WEB: &str = "not an http or https URL";
+    let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_WEB))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(invalid(KEY, NOT_WEB));
+    }
+    web_url(KEY, s, &uri, NOT_WEB)?;
+    // `base_url` is this plus "/" and the org id; a trailing slash would double it.
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn methods(key: &str, names: &[String]) -> Result<Vec<Method>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let method = Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(key, format!("{name:?} is not an HTTP method")))?;
+        if seen.insert(method.clone()) {
+            out.push(method);
+        }
+    }
+    Ok(out)
+}
