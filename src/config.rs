@@ -199,6 +199,13 @@ pub struct RawProxy {
     /// for the first byte of its next request before it is closed, so idle
     /// clients cannot hold connections forever.
     pub idle_timeout_ms: i64,
+    /// Whether every proxied request gets one line at `info` (target
+    /// `keygate::access`): what operators look for first when a client says
+    /// "it failed". Off removes the access log layer from the stack entirely.
+    pub access_log: bool,
+    /// Whether access log lines show the query string. Off by default: a query
+    /// may carry what its sender considers secret, and logs travel far.
+    pub access_log_query: bool,
     /// `[proxy.tls]`: serve HTTPS on this listener; absent for plain HTTP.
     pub tls: Option<RawTls>,
 }
@@ -222,6 +229,8 @@ impl Default for RawProxy {
             max_connections: 10_000,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            access_log: true,
+            access_log_query: false,
             tls: None,
         }
     }
@@ -337,6 +346,7 @@ impl Default for RawLimits {
 enum Kind {
     Str,
     Int,
+    Bool,
     Strs,
     /// A table with these keys.
     Table(&'static [(&'static str, Kind)]),
@@ -347,6 +357,7 @@ impl Kind {
         match self {
             Kind::Str => value.is_str(),
             Kind::Int => value.is_integer(),
+            Kind::Bool => value.is_bool(),
             Kind::Strs => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(toml::Value::is_str)),
@@ -358,6 +369,7 @@ impl Kind {
         match self {
             Kind::Str => "expected a string",
             Kind::Int => "expected an integer",
+            Kind::Bool => "expected true or false",
             Kind::Strs => "expected an array of strings",
             Kind::Table(_) => "expected a table",
         }
@@ -387,6 +399,8 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
             ("max_connections", Kind::Int),
             ("max_header_bytes", Kind::Int),
             ("idle_timeout_ms", Kind::Int),
+            ("access_log", Kind::Bool),
+            ("access_log_query", Kind::Bool),
             ("tls", Kind::Table(TLS_SCHEMA)),
         ],
     ),
@@ -537,6 +551,11 @@ pub struct ProxyConfig {
     pub connections: ConnectionLimits,
     /// The certificate and key when the proxy listener serves HTTPS.
     pub tls: Option<ServerTls>,
+    /// Whether each proxied request is logged at `info`, target
+    /// `keygate::access`.
+    pub access_log: bool,
+    /// Whether the access log shows query strings.
+    pub access_log_query: bool,
 }
 
 /// The checked `[admin]` section.
@@ -740,6 +759,8 @@ impl RawProxy {
             )?,
             connections,
             tls,
+            access_log: self.access_log,
+            access_log_query: self.access_log_query,
         })
     }
 }
@@ -1713,6 +1734,23 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_access_log_is_on_without_queries_by_default_and_each_switch_is_a_bool() {
+        let c = Config::from_toml(&with("")).unwrap();
+        assert!(c.proxy.access_log);
+        assert!(!c.proxy.access_log_query);
+        let c = Config::from_toml(&with(
+            "proxy.access_log = false\nproxy.access_log_query = true",
+        ))
+        .unwrap();
+        assert!(!c.proxy.access_log);
+        assert!(c.proxy.access_log_query);
+        assert_eq!(
+            error(&with("proxy.access_log = \"no\"")),
+            "config: proxy.access_log: expected true or false"
+        );
     }
 
     #[test]

@@ -1,0 +1,480 @@
+//! The access log: one line per proxied request, at `info`, target
+//! `keygate::access`.
+//!
+//! [`AccessLog`] wraps the whole per-client proxy stack, outside the gate. It
+//! notes when a request arrives, counts the bytes of the request body as the
+//! upstream reads them ([`CountedBody`]) and of the answer's body as the
+//! client is sent them ([`LoggedBody`]), and writes its line once the answer's
+//! body has ended, or, marked `complete=false`, when it is dropped before the
+//! end (the client hung up) or the client left before the answer's head.
+//!
+//! A line reads (the time is the log's own, taken when the line is written):
+//!
+//! ```text
+//! 2026-11-30T07:00:00.000000Z  INFO keygate::access: org=acme method=GET path=/acme/v1/users status=200 code=forwarded bytes_in=0 bytes_out=512 keygate_us=41 upstream_us=880 complete=true
+//! ```
+//!
+//! - `org`: the org whose key the request presented, or `-` when it presented
+//!   none that matched (`MISSING_KEY`, `INVALID_KEY`: the name a client typed
+//!   is not logged as if it were an org);
+//! - `path`: as the client sent it, without the query string unless
+//!   `proxy.access_log_query` is on; never a header, so never a key;
+//! - `code`: the contract code of keygate's own answer, `forwarded` for the
+//!   upstream's, `-` when there was no answer;
+//! - `bytes_in`, `bytes_out`: body bytes (request body read, answer body sent);
+//! - `keygate_us`: microseconds from the request's head to its answer's head,
+//!   less `upstream_us`, the time from sending the request upstream to the
+//!   upstream's answer's head (`-` when keygate answered itself).
+//!
+//! What each answer is comes from the answer itself, not from state shared
+//! with the inner services: the code from the body of keygate's own answers
+//! ([`OwnAnswer`]), the upstream time from an [`UpstreamTime`] the forwarder
+//! leaves in the answer's extensions (only when the access log is on: the
+//! first extension costs `http` three allocations). With the access log off
+//! the layer is not in the stack at all.
+//!
+//! Allocations per request when on: none for a request without a body, one
+//! (the shared byte counter) for a request with one, and the upstream time's
+//! extension on forwarded answers.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::gate::{GateBody, OrgSource};
+use crate::org::OrgId;
+
+/// The `tracing` target of access log lines, so that a filter can turn them
+/// off on their own (`KEYGATE_LOG=info,keygate::access=off`).
+pub const TARGET: &str = "keygate::access";
+
+/// Left by the forwarder in the extensions of the upstream's answer: the time
+/// from sending the request to the answer's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTime(pub Duration);
+
+/// An answer's body that can tell whether it is one of keygate's own answers,
+/// and with which contract code.
+pub trait OwnAnswer {
+    /// The contract code of keygate's own answer, or `None` for the upstream's.
+    fn own_code(&self) -> Option<&'static str>;
+}
+
+impl OwnAnswer for Incoming {
+    fn own_code(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+impl<B: OwnAnswer> OwnAnswer for GateBody<B> {
+    fn own_code(&self) -> Option<&'static str> {
+        // The gate wraps the forwarder's answers, whose 502 and 504 are
+        // keygate's own too.
+        self.refusal_code()
+            .or_else(|| self.get_ref().and_then(OwnAnswer::own_code))
+    }
+}
+
+/// What the layer and its services share.
+#[derive(Debug)]
+struct Settings {
+    /// Where requests name their org; `None` when no gate checks them (bare
+    /// mode), so no org is ever vouched for.
+    org_from: Option<OrgSource>,
+    /// Whether the query string is logged.
+    query: bool,
+}
+
+/// Applies [`AccessLog`] to a service. Cloning it is one reference count.
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    settings: Arc<Settings>,
+}
+
+impl AccessLogLayer {
+    /// A layer logging requests whose org is named as `org_from` says (`None`
+    /// when no gate checks keys: every org is logged as `-`), with their
+    /// query strings when `query` is true.
+    pub fn new(org_from: Option<OrgSource>, query: bool) -> Self {
+        AccessLogLayer {
+            settings: Arc::new(Settings { org_from, query }),
+        }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog {
+            inner,
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+/// Logs one line per request `inner` answers. See the [module docs](self).
+#[derive(Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+    settings: Arc<Settings>,
+}
+
+// By hand: a derive would require more than `S: Clone`.
+impl<S: Clone> Clone for AccessLog<S> {
+    fn clone(&self) -> Self {
+        AccessLog {
+            inner: self.inner.clone(),
+            settings: Arc::clone(&self.settings),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
+where
+    S: Service<Request<CountedBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ResBody: Body + OwnAnswer,
+{
+    type Response = Response<LoggedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        // Most requests have no body: they need no counter, so no allocation.
+        let bytes_in = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let org_header = match &self.settings.org_from {
+            Some(OrgSource::Header(name)) => req.headers().get(name).cloned(),
+            _ => None,
+        };
+        // Both clones count a reference to the bytes hyper read; neither copies.
+        let entry = Entry {
+            settings: Arc::clone(&self.settings),
+            start,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            org_header,
+            bytes_in: bytes_in.clone(),
+        };
+        let req = req.map(|inner| CountedBody {
+            inner,
+            count: bytes_in,
+        });
+        ResponseFuture {
+            inner: self.inner.call(req),
+            entry: Some(entry),
+        }
+    }
+}
+
+pin_project! {
+    /// A request body that counts its data bytes as they are read.
+    #[derive(Debug)]
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        count: Option<Arc<AtomicU64>>,
+    }
+}
+
+impl<B: Body> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(Ok(frame)), Some(count)) = (&frame, this.count.as_ref()) {
+            if let Some(data) = frame.data_ref() {
+                count.fetch_add(bytes::Buf::remaining(data) as u64, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What is known of a request when it arrives.
+#[derive(Debug)]
+struct Entry {
+    settings: Arc<Settings>,
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    /// The org header's value, in header mode.
+    org_header: Option<HeaderValue>,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+/// What is known once the answer's head is there.
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    status: StatusCode,
+    /// keygate's own answer's code, or `None` for the upstream's.
+    code: Option<&'static str>,
+    /// Head to head, less the upstream's time.
+    keygate: Duration,
+    upstream: Option<Duration>,
+}
+
+impl Entry {
+    /// The org, when the answer shows its key matched.
+    fn org(&self, answered: Option<&Answered>) -> Option<&[u8]> {
+        // Only these two are answered before the key is found to match: for
+        // them the org named is only what the client typed.
+        let vouched =
+            answered.is_some_and(|a| !matches!(a.code, Some("MISSING_KEY" | "INVALID_KEY")));
+        if !vouched {
+            return None;
+        }
+        let org = match self.settings.org_from.as_ref()? {
+            OrgSource::Path => {
+                let rest = self.uri.path().strip_prefix('/')?;
+                rest.split('/').next().unwrap_or(rest).as_bytes()
+            }
+            OrgSource::Header(_) => self.org_header.as_ref()?.as_bytes(),
+        };
+        OrgId::is_valid(org).then_some(org)
+    }
+
+    /// Writes the line.
+    fn log(&self, answered: Option<&Answered>, bytes_out: u64, complete: bool) {
+        let path = if self.settings.query {
+            self.uri
+                .path_and_query()
+                .map_or(self.uri.path(), |pq| pq.as_str())
+        } else {
+            self.uri.path()
+        };
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let (status, code, keygate, upstream) = match answered {
+            Some(a) => (
+                Dash(Some(a.status.as_u16())),
+                a.code.unwrap_or("forwarded"),
+                a.keygate,
+                a.upstream,
+            ),
+            None => (Dash(None), "-", self.start.elapsed(), None),
+        };
+        tracing::info!(
+            target: TARGET,
+            org = %Org(self.org(answered)),
+            method = %self.method,
+            path = %path,
+            status = %status,
+            code = %code,
+            bytes_in,
+            bytes_out,
+            keygate_us = micros(keygate),
+            upstream_us = %Dash(upstream.map(micros)),
+            complete,
+        );
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A value, or `-`.
+struct Dash<T>(Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Dash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A well-formed org id's bytes (ASCII by [`OrgId::is_valid`]), or `-`.
+struct Org<'a>(Option<&'a [u8]>);
+
+impl fmt::Display for Org<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            self.0
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("-"),
+        )
+    }
+}
+
+pin_project! {
+    /// The inner service's answer with its body wrapped in a [`LoggedBody`].
+    /// Dropped before the answer (the client left), it logs the request as
+    /// incomplete.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        entry: Option<Entry>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(entry) = this.project().entry.take() {
+                entry.log(None, 0, false);
+            }
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> std::future::Future for ResponseFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+    B: Body + OwnAnswer,
+{
+    type Output = Result<Response<LoggedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let head = Instant::now();
+        // Polled again after `Ready` is a caller's bug; the line is written once.
+        let Some(entry) = this.entry.take() else {
+            return Poll::Ready(result.map(|res| res.map(LoggedBody::unlogged)));
+        };
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                entry.log(None, 0, false);
+                return Poll::Ready(Err(e));
+            }
+        };
+        let upstream = res.extensions().get::<UpstreamTime>().map(|t| t.0);
+        let answered = Answered {
+            status: res.status(),
+            code: res.body().own_code(),
+            keygate: head
+                .saturating_duration_since(entry.start)
+                .saturating_sub(upstream.unwrap_or_default()),
+            upstream,
+        };
+        // hyper sends no body for these, and may drop it unread.
+        let bodiless = entry.method == Method::HEAD
+            || answered.status.is_informational()
+            || answered.status == StatusCode::NO_CONTENT
+            || answered.status == StatusCode::NOT_MODIFIED;
+        if bodiless || res.body().is_end_stream() {
+            entry.log(Some(&answered), 0, true);
+            return Poll::Ready(Ok(res.map(LoggedBody::unlogged)));
+        }
+        Poll::Ready(Ok(res.map(|inner| LoggedBody {
+            inner,
+            record: Some((entry, answered)),
+            bytes_out: 0,
+        })))
+    }
+}
+
+pin_project! {
+    /// An answer's body that counts its data bytes and writes the request's
+    /// line when it ends, or, as incomplete, when it is dropped before.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<(Entry, Answered)>,
+        bytes_out: u64,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((entry, answered)) = this.record.take() {
+                entry.log(Some(&answered), *this.bytes_out, false);
+            }
+        }
+    }
+}
+
+impl<B> LoggedBody<B> {
+    /// A body whose request has been logged already.
+    fn unlogged(inner: B) -> Self {
+        LoggedBody {
+            inner,
+            record: None,
+            bytes_out: 0,
+        }
+    }
+}
+
+impl<B> fmt::Debug for LoggedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoggedBody")
+            .field("bytes_out", &self.bytes_out)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let complete = match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes_out += bytes::Buf::remaining(data) as u64;
+                }
+                // hyper stops polling once a body says it has ended.
+                this.inner.is_end_stream().then_some(true)
+            }
+            None => Some(true),
+            Some(Err(_)) => Some(false),
+        };
+        if let Some(complete) = complete {
+            if let Some((entry, answered)) = this.record.take() {
+                entry.log(Some(&answered), *this.bytes_out, complete);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
