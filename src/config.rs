@@ -571,6 +571,16 @@ pub struct AdminConfig {
     pub tls: Option<ServerTls>,
 }
 
+impl AdminConfig {
+    /// Whether the provider's digest is the all-zeros placeholder that
+    /// `config/keygate.toml` ships with. No token hashes to it, so every
+    /// provider call is refused 401; keygate still starts (the proxy serves
+    /// orgs provisioned before, or imported) but warns at start, naming the key.
+    pub fn has_placeholder_token(&self) -> bool {
+        self.provider_token.to_hex().bytes().all(|b| b == b'0')
+    }
+}
+
 /// How one listener treats client connections: the keys of the same names in
 /// `[proxy]` and in `[admin]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1751,6 +1761,22 @@ mod tests {
             error(&with("proxy.access_log = \"no\"")),
             "config: proxy.access_log: expected true or false"
         );
+    }
+
+    #[test]
+    fn the_shipped_all_zeros_digest_is_known_as_the_placeholder() {
+        assert!(Config::from_toml(&with(""))
+            .unwrap()
+            .admin
+            .has_placeholder_token());
+        let real = format!(
+            "proxy.upstream = \"http://127.0.0.1:9000\"\nadmin.provider_token_sha256 = \"{}\"",
+            TokenDigest::of("a token").to_hex()
+        );
+        assert!(!Config::from_toml(&real)
+            .unwrap()
+            .admin
+            .has_placeholder_token());
     }
 
     #[test]

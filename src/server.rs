@@ -121,6 +121,13 @@ pub async fn start_with_options(
     let upstream = Upstream::new(&config.proxy.upstream)?;
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
+    if config.admin.has_placeholder_token() {
+        tracing::warn!(
+            "admin.provider_token_sha256 is the example's placeholder (all zeros): no token \
+             hashes to it, so every provider call is refused 401; set it to the SHA-256 of \
+             your provider token (printf %s \"$TOKEN\" | keygate digest)"
+        );
+    }
 
     let bind = |listener: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
