@@ -33,9 +33,12 @@
 //! first extension costs `http` three allocations). With the access log off
 //! the layer is not in the stack at all.
 //!
-//! Allocations per request when on: none for a request without a body, one
-//! (the shared byte counter) for a request with one, and the upstream time's
-//! extension on forwarded answers.
+//! Heap allocations per request when on, counted with a counting allocator
+//! (2026-11-30): none in the layer for a request without a body (the method
+//! and URI clones count references to hyper's buffer), one (the shared byte
+//! counter) for a request with one, and three for the upstream time's
+//! extension on each forwarded answer (`http`'s map, its table, the boxed
+//! value); the `tracing` formatter reuses a per-thread buffer.
 
 use std::fmt;
 use std::pin::Pin;
