@@ -481,3 +481,283 @@ impl<B: Body> Body for LoggedBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+    use crate::gate::Refusal;
+
+    impl OwnAnswer for Full<Bytes> {
+        fn own_code(&self) -> Option<&'static str> {
+            None
+        }
+    }
+
+    /// What is logged on this thread while it lives.
+    struct Capture {
+        buf: Arc<Mutex<Vec<u8>>>,
+        _guard: tracing::subscriber::DefaultGuard,
+    }
+
+    #[derive(Clone)]
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Capture {
+        fn start() -> Capture {
+            let buf = Arc::new(Mutex::new(Vec::new()));
+            let writer = Writer(Arc::clone(&buf));
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish();
+            Capture {
+                buf,
+                _guard: tracing::subscriber::set_default(subscriber),
+            }
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.buf.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// Everything logged while `f` runs, as text.
+    async fn logged<F: Future<Output = ()>>(f: F) -> String {
+        let capture = Capture::start();
+        f.await;
+        capture.text()
+    }
+
+    /// The access lines of `text`.
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| l.contains(TARGET)).collect()
+    }
+
+    fn layer() -> AccessLogLayer {
+        AccessLogLayer::new(Some(OrgSource::Path), false)
+    }
+
+    /// An upstream stand-in: reads the whole request body, answers `answer`
+    /// with an upstream time of 5 ms.
+    fn upstream(
+        answer: &'static str,
+    ) -> impl Service<
+        Request<CountedBody<Full<Bytes>>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+    > {
+        tower::service_fn(move |req: Request<CountedBody<Full<Bytes>>>| async move {
+            let _ = req.into_body().collect().await;
+            let mut res = Response::new(Full::new(Bytes::from_static(answer.as_bytes())));
+            res.extensions_mut()
+                .insert(UpstreamTime(Duration::from_millis(5)));
+            Ok(res)
+        })
+    }
+
+    fn post(uri: &str, body: &'static str) -> Request<Full<Bytes>> {
+        Request::post(uri)
+            .header("x-api-key", "Secret123456")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_answer_is_logged_once_when_its_body_ends() {
+        let capture = Capture::start();
+        let mut svc = layer().layer(upstream("7 bytes"));
+        let res = svc
+            .call(post("/acme/v1/x?q=secret", "hello"))
+            .await
+            .unwrap();
+        assert!(lines(&capture.text()).is_empty(), "a line before the end");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"7 bytes");
+        let text = capture.text();
+        let lines = lines(&text);
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = lines[0];
+        for field in [
+            "org=acme",
+            "method=POST",
+            "path=/acme/v1/x ",
+            "status=200",
+            "code=forwarded",
+            "bytes_in=5",
+            "bytes_out=7",
+            "upstream_us=5000",
+            "complete=true",
+        ] {
+            assert!(line.contains(field), "{field} not in {line}");
+        }
+        assert!(
+            !line.contains("secret") && !line.contains("Secret123456"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_query_is_logged_when_switched_on() {
+        let text = logged(async {
+            let mut svc = AccessLogLayer::new(Some(OrgSource::Path), true).layer(upstream("ok"));
+            let res = svc.call(post("/acme/v1/x?q=1", "")).await.unwrap();
+            let _ = res.into_body().collect().await;
+        })
+        .await;
+        assert!(text.contains("path=/acme/v1/x?q=1 "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_org_is_named_only_when_the_answer_shows_the_key_matched() {
+        for (refusal, org) in [
+            (Refusal::MissingKey, "org=-"),
+            (Refusal::InvalidKey, "org=-"),
+            (Refusal::KeyDisabled, "org=acme"),
+            (Refusal::UpstreamTimeout, "org=acme"),
+        ] {
+            let text = logged(async {
+                let inner =
+                    tower::service_fn(move |_req: Request<CountedBody<Full<Bytes>>>| async move {
+                        Ok::<_, Infallible>(refusal.into_response::<Full<Bytes>>())
+                    });
+                let res = layer()
+                    .layer(inner)
+                    .call(post("/acme/v1", ""))
+                    .await
+                    .unwrap();
+                let _ = res.into_body().collect().await;
+            })
+            .await;
+            let line = lines(&text).concat();
+            assert!(line.contains(org), "{refusal:?}: {line}");
+            assert!(
+                line.contains(&format!("code={} ", refusal.code())),
+                "{line}"
+            );
+            assert!(line.contains("upstream_us=-"), "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn in_header_mode_the_org_comes_from_the_org_header() {
+        let text = logged(async {
+            let mut svc = AccessLogLayer::new(
+                Some(OrgSource::Header(http::HeaderName::from_static("x-org-id"))),
+                false,
+            )
+            .layer(upstream("ok"));
+            let mut req = post("/v1/x", "");
+            req.headers_mut()
+                .insert("x-org-id", HeaderValue::from_static("globex"));
+            let _ = svc.call(req).await.unwrap().into_body().collect().await;
+        })
+        .await;
+        assert!(text.contains("org=globex "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn without_a_gate_no_org_is_vouched_for() {
+        let text = logged(async {
+            let mut svc = AccessLogLayer::new(None, false).layer(upstream("ok"));
+            let _ = svc
+                .call(post("/acme/v1", ""))
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await;
+        })
+        .await;
+        assert!(text.contains("org=- "), "{text}");
+    }
+
+    /// A body that yields one frame, then never ends.
+    struct Stalling(Option<Bytes>);
+
+    impl Body for Stalling {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl OwnAnswer for Stalling {
+        fn own_code(&self) -> Option<&'static str> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_is_logged_as_incomplete() {
+        let text = logged(async {
+            let inner = tower::service_fn(|_req: Request<CountedBody<Full<Bytes>>>| async {
+                Ok::<_, Infallible>(Response::new(Stalling(Some(Bytes::from_static(b"0123")))))
+            });
+            let res = layer()
+                .layer(inner)
+                .call(post("/acme/v1", ""))
+                .await
+                .unwrap();
+            let mut body = res.into_body();
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.into_data().unwrap().len(), 4);
+            drop(body);
+        })
+        .await;
+        let line = lines(&text).concat();
+        assert!(line.contains("bytes_out=4 "), "{line}");
+        assert!(line.contains("complete=false"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_the_answer_is_logged_without_a_status() {
+        let text = logged(async {
+            let inner = tower::service_fn(|_req: Request<CountedBody<Full<Bytes>>>| {
+                std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+            });
+            let fut = layer().layer(inner).call(post("/acme/v1", ""));
+            // Polled once, then dropped, as hyper does when the client hangs up.
+            let _ = tokio::time::timeout(Duration::from_millis(1), fut).await;
+        })
+        .await;
+        let line = lines(&text).concat();
+        for field in ["org=-", "status=-", "code=-", "complete=false"] {
+            assert!(line.contains(field), "{field} not in {line}");
+        }
+    }
+
+    #[test]
+    fn the_forwarders_own_answers_are_found_inside_the_gates_body() {
+        let upstream_502 = GateBody::<GateBody<Incoming>>::inner(GateBody::refusal(
+            "UPSTREAM_UNAVAILABLE",
+            Bytes::new(),
+        ));
+        assert_eq!(upstream_502.own_code(), Some("UPSTREAM_UNAVAILABLE"));
+        let gate_401 = GateBody::<GateBody<Incoming>>::refusal("INVALID_KEY", Bytes::new());
+        assert_eq!(gate_401.own_code(), Some("INVALID_KEY"));
+    }
+}
