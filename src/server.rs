@@ -144,6 +144,11 @@ pub async fn start_with_options(
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
 
     let (stop, stopped) = watch::channel(false);
+    // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
+    // layer out as `proxy.access_log = false` does: keygate's filter is fixed
+    // at start, so nothing it would measure could ever be written.
+    let access_log = config.proxy.access_log
+        && tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO);
     let forward = ForwardConfig {
         upstream,
         connect_timeout: config.proxy.connect_timeout,
@@ -151,7 +156,7 @@ pub async fn start_with_options(
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
         https: config.proxy.tls.is_some(),
-        upstream_time: config.proxy.access_log,
+        upstream_time: access_log,
     };
     let proxy_settings = Settings {
         name: "proxy",
@@ -164,7 +169,7 @@ pub async fn start_with_options(
     // Four stacks, each its own type: the access log is either in the stack
     // or not there at all. Outermost first: access log, hop-by-hop, gate.
     let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
-    let access = config.proxy.access_log.then(|| {
+    let access = access_log.then(|| {
         let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
         AccessLogLayer::new(org_from, config.proxy.access_log_query)
     });

@@ -30,8 +30,9 @@
 //! with the inner services: the code from the body of keygate's own answers
 //! ([`OwnAnswer`]), the upstream time from an [`UpstreamTime`] the forwarder
 //! leaves in the answer's extensions (only when the access log is on: the
-//! first extension costs `http` three allocations). With the access log off
-//! the layer is not in the stack at all.
+//! first extension costs `http` three allocations). With the access log off,
+//! or its lines filtered out by the log level at start, the layer is not in
+//! the stack at all.
 //!
 //! Heap allocations per request when on, counted with a counting allocator
 //! (2026-11-30): none in the layer for a request without a body (the method
