@@ -52,9 +52,19 @@ pub enum DemoError {
         /// Why.
         source: std::io::Error,
     },
-    /// The echo upstream could not bind.
-    #[error("echo upstream: cannot listen on {addr}: {source}")]
-    Upstream {
+    /// One of the demo's three listeners could not bind: most often another
+    /// program (or another demo) holds the port. The message names the flag
+    /// that moves it.
+    #[error(
+        "{listener}: cannot listen on {addr}: {source}; is another program on that port? \
+         Stop it, or move this listener with --{flag} (e.g. --{flag} 127.0.0.1:0 for any \
+         free port)"
+    )]
+    Bind {
+        /// `proxy`, `admin` or `echo upstream`.
+        listener: &'static str,
+        /// The `keygate demo` flag that sets its address.
+        flag: &'static str,
         /// Where.
         addr: SocketAddr,
         /// Why.
@@ -82,16 +92,16 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<(),
     let token_path = opts.dir.join("provider-token");
     let token = provider_token(&token_path).map_err(io(&token_path))?;
 
-    let echo = TcpListener::bind(opts.upstream_listen)
-        .await
-        .map_err(|source| DemoError::Upstream {
-            addr: opts.upstream_listen,
-            source,
-        })?;
-    let echo_addr = echo.local_addr().map_err(|source| DemoError::Upstream {
+    let echo_bind = |source| DemoError::Bind {
+        listener: "echo upstream",
+        flag: UPSTREAM_FLAG,
         addr: opts.upstream_listen,
         source,
-    })?;
+    };
+    let echo = TcpListener::bind(opts.upstream_listen)
+        .await
+        .map_err(echo_bind)?;
+    let echo_addr = echo.local_addr().map_err(echo_bind)?;
     let echo_task = tokio::spawn(serve_echo(echo));
 
     let config_path = opts.dir.join("keygate.toml");
@@ -99,7 +109,23 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<(),
     std::fs::write(&config_path, &text).map_err(io(&config_path))?;
     let config = Config::from_toml(&text)?;
 
-    let running = server::start(&config).await?;
+    let running = server::start(&config).await.map_err(|e| match e {
+        server::ServeError::Bind {
+            listener,
+            addr,
+            source,
+        } => DemoError::Bind {
+            listener,
+            flag: if listener == "admin" {
+                ADMIN_FLAG
+            } else {
+                PROXY_FLAG
+            },
+            addr,
+            source,
+        },
+        e => DemoError::Serve(e),
+    })?;
     if running.store.view(DEMO_ORG).is_err() {
         let id = OrgId::parse(DEMO_ORG).map_err(crate::org::OpError::from)?;
         running
@@ -108,11 +134,8 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<(),
             .await?;
     }
     let page = running.store.view(DEMO_ORG)?;
-    let key = page.state.key.map_or_else(
-        || "(none: add one through the admin API)".to_owned(),
-        |k| k.expose().to_owned(),
-    );
     let proxy = format!("http://{}", running.proxy_addr);
+    let key = key_lines(page.state.key.as_ref().map(|k| k.expose()));
     let _ = writeln!(
         out,
         "keygate demo is running (stop it with Ctrl-C).\n\
@@ -123,7 +146,7 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<(),
          \n\nPaste these lines into a shell to follow the README:\n\
          \nexport KEYGATE_URL={proxy}/{DEMO_ORG}\
          \nexport KEYGATE_ADMIN=http://{admin}\
-         \nexport KEYGATE_KEY={key}\
+         \n{key}\
          \nexport KEYGATE_TOKEN={token}\n",
         admin = running.admin_addr,
         dir = opts.dir.display(),
@@ -134,6 +157,29 @@ pub async fn run(opts: &DemoOptions, out: &mut (dyn Write + Send)) -> Result<(),
     running.stop().await;
     echo_task.abort();
     Ok(())
+}
+
+/// The `keygate demo` flags that move its listeners (see `src/main.rs`),
+/// named by the error when a port is taken.
+const PROXY_FLAG: &str = "proxy-listen";
+/// See [`PROXY_FLAG`].
+const ADMIN_FLAG: &str = "admin-listen";
+/// See [`PROXY_FLAG`].
+const UPSTREAM_FLAG: &str = "upstream-listen";
+
+/// The shell lines that set `KEYGATE_KEY`: the key, or, when the demo org has
+/// none (its key was deleted through the admin API before this start), an
+/// empty value after comments saying how to add one. Either way the lines can
+/// be pasted into a shell as they are.
+fn key_lines(key: Option<&str>) -> String {
+    match key {
+        Some(key) => format!("export KEYGATE_KEY={key}"),
+        None => format!(
+            "# org '{DEMO_ORG}' has no key now; add one, then set KEYGATE_KEY to its \"key\":\n\
+             #   curl -X POST \"$KEYGATE_ADMIN/v1/orgs/{DEMO_ORG}/key\" -H \"authorization: Bearer $KEYGATE_TOKEN\"\n\
+             export KEYGATE_KEY="
+        ),
+    }
 }
 
 /// The provider token: read back, or made and saved (mode 0600) on first start.

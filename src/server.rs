@@ -34,7 +34,8 @@ use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{default_public_url, Config};
 use crate::gate::KeyGateLayer;
-use crate::proxy::{Forward, ForwardConfig, HopByHop, Upstream};
+use crate::proxy::access::CountedBody;
+use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
 use crate::store::{Backend, BackendError, RedbBackend, Store};
 use crate::timeout::TimeoutBody;
 
@@ -124,6 +125,13 @@ pub async fn start_with_options(
     let upstream = Upstream::new(&config.proxy.upstream)?;
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
+    if config.admin.has_placeholder_token() {
+        tracing::warn!(
+            "admin.provider_token_sha256 is the example's placeholder (all zeros): no token \
+             hashes to it, so every provider call is refused 401; set it to the SHA-256 of \
+             your provider token (printf %s \"$TOKEN\" | keygate digest)"
+        );
+    }
 
     let bind = |listener: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -140,7 +148,12 @@ pub async fn start_with_options(
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
 
     let (stop, stopped) = watch::channel(false);
-    let forward = Forward::<TimeoutBody<Incoming>>::new(&ForwardConfig {
+    // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
+    // layer out as `proxy.access_log = false` does: keygate's filter is fixed
+    // at start, so nothing it would measure could ever be written.
+    let access_log = config.proxy.access_log
+        && tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO);
+    let forward = ForwardConfig {
         upstream,
         connect_timeout: config.proxy.connect_timeout,
         upstream_timeout: config.proxy.upstream_timeout,
@@ -148,28 +161,60 @@ pub async fn start_with_options(
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
         https: config.proxy.tls.is_some(),
-    });
+        upstream_time: access_log,
+    };
     let proxy_settings = Settings {
         name: "proxy",
         limits: config.proxy.connections,
         tls: config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
     };
-    let proxy = if options.bare {
+    if options.bare {
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
-        tokio::spawn(listener::serve(
-            proxy_listener,
-            proxy_settings,
-            move |ip| HopByHop::new(forward.for_client(ip)),
-            stopped.clone(),
-        ))
-    } else {
-        let layer = KeyGateLayer::new(store.clone(), config.gate());
-        tokio::spawn(listener::serve(
-            proxy_listener,
-            proxy_settings,
-            move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
-            stopped.clone(),
-        ))
+    }
+    // Four stacks, each its own type: the access log is either in the stack
+    // or not there at all. Outermost first: access log, hop-by-hop, gate.
+    let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
+    let access = access_log.then(|| {
+        let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
+        AccessLogLayer::new(org_from, config.proxy.access_log_query)
+    });
+    let proxy = match (gate, access) {
+        (None, None) => {
+            let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            tokio::spawn(listener::serve(
+                proxy_listener,
+                proxy_settings,
+                move |ip| HopByHop::new(forward.for_client(ip)),
+                stopped.clone(),
+            ))
+        }
+        (None, Some(log)) => {
+            let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            tokio::spawn(listener::serve(
+                proxy_listener,
+                proxy_settings,
+                move |ip| log.layer(HopByHop::new(forward.for_client(ip))),
+                stopped.clone(),
+            ))
+        }
+        (Some(layer), None) => {
+            let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            tokio::spawn(listener::serve(
+                proxy_listener,
+                proxy_settings,
+                move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
+                stopped.clone(),
+            ))
+        }
+        (Some(layer), Some(log)) => {
+            let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            tokio::spawn(listener::serve(
+                proxy_listener,
+                proxy_settings,
+                move |ip| log.layer(HopByHop::new(layer.layer(forward.for_client(ip)))),
+                stopped.clone(),
+            ))
+        }
     };
 
     // A default public URL follows the port the system chose for `:0`.

@@ -92,18 +92,26 @@ fn require_curl() {
     );
 }
 
+/// The demo's flags that set its proxy, admin and upstream addresses, in the
+/// order [`demo_command`] takes them.
+const LISTEN_FLAGS: [&str; 3] = ["--proxy-listen", "--admin-listen", "--upstream-listen"];
+
+/// `keygate demo --dir dir` with its three listeners at `addrs` (see
+/// [`LISTEN_FLAGS`]).
+fn demo_command(dir: &Path, addrs: [String; 3]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("demo").arg("--dir").arg(dir);
+    for (flag, addr) in LISTEN_FLAGS.iter().zip(addrs) {
+        cmd.args([*flag, &addr]);
+    }
+    cmd.env("KEYGATE_LOG", "info").env_remove("RUST_LOG");
+    cmd
+}
+
 /// Starts `keygate demo` in `dir` on free ports and returns it with the
 /// variables of its four `export` lines.
 fn start_demo(dir: &Path) -> (Proc, BTreeMap<String, String>) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("demo")
-        .arg("--dir")
-        .arg(dir)
-        .args(["--proxy-listen", &free_port()])
-        .args(["--admin-listen", &free_port()])
-        .args(["--upstream-listen", &free_port()])
-        .env("KEYGATE_LOG", "info")
-        .env_remove("RUST_LOG");
+    let cmd = demo_command(dir, [free_port(), free_port(), free_port()]);
     let mut demo = Proc::spawn("keygate demo", cmd);
     let deadline = Instant::now() + START_LIMIT;
     loop {
@@ -235,4 +243,167 @@ fn the_readme_quickstart_runs_as_written_against_the_demo() {
     demo.signal("INT");
     let status = demo.wait_exit_blocking(EXIT_LIMIT);
     assert_eq!(status.code(), Some(0), "the demo after Ctrl-C");
+}
+
+#[test]
+fn a_taken_port_stops_the_demo_with_an_error_naming_the_flag_that_moves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, flag) in LISTEN_FLAGS.iter().enumerate() {
+        // Held for the whole run, as another program would hold it.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_addr = taken.local_addr().unwrap().to_string();
+        let mut addrs = [free_port(), free_port(), free_port()];
+        addrs[i] = taken_addr.clone();
+        let mut demo = Proc::spawn(
+            "keygate demo",
+            demo_command(&dir.path().join("demo"), addrs),
+        );
+        let status = demo.wait_exit_blocking(START_LIMIT);
+        assert!(
+            !status.success(),
+            "{flag}: the demo started on a taken port"
+        );
+        let stderr = demo.stderr();
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&taken_addr) && last.contains(&format!("{flag} ")),
+            "{flag}: the error does not name the address and the flag:\n{stderr}"
+        );
+        assert!(
+            !demo.stdout().contains("export "),
+            "{flag}: export lines printed by a demo that did not start"
+        );
+    }
+}
+
+/// `curl -s -w '%{http_code}'` and its arguments: the status code.
+fn curl_status(args: &[&str]) -> u16 {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .env("NO_PROXY", "*")
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}
+
+#[test]
+fn a_demo_org_without_a_key_prints_lines_a_shell_can_run() {
+    require_curl();
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let (mut demo, vars) = start_demo(&demo_dir);
+    let auth = format!("authorization: Bearer {}", vars["KEYGATE_TOKEN"]);
+    let key_url = format!("{}/v1/orgs/demo/key", vars["KEYGATE_ADMIN"]);
+    assert_eq!(curl_status(&["-X", "DELETE", &key_url, "-H", &auth]), 204);
+    demo.signal("INT");
+    assert_eq!(demo.wait_exit_blocking(EXIT_LIMIT).code(), Some(0));
+
+    // Started again, the demo org has no key.
+    let (mut demo, vars) = start_demo(&demo_dir);
+    assert_eq!(vars["KEYGATE_KEY"], "", "{}", demo.stdout());
+    let stdout = demo.stdout();
+    let (_, pasted) = stdout
+        .split_once("Paste these lines into a shell to follow the README:")
+        .unwrap_or_else(|| panic!("no paste section in:\n{stdout}"));
+    // What a reader pastes must run, and leave the four variables set.
+    let check = format!(
+        "{pasted}\ntest -n \"$KEYGATE_URL\" && test -n \"$KEYGATE_ADMIN\" && \
+         test -n \"$KEYGATE_TOKEN\" && test -z \"$KEYGATE_KEY\" && echo ok"
+    );
+    let out = Command::new("sh")
+        .args(["-e", "-c", &check])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "the pasted lines fail in sh ({}):\n{pasted}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the advice in them works: the commented curl adds a key.
+    let advice = pasted
+        .lines()
+        .find_map(|l| l.strip_prefix("#   "))
+        .unwrap_or_else(|| panic!("no command to add a key in:\n{pasted}"));
+    let run = format!("{pasted}\n{advice} -s -o /dev/null -w '%{{http_code}}'");
+    let out = Command::new("sh")
+        .args(["-e", "-c", &run])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{advice}");
+
+    demo.signal("INT");
+    assert_eq!(demo.wait_exit_blocking(EXIT_LIMIT).code(), Some(0));
+}
+
+/// `config/keygate.toml` as shipped, but on free ports and with its store in
+/// `dir`, so that the test neither collides with anything nor writes into the
+/// repository.
+fn shipped_config(dir: &Path) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keygate.toml"))
+            .unwrap();
+    let store = dir.join("keygate.redb");
+    let text = text
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "path = \"data/keygate.redb\"",
+            &format!("path = {:?}", store.display().to_string()),
+        );
+    assert_eq!(
+        text.matches("127.0.0.1:0").count(),
+        2,
+        "the listeners moved"
+    );
+    assert!(
+        !text.contains("path = \"data/keygate.redb\""),
+        "the store moved"
+    );
+    let path = dir.join("keygate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `keygate serve` with `cmd`, waits for it to listen, and returns what
+/// it wrote to stderr by then.
+fn serve_stderr(cmd: Command) -> String {
+    let mut gw = Proc::spawn("keygate serve", cmd);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(gw.listening(START_LIMIT));
+    gw.stderr()
+}
+
+#[test]
+fn the_shipped_config_starts_but_warns_that_its_provider_digest_is_a_placeholder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = shipped_config(dir.path());
+    let stderr = serve_stderr(child::serve_command(&config, "info"));
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("admin.provider_token_sha256"))
+        .unwrap_or_else(|| panic!("no warning naming the key:\n{stderr}"));
+    assert!(
+        warning.contains("401") && warning.contains("keygate digest"),
+        "{warning}"
+    );
+
+    // With a real digest, from the environment as a deployment might set it,
+    // there is nothing to warn about.
+    let mut cmd = child::serve_command(&config, "info");
+    cmd.env(
+        "KEYGATE_PROVIDER_TOKEN_SHA256",
+        keygate::token::TokenDigest::of("a real token").to_hex(),
+    );
+    let stderr = serve_stderr(cmd);
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }

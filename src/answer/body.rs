@@ -22,7 +22,7 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Refusal { data: Option<Bytes> },
+        Refusal { data: Option<Bytes>, code: &'static str },
     }
 }
 
@@ -34,10 +34,32 @@ impl<B> AnswerBody<B> {
         }
     }
 
-    /// A body of the given bytes.
-    pub fn refusal(data: Bytes) -> Self {
+    /// A body of the given bytes: keygate's own answer with this contract code.
+    pub fn refusal(code: &'static str, data: Bytes) -> Self {
         AnswerBody {
-            kind: Kind::Refusal { data: Some(data) },
+            kind: Kind::Refusal {
+                data: Some(data),
+                code,
+            },
+        }
+    }
+
+    /// The contract code when this body is keygate's own answer; `None` when it
+    /// is the inner service's (which may itself be one: see
+    /// [`get_ref`](AnswerBody::get_ref)). Lets the access log name the code
+    /// without a marker in the response's extensions, which would allocate.
+    pub fn refusal_code(&self) -> Option<&'static str> {
+        match &self.kind {
+            Kind::Inner { .. } => None,
+            Kind::Refusal { code, .. } => Some(code),
+        }
+    }
+
+    /// The inner service's body, when this is not keygate's own answer.
+    pub fn get_ref(&self) -> Option<&B> {
+        match &self.kind {
+            Kind::Inner { body } => Some(body),
+            Kind::Refusal { .. } => None,
         }
     }
 }
@@ -56,7 +78,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Refusal { data } => {
+            KindProj::Refusal { data, .. } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d.into()))))
             }
         }
@@ -65,14 +87,14 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Refusal { data } => data.is_none(),
+            Kind::Refusal { data, .. } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Refusal { data } => {
+            Kind::Refusal { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

@@ -117,7 +117,7 @@ impl Refusal {
     /// The whole answer: status, JSON body and, for 429, `Retry-After` and the
     /// `x-ratelimit-*` headers.
     pub fn into_response<B>(self) -> Response<AnswerBody<B>> {
-        let mut res = Response::new(AnswerBody::refusal(self.body()));
+        let mut res = Response::new(AnswerBody::refusal(self.code(), self.body()));
         *res.status_mut() = self.status();
         let h = res.headers_mut();
         h.insert(CONTENT_TYPE, APPLICATION_JSON);

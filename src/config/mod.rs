@@ -115,6 +115,11 @@ pub struct ProxyConfig {
     pub connections: ConnectionLimits,
     /// The certificate and key when the proxy listener serves HTTPS.
     pub tls: Option<ServerTls>,
+    /// Whether each proxied request is logged at `info`, target
+    /// `keygate::access`.
+    pub access_log: bool,
+    /// Whether the access log shows query strings.
+    pub access_log_query: bool,
 }
 
 /// The checked `[admin]` section.
@@ -128,6 +133,16 @@ pub struct AdminConfig {
     pub connections: ConnectionLimits,
     /// The certificate and key when the admin listener serves HTTPS.
     pub tls: Option<ServerTls>,
+}
+
+impl AdminConfig {
+    /// Whether the provider's digest is the all-zeros placeholder that
+    /// `config/keygate.toml` ships with. No token hashes to it, so every
+    /// provider call is refused 401; keygate still starts (the proxy serves
+    /// orgs provisioned before, or imported) but warns at start, naming the key.
+    pub fn has_placeholder_token(&self) -> bool {
+        self.provider_token.to_hex().bytes().all(|b| b == b'0')
+    }
 }
 
 /// The checked `[store]` section.

@@ -81,6 +81,13 @@ pub struct RawProxy {
     /// (nginx's `proxy_read_timeout`); past it both connections are closed,
     /// so an upstream that stalls mid-answer cannot hold them forever.
     pub upstream_read_timeout_ms: i64,
+    /// Whether every proxied request gets one line at `info` (target
+    /// `keygate::access`): what operators look for first when a client says
+    /// "it failed". Off removes the access log layer from the stack entirely.
+    pub access_log: bool,
+    /// Whether access log lines show the query string. Off by default: a query
+    /// may carry what its sender considers secret, and logs travel far.
+    pub access_log_query: bool,
     /// `[proxy.tls]`: serve HTTPS on this listener; absent for plain HTTP.
     pub tls: Option<RawTls>,
 }
@@ -106,6 +113,8 @@ impl Default for RawProxy {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             upstream_read_timeout_ms: 60_000,
+            access_log: true,
+            access_log_query: false,
             tls: None,
         }
     }
@@ -284,6 +293,7 @@ fn shape_error(message: &str, in_array: bool) -> String {
         "i64" => "an integer",
         "a string" => "a string",
         "a sequence" => "an array of strings",
+        "a boolean" => "true or false",
         s if s.starts_with("struct ") => "a table",
         other => other,
     };

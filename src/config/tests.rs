@@ -734,3 +734,36 @@ fn an_empty_store_path_is_refused() {
         "config: store.path: must not be empty"
     );
 }
+
+#[test]
+fn the_access_log_is_on_without_queries_by_default_and_each_switch_is_a_bool() {
+    let c = Config::from_toml(&with("")).unwrap();
+    assert!(c.proxy.access_log);
+    assert!(!c.proxy.access_log_query);
+    let c = Config::from_toml(&with(
+        "proxy.access_log = false\nproxy.access_log_query = true",
+    ))
+    .unwrap();
+    assert!(!c.proxy.access_log);
+    assert!(c.proxy.access_log_query);
+    assert_eq!(
+        error(&with("proxy.access_log = \"no\"")),
+        "config: proxy.access_log: expected true or false"
+    );
+}
+
+#[test]
+fn the_shipped_all_zeros_digest_is_known_as_the_placeholder() {
+    assert!(Config::from_toml(&with(""))
+        .unwrap()
+        .admin
+        .has_placeholder_token());
+    let real = format!(
+        "proxy.upstream = \"http://127.0.0.1:9000\"\nadmin.provider_token_sha256 = \"{}\"",
+        TokenDigest::of("a token").to_hex()
+    );
+    assert!(!Config::from_toml(&real)
+        .unwrap()
+        .admin
+        .has_placeholder_token());
+}

@@ -158,6 +158,8 @@ impl RawProxy {
             )?,
             connections,
             tls,
+            access_log: self.access_log,
+            access_log_query: self.access_log_query,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{Entry, HOST};
@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
+use super::access::UpstreamTime;
 use super::client::{Affinity, ClientError, Sending, Upstreams};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::Upstream;
@@ -45,6 +46,9 @@ pub struct ForwardConfig {
     pub pool_max_idle_per_host: usize,
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
+    /// Leave an [`UpstreamTime`] in the extensions of the upstream's answers,
+    /// for the access log; off, no clock is read and nothing allocated.
+    pub upstream_time: bool,
 }
 
 /// What every connection's `Forward` shares: the idle connections and the target.
@@ -54,6 +58,7 @@ struct Shared<B> {
     timeout: Duration,
     answer_timeouts: BodyTimeouts,
     proto: HeaderValue,
+    upstream_time: bool,
 }
 
 /// Sends requests to the upstream and streams its answers back. One per client
@@ -109,6 +114,7 @@ where
                     total: None,
                 },
                 proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
+                upstream_time: config.upstream_time,
             }),
             client_ip: HeaderValue::from_static("unknown"),
         }
@@ -158,6 +164,7 @@ where
             affinity: Arc::clone(&self.affinity),
             answer_timeouts: self.shared.answer_timeouts,
             timeout: tokio::time::sleep(self.shared.timeout),
+            sent: self.shared.upstream_time.then(Instant::now),
         }
     }
 }
@@ -175,6 +182,7 @@ pin_project! {
         answer_timeouts: BodyTimeouts,
         #[pin]
         timeout: Sleep,
+        sent: Option<Instant>,
     }
 }
 
@@ -214,6 +222,9 @@ where
                 Poll::Ready(Ok(res)) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
+                    if let Some(sent) = this.sent {
+                        parts.extensions.insert(UpstreamTime(sent.elapsed()));
+                    }
                     let body = TimeoutBody::new(body, *this.answer_timeouts).warn_on_timeout(
                         "the upstream's answer stopped arriving; closing both connections",
                     );
@@ -292,6 +303,7 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
             https: false,
+            upstream_time: false,
         })
     }
 
@@ -362,6 +374,7 @@ mod tests {
             affinity: Arc::clone(&forward.affinity),
             answer_timeouts: forward.shared.answer_timeouts,
             timeout: tokio::time::sleep(Duration::from_secs(5)),
+            sent: None,
         }
         .await
         .unwrap();

@@ -8,13 +8,17 @@
 //! `X-Forwarded-Proto`, and answers 502 `UPSTREAM_UNAVAILABLE` when the
 //! upstream cannot be reached and 504 `UPSTREAM_TIMEOUT` when it does not
 //! answer in time. keygate's listener runs
-//! [`KeyGate`](crate::gate::KeyGate) in front of it.
+//! [`KeyGate`](crate::gate::KeyGate) in front of it, and, unless
+//! `proxy.access_log` is off, [`AccessLog`] around both.
 
+pub mod access;
 mod client;
 mod forward;
 mod headers;
 mod upstream;
 
+pub use access::{AccessLog, AccessLogLayer};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, UpstreamBody};
+
 pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use upstream::{Upstream, UpstreamError};

@@ -358,8 +358,12 @@ impl Builder {
         let mut proxy = format!(
             "listen = \"127.0.0.1:0\"\n\
              upstream = \"http://{target}{}\"\n\
-             upstream_timeout_ms = {}\n",
-            self.upstream_base, self.upstream_timeout_ms
+             upstream_timeout_ms = {}\n\
+             connect_timeout_ms = {}\n",
+            self.upstream_base,
+            self.upstream_timeout_ms,
+            // The upstream timeout includes the connect, so it may not be shorter.
+            self.upstream_timeout_ms.min(2_000)
         );
         if self.header_mode {
             proxy.push_str("org_from = \"header\"\norg_header = \"x-org-id\"\n");
