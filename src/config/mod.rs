@@ -1,4 +1,4 @@
-//! keygate's configuration: the TOML file of CONTRACT.md §2, checked once at start.
+//! keygate's configuration: the TOML file (README, "Config"), checked once at start.
 //!
 //! Two layers, as in Pingora and ripgrep:
 //!
@@ -10,14 +10,14 @@
 //!   [`RawConfig::validate`]. Validation reads the TLS certificate and key files
 //!   it names, so that a bad one stops keygate before anything binds.
 //!
-//! [`Config::load`] runs the whole way: read the file, parse it, walk it for
-//! unknown keys and wrong types (so that each is reported with its full dotted
-//! path, which serde's own messages do not give), apply the
+//! [`Config::load`] runs the whole way: read the file, parse it (each unknown
+//! key and wrong type reported with its full dotted path, which
+//! `serde_path_to_error` keeps and serde's own messages do not give), apply the
 //! [`PROVIDER_TOKEN_ENV`] override, validate. Every refusal is a
 //! [`ConfigError`] that prints as one line naming the key and why, which is
 //! what `keygate serve` prints before exiting.
 //!
-//! The files follow those steps: `raw` (the file as written, and the walk),
+//! The files follow those steps: `raw` (the file as written, and its parse),
 //! `validate` (section by section), `error` (the one-line refusals), and this
 //! module (the checked types and the loading), with the tests in `tests`.
 //!
