@@ -18,6 +18,7 @@
 //! durable on disk but invisible in memory.
 
 mod backend;
+mod check;
 mod import;
 mod memory;
 mod redb;
@@ -34,6 +35,7 @@ pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, OrgRecord,
     Snapshot,
 };
+pub use check::{check_store, CheckReport, Problem};
 pub use import::{import_orgs, ImportError};
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
