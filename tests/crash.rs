@@ -966,6 +966,22 @@ async fn assert_refused(env: &Env, what: &str, bytes: &[u8]) {
         std::fs::read(&env.store).unwrap() == bytes,
         "{what}: keygate changed the file it refused"
     );
+    // `keygate check` finds the damage too, and leaves the file alone.
+    let (status, stdout, stderr) = check_until_exit(env).await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{what}: check: {status}\n{stdout}\n{stderr}"
+    );
+    let store = env.store.display().to_string();
+    assert!(
+        !stdout.is_empty() && stdout.lines().all(|l| l.contains(&store)),
+        "{what}: check's lines do not name the store:\n{stdout}"
+    );
+    assert!(
+        std::fs::read(&env.store).unwrap() == bytes,
+        "{what}: check changed the file"
+    );
 }
 
 /// Where `needle` starts in `hay`.
@@ -1114,7 +1130,19 @@ async fn a_clean_store_with_damaged_audit_records_is_found_by_check_and_never_sh
         "{name}: check changed the file"
     );
 
-    // serve starts; the damaged log is refused, not shown.
+    // A store keygate was killed over is repaired by check as by a start,
+    // and then sound.
+    let (killed_name, killed) = &stores[1];
+    std::fs::write(&env.store, killed).unwrap();
+    let (status, stdout, stderr) = check_until_exit(&env).await;
+    assert!(
+        status.success(),
+        "{killed_name}: check: {status}\n{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("no problems"), "{stderr}");
+
+    // serve starts over the damaged log; the log is refused, not shown.
+    std::fs::write(&env.store, &damaged).unwrap();
     let gw = Gateway::start(&env).await;
     let audit = gw
         .api
