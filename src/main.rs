@@ -178,8 +178,16 @@ fn check(path: &std::path::Path) -> ExitCode {
     // redb panics on some damaged pages; `check_store` catches each panic and
     // reports it as a problem line, so the default hook's text is noise.
     std::panic::set_hook(Box::new(|_| {}));
-    match keygate::store::check_store(path) {
-        Ok(report) => {
+    let checked = std::panic::catch_unwind(|| keygate::store::check_store(path));
+    match checked {
+        Err(_) => {
+            eprintln!(
+                "keygate check: {}: the check itself failed; the store was not fully checked",
+                path.display()
+            );
+            ExitCode::from(2)
+        }
+        Ok(Ok(report)) => {
             for line in report.lines() {
                 println!("{line}");
             }
@@ -190,7 +198,7 @@ fn check(path: &std::path::Path) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             eprintln!("keygate check: {e}");
             ExitCode::from(2)
         }
