@@ -156,7 +156,9 @@ impl<'de> serde::Deserialize<'de> for OrgId {
 /// store of 1,000 orgs leave the heap as it was (interned, they grew it by
 /// 786,496 bytes), and an open store asks for 246 bytes per org. An id costs
 /// its length on a page plus, in [`Org`](super::Org), 16 bytes more than the
-/// interned two words did. One allocation per id instead (an exactly sized
+/// interned two words did: `keygate serve` (release build) over 100,000 orgs
+/// had 30.6 MB resident with interned ids and 32.2 MB with kept ones, two
+/// starts each. One allocation per id instead (an exactly sized
 /// buffer, plus the shared count `Bytes` allocates on its first clone) would
 /// add two more heap chunks per org, 32 bytes each with glibc. Pages of 4 KiB
 /// keep the orgs that share one reference count to a few hundred: cores
