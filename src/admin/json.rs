@@ -100,8 +100,17 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
             let full = inner.to_string();
             let suffix = format!(" at line {} column {}", inner.line(), inner.column());
             let msg = full.strip_suffix(&suffix).unwrap_or(&full);
-            // The last ", expected ": a quoted value may itself contain the words.
-            let expected = msg.rsplit_once(", expected ").map(|(_, x)| x);
+            // serde ends each message that has one with what was expected,
+            // so it follows the last ", expected " (a quoted value may hold
+            // the words too). An unknown field or variant of a type that has
+            // none ends "there are no ...", with no expected part at all.
+            let expected = if msg.ends_with(", there are no fields")
+                || msg.ends_with(", there are no variants")
+            {
+                None
+            } else {
+                msg.rsplit_once(", expected ").map(|(_, x)| x)
+            };
             let with_expected = |problem: &str| match expected {
                 Some(x) => format!("{problem}; expected {x}"),
                 None => problem.to_owned(),
@@ -279,6 +288,15 @@ mod tests {
         assert_eq!(msg, "unknown field; expected `role` or `inner`");
         let msg = message::<Outer>(r#"{"role":"admin","inner":{"SECRET, expected TAIL":1}}"#).await;
         assert_eq!(msg, "inner: unknown field; expected `n` or `at`");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_field_of_a_type_without_fields_is_not_echoed_either() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        let msg = message::<Empty>(r#"{"SECRET, expected TAIL":1}"#).await;
+        assert_eq!(msg, "unknown field; there are no fields");
     }
 
     #[tokio::test]
