@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
-use crate::tls::{ServerTls, TlsFile};
+use crate::tls::{ServerTls, TlsFile, UpstreamTls};
 use crate::token::TokenDigest;
 
 /// The environment variable that, when set and not empty, replaces
@@ -154,9 +154,24 @@ pub struct RawConfig {
 pub struct RawProxy {
     /// The address clients connect to, as `ip:port`.
     pub listen: String,
-    /// The one upstream every accepted request is forwarded to; required,
-    /// because a gateway with nowhere to forward has no purpose.
-    pub upstream: Option<String>,
+    /// Where every accepted request is forwarded: one URL, or a list of URLs
+    /// of one service (same scheme and base path) that requests are spread
+    /// over; required, because a gateway with nowhere to forward has no
+    /// purpose.
+    pub upstream: Option<RawUpstream>,
+    /// A PEM file of the CA certificates that `https` upstreams' certificates
+    /// must chain to, for a private CA; unset trusts the public roots built
+    /// into keygate.
+    pub upstream_ca_path: Option<String>,
+    /// The most upstream connections open at once, all servers together, so
+    /// that a burst cannot open a socket per client toward the upstream.
+    pub max_upstream_connections: i64,
+    /// How long an upstream server whose connect failed is skipped, when the
+    /// list has several, so that requests stop paying for a dead server.
+    pub upstream_fail_timeout_secs: i64,
+    /// Forward the client's `Host` instead of the upstream's, for upstreams
+    /// that route on the name the client used.
+    pub preserve_host: bool,
     /// The request header that carries the org's API key.
     pub key_header: String,
     /// Where a request names its org: `"path"` (first segment) or `"header"`.
@@ -209,6 +224,10 @@ impl Default for RawProxy {
         RawProxy {
             listen: "127.0.0.1:8080".to_owned(),
             upstream: None,
+            upstream_ca_path: None,
+            max_upstream_connections: DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+            upstream_fail_timeout_secs: 10,
+            preserve_host: false,
             key_header: "x-api-key".to_owned(),
             org_from: "path".to_owned(),
             org_header: "x-org-id".to_owned(),
@@ -227,6 +246,28 @@ impl Default for RawProxy {
     }
 }
 
+/// `proxy.upstream`: one URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawUpstream {
+    /// `upstream = "http://..."`.
+    One(String),
+    /// `upstream = ["http://...", "http://..."]`.
+    Many(Vec<String>),
+}
+
+impl From<String> for RawUpstream {
+    fn from(url: String) -> Self {
+        RawUpstream::One(url)
+    }
+}
+
+/// 1,024: an HTTP/1.1 connection carries one request at a time, so this is
+/// the upstream concurrency; nginx's default `worker_connections`, more than
+/// one API backend usually serves at once from one client, and few enough
+/// sockets that a flood of clients cannot exhaust the upstream's or keygate's
+/// file descriptors.
+const DEFAULT_MAX_UPSTREAM_CONNECTIONS: i64 = 1_024;
 /// 64 KiB: ten times what browsers send, a fraction of hyper's ~400 KB buffer.
 const DEFAULT_MAX_HEADER_BYTES: i64 = 65_536;
 /// 60 s: longer than the keep-alive of common clients' pools (curl, Go, Python
@@ -337,7 +378,10 @@ impl Default for RawLimits {
 enum Kind {
     Str,
     Int,
+    Bool,
     Strs,
+    /// A string or an array of strings.
+    StrOrStrs,
     /// A table with these keys.
     Table(&'static [(&'static str, Kind)]),
 }
@@ -347,9 +391,11 @@ impl Kind {
         match self {
             Kind::Str => value.is_str(),
             Kind::Int => value.is_integer(),
+            Kind::Bool => value.is_bool(),
             Kind::Strs => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(toml::Value::is_str)),
+            Kind::StrOrStrs => value.is_str() || Kind::Strs.admits(value),
             Kind::Table(_) => value.is_table(),
         }
     }
@@ -358,7 +404,9 @@ impl Kind {
         match self {
             Kind::Str => "expected a string",
             Kind::Int => "expected an integer",
+            Kind::Bool => "expected true or false",
             Kind::Strs => "expected an array of strings",
+            Kind::StrOrStrs => "expected a string or an array of strings",
             Kind::Table(_) => "expected a table",
         }
     }
@@ -373,7 +421,11 @@ const SCHEMA: &[(&str, &[(&str, Kind)])] = &[
         "proxy",
         &[
             ("listen", Kind::Str),
-            ("upstream", Kind::Str),
+            ("upstream", Kind::StrOrStrs),
+            ("upstream_ca_path", Kind::Str),
+            ("max_upstream_connections", Kind::Int),
+            ("upstream_fail_timeout_secs", Kind::Int),
+            ("preserve_host", Kind::Bool),
             ("key_header", Kind::Str),
             ("org_from", Kind::Str),
             ("org_header", Kind::Str),
@@ -512,10 +564,24 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The address the proxy listener binds.
     pub listen: SocketAddr,
-    /// Where accepted requests go: scheme `http`, an authority without
-    /// credentials, no query. Its path is `/` or a base path without a trailing
-    /// slash (`/api`) that the forwarded path is appended to.
+    /// Where accepted requests go: scheme `http` or `https`, an authority
+    /// without credentials, no query. Its path is `/` or a base path without a
+    /// trailing slash (`/api`) that the forwarded path is appended to. The
+    /// first of `upstreams`.
     pub upstream: Uri,
+    /// Every upstream server, `upstream` first; one scheme and one base path.
+    pub upstreams: Vec<Uri>,
+    /// How `https` upstreams are verified: the CA file of
+    /// `upstream_ca_path`, read and checked at start; `None` for the roots
+    /// built into keygate.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Open upstream connections at most; beyond it a request waits up to
+    /// `connect_timeout`, then 503.
+    pub max_upstream_connections: usize,
+    /// How long a server whose connect failed is skipped (several servers).
+    pub upstream_fail_timeout: Duration,
+    /// Forward the client's `Host` instead of the upstream's.
+    pub preserve_host: bool,
     /// The header that carries the API key, lowercase.
     pub key_header: HeaderName,
     /// Where a request names its org.
@@ -647,6 +713,10 @@ mod max {
     pub const CONNECT_TIMEOUT_MS: u64 = 300_000;
     /// 1 hour: long polls and large exports, but not forever.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 3_600_000;
+    /// Well past what one process's file descriptors allow.
+    pub const MAX_UPSTREAM_CONNECTIONS: u64 = 1_000_000;
+    /// 1 hour.
+    pub const UPSTREAM_FAIL_TIMEOUT_SECS: u64 = 3_600;
     /// 1 day.
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 86_400;
     /// More idle sockets than this to one host is a leak, not a pool.
@@ -666,9 +736,19 @@ mod max {
 impl RawProxy {
     fn validate(self) -> Result<ProxyConfig, ConfigError> {
         let listen = socket_addr("proxy.listen", &self.listen)?;
-        let upstream = match &self.upstream {
-            Some(u) => upstream(u)?,
+        let upstreams = match &self.upstream {
+            Some(RawUpstream::One(u)) => vec![upstream(u)?],
+            Some(RawUpstream::Many(list)) => upstream_list(list)?,
             None => return Err(invalid("proxy.upstream", "required")),
+        };
+        let upstream = upstreams[0].clone();
+        let upstream_tls = match self.upstream_ca_path.as_deref() {
+            None => None,
+            Some("") => return Err(invalid("proxy.upstream_ca_path", "must not be empty")),
+            Some(path) => Some(
+                UpstreamTls::load_ca(Path::new(path))
+                    .map_err(|e| invalid("proxy.upstream_ca_path", e.to_string()))?,
+            ),
         };
         let key_header = header_name("proxy.key_header", &self.key_header)?;
         if RESERVED_HEADERS.contains(&key_header.as_str()) {
@@ -710,6 +790,20 @@ impl RawProxy {
         Ok(ProxyConfig {
             listen,
             upstream,
+            upstreams,
+            upstream_tls,
+            max_upstream_connections: ranged_usize(
+                "proxy.max_upstream_connections",
+                self.max_upstream_connections,
+                1,
+                max::MAX_UPSTREAM_CONNECTIONS,
+            )?,
+            upstream_fail_timeout: Duration::from_secs(ranged(
+                "proxy.upstream_fail_timeout_secs",
+                self.upstream_fail_timeout_secs,
+                max::UPSTREAM_FAIL_TIMEOUT_SECS,
+            )?),
+            preserve_host: self.preserve_host,
             key_header,
             org_from,
             public_url,
@@ -965,15 +1059,41 @@ fn web_url<'a>(
     Ok(authority)
 }
 
+/// A list of upstream URLs: at least one, no repeats, and one service: the
+/// same scheme and base path for all, as the servers of an nginx `upstream`
+/// block share `proxy_pass`'s.
+fn upstream_list(list: &[String]) -> Result<Vec<Uri>, ConfigError> {
+    const KEY: &str = "proxy.upstream";
+    let uris = list
+        .iter()
+        .map(|u| upstream(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = uris.first() else {
+        return Err(invalid(KEY, "an empty list; name at least one URL"));
+    };
+    for (i, uri) in uris.iter().enumerate() {
+        if uri.scheme() != first.scheme() || uri.path() != first.path() {
+            return Err(invalid(
+                KEY,
+                "every URL of the list must have the same scheme and base path",
+            ));
+        }
+        if uris[..i].contains(uri) {
+            return Err(invalid(KEY, format!("{uri} is listed twice")));
+        }
+    }
+    Ok(uris)
+}
+
 fn upstream(s: &str) -> Result<Uri, ConfigError> {
     const KEY: &str = "proxy.upstream";
+    // The contract's own example of a config error; https is an http URL here.
     const NOT_HTTP: &str = "not an http URL";
     let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_HTTP))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid(KEY, "not an http URL (https is not supported)")),
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme.to_owned(),
         _ => return Err(invalid(KEY, NOT_HTTP)),
-    }
+    };
     let authority = web_url(KEY, s, &uri, NOT_HTTP)?;
     // The proxy appends the request's path to this one; a trailing slash would
     // double the slash between them.
@@ -982,7 +1102,7 @@ fn upstream(s: &str) -> Result<Uri, ConfigError> {
         base => base,
     };
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme.as_str())
         .authority(authority.clone())
         .path_and_query(base)
         .build()
@@ -1143,7 +1263,10 @@ mod tests {
         let doc: toml::Table = EXAMPLE.parse().unwrap();
         let set = doc_keys(&doc);
         for key in schema_keys() {
-            if key.ends_with(".tls.cert_path") || key.ends_with(".tls.key_path") {
+            if key.ends_with(".tls.cert_path")
+                || key.ends_with(".tls.key_path")
+                || key == "proxy.upstream_ca_path"
+            {
                 continue;
             }
             assert!(set.contains(&key), "{key}");
@@ -1153,7 +1276,8 @@ mod tests {
     #[test]
     fn the_schema_names_exactly_the_raw_fields() {
         let mut raw = RawConfig::default();
-        raw.proxy.upstream = Some(String::new());
+        raw.proxy.upstream = Some(String::new().into());
+        raw.proxy.upstream_ca_path = Some(String::new());
         raw.proxy.public_url = Some(String::new());
         raw.admin.provider_token_sha256 = Some(String::new());
         let both = RawTls {
@@ -1318,14 +1442,125 @@ mod tests {
     }
 
     #[test]
-    fn https_and_ftp_upstreams_are_refused() {
-        assert_eq!(
-            error(&with_upstream("https://127.0.0.1:9000")),
-            "config: proxy.upstream: not an http URL (https is not supported)"
-        );
+    fn https_upstreams_are_accepted_and_ftp_ones_refused() {
+        let c = Config::from_toml(&with_upstream("https://api.example.com/v1/")).unwrap();
+        assert_eq!(c.proxy.upstream, "https://api.example.com/v1");
+        assert_eq!(c.proxy.upstreams, std::slice::from_ref(&c.proxy.upstream));
+        assert_eq!(c.proxy.upstream_tls, None);
         assert_eq!(
             error(&with_upstream("ftp://127.0.0.1:21")),
             "config: proxy.upstream: not an http URL"
+        );
+    }
+
+    #[test]
+    fn the_upstream_may_be_a_list_of_one_service() {
+        let text = format!(
+            "proxy.upstream = [\"http://10.0.0.1:9000/api\", \"http://10.0.0.2:9000/api/\"]\n\
+             admin.provider_token_sha256 = \"{ZEROS}\"\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            c.proxy.upstreams,
+            ["http://10.0.0.1:9000/api", "http://10.0.0.2:9000/api"]
+        );
+        assert_eq!(c.proxy.upstream, "http://10.0.0.1:9000/api");
+        let list = |items: &str| {
+            error(&format!(
+                "proxy.upstream = [{items}]\nadmin.provider_token_sha256 = \"{ZEROS}\"\n"
+            ))
+        };
+        assert_eq!(
+            list(""),
+            "config: proxy.upstream: an empty list; name at least one URL"
+        );
+        assert_eq!(
+            list(r#""http://a:1", "https://b:1""#),
+            "config: proxy.upstream: every URL of the list must have the same scheme and base path"
+        );
+        assert_eq!(
+            list(r#""http://a:1/x", "http://b:1/y""#),
+            "config: proxy.upstream: every URL of the list must have the same scheme and base path"
+        );
+        assert_eq!(
+            list(r#""http://a:1", "http://a:1/""#),
+            "config: proxy.upstream: http://a:1/ is listed twice"
+        );
+        assert_eq!(
+            list(r#""ftp://a""#),
+            "config: proxy.upstream: not an http URL"
+        );
+        assert_eq!(
+            list("1"),
+            "config: proxy.upstream: expected a string or an array of strings"
+        );
+    }
+
+    #[test]
+    fn upstream_keys_have_their_defaults_and_ranges() {
+        let c = Config::from_toml(&with("")).unwrap();
+        assert_eq!(c.proxy.max_upstream_connections, 1024);
+        assert_eq!(c.proxy.upstream_fail_timeout, Duration::from_secs(10));
+        assert!(!c.proxy.preserve_host);
+        let c = Config::from_toml(&with(
+            "proxy.preserve_host = true\nproxy.max_upstream_connections = 2\n\
+             proxy.upstream_fail_timeout_secs = 1",
+        ))
+        .unwrap();
+        assert!(c.proxy.preserve_host);
+        assert_eq!(c.proxy.max_upstream_connections, 2);
+        assert_eq!(c.proxy.upstream_fail_timeout, Duration::from_secs(1));
+        assert_eq!(
+            error(&with("proxy.max_upstream_connections = 0")),
+            "config: proxy.max_upstream_connections: must be between 1 and 1000000"
+        );
+        assert_eq!(
+            error(&with("proxy.upstream_fail_timeout_secs = 0")),
+            "config: proxy.upstream_fail_timeout_secs: must be between 1 and 3600"
+        );
+        assert_eq!(
+            error(&with("proxy.preserve_host = \"yes\"")),
+            "config: proxy.preserve_host: expected true or false"
+        );
+    }
+
+    #[test]
+    fn a_bad_or_missing_upstream_ca_file_is_a_one_line_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-ca.pem");
+        let e = error(&with(&format!(
+            "proxy.upstream_ca_path = {:?}",
+            missing.display().to_string()
+        )));
+        assert!(
+            e.starts_with("config: proxy.upstream_ca_path: cannot read "),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = error(&with(&format!(
+            "proxy.upstream_ca_path = {:?}",
+            junk.display().to_string()
+        )));
+        assert!(e.starts_with("config: proxy.upstream_ca_path: "), "{e}");
+        assert!(e.ends_with("no PEM certificate in it"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(
+            error(&with("proxy.upstream_ca_path = \"\"")),
+            "config: proxy.upstream_ca_path: must not be empty"
+        );
+
+        let ca = dir.path().join("ca.pem");
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&ca, made.cert.pem()).unwrap();
+        let c = Config::from_toml(&with(&format!(
+            "proxy.upstream_ca_path = {:?}",
+            ca.display().to_string()
+        )))
+        .unwrap();
+        assert_eq!(
+            c.proxy.upstream_tls.as_ref().and_then(|t| t.ca_path()),
+            Some(ca.as_path())
         );
     }
 
@@ -1701,6 +1936,8 @@ mod tests {
         );
         for key in [
             "connect_timeout_ms",
+            "max_upstream_connections",
+            "upstream_fail_timeout_secs",
             "pool_idle_timeout_secs",
             "pool_max_idle_per_host",
             "header_read_timeout_ms",

@@ -37,6 +37,9 @@ pub enum Refusal {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Every allowed upstream connection stayed busy for the connect timeout.
+    #[error("upstream busy")]
+    UpstreamBusy,
 }
 
 macro_rules! body {
@@ -63,6 +66,7 @@ impl Refusal {
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -76,6 +80,7 @@ impl Refusal {
             Refusal::RateLimited(_) => "RATE_LIMITED",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Refusal::UpstreamBusy => "UPSTREAM_BUSY",
         }
     }
 
@@ -102,6 +107,9 @@ impl Refusal {
             }
             Refusal::UpstreamTimeout => {
                 body!("UPSTREAM_TIMEOUT", "the upstream service did not answer in time")
+            }
+            Refusal::UpstreamBusy => {
+                body!("UPSTREAM_BUSY", "every upstream connection is busy; retry later")
             }
         }
     }
@@ -172,6 +180,7 @@ mod tests {
             }),
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
+            Refusal::UpstreamBusy,
         ];
         for r in all {
             let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();

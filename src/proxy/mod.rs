@@ -11,6 +11,7 @@
 //! [`KeyGate`](crate::gate::KeyGate) in front of it.
 
 mod client;
+mod connect;
 mod forward;
 mod headers;
 mod upstream;
