@@ -251,6 +251,58 @@ async fn an_upstream_whose_certificate_is_not_trusted_answers_502() {
     assert!(up.seen().is_empty());
 }
 
+#[tokio::test]
+async fn preserve_host_gives_an_http2_upstream_the_clients_host_as_authority() {
+    let up = TlsUpstream::start(&[b"h2"]).await;
+    let gw = Gateway::builder()
+        .upstream_toml(&format!("\"https://127.0.0.1:{}\"", up.addr.port()))
+        .proxy_keys(&format!(
+            "upstream_ca_path = {:?}\npreserve_host = true",
+            up.ca_path.display().to_string()
+        ))
+        .start()
+        .await;
+    let key = gw.provision("acme").await;
+    let req = gw
+        .proxy_request(http::Method::GET, "/acme/v1")
+        .header("host", "client.example")
+        .header("x-api-key", &key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    gw.send(req).await.assert_status(StatusCode::OK);
+    let seen = up.seen();
+    assert_eq!(seen[0].version, Version::HTTP_2);
+    assert_eq!(
+        seen[0].uri.authority().map(|a| a.as_str()),
+        Some("client.example")
+    );
+    // The certificate is still verified for the upstream's own name.
+    assert_eq!(seen[0].sni, None, "no SNI for an IP address");
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_finishes_the_tls_handshake_answers_502_after_the_connect_timeout() {
+    // Accepts connections and says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let gw = Gateway::builder()
+        .upstream_toml(&format!("\"https://127.0.0.1:{}\"", addr.port()))
+        .proxy_keys("connect_timeout_ms = 300")
+        .start()
+        .await;
+    let key = gw.provision("acme").await;
+    gw.get_with("/acme/v1", &key)
+        .await
+        .assert_refused(StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE");
+    holder.abort();
+}
+
 #[test]
 fn a_bad_ca_file_is_a_config_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
