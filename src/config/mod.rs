@@ -54,12 +54,12 @@ use http::uri::Uri;
 use http::{HeaderName, Method};
 
 pub use error::ConfigError;
-pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls};
+pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
 use crate::server::ConnectionLimits;
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, UpstreamTls};
 use crate::token::TokenDigest;
 use error::invalid;
 use validate::NOT_A_DIGEST;
@@ -87,10 +87,24 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The address the proxy listener binds.
     pub listen: SocketAddr,
-    /// Where accepted requests go: scheme `http`, an authority without
-    /// credentials, no query. Its path is `/` or a base path without a trailing
-    /// slash (`/api`) that the forwarded path is appended to.
+    /// Where accepted requests go: scheme `http` or `https`, an authority
+    /// without credentials, no query. Its path is `/` or a base path without a
+    /// trailing slash (`/api`) that the forwarded path is appended to. The
+    /// first of `upstreams`.
     pub upstream: Uri,
+    /// Every upstream server, `upstream` first; one scheme and one base path.
+    pub upstreams: Vec<Uri>,
+    /// How `https` upstreams are verified: the CA file of
+    /// `upstream_ca_path`, read and checked at start; `None` for the roots
+    /// built into keygate.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Open upstream connections at most; beyond it a request waits up to
+    /// `connect_timeout`, then 503.
+    pub max_upstream_connections: usize,
+    /// How long a server whose connect failed is skipped (several servers).
+    pub upstream_fail_timeout: Duration,
+    /// Forward the client's `Host` instead of the upstream's.
+    pub preserve_host: bool,
     /// The header that carries the API key, lowercase.
     pub key_header: HeaderName,
     /// Where a request names its org.
