@@ -177,16 +177,13 @@ fn init_logs() {
 
 async fn import(config: &keygate::config::Config, file: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    use keygate::clock::Clock;
     use keygate::store::Imported;
-    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
-    let now = keygate::clock::SystemClock::new().now();
     let started = std::time::Instant::now();
     let imported = if file.as_os_str() == "-" {
-        keygate::store::import(&backend, std::io::stdin().lock(), now).await?
+        import_from(config, std::io::stdin().lock()).await?
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
-        keygate::store::import(&backend, std::io::BufReader::new(f), now).await?
+        import_from(config, std::io::BufReader::new(f)).await?
     };
     let secs = started.elapsed().as_secs_f64();
     match imported {
@@ -194,6 +191,19 @@ async fn import(config: &keygate::config::Config, file: &std::path::Path) -> any
         Imported::Export(counts) => eprintln!("imported an export: {counts} in {secs:.1} s"),
     }
     Ok(())
+}
+
+/// Reads the input (a whole export, checked) before opening, and so perhaps
+/// creating, the store.
+async fn import_from(
+    config: &keygate::config::Config,
+    input: impl std::io::BufRead,
+) -> anyhow::Result<keygate::store::Imported> {
+    use keygate::clock::Clock;
+    let input = keygate::store::read_input(input)?;
+    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
+    let now = keygate::clock::SystemClock::new().now();
+    Ok(input.load_into(&backend, now).await?)
 }
 
 /// `keygate export`: exit 2 when the store cannot be opened (missing, in use,

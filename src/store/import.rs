@@ -108,14 +108,41 @@ fn numbered<R: BufRead>(input: R) -> Lines<R> {
     input.lines().enumerate().map(number as fn(_) -> _)
 }
 
-/// Imports `input` into `backend`: an export when its first line that is not
-/// blank starts with `{` (it must then be an export's header), otherwise an org
-/// list as [`import_orgs`] reads it.
+/// Imports `input` into `backend`: [`read_input`], then
+/// [`ImportInput::load_into`].
 pub async fn import(
     backend: &dyn Backend,
     input: impl BufRead,
     now: Timestamp,
 ) -> Result<Imported, ImportError> {
+    read_input(input)?.load_into(backend, now).await
+}
+
+/// What [`read_input`] made of an input: a whole export, read and checked, or
+/// an org list, still to be read line by line.
+pub struct ImportInput<R: BufRead>(Input<R>);
+
+enum Input<R: BufRead> {
+    Export(Dump),
+    Orgs(std::iter::Peekable<Lines<R>>),
+}
+
+impl<R: BufRead> std::fmt::Debug for ImportInput<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the records: they hold keys.
+        match &self.0 {
+            Input::Export(d) => write!(f, "ImportInput::Export({} orgs)", d.orgs.len()),
+            Input::Orgs(_) => f.write_str("ImportInput::Orgs(..)"),
+        }
+    }
+}
+
+/// Tells the two formats apart and, for an export, reads and checks all of
+/// it: before any store is opened, so a bad export never creates or touches
+/// one. An input is an export when its first line that is not blank starts
+/// with `{` (it must then be an export's header); otherwise it is an org list
+/// as [`import_orgs`] reads it.
+pub fn read_input<R: BufRead>(input: R) -> Result<ImportInput<R>, ImportError> {
     let mut lines = numbered(input).peekable();
     // Blank lines mean nothing in either format.
     while let Some(Ok((_, line))) = lines.peek() {
@@ -124,30 +151,48 @@ pub async fn import(
         }
         lines.next();
     }
-    match lines.peek() {
+    Ok(ImportInput(match lines.peek() {
         Some(Ok((_, line))) if line.trim_start().starts_with('{') => {
-            let dump = read_export(lines)?;
-            let counts = ExportCounts {
-                orgs: count(dump.orgs.len()),
-                tokens: count(dump.tokens.len()),
-                audit_events: count(dump.audit.len()),
-            };
-            match backend.restore(dump).await? {
-                Restored::Done => Ok(Imported::Export(counts)),
-                Restored::NotEmpty {
-                    orgs,
-                    tokens,
-                    audit_events,
-                } => Err(ImportError::NotEmpty {
-                    orgs,
-                    tokens,
-                    audit_events,
-                }),
-            }
+            Input::Export(read_export(lines)?)
         }
-        _ => import_org_lines(backend, lines, now)
-            .await
-            .map(Imported::Orgs),
+        _ => Input::Orgs(lines),
+    }))
+}
+
+impl<R: BufRead> ImportInput<R> {
+    /// Loads the input into `backend`: an export whole, through
+    /// [`Backend::restore`], into a backend that holds nothing yet; an org
+    /// list in batches, through [`Backend::commit_all`], each org provisioned
+    /// at `now`.
+    pub async fn load_into(
+        self,
+        backend: &dyn Backend,
+        now: Timestamp,
+    ) -> Result<Imported, ImportError> {
+        match self.0 {
+            Input::Export(dump) => {
+                let counts = ExportCounts {
+                    orgs: count(dump.orgs.len()),
+                    tokens: count(dump.tokens.len()),
+                    audit_events: count(dump.audit.len()),
+                };
+                match backend.restore(dump).await? {
+                    Restored::Done => Ok(Imported::Export(counts)),
+                    Restored::NotEmpty {
+                        orgs,
+                        tokens,
+                        audit_events,
+                    } => Err(ImportError::NotEmpty {
+                        orgs,
+                        tokens,
+                        audit_events,
+                    }),
+                }
+            }
+            Input::Orgs(lines) => import_org_lines(backend, lines, now)
+                .await
+                .map(Imported::Orgs),
+        }
     }
 }
 

@@ -38,7 +38,7 @@ pub use backend::{
 };
 pub use check::{check_store, CheckReport, Problem};
 pub use export::{export, ExportCounts, ExportError, EXPORT_VERSION};
-pub use import::{import, import_orgs, ImportError, Imported};
+pub use import::{import, import_orgs, read_input, ImportError, ImportInput, Imported};
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 
