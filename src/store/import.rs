@@ -189,7 +189,7 @@ impl<R: BufRead> ImportInput<R> {
                     }),
                 }
             }
-            Input::Orgs(lines) => import_org_lines(backend, lines, now)
+            Input::Orgs(lines) => import_orgs_seen(backend, lines, now)
                 .await
                 .map(Imported::Orgs),
         }
@@ -210,9 +210,7 @@ fn unreadable(text: &str, e: &serde_json::Error) -> String {
         _ => return format!("not a record of a keygate export ({})", json_error(e)),
     };
     match serde_json::from_str::<Probe>(text) {
-        Ok(Probe { kind: t })
-            if ["keygate-export", "org", "token", "audit"].contains(&t.as_str()) =>
-        {
+        Ok(Probe { kind: t }) if [HEADER_TYPE, "org", "token", "audit"].contains(&t.as_str()) => {
             format!("a record of type {t:?} that keygate cannot read ({kind})")
         }
         _ => format!("not a record of a keygate export ({kind})"),
@@ -232,8 +230,9 @@ fn read_export(
     let mut dump = Dump::default();
     let mut header: Option<Header> = None;
     let mut last = 0;
-    // Where each record was, to name it when a later check fails.
-    let mut org_lines: HashSet<OrgId> = HashSet::new();
+    // What was read so far, for the checks between records; the token lines
+    // name a token whose org is missing once every org has been read.
+    let mut orgs_seen: HashSet<OrgId> = HashSet::new();
     let mut token_names: HashSet<String> = HashSet::new();
     let mut digests: HashMap<TokenDigest, String> = HashMap::new();
     let mut token_lines = Vec::new();
@@ -271,7 +270,7 @@ fn read_export(
         match record {
             Line::Header(_) => return Err(bad(n, "a second export header".into())),
             Line::Org(org) => {
-                if !org_lines.insert(org.id.clone()) {
+                if !orgs_seen.insert(org.id.clone()) {
                     return Err(bad(n, format!("org {} appears twice", org.id)));
                 }
                 dump.orgs.push(org);
@@ -305,7 +304,7 @@ fn read_export(
     };
     // Every reference, now that every org has been read, wherever it was.
     for (t, &n) in dump.tokens.iter().zip(&token_lines) {
-        if !org_lines.contains(&t.org) {
+        if !orgs_seen.contains(&t.org) {
             return Err(bad(
                 n,
                 format!(
@@ -345,10 +344,10 @@ pub async fn import_orgs(
     input: impl BufRead,
     now: Timestamp,
 ) -> Result<usize, ImportError> {
-    import_org_lines(backend, numbered(input), now).await
+    import_orgs_seen(backend, numbered(input), now).await
 }
 
-async fn import_org_lines(
+async fn import_orgs_seen(
     backend: &dyn Backend,
     lines: impl Iterator<Item = Result<(usize, String), ImportError>>,
     now: Timestamp,
