@@ -165,6 +165,10 @@ pub(crate) struct Upstreams<B> {
     /// Every client connection's held connection, for a caller at the cap to
     /// take an idle one from.
     held: Mutex<Vec<Weak<Slot<B>>>>,
+    /// Taken in arrival order by the callers waiting at the cap: only its
+    /// holder looks through `held`, so that a crowd of waiters does not scan
+    /// every client connection fifty times a second each.
+    look: tokio::sync::Mutex<()>,
     /// What `Server::down_until` counts from.
     epoch: Instant,
 }
@@ -347,6 +351,7 @@ where
             settings,
             next: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
+            look: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -419,16 +424,21 @@ where
     }
 
     /// At the cap: an idle connection as soon as one is seen, or a permit in
-    /// arrival order, for at most the connect timeout.
+    /// arrival order, for at most the connect timeout. Every waiter checks the
+    /// server's idle list when it wakes; the first in line (the holder of
+    /// `look`) also looks for an idle connection held by a client connection,
+    /// every [`LOOK_EVERY`].
     async fn wait_for_room(&self, server: usize) -> Result<Room<B>, ClientError> {
-        /// How often a waiter looks for a connection that went idle (no event
-        /// tells when an HTTP/1 exchange's answer has been read).
-        const LOOK_EVERY: Duration = Duration::from_millis(20);
         let permit = Arc::clone(&self.permits).acquire_owned();
         let expiry = tokio::time::sleep(self.settings.connect_timeout);
-        tokio::pin!(permit, expiry);
+        let look = self.look.lock();
+        tokio::pin!(permit, expiry, look);
+        let mut turn = None;
         loop {
-            if let Some(conn) = self.checkout(server).or_else(|| self.steal(server)) {
+            let idle = self
+                .checkout(server)
+                .or_else(|| turn.as_ref().and_then(|_| self.steal(server)));
+            if let Some(conn) = idle {
                 return Ok(Room::Idle(conn));
             }
             tokio::select! {
@@ -436,7 +446,8 @@ where
                 // The semaphore is never closed, so this is always a permit.
                 permit = &mut permit => return permit.map(Room::Permit).map_err(|_| ClientError::Busy),
                 () = &mut expiry => return Err(ClientError::Busy),
-                () = tokio::time::sleep(LOOK_EVERY) => {}
+                guard = &mut look, if turn.is_none() => turn = Some(guard),
+                () = tokio::time::sleep(LOOK_EVERY), if turn.is_some() => {}
             }
         }
     }
@@ -506,6 +517,10 @@ where
     });
     Ok(Conn::H1(sender))
 }
+
+/// How often the first caller waiting at the cap looks for a connection that
+/// went idle: no event tells when an HTTP/1 exchange's answer has been read.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// What a wait at the cap ended with.
 enum Room<B> {
