@@ -325,3 +325,40 @@ fn a_bad_ca_file_is_a_config_error_naming_the_key() {
         assert!(!e.contains('\n'), "{e}");
     }
 }
+
+#[test]
+fn a_bad_ca_file_stops_keygate_with_exit_2_and_one_line_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The listen address is taken: had keygate tried to bind, it would say so
+    // and exit 1 instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"{addr}\"\nupstream = \"https://127.0.0.1:9\"\n\
+             upstream_ca_path = {:?}\n\
+             [admin]\nlisten = \"{addr}\"\nprovider_token_sha256 = \"{}\"\n\
+             [store]\npath = {:?}\n",
+            dir.path().join("missing-ca.pem").display().to_string(),
+            TokenDigest::of(PROVIDER).to_hex(),
+            dir.path().join("store.redb").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("KEYGATE_PROVIDER_TOKEN_SHA256")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("config: proxy.upstream_ca_path: cannot read "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("store.redb").exists());
+}

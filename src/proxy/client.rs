@@ -19,7 +19,9 @@
 //! - A held HTTP/1 connection that is busy (an HTTP/2 client's concurrent
 //!   request) or closed is not waited for: another comes from the idle list or
 //!   a new connect. An HTTP/2 upstream connection is shared by every request
-//!   to its server (one per server), each request on a stream of its own.
+//!   to its server (one per server), each request on a stream of its own; it
+//!   stays open until the upstream closes it (servers send GOAWAY after their
+//!   own idle timeout), as the idle timeout below is for HTTP/1 connections.
 //! - Connections are made as [`connect`](super::connect) describes (happy
 //!   eyeballs), then TLS for `https` servers, with SNI and verification for
 //!   the URL's host, bounded by the same connect timeout.
