@@ -758,6 +758,38 @@ mod tests {
         assert!(upstreams.checkout(0).is_none());
     }
 
+    #[test]
+    fn a_request_prepared_for_http2_and_given_back_is_prepared_again_for_another_server() {
+        for preserve_host in [false, true] {
+            let a = server("127.0.0.1:1".parse().unwrap());
+            let b = server("127.0.0.1:2".parse().unwrap());
+            let upstreams: Arc<Upstreams<Body>> = Upstreams::new(
+                vec![a, b],
+                Settings {
+                    preserve_host,
+                    ..settings(Duration::from_secs(1), Duration::from_secs(1), 2)
+                },
+            );
+            let mut req = Request::get("/v1?x=1")
+                .header(HOST, "client.example")
+                .body(Body::new())
+                .unwrap();
+            let (first, second) = if preserve_host {
+                ("client.example", "client.example")
+            } else {
+                ("127.0.0.1:1", "127.0.0.1:2")
+            };
+            upstreams.prepare(0, &mut req, true);
+            assert_eq!(req.uri().to_string(), format!("https://{first}/v1?x=1"));
+            assert_eq!(req.version(), Version::HTTP_2);
+            assert!(req.headers().get(HOST).is_none());
+            upstreams.prepare(1, &mut req, false);
+            assert_eq!(req.uri().to_string(), "/v1?x=1");
+            assert_eq!(req.version(), Version::HTTP_11);
+            assert_eq!(req.headers()[HOST], second);
+        }
+    }
+
     #[tokio::test]
     async fn a_refused_connect_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
