@@ -184,10 +184,11 @@ impl<'de> Deserialize<'de> for RawUpstream {
 }
 
 /// 1,024: an HTTP/1.1 connection carries one request at a time, so this is
-/// the upstream concurrency; nginx's default `worker_connections`, more than
-/// one API backend usually serves at once from one client, and few enough
-/// sockets that a flood of clients cannot exhaust the upstream's or keygate's
-/// file descriptors.
+/// how many requests can be at the upstream at once. A tenth of the 10,000
+/// client connections `max_connections` allows, because most client
+/// connections sit idle between requests (and idle upstream connections are
+/// handed on at the cap); and a bound on the sockets a flood of clients can
+/// make keygate open toward an upstream that may not be sized for the flood.
 const DEFAULT_MAX_UPSTREAM_CONNECTIONS: i64 = 1_024;
 
 /// 60 s, nginx's `client_body_timeout`: a client that sends nothing for a
