@@ -21,4 +21,4 @@ mod rate;
 mod threshold;
 
 pub use rate::{Rate, RateLimited, RateLimiter};
-pub use threshold::{CallCounter, Count};
+pub use threshold::{CallCounter, Count, Window};
