@@ -169,3 +169,241 @@ async fn flush(store: &Store, when: &str) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock, Timestamp};
+    use crate::limit::Count;
+    use crate::org::{Actor, LimitOverrides, Limits};
+    use crate::store::{Backend, MemoryBackend, RedbBackend};
+
+    const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
+    const WINDOW_SECS: u32 = 3_600;
+
+    fn acme() -> OrgId {
+        OrgId::parse("acme").unwrap()
+    }
+
+    fn window(calls: u32) -> Window {
+        Window {
+            start: u32::try_from(T0.as_secs()).unwrap(),
+            calls,
+        }
+    }
+
+    struct Fixture {
+        store: Store,
+        backend: Arc<dyn Backend>,
+        clock: Arc<ManualClock>,
+    }
+
+    impl Fixture {
+        async fn over(backend: Arc<dyn Backend>) -> Fixture {
+            let clock = Arc::new(ManualClock::new(T0));
+            let store = Store::open(backend.clone(), clock.clone(), Limits::default())
+                .await
+                .unwrap();
+            store
+                .provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+                .await
+                .unwrap();
+            Fixture {
+                store,
+                backend,
+                clock,
+            }
+        }
+
+        /// Counts `n` calls of acme against a threshold of 10 and returns the last outcome.
+        fn call(&self, store: &Store, n: usize) -> Count {
+            let org = store.get(b"acme").unwrap();
+            let mut last = Count::Within;
+            for _ in 0..n {
+                last = org.calls().count(self.clock.now(), 10, WINDOW_SECS);
+            }
+            last
+        }
+
+        /// The store as a restart finds it.
+        async fn restart(&self) -> Store {
+            Store::open(self.backend.clone(), self.clock.clone(), Limits::default())
+                .await
+                .unwrap()
+        }
+
+        fn window_of(&self, store: &Store) -> Option<Window> {
+            store.get(b"acme").unwrap().calls().window()
+        }
+    }
+
+    async fn on_memory() -> (Fixture, Arc<MemoryBackend>) {
+        let memory = Arc::new(MemoryBackend::new());
+        (Fixture::over(memory.clone()).await, memory)
+    }
+
+    #[tokio::test]
+    async fn a_flush_saves_only_the_windows_that_changed_since_the_last() {
+        let (f, memory) = on_memory().await;
+        assert_eq!(f.store.flush_counts().await, Ok(0));
+        f.call(&f.store, 3);
+        assert_eq!(f.store.flush_counts().await, Ok(1));
+        assert_eq!(memory.count_of(&acme()), Some(window(3)));
+        assert_eq!(f.store.flush_counts().await, Ok(0));
+        f.call(&f.store, 1);
+        assert_eq!(f.store.flush_counts().await, Ok(1));
+        assert_eq!(memory.count_of(&acme()), Some(window(4)));
+    }
+
+    #[tokio::test]
+    async fn a_restart_resumes_the_window_and_loses_only_what_was_counted_after_the_last_flush() {
+        let (f, _) = on_memory().await;
+        f.call(&f.store, 6);
+        f.store.flush_counts().await.unwrap();
+        // Counted, never flushed: what a crash now loses.
+        f.call(&f.store, 2);
+        let after = f.restart().await;
+        assert_eq!(f.window_of(&after), Some(window(6)));
+        // 4 more calls are within the threshold of 10; the 5th crosses it.
+        assert_eq!(f.call(&after, 4), Count::Within);
+        assert_eq!(f.call(&after, 1), Count::Crossed);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_store_flushes_nothing_until_a_count_changes() {
+        let (f, _) = on_memory().await;
+        f.call(&f.store, 2);
+        f.store.flush_counts().await.unwrap();
+        let after = f.restart().await;
+        assert_eq!(after.flush_counts().await, Ok(0));
+        f.call(&after, 1);
+        assert_eq!(after.flush_counts().await, Ok(1));
+    }
+
+    #[tokio::test]
+    async fn a_window_that_ended_before_the_restart_does_not_count_against_the_next() {
+        let (f, _) = on_memory().await;
+        f.call(&f.store, 9);
+        f.store.flush_counts().await.unwrap();
+        f.clock
+            .advance(std::time::Duration::from_secs(u64::from(WINDOW_SECS)));
+        let after = f.restart().await;
+        assert_eq!(f.call(&after, 10), Count::Within);
+        assert_eq!(f.call(&after, 1), Count::Crossed);
+    }
+
+    #[tokio::test]
+    async fn enabling_clears_the_saved_window_so_a_restart_counts_afresh() {
+        let (f, memory) = on_memory().await;
+        assert_eq!(f.call(&f.store, 11), Count::Crossed);
+        f.store.flush_counts().await.unwrap();
+        f.store.disable("acme", "x", Actor::Provider).await.unwrap();
+        f.store.enable("acme", Actor::Provider).await.unwrap();
+        // Cleared by the enable itself, not by a later flush.
+        assert_eq!(memory.count_of(&acme()), None);
+        assert_eq!(f.store.flush_counts().await, Ok(0));
+        let after = f.restart().await;
+        assert_eq!(f.window_of(&after), None);
+        assert_eq!(f.call(&after, 10), Count::Within);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_tried_again_by_the_next() {
+        let (f, memory) = on_memory().await;
+        f.call(&f.store, 3);
+        memory.fail_commits(true);
+        assert!(f.store.flush_counts().await.is_err());
+        memory.fail_commits(false);
+        assert_eq!(f.store.flush_counts().await, Ok(1));
+        assert_eq!(memory.count_of(&acme()), Some(window(3)));
+    }
+
+    #[tokio::test]
+    async fn an_enable_that_fails_leaves_the_window_to_be_saved_again() {
+        let (f, memory) = on_memory().await;
+        f.call(&f.store, 11);
+        f.store.flush_counts().await.unwrap();
+        f.store.disable("acme", "x", Actor::Provider).await.unwrap();
+        memory.fail_commits(true);
+        assert!(f.store.enable("acme", Actor::Provider).await.is_err());
+        memory.fail_commits(false);
+        assert_eq!(memory.count_of(&acme()), Some(window(11)));
+        assert_eq!(f.window_of(&f.store), Some(window(11)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flusher_saves_every_period_and_once_more_at_stop() {
+        let (f, memory) = on_memory().await;
+        let period = std::time::Duration::from_millis(1_000);
+        let flusher = CountFlusher::spawn(f.store.clone(), period);
+        f.call(&f.store, 2);
+        tokio::time::sleep(period / 2).await;
+        assert_eq!(memory.count_of(&acme()), None);
+        tokio::time::sleep(period).await;
+        assert_eq!(memory.count_of(&acme()), Some(window(2)));
+        f.call(&f.store, 3);
+        flusher.stop().await;
+        assert_eq!(memory.count_of(&acme()), Some(window(5)));
+    }
+
+    #[tokio::test]
+    async fn redb_keeps_saved_windows_across_a_reopen_and_removes_cleared_ones() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("keygate.redb");
+        let globex = OrgId::parse("globex").unwrap();
+        {
+            let backend = RedbBackend::open(&path).unwrap();
+            backend
+                .save_counts(vec![
+                    CallCount {
+                        org: acme(),
+                        window: Some(window(7)),
+                    },
+                    CallCount {
+                        org: globex.clone(),
+                        window: Some(window(1)),
+                    },
+                ])
+                .await
+                .unwrap();
+            backend
+                .save_counts(vec![CallCount {
+                    org: globex,
+                    window: None,
+                }])
+                .await
+                .unwrap();
+        }
+        let backend = RedbBackend::open(&path).unwrap();
+        assert_eq!(
+            backend.load_counts().await.unwrap(),
+            vec![CallCount {
+                org: acme(),
+                window: Some(window(7)),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redb_store_written_before_the_counts_table_opens_and_gains_it_at_the_first_flush() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("keygate.redb");
+        {
+            let backend = RedbBackend::open(&path).unwrap();
+            let txn = backend.database().begin_write().unwrap();
+            assert!(txn.delete_table(super::super::redb::COUNTS).unwrap());
+            txn.commit().unwrap();
+        }
+        let backend: Arc<dyn Backend> = Arc::new(RedbBackend::open(&path).unwrap());
+        assert_eq!(backend.load_counts().await.unwrap(), vec![]);
+        let f = Fixture::over(backend).await;
+        f.call(&f.store, 4);
+        assert_eq!(f.store.flush_counts().await, Ok(1));
+        let after = f.restart().await;
+        assert_eq!(f.window_of(&after), Some(window(4)));
+    }
+}

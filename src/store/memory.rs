@@ -107,7 +107,9 @@ impl Backend for MemoryBackend {
 
     fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
         let result = if self.fail_commits.load(Ordering::SeqCst) {
-            Err(BackendError::Unavailable("commits are failing (test)".into()))
+            Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))
         } else {
             let mut data = self.lock();
             for c in counts {

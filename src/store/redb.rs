@@ -229,7 +229,9 @@ impl Backend for RedbBackend {
     fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
         let inner = Arc::clone(&self.inner);
         let path = self.inner.path.clone();
-        Box::pin(blocking("count save", path, move || inner.save_counts(&counts)))
+        Box::pin(blocking("count save", path, move || {
+            inner.save_counts(&counts)
+        }))
     }
 
     fn load_counts(&self) -> BoxFuture<'_, Result<Vec<CallCount>, BackendError>> {
@@ -428,9 +430,9 @@ impl Inner {
             })?;
             let (start, calls) = value.value();
             if calls == 0 {
-                return Err(self.corrupt(format_args!(
-                    "table counts: record {key:?} counts no calls"
-                )));
+                return Err(
+                    self.corrupt(format_args!("table counts: record {key:?} counts no calls"))
+                );
             }
             counts.push(CallCount {
                 org,
