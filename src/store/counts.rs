@@ -77,6 +77,12 @@ impl Store {
     /// flush, in one write, and returns how many it wrote. On failure nothing
     /// is marked written, so the next flush tries the same windows again.
     pub async fn flush_counts(&self) -> Result<usize, BackendError> {
+        self.flush_counts_summed().await.map(|(orgs, _)| orgs)
+    }
+
+    /// [`flush_counts`](Store::flush_counts), also summing the calls of the
+    /// windows written, for the log line that tests wait for.
+    async fn flush_counts_summed(&self) -> Result<(usize, u64), BackendError> {
         let mut flushed = self.inner.counts.lock().await;
         let changed: Vec<CallCount> = self
             .inner
@@ -93,14 +99,19 @@ impl Store {
             })
             .collect();
         if changed.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let n = changed.len();
+        let calls = changed
+            .iter()
+            .filter_map(|c| c.window)
+            .map(|w| u64::from(w.calls))
+            .sum();
         self.inner.backend.save_counts(changed.clone()).await?;
         for c in changed {
             flushed.saved(c);
         }
-        Ok(n)
+        Ok((n, calls))
     }
 
     /// Resumes the windows `counts` persisted, before the store serves.
@@ -160,9 +171,10 @@ impl CountFlusher {
 }
 
 async fn flush(store: &Store, when: &str) {
-    match store.flush_counts().await {
-        Ok(0) => {}
-        Ok(orgs) => tracing::debug!(orgs, "call counts persisted{when}"),
+    match store.flush_counts_summed().await {
+        Ok((0, _)) => {}
+        // `calls`: the calls counted in the windows written, summed.
+        Ok((orgs, calls)) => tracing::debug!(orgs, calls, "call counts persisted{when}"),
         Err(e) => tracing::error!(
             error = %e,
             "could not persist call counts{when}; the next flush tries again"
