@@ -62,7 +62,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `counts`, replacing what was persisted for it (a `None` window removes
     /// it), all in one write that survives a crash once this returns `Ok`.
     /// The store calls it from one flusher at a time
-    /// ([`counts`](super::counts) says when). The default persists nothing:
+    /// ([`CountFlusher`](super::CountFlusher) says when). The default persists nothing:
     /// such a backend opens a fresh window at every restart.
     fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
         drop(counts);
