@@ -429,15 +429,14 @@ impl Inner {
                 self.corrupt(format_args!("table counts: key {key:?} is not an org id"))
             })?;
             let (start, calls) = value.value();
-            if calls == 0 {
-                return Err(
-                    self.corrupt(format_args!("table counts: record {key:?} counts no calls"))
-                );
+            // Never written (a cleared window is removed), and harmless: no
+            // calls is no window.
+            if calls > 0 {
+                counts.push(CallCount {
+                    org,
+                    window: Some(Window { start, calls }),
+                });
             }
-            counts.push(CallCount {
-                org,
-                window: Some(Window { start, calls }),
-            });
         }
         Ok(counts)
     }
