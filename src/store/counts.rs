@@ -13,19 +13,22 @@
 //! The request path does not change: the [`CountFlusher`] task wakes every
 //! `store.count_flush_ms`, reads every org's counter (one atomic load each),
 //! compares it with the window it last persisted for that org (remembered
-//! here, not in the org, so an org costs no more memory and a request no
-//! more atomics), and saves the ones that changed, all in one transaction. It
+//! here, not in the org, so a request pays no more atomics and the org's
+//! record stays its size; 16 bytes per org with a saved window, plus the hash
+//! table's slack), and saves the ones that changed, all in one transaction. It
 //! flushes once more when keygate stops gracefully, after the last request
 //! has drained, so a graceful restart loses no count.
 //!
 //! After a crash (`kill -9`, power loss) what is lost is what was counted
 //! since the last flush that completed: per org, at most the calls it made in
-//! one flush period plus the time that flush took to reach the disk. Its rate
-//! limit bounds that: `burst + rate_per_sec × (count_flush_ms + fsync time) /
-//! 1000` calls. Those calls can be made again after the restart, so
-//! across a crash an org can get that many calls beyond its threshold. The
-//! loss grows linearly with the period; the cost of a flush is one scan of
-//! every org in memory plus, when anything changed, one fsynced transaction.
+//! one flush period plus the time the next flush took to reach the disk. Its
+//! rate limit bounds that: `burst + rate_per_sec × (count_flush_ms + save
+//! time) / 1000` calls, the save time being one fsync plus writing the
+//! windows that changed (it grows with how many orgs were called in the
+//! period). Those calls can be made again after the restart, so across a
+//! crash an org can get that many calls beyond its threshold. The loss grows
+//! linearly with the period; the cost of a flush is one scan of every org in
+//! memory plus, when anything changed, one fsynced transaction.
 //!
 //! Enabling a key starts its count afresh (the contract), also on disk: the
 //! store clears the org's persisted window before it commits the enable,
@@ -33,6 +36,7 @@
 //! window back afterwards.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -40,7 +44,7 @@ use tokio::task::JoinHandle;
 
 use super::{BackendError, Store};
 use crate::limit::Window;
-use crate::org::OrgId;
+use crate::org::{Org, OrgId};
 
 /// One org's threshold window, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,23 +57,38 @@ pub struct CallCount {
 }
 
 /// What the flusher last persisted, per org with a window on disk.
+///
+/// Keyed by the address of the org's record, not its id: 16 bytes an entry
+/// where an `OrgId` key would take 48, and only orgs with a saved window have
+/// one. An address names one org for the life of the store because the store
+/// never removes an org (the map's `Arc` keeps each record alive); whatever
+/// removes one later must `forget` it here, under this lock.
 #[derive(Debug, Default)]
 pub(super) struct Flushed {
-    last: HashMap<OrgId, Window>,
+    last: HashMap<usize, Window>,
 }
 
 impl Flushed {
-    /// Notes that `count` is on disk.
-    pub(super) fn saved(&mut self, count: CallCount) {
-        match count.window {
+    /// Notes that `window` is what is on disk for `org`.
+    pub(super) fn saved(&mut self, org: &Org, window: Option<Window>) {
+        let at = address(org);
+        match window {
             Some(w) => {
-                self.last.insert(count.org, w);
+                self.last.insert(at, w);
             }
             None => {
-                self.last.remove(&count.org);
+                self.last.remove(&at);
             }
         }
     }
+
+    fn last(&self, org: &Org) -> Option<Window> {
+        self.last.get(&address(org)).copied()
+    }
+}
+
+fn address(org: &Org) -> usize {
+    std::ptr::from_ref(org) as usize
 }
 
 impl Store {
@@ -84,34 +103,37 @@ impl Store {
     /// windows written, for the log line that tests wait for.
     async fn flush_counts_summed(&self) -> Result<(usize, u64), BackendError> {
         let mut flushed = self.inner.counts.lock().await;
-        let changed: Vec<CallCount> = self
+        // One load per org; an org is only cloned out when its window changed.
+        let (orgs, changed): (Vec<Arc<Org>>, Vec<CallCount>) = self
             .inner
             .orgs
             .iter()
             .filter_map(|e| {
                 let org = &e.0;
                 let now = org.calls().window();
-                let before = flushed.last.get(org.id_bytes()).copied();
-                (now != before).then(|| CallCount {
-                    org: org.id(),
-                    window: now,
+                (now != flushed.last(org)).then(|| {
+                    let count = CallCount {
+                        org: org.id(),
+                        window: now,
+                    };
+                    (Arc::clone(org), count)
                 })
             })
-            .collect();
+            .unzip();
         if changed.is_empty() {
             return Ok((0, 0));
         }
-        let n = changed.len();
         let calls = changed
             .iter()
             .filter_map(|c| c.window)
             .map(|w| u64::from(w.calls))
             .sum();
-        self.inner.backend.save_counts(changed.clone()).await?;
-        for c in changed {
-            flushed.saved(c);
+        let windows: Vec<Option<Window>> = changed.iter().map(|c| c.window).collect();
+        self.inner.backend.save_counts(changed).await?;
+        for (org, window) in orgs.iter().zip(windows) {
+            flushed.saved(org, window);
         }
-        Ok((n, calls))
+        Ok((orgs.len(), calls))
     }
 
     /// Resumes the windows `counts` persisted, before the store serves.
@@ -124,7 +146,7 @@ impl Store {
             // about nothing; it is left alone.
             if let Some(org) = self.get(c.org.as_bytes()) {
                 org.calls().resume(window);
-                flushed.saved(c);
+                flushed.saved(&org, Some(window));
             }
         }
     }

@@ -513,13 +513,10 @@ impl Store {
                 org: org.id(),
                 window: None,
             };
-            self.inner
-                .backend
-                .save_counts(vec![cleared.clone()])
-                .await?;
+            self.inner.backend.save_counts(vec![cleared]).await?;
             // Should the commit fail, the window is still in memory and
             // differs from this, so the next flush writes it back.
-            flushed.saved(cleared);
+            flushed.saved(&org, None);
             Some(flushed)
         } else {
             None
