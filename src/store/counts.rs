@@ -110,13 +110,10 @@ impl Store {
             .iter()
             .filter_map(|e| {
                 let org = &e.0;
-                let now = org.calls().window();
                 // An org without a window has nothing saved: a window goes
                 // back to none only by an enable, which forgets it here. So
                 // an org never called costs one load and no lookup.
-                if now.is_none() {
-                    return None;
-                }
+                let now = Some(org.calls().window()?);
                 (now != flushed.last(org)).then(|| {
                     let count = CallCount {
                         org: org.id(),
