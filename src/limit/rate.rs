@@ -15,12 +15,13 @@
 //!   change and kept with them. A `governor::DefaultDirectRateLimiter` is 72
 //!   bytes (its state, its quota as GCRA parameters, its own 40-byte
 //!   `QuantaClock` and a start instant; measured with `size_of` on x86-64), so
-//!   one per org would take `Org` from 184 bytes to 248, past its allocation's
+//!   one per org in place of this one (and of the `Rate` it would make
+//!   redundant) would take `Org` from 184 bytes to 232, past its allocation's
 //!   208-byte size class (`src/org/mod.rs`). A keyed `governor` limiter
-//!   instead keeps 8 bytes per key but in a `DashMap` of its own: a second map
-//!   lookup per request beside the org's, an allocation the first time a key
-//!   is seen, and `retain_recent` calls to shed keys, where keygate's state
-//!   lives and dies with its org.
+//!   instead keeps each key's 8 bytes of state in a `DashMap` of its own: a
+//!   second map lookup per request beside the org's, a second copy of each
+//!   org id as the map's key, and `retain_recent` calls to shed idle keys,
+//!   where keygate's state lives and dies with its org.
 //! * **The quota passed per call.** [`RateLimiter::check`] takes the [`Rate`]
 //!   with each call, so when a provider changes an org's limits the new rate
 //!   applies to the state the org already has: a client that emptied its burst
