@@ -16,6 +16,10 @@
 //! A failed commit leaves the org exactly as it was. The whole sequence runs in
 //! its own task, so an admin client that hangs up mid-commit cannot leave a change
 //! durable on disk but invisible in memory.
+//!
+//! The threshold counts take another path, off the request path: the
+//! [`CountFlusher`] saves the windows that changed through the backend's counter
+//! seam every period and at stop, and [`Store::open`] resumes them (`counts`).
 
 mod backend;
 mod check;
