@@ -30,6 +30,11 @@
 //! linearly with the period; the cost of a flush is one scan of every org in
 //! memory plus, when anything changed, one fsynced transaction.
 //!
+//! A window's start is wall-clock seconds, as the counter keeps it. Within a
+//! run keygate's clock never steps back, but across a restart it starts
+//! again from the system's: a system clock set forward meanwhile can end a
+//! saved window early, one set back makes it last longer.
+//!
 //! Enabling a key starts its count afresh (the contract), also on disk: the
 //! store clears the org's persisted window before it commits the enable,
 //! holding the flusher's lock so no flush in progress can write the old
