@@ -269,13 +269,18 @@ pub struct RawStore {
     /// The database file, created with its parent folders on first start.
     /// A relative path is relative to the working directory.
     pub path: String,
+    /// How often, in milliseconds, each org's threshold window is saved to
+    /// the store, so a restart resumes it. A crash loses at most the calls
+    /// counted since the last save.
+    pub count_flush_ms: i64,
 }
 
 impl Default for RawStore {
-    /// The contract's default.
+    /// The contract's default, and a save a second.
     fn default() -> Self {
         RawStore {
             path: "data/keygate.redb".to_owned(),
+            count_flush_ms: 1_000,
         }
     }
 }
