@@ -465,7 +465,7 @@ mod tests {
     use super::*;
     use crate::clock::Timestamp;
     use crate::org::{Action, Actor, LimitOverrides};
-    use crate::store::{Backend, Change, Commit, OrgRecord};
+    use crate::store::{Backend, Change, Commit};
     use crate::token::Role;
 
     const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -500,16 +500,18 @@ mod tests {
             let mut t =
                 OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
             t.key = Some(crate::key::ApiKey::parse(KEY.as_bytes()).unwrap());
-            let change = Change::Org(OrgRecord {
-                id: OrgId::parse(org).unwrap(),
-                state: t,
-            });
-            let commit = Commit {
-                change,
-                event: event(org),
-            };
-            b.commit(commit.clone()).await.unwrap();
-            b.commit(commit).await.unwrap();
+            let id = OrgId::parse(org).unwrap();
+            for change in [
+                Change::provision(id.clone(), t.clone()),
+                Change::update(id, t, 1),
+            ] {
+                b.commit(Commit {
+                    change,
+                    event: event(org),
+                })
+                .await
+                .unwrap();
+            }
         }
         b.commit(Commit {
             change: Change::PutToken(token("alice", "acme", "s1")),
