@@ -1196,6 +1196,104 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_commit_from_a_stale_version_is_refused_and_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let first = state();
+        let second = first.disable("abuse", T0, Actor::Provider).next;
+        let third = first.disable("other", T0, Actor::Provider).next;
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            b.commit(org_commit("acme", first.clone(), "1"))
+                .await
+                .unwrap();
+            b.commit(org_update("acme", second.clone(), 1, "2"))
+                .await
+                .unwrap();
+            // Computed from version 1, which is no longer the stored one.
+            let stale = b.commit(org_update("acme", third, 1, "3")).await;
+            assert!(matches!(stale, Err(BackendError::Conflict(_))), "{stale:?}");
+            // Provisioning an org that exists is as stale.
+            let again = b.commit(org_commit("acme", first, "4")).await;
+            assert!(matches!(again, Err(BackendError::Conflict(_))), "{again:?}");
+            // So is changing an org that does not exist.
+            let ghost = b.commit(org_update("globex", state(), 1, "5")).await;
+            assert!(matches!(ghost, Err(BackendError::Conflict(_))), "{ghost:?}");
+        }
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let snap = b.load().await.unwrap();
+        assert_eq!(
+            snap.orgs,
+            vec![OrgRecord {
+                id: org("acme"),
+                state: second,
+                version: 2,
+            }]
+        );
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["1", "2"]);
+        assert!(b.audit(org("globex")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_token_put_over_a_taken_name_or_a_delete_of_a_free_one_is_refused() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let put = |t: TokenRecord, detail: &str| Commit {
+            change: Change::PutToken(t),
+            event: event("acme", detail),
+        };
+        b.commit(put(token("alice", "acme"), "1")).await.unwrap();
+        let mut other = token("alice", "acme");
+        other.digest = TokenDigest::of("kg_other");
+        let taken = b.commit(put(other, "2")).await;
+        assert!(matches!(taken, Err(BackendError::Conflict(_))), "{taken:?}");
+        let free = b
+            .commit(Commit {
+                change: Change::DeleteToken("bob".into()),
+                event: event("acme", "3"),
+            })
+            .await;
+        assert!(matches!(free, Err(BackendError::Conflict(_))), "{free:?}");
+        assert_eq!(
+            b.token("alice").await.unwrap(),
+            Some(token("alice", "acme"))
+        );
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["1"]);
+    }
+
+    #[tokio::test]
+    async fn an_org_stored_before_versions_loads_as_version_0_and_its_next_commit_writes_1() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let before = state();
+        {
+            // What a store written before versions holds: the bare state.
+            let txn = b.database().begin_write().unwrap();
+            {
+                let mut orgs = txn.open_table(ORGS).unwrap();
+                let old = serde_json::to_vec(&before).unwrap();
+                assert!(!String::from_utf8_lossy(&old).contains("version"));
+                orgs.insert("acme", old.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(b.org(&org("acme")).await.unwrap().unwrap().version, 0);
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Store::open(Arc::new(b.clone()), clock, Limits::default())
+            .await
+            .unwrap();
+        assert_eq!(store.version_of("acme"), Some(0));
+        store.regenerate("acme", Actor::Provider).await.unwrap();
+        assert_eq!(store.version_of("acme"), Some(1));
+        drop(store);
+        drop(b);
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let record = b.org(&org("acme")).await.unwrap().unwrap();
+        assert_eq!(record.version, 1);
+        assert_eq!(record.state.generation, before.generation + 1);
+        assert_ne!(record.state.key, before.key);
+    }
+
+    #[tokio::test]
     async fn an_org_commit_replaces_the_previous_state() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
