@@ -1,4 +1,28 @@
-//! The seam every mutation passes through before it becomes visible.
+//! The seam every mutation passes through before it becomes visible, and by
+//! which a store learns the changes other stores (other nodes) make.
+//!
+//! One design, several backends: the embedded [`RedbBackend`](super::RedbBackend)
+//! (one node, one file), the [`MemoryBackend`](super::MemoryBackend) (tests; and,
+//! shared by several stores, several nodes in one process), and later a
+//! networked one shared by several nodes. What they promise, in short:
+//!
+//! * **Versioned records.** Every org record carries a version: 1 when it is
+//!   provisioned, one more with each commit ([`OrgRecord::version`]).
+//! * **Conditional commits.** Every [`Change`] says what it expects (the org's
+//!   stored version, none for a provision; a token name free, or taken), and
+//!   the backend checks it and applies the change in one atomic step, or
+//!   refuses with [`BackendError::Conflict`] and changes nothing. This, not
+//!   the store's local writer lock, is what keeps two nodes from overwriting
+//!   each other.
+//! * **A change feed** ([`Backend::subscribe`]) for a backend several stores
+//!   share: each successful commit, as a [`Feed`] event, to every subscriber,
+//!   in commit order. The feed is bounded ([`FEED_CAPACITY`]): a subscriber
+//!   that falls behind loses events and is told so with [`Feed::Resync`], on
+//!   which it must reload everything ([`Backend::load`]) before it trusts what
+//!   it holds again. A backend that replaces everything at once
+//!   ([`Backend::restore`]) sends `Resync` too. Events are idempotent for a
+//!   subscriber that keeps, per org, the record of the highest version, and
+//!   applies token events in order.
 
 use std::future::Future;
 use std::pin::Pin;
