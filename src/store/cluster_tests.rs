@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::*;
 use crate::clock::ManualClock;
 use crate::key::ApiKey;
+use crate::org::KeyStatus;
 use crate::token::Role;
 
 const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -259,6 +260,93 @@ async fn a_disable_on_one_node_makes_the_others_key_change_answer_key_disabled()
     assert!(matches!(r, Err(OpError::KeyDisabled)), "{r:?}");
     assert_eq!(b_before, Some(1));
     assert_eq!(n.stored_version("acme").await, Some(2));
+}
+
+/// One shared backend seen through a node whose feed never arrives: what a
+/// node sees in the moment before the feed brings a change, made to last.
+struct Deaf(Arc<MemoryBackend>);
+
+impl Backend for Deaf {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        self.0.load()
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.0.commit(commit)
+    }
+
+    fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {
+        self.0.org(id)
+    }
+
+    fn token(&self, name: &str) -> BoxFuture<'_, Result<Option<TokenRecord>, BackendError>> {
+        self.0.token(name)
+    }
+
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        self.0.audit(org)
+    }
+
+    /// A feed that stays silent: the node is shared, but hears nothing.
+    fn subscribe(&self) -> Option<Subscription> {
+        let (keep, silent) = tokio::sync::broadcast::channel(1);
+        // Leaked for the test's life so the receiver never reads "closed".
+        std::mem::forget(keep);
+        Some(Subscription::new(silent))
+    }
+}
+
+/// Two nodes on one backend, B deaf to the feed.
+async fn a_and_deaf_b() -> (Store, Store) {
+    let backend = Arc::new(MemoryBackend::new());
+    let clock = || Arc::new(ManualClock::new(T0));
+    let a = Store::open(backend.clone(), clock(), Limits::default())
+        .await
+        .unwrap();
+    a.provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+        .await
+        .unwrap();
+    let b = Store::open(Arc::new(Deaf(backend)), clock(), Limits::default())
+        .await
+        .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_node_behind_the_feed_reruns_its_rule_on_the_stored_state_after_a_lost_race() {
+    let (a, b) = a_and_deaf_b().await;
+    a.disable("acme", "abuse", Actor::Provider).await.unwrap();
+    // B still sees the key enabled; its commit loses, and the rule run again
+    // on the stored state refuses.
+    assert_eq!(b.view("acme").unwrap().state.status, KeyStatus::Enabled);
+    let r = b.regenerate("acme", Actor::Provider).await;
+    assert!(matches!(r, Err(OpError::KeyDisabled)), "{r:?}");
+    assert_eq!(b.version_of("acme"), Some(2));
+}
+
+#[tokio::test]
+async fn a_node_behind_the_feed_judges_edit_must_differ_on_the_stored_key() {
+    let (a, b) = a_and_deaf_b().await;
+    a.edit("acme", "Ab3dEf6hIj9k", Actor::Provider)
+        .await
+        .unwrap();
+    let r = b.edit("acme", "Ab3dEf6hIj9k", Actor::Provider).await;
+    assert!(matches!(r, Err(OpError::KeyUnchanged)), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_node_behind_the_feed_checks_a_refusal_against_the_stored_state() {
+    let (a, b) = a_and_deaf_b().await;
+    a.delete("acme", Actor::Provider).await.unwrap();
+    // B's copy still has a key, so its rule refuses the add; the stored org
+    // has none, so B looks, learns, and adds.
+    let added = b.add("acme", Actor::Provider).await.unwrap();
+    let stored = b.inner.backend.org(&acme()).await.unwrap().unwrap();
+    assert_eq!(stored.version, 3);
+    assert_eq!(stored.state.key, added.state.key);
+    // A refusal that the stored state confirms stands.
+    let again = b.add("acme", Actor::Provider).await;
+    assert!(matches!(again, Err(OpError::KeyExists)), "{again:?}");
 }
 
 /// A backend whose org commits always lose the race: every read-back shows a

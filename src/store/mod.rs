@@ -115,6 +115,9 @@ struct Inner {
     /// The windows last persisted; held by a flush and by an enable, so the
     /// two never interleave.
     counts: tokio::sync::Mutex<counts::Flushed>,
+    /// Whether the backend has a feed: other stores may commit to it, so a
+    /// refusal judged on this store's copy is checked against the stored one.
+    shared: bool,
     /// The task applying the backend's feed, if it has one; stopped with the
     /// store.
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
@@ -255,6 +258,7 @@ impl Store {
                 token_writer: tokio::sync::Mutex::new(()),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
+                shared: feed.is_some(),
                 follower: std::sync::Mutex::new(None),
             }),
         };
@@ -606,10 +610,27 @@ impl Store {
         let _writer = self.writer(&id).lock().await;
         let mut counts = None;
         let mut tries = 0;
+        let mut checked = false;
         let (from, t) = loop {
             tries += 1;
             let now = self.inner.clock.now();
-            let (from, t) = org.read(|c| op(&c.state, now).map(|t| (c.version, t)))?;
+            let (from, t) = match org.read(|c| op(&c.state, now).map(|t| (c.version, t))) {
+                Ok(decided) => decided,
+                // Another node may have changed the org since this copy was
+                // installed (the feed is not instant): a refusal must hold on
+                // the stored state, so look once, and decide again if newer.
+                Err(refusal) if self.inner.shared && !checked => {
+                    checked = true;
+                    match self.inner.backend.org(&id).await? {
+                        Some(record) if record.version > org.version() => {
+                            self.install_into(&org, record);
+                            continue;
+                        }
+                        _ => return Err(refusal),
+                    }
+                }
+                Err(refusal) => return Err(refusal),
+            };
             if t.action == Action::Enable && counts.is_none() {
                 // The count starts afresh on disk too, and first: a crash after
                 // the enable's commit must not bring the old window back. Held
