@@ -349,6 +349,39 @@ async fn a_node_behind_the_feed_checks_a_refusal_against_the_stored_state() {
     assert!(matches!(again, Err(OpError::KeyExists)), "{again:?}");
 }
 
+#[tokio::test]
+async fn a_node_behind_the_feed_finds_orgs_and_tokens_made_elsewhere() {
+    let (a, b) = a_and_deaf_b().await;
+    a.provision(
+        OrgId::parse("globex").unwrap(),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    // A change through B of an org B has not heard of yet.
+    b.disable("globex", "abuse", Actor::Provider).await.unwrap();
+    assert_eq!(b.version_of("globex"), Some(2));
+    // A token created on A, deleted through B.
+    a.create_token("alice", Role::Admin, "globex")
+        .await
+        .unwrap();
+    b.delete_token("alice").await.unwrap();
+    assert_eq!(b.inner.backend.token("alice").await.unwrap(), None);
+    // A token B knows, deleted on A, and its name taken again through B.
+    let (_, secret) = b.create_token("bob", Role::Viewer, "acme").await.unwrap();
+    a.delete_token("bob").await.unwrap();
+    assert!(b.token(&TokenDigest::of(&secret)).is_some());
+    b.create_token("bob", Role::Viewer, "acme").await.unwrap();
+    assert!(b.token(&TokenDigest::of(&secret)).is_none());
+    // Names and orgs that exist nowhere are still refused.
+    let r = b.delete_token("carol").await;
+    assert!(matches!(r, Err(OpError::TokenNotFound)), "{r:?}");
+    let r = b.regenerate("initech", Actor::Provider).await;
+    assert!(matches!(r, Err(OpError::OrgNotFound)), "{r:?}");
+}
+
 /// A backend whose org commits always lose the race: every read-back shows a
 /// version the next commit is again too late for.
 struct Contended(MemoryBackend, std::sync::atomic::AtomicU64);

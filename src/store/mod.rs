@@ -36,6 +36,13 @@
 //! reloads everything. The request path never waits for any of it: it reads
 //! the same in-memory map as before.
 //!
+//! The feed arrives a moment after the commit, so a mutation on a shared
+//! backend does not trust this store's copy where it would say no: an org or
+//! token it does not know is looked up in the backend before `ORG_NOT_FOUND`
+//! or `TOKEN_NOT_FOUND`, and a rule's refusal (`KEY_EXISTS`, `NO_KEY`,
+//! `TOKEN_EXISTS`, ...) stands only once the stored state, read once, agrees.
+//! A single-node backend (no feed) skips these reads: its copy is the truth.
+//!
 //! The threshold counts take another path, off the request path: the
 //! [`CountFlusher`] saves the windows that changed through the backend's counter
 //! seam every period and at stop, and [`Store::open`] resumes them (`counts`).
@@ -486,13 +493,18 @@ impl Store {
         if !token::valid_name(name) {
             return Err(OpError::InvalidTokenName);
         }
-        let org = self.get(org.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let org = self.find(org).await?;
         let name = name.to_owned();
         let store = self.clone();
         run_to_completion(async move {
             let _writer = store.inner.token_writer.lock().await;
             if store.read_tokens().by_name.contains_key(&name) {
-                return Err(OpError::TokenExists);
+                // Deleted elsewhere, with the feed not here yet? Only a
+                // refusal the stored tokens confirm stands.
+                if !store.inner.shared || store.inner.backend.token(&name).await?.is_some() {
+                    return Err(OpError::TokenExists);
+                }
+                store.write_tokens().remove(&name);
             }
             let secret = token::generate();
             let now = store.inner.clock.now();
@@ -542,14 +554,28 @@ impl Store {
         let store = self.clone();
         run_to_completion(async move {
             let _writer = store.inner.token_writer.lock().await;
-            let record = {
+            let known = {
                 let tokens = store.read_tokens();
-                let digest = tokens.by_name.get(&name).ok_or(OpError::TokenNotFound)?;
                 tokens
-                    .by_digest
-                    .get(digest)
+                    .by_name
+                    .get(&name)
+                    .and_then(|digest| tokens.by_digest.get(digest))
                     .cloned()
-                    .ok_or(OpError::TokenNotFound)?
+            };
+            let record = match known {
+                Some(record) => record,
+                // Created elsewhere, with the feed not here yet?
+                None if store.inner.shared => {
+                    let theirs = store
+                        .inner
+                        .backend
+                        .token(&name)
+                        .await?
+                        .ok_or(OpError::TokenNotFound)?;
+                    store.write_tokens().insert(theirs.clone());
+                    theirs
+                }
+                None => return Err(OpError::TokenNotFound),
             };
             let event = AuditEvent {
                 org: record.org.clone(),
@@ -595,9 +621,30 @@ impl Store {
     where
         F: FnMut(&OrgState, Timestamp) -> Result<Transition, OpError> + Send + 'static,
     {
-        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let org = self.find(id).await?;
         let store = self.clone();
         run_to_completion(async move { store.apply_to(org, op).await }).await
+    }
+
+    /// The org `id` for a mutation: this store's, or, on a shared backend,
+    /// the stored one when it was provisioned elsewhere and the feed has not
+    /// brought it yet.
+    async fn find(&self, id: &str) -> Result<Arc<Org>, OpError> {
+        if let Some(org) = self.get(id.as_bytes()) {
+            return Ok(org);
+        }
+        if !self.inner.shared {
+            return Err(OpError::OrgNotFound);
+        }
+        let id = OrgId::parse(id).map_err(|_| OpError::OrgNotFound)?;
+        let record = self
+            .inner
+            .backend
+            .org(&id)
+            .await?
+            .ok_or(OpError::OrgNotFound)?;
+        self.install(record).await;
+        self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)
     }
 
     /// Computes `op` on the org's state and commits it, again on the stored
