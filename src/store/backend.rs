@@ -151,7 +151,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Makes every commit of `commits` durable in one step, all or none, as
     /// [`commit`](Backend::commit) makes one: how `keygate import` provisions
-    /// many orgs without one durable write each. The default refuses: a
+    /// many orgs without one durable write each. Each commit's expectation is
+    /// checked against the state the commits before it leave; one that fails
+    /// refuses the whole batch with [`BackendError::Conflict`]. The default refuses: a
     /// backend that cannot apply many changes atomically must not pretend to.
     fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
         let _ = commits;
