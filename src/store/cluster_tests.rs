@@ -25,7 +25,7 @@ struct Nodes {
 }
 
 async fn nodes() -> Nodes {
-    let backend = Arc::new(MemoryBackend::new());
+    let backend = Arc::new(MemoryBackend::shared());
     let open = || async {
         // Each node its own clock, as two machines have.
         Store::open(
@@ -305,7 +305,7 @@ impl Backend for Deaf {
 
 /// Two nodes on one backend, B deaf to the feed.
 async fn a_and_deaf_b() -> (Store, Store) {
-    let backend = Arc::new(MemoryBackend::new());
+    let backend = Arc::new(MemoryBackend::shared());
     let clock = || Arc::new(ManualClock::new(T0));
     let a = Store::open(backend.clone(), clock(), Limits::default())
         .await
@@ -458,7 +458,7 @@ async fn a_store_that_loses_every_race_gives_up_with_a_5xx_that_says_nothing_int
 
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_told_to_resync() {
-    let backend = MemoryBackend::new();
+    let backend = MemoryBackend::shared();
     let mut feed = backend.subscribe().unwrap();
     let state = OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
     let event = AuditEvent {
@@ -494,7 +494,7 @@ async fn a_subscriber_that_falls_behind_is_told_to_resync() {
 
 #[tokio::test]
 async fn an_import_into_the_shared_backend_reaches_a_running_node_by_resync() {
-    let backend = Arc::new(MemoryBackend::new());
+    let backend = Arc::new(MemoryBackend::shared());
     let node = Store::open(
         backend.clone(),
         Arc::new(ManualClock::new(T0)),
@@ -515,6 +515,44 @@ async fn an_import_into_the_shared_backend_reaches_a_running_node_by_resync() {
     assert_eq!(backend.restore(dump).await.unwrap(), Restored::Done);
     until(|| node.version_of("acme") == Some(7)).await;
     assert_eq!(node.view("acme").unwrap().state, state);
+}
+
+#[tokio::test]
+async fn a_batch_is_checked_in_order_and_refused_whole() {
+    let backend = MemoryBackend::new();
+    let state = OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
+    let event = AuditEvent {
+        org: acme(),
+        at: T0,
+        actor: Actor::Provider,
+        action: Action::Provision,
+        detail: String::new(),
+    };
+    let commit = |change| Commit {
+        change,
+        event: event.clone(),
+    };
+    // Provisioned, then changed from version 1, in one batch.
+    backend
+        .commit_all(vec![
+            commit(Change::provision(acme(), state.clone())),
+            commit(Change::update(acme(), state.clone(), 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(backend.org(&acme()).await.unwrap().unwrap().version, 2);
+    // A new org and a stale change: neither is made.
+    let globex = OrgId::parse("globex").unwrap();
+    let stale = backend
+        .commit_all(vec![
+            commit(Change::provision(globex.clone(), state.clone())),
+            commit(Change::update(acme(), state.clone(), 1)),
+        ])
+        .await;
+    assert!(matches!(stale, Err(BackendError::Conflict(_))), "{stale:?}");
+    assert_eq!(backend.org(&globex).await.unwrap(), None);
+    assert_eq!(backend.org(&acme()).await.unwrap().unwrap().version, 2);
+    assert_eq!(backend.all_audit().len(), 2);
 }
 
 #[test]

@@ -16,46 +16,41 @@ use crate::token::TokenRecord;
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
 /// and reopened over it, which is how tests model a restart; fails commits on
-/// request, which is how they model a full disk. Shared by several stores
-/// (behind one `Arc`), it is one truth for several nodes in one process: its
-/// commits are version-checked under its lock, and its feed tells every store
+/// request, which is how they model a full disk. Made with
+/// [`shared`](MemoryBackend::shared) and shared by several stores (behind one
+/// `Arc`), it is one truth for several nodes in one process: its commits are
+/// version-checked under its lock, as always, and its feed tells every store
 /// of every commit, in commit order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct MemoryBackend {
     data: Mutex<Data>,
     fail_commits: AtomicBool,
 }
 
-impl Default for MemoryBackend {
-    fn default() -> MemoryBackend {
-        MemoryBackend {
-            data: Mutex::new(Data {
-                orgs: BTreeMap::new(),
-                tokens: BTreeMap::new(),
-                audit: Vec::new(),
-                counts: BTreeMap::new(),
-                feed: tokio::sync::broadcast::channel(FEED_CAPACITY).0,
-            }),
-            fail_commits: AtomicBool::new(false),
-        }
-    }
-}
-
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Data {
     /// Each org's version and state.
     orgs: BTreeMap<OrgId, (u64, OrgState)>,
     tokens: BTreeMap<String, TokenRecord>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
-    /// Sent to under the lock, so every subscriber sees commit order.
-    feed: tokio::sync::broadcast::Sender<Feed>,
+    /// The feed of a shared backend; sent to under the lock, so every
+    /// subscriber sees commit order.
+    feed: Option<tokio::sync::broadcast::Sender<Feed>>,
 }
 
 impl MemoryBackend {
-    /// An empty backend.
+    /// An empty backend for one store: no feed, as with a redb file.
     pub fn new() -> MemoryBackend {
         MemoryBackend::default()
+    }
+
+    /// An empty backend for several stores: with a change feed
+    /// ([`Backend::subscribe`]), so each store learns the others' commits.
+    pub fn shared() -> MemoryBackend {
+        let backend = MemoryBackend::default();
+        backend.lock().feed = Some(tokio::sync::broadcast::channel(FEED_CAPACITY).0);
+        backend
     }
 
     /// From now on, every commit fails (`true`) or succeeds (`false`).
@@ -173,8 +168,10 @@ impl Backend for MemoryBackend {
             let mut data = self.lock();
             check_all(&data, &commits).map(|()| {
                 for commit in commits {
-                    // No subscriber is not an error: the feed is for those there are.
-                    let _ = data.feed.send(Feed::of(&commit.change));
+                    if let Some(feed) = &data.feed {
+                        // No subscriber is not an error: the feed is for those there are.
+                        let _ = feed.send(Feed::of(&commit.change));
+                    }
                     data.apply(commit);
                 }
             })
@@ -201,8 +198,10 @@ impl Backend for MemoryBackend {
                     .map(|t| (t.name.clone(), t))
                     .collect();
                 data.audit = dump.audit;
-                // Everything changed at once: subscribers reload.
-                let _ = data.feed.send(Feed::Resync);
+                if let Some(feed) = &data.feed {
+                    // Everything changed at once: subscribers reload.
+                    let _ = feed.send(Feed::Resync);
+                }
                 Ok(Restored::Done)
             } else {
                 let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -229,7 +228,10 @@ impl Backend for MemoryBackend {
     }
 
     fn subscribe(&self) -> Option<Subscription> {
-        Some(Subscription::new(self.lock().feed.subscribe()))
+        let data = self.lock();
+        data.feed
+            .as_ref()
+            .map(|feed| Subscription::new(feed.subscribe()))
     }
 
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
