@@ -271,7 +271,7 @@ async fn a_disable_on_one_node_makes_the_others_key_change_answer_key_disabled()
 
 /// One shared backend seen through a node whose feed never arrives: what a
 /// node sees in the moment before the feed brings a change, made to last.
-struct Deaf(Arc<MemoryBackend>);
+struct Deaf(Arc<MemoryBackend>, tokio::sync::broadcast::Sender<Feed>);
 
 impl Backend for Deaf {
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
@@ -294,12 +294,9 @@ impl Backend for Deaf {
         self.0.audit(org)
     }
 
-    /// A feed that stays silent: the node is shared, but hears nothing.
+    /// A feed nothing is ever sent on: the node is shared, but hears nothing.
     fn subscribe(&self) -> Option<Subscription> {
-        let (keep, silent) = tokio::sync::broadcast::channel(1);
-        // Leaked for the test's life so the receiver never reads "closed".
-        std::mem::forget(keep);
-        Some(Subscription::new(silent))
+        Some(Subscription::new(self.1.subscribe()))
     }
 }
 
@@ -313,7 +310,8 @@ async fn a_and_deaf_b() -> (Store, Store) {
     a.provision(acme(), None, LimitOverrides::default(), Actor::Provider)
         .await
         .unwrap();
-    let b = Store::open(Arc::new(Deaf(backend)), clock(), Limits::default())
+    let silent = tokio::sync::broadcast::channel(1).0;
+    let b = Store::open(Arc::new(Deaf(backend, silent)), clock(), Limits::default())
         .await
         .unwrap();
     (a, b)
