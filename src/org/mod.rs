@@ -37,15 +37,20 @@ pub struct Org {
 #[derive(Debug, Clone)]
 pub(crate) struct Current {
     pub(crate) state: OrgState,
+    /// The store's version of `state` ([`OrgRecord::version`](crate::store::OrgRecord)):
+    /// what the next commit expects, and how a newer record from the feed is
+    /// told from an older one.
+    pub(crate) version: u64,
     pub(crate) rate: Rate,
     pub(crate) threshold_calls: u32,
     pub(crate) threshold_window_secs: u32,
 }
 
 impl Current {
-    fn new(state: OrgState, defaults: Limits) -> Current {
+    fn new(state: OrgState, version: u64, defaults: Limits) -> Current {
         let limits = defaults.with(&state.limits);
         Current {
+            version,
             rate: Rate::new(limits.rate_per_sec, limits.burst),
             threshold_calls: limits.threshold_calls,
             threshold_window_secs: limits.threshold_window_secs,
@@ -55,11 +60,17 @@ impl Current {
 }
 
 impl Org {
-    /// The live org `id`, its bytes kept on `pages`.
-    pub(crate) fn new(id: &OrgId, pages: &mut IdPages, state: OrgState, defaults: Limits) -> Org {
+    /// The live org `id` at `version` of its state, its bytes kept on `pages`.
+    pub(crate) fn new(
+        id: &OrgId,
+        pages: &mut IdPages,
+        state: OrgState,
+        version: u64,
+        defaults: Limits,
+    ) -> Org {
         Org {
             id: pages.keep(id),
-            current: RwLock::new(Current::new(state, defaults)),
+            current: RwLock::new(Current::new(state, version, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
         }
@@ -90,10 +101,22 @@ impl Org {
         f(&guard)
     }
 
-    /// Makes `state` the state in force.
-    pub(crate) fn replace(&self, state: OrgState, defaults: Limits) {
-        let next = Current::new(state, defaults);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    /// Makes `state` the state in force if `version` is newer than the
+    /// version in force, and tells whether it did. Checked and swapped under
+    /// one write lock: a record from the feed and the store's own commit may
+    /// race to install, and the older must never overwrite the newer.
+    pub(crate) fn replace_if_newer(&self, state: OrgState, version: u64, defaults: Limits) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if version <= current.version {
+            return false;
+        }
+        *current = Current::new(state, version, defaults);
+        true
+    }
+
+    /// The version of the state in force.
+    pub(crate) fn version(&self) -> u64 {
+        self.read(|c| c.version)
     }
 
     /// A copy of the state in force.
@@ -114,15 +137,17 @@ impl Org {
 mod tests {
     /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
     /// allocation is 16 MB (BENCHMARKS.md, "<= 256 bytes of RSS per org").
-    /// 184 bytes, plus the `Arc`'s two counts and malloc's 8-byte header, is
-    /// 208: glibc's 208-byte size class, not the 224 one. (168 fitted the
-    /// 192-byte class while the id was interned for the life of the process;
-    /// an owned id costs 16 bytes more.)
+    /// 192 bytes, plus the `Arc`'s two counts and malloc's 8-byte header, is
+    /// 216: glibc's 224-byte size class. (184 fitted the 208-byte class until
+    /// the state's version, 8 bytes that the store's conditional commits and
+    /// change feed need, joined it: no field had 8 bytes of padding to give.
+    /// 168 fitted the 192-byte class while the id was interned for the life of
+    /// the process; an owned id costs 16 bytes more.)
     #[test]
-    fn an_org_in_its_arc_fits_a_208_byte_chunk() {
+    fn an_org_in_its_arc_fits_a_224_byte_chunk() {
         assert_eq!(std::mem::size_of::<super::Actor>(), 16);
         assert!(
-            std::mem::size_of::<super::Org>() <= 184,
+            std::mem::size_of::<super::Org>() <= 192,
             "Org is {} bytes",
             std::mem::size_of::<super::Org>()
         );

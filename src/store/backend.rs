@@ -1,4 +1,28 @@
-//! The seam every mutation passes through before it becomes visible.
+//! The seam every mutation passes through before it becomes visible, and by
+//! which a store learns the changes other stores (other nodes) make.
+//!
+//! One design, several backends: the embedded [`RedbBackend`](super::RedbBackend)
+//! (one node, one file), the [`MemoryBackend`](super::MemoryBackend) (tests; and,
+//! shared by several stores, several nodes in one process), and later a
+//! networked one shared by several nodes. What they promise, in short:
+//!
+//! * **Versioned records.** Every org record carries a version: 1 when it is
+//!   provisioned, one more with each commit ([`OrgRecord::version`]).
+//! * **Conditional commits.** Every [`Change`] says what it expects (the org's
+//!   stored version, none for a provision; a token name free, or taken), and
+//!   the backend checks it and applies the change in one atomic step, or
+//!   refuses with [`BackendError::Conflict`] and changes nothing. This, not
+//!   the store's local writer lock, is what keeps two nodes from overwriting
+//!   each other.
+//! * **A change feed** ([`Backend::subscribe`]) for a backend several stores
+//!   share: each successful commit, as a [`Feed`] event, to every subscriber,
+//!   in commit order. The feed is bounded ([`FEED_CAPACITY`]): a subscriber
+//!   that falls behind loses events and is told so with [`Feed::Resync`], on
+//!   which it must reload everything ([`Backend::load`]) before it trusts what
+//!   it holds again. A backend that replaces everything at once
+//!   ([`Backend::restore`]) sends `Resync` too. Events are idempotent for a
+//!   subscriber that keeps, per org, the record of the highest version, and
+//!   applies token events in order.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,20 +39,33 @@ use crate::token::TokenRecord;
 /// Only mutations and start-up go through here, never the request path.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where the store makes mutations durable and reads them back at start.
+/// Where the store makes mutations durable, reads them back, and learns of
+/// the changes other nodes make.
 ///
-/// The store calls [`Backend::commit`] with the org's whole next state and the
-/// audit event that explains it, and makes the change visible to requests only
-/// after the commit returned `Ok`. A backend therefore promises:
+/// The store calls [`Backend::commit`] with the org's whole next state, the
+/// version it computed that state from, and the audit event that explains it,
+/// and makes the change visible to requests only after the commit returned
+/// `Ok`. A backend therefore promises:
 ///
 /// * `commit` returns `Ok` only once the change survives a crash of the process
 ///   (and, for a durable backend, of the machine), and it applies the record and
 ///   its event atomically: both or neither;
+/// * every commit is conditional: the backend checks what the [`Change`]
+///   expects (the org's stored version, or that a token name is free or
+///   taken) and applies the change in the same atomic step, or refuses with
+///   [`BackendError::Conflict`] and changes nothing. So two writers that
+///   computed from the same version (two nodes, or one node and an import)
+///   never overwrite each other: one wins, the other re-reads and re-decides;
 /// * `load` returns every record whose commit returned `Ok`, in its last committed
-///   state, or an error; never an empty snapshot over data it could not read.
+///   state, or an error; never an empty snapshot over data it could not read;
+/// * a backend shared by several stores (nodes) has a feed
+///   ([`subscribe`](Backend::subscribe)): every successful commit, in commit
+///   order, to every subscriber, or a [`Feed::Resync`] where a subscriber
+///   lost events.
 ///
-/// The store serializes the mutations of one org, so a backend may assume that
-/// two commits for the same org never overlap; commits of different orgs may.
+/// One store serializes its own mutations of one org, so a backend sees two
+/// overlapping commits of one org only from two stores; the version check is
+/// what keeps them apart.
 pub trait Backend: Send + Sync + 'static {
     /// Reads every org and token back.
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>>;
@@ -52,8 +89,43 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
-    /// Makes `commit` durable.
+    /// Makes `commit` durable if what it expects holds, in one atomic step;
+    /// otherwise refuses with [`BackendError::Conflict`] and changes nothing.
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// The org `id` as last committed, if it exists: what the store reads after
+    /// a [`BackendError::Conflict`] to re-decide on the newest state. The
+    /// default reads everything with [`load`](Backend::load), which is correct
+    /// but slow; a real backend reads the one record.
+    fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let Snapshot { orgs, .. } = self.load().await?;
+            Ok(orgs.into_iter().find(|r| r.id == id))
+        })
+    }
+
+    /// The token named `name` as last committed, if it exists. The default
+    /// reads everything, as [`org`](Backend::org)'s does.
+    fn token(&self, name: &str) -> BoxFuture<'_, Result<Option<TokenRecord>, BackendError>> {
+        let name = name.to_owned();
+        Box::pin(async move {
+            let Snapshot { tokens, .. } = self.load().await?;
+            Ok(tokens.into_iter().find(|t| t.name == name))
+        })
+    }
+
+    /// The change feed: every commit that succeeds from now on, through any
+    /// store sharing this backend (this one's own included), in commit order.
+    /// `None` for a backend only one store uses (the redb file: the store
+    /// applies its own commits itself, as it makes them).
+    ///
+    /// Subscribe before [`load`](Backend::load): a commit made between the two
+    /// then arrives twice (in the snapshot and on the feed), which the store
+    /// ignores by version, instead of never.
+    fn subscribe(&self) -> Option<Subscription> {
+        None
+    }
 
     /// The audit events of `org`, oldest first.
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>>;
@@ -79,7 +151,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Makes every commit of `commits` durable in one step, all or none, as
     /// [`commit`](Backend::commit) makes one: how `keygate import` provisions
-    /// many orgs without one durable write each. The default refuses: a
+    /// many orgs without one durable write each. Each commit's expectation is
+    /// checked against the state the commits before it leave; one that fails
+    /// refuses the whole batch with [`BackendError::Conflict`]. The default refuses: a
     /// backend that cannot apply many changes atomically must not pretend to.
     fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
         let _ = commits;
@@ -181,6 +255,12 @@ pub struct OrgRecord {
     pub id: OrgId,
     /// Its whole state.
     pub state: OrgState,
+    /// How many commits made this state: 1 when provisioned, one more with
+    /// every change. A conditional commit names the version it was computed
+    /// from; a feed's reader keeps the newer of two records. Records written
+    /// before versions existed read as 0, and their next commit writes 1.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// One entry of an org's audit log. Never carries a key.
@@ -198,16 +278,133 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
-/// A change to persist.
+/// A change to persist, with what it expects to find.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Change {
     /// Create or replace an org's record.
-    Org(OrgRecord),
-    /// Create a token.
+    Org {
+        /// The record to write; its version is `expected + 1` (1 for a new org).
+        record: OrgRecord,
+        /// The version the record was computed from, as stored now; `None`
+        /// when the org must not exist yet (provisioning).
+        expected: Option<u64>,
+    },
+    /// Create a token; expects no token of its name.
     PutToken(TokenRecord),
-    /// Delete the token of this name.
+    /// Delete the token of this name; expects it to exist.
     DeleteToken(String),
+}
+
+impl Change {
+    /// A provision: `state` as version 1 of the org `id`, which must not exist.
+    pub fn provision(id: OrgId, state: OrgState) -> Change {
+        Change::Org {
+            record: OrgRecord {
+                id,
+                state,
+                version: 1,
+            },
+            expected: None,
+        }
+    }
+
+    /// `state` as the next version of the org `id`, computed from version
+    /// `from`, which must still be the stored one.
+    pub fn update(id: OrgId, state: OrgState, from: u64) -> Change {
+        Change::Org {
+            record: OrgRecord {
+                id,
+                state,
+                version: from.saturating_add(1),
+            },
+            expected: Some(from),
+        }
+    }
+}
+
+impl Change {
+    /// The [`BackendError::Conflict`] that refuses this change: what it
+    /// expected, for the log.
+    pub fn refused(&self) -> BackendError {
+        BackendError::Conflict(match self {
+            Change::Org {
+                record,
+                expected: None,
+            } => format!("org {} exists", record.id),
+            Change::Org {
+                record,
+                expected: Some(v),
+            } => format!("org {} is no longer at version {v}", record.id),
+            Change::PutToken(t) => format!("a token named {} exists", t.name),
+            Change::DeleteToken(name) => format!("no token named {name}"),
+        })
+    }
+}
+
+/// One event of a backend's change feed ([`Backend::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Feed {
+    /// An org as just committed (new, or a newer version).
+    Org(OrgRecord),
+    /// A token just created.
+    PutToken(TokenRecord),
+    /// The token of this name was just deleted.
+    DeleteToken(String),
+    /// The subscriber lost events (it fell behind, or the backend replaced
+    /// everything at once, as an import does): what it holds can no longer be
+    /// vouched for, and it must reload everything from the backend.
+    Resync,
+}
+
+impl Feed {
+    /// What the feed says of a successful `change`.
+    pub fn of(change: &Change) -> Feed {
+        match change {
+            Change::Org { record, .. } => Feed::Org(record.clone()),
+            Change::PutToken(t) => Feed::PutToken(t.clone()),
+            Change::DeleteToken(name) => Feed::DeleteToken(name.clone()),
+        }
+    }
+}
+
+/// How many feed events may wait for a slow subscriber before it is told to
+/// resync instead: enough for a burst of admin changes, small enough that a
+/// stuck subscriber holds little.
+pub const FEED_CAPACITY: usize = 4096;
+
+/// One subscriber's end of a backend's change feed.
+///
+/// A bounded queue: a subscriber that falls more than [`FEED_CAPACITY`]
+/// events behind loses the oldest ones, and its next [`recv`](Subscription::recv)
+/// answers [`Feed::Resync`] before the events that remain. It must then reload
+/// everything ([`Backend::load`]) and apply what follows as usual; the
+/// reload holds every event it lost, and the events after it are older or
+/// equal versions of what it loaded or newer changes, both of which the
+/// version rule handles.
+#[derive(Debug)]
+pub struct Subscription {
+    events: tokio::sync::broadcast::Receiver<Feed>,
+}
+
+impl Subscription {
+    /// A subscription to `events`: how a backend hands out the receiving
+    /// end of its [`tokio::sync::broadcast`] channel.
+    pub fn new(events: tokio::sync::broadcast::Receiver<Feed>) -> Subscription {
+        Subscription { events }
+    }
+
+    /// The next event, [`Feed::Resync`] after lost ones, or `None` once the
+    /// backend is gone.
+    pub async fn recv(&mut self) -> Option<Feed> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.events.recv().await {
+            Ok(feed) => Some(feed),
+            Err(RecvError::Lagged(_)) => Some(Feed::Resync),
+            Err(RecvError::Closed) => None,
+        }
+    }
 }
 
 /// A change and the audit event that explains it, committed together. The event
@@ -231,4 +428,10 @@ pub enum BackendError {
     /// What the backend holds cannot be read as keygate's data.
     #[error("store corrupt: {0}")]
     Corrupt(String),
+    /// What the commit expected did not hold (another writer changed the org,
+    /// or took or freed the token name, first): nothing was changed. The
+    /// store re-reads and re-decides; a client sees this only as a 5xx, when
+    /// the store gave up after several tries.
+    #[error("store conflict: {0}")]
+    Conflict(String),
 }

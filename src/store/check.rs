@@ -33,9 +33,9 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable};
 
 use super::backend::AuditEvent;
-use super::redb::{json_error, AUDIT, COUNTS, ORGS, TOKENS};
+use super::redb::{json_error, StoredOrg, AUDIT, COUNTS, ORGS, TOKENS};
 use super::{BackendError, RedbBackend};
-use crate::org::{OrgId, OrgState};
+use crate::org::OrgId;
 use crate::token::{self, TokenDigest, TokenRecord};
 
 /// What [`check_store`] found.
@@ -317,7 +317,8 @@ fn scan_orgs(db: &Database, scan: &mut Scan) -> Result<(), String> {
             });
         }
         // The state holds the key: only where decoding stopped is shown.
-        if let Err(e) = serde_json::from_slice::<OrgState>(value.value()) {
+        // Decoded as the store loads it: the state and its version.
+        if let Err(e) = serde_json::from_slice::<StoredOrg>(value.value()) {
             scan.problem(Problem::Undecodable {
                 table: "orgs",
                 record: format!("{key:?}"),
@@ -464,8 +465,8 @@ mod tests {
 
     use super::*;
     use crate::clock::Timestamp;
-    use crate::org::{Action, Actor, LimitOverrides};
-    use crate::store::{Backend, Change, Commit, OrgRecord};
+    use crate::org::{Action, Actor, LimitOverrides, OrgState};
+    use crate::store::{Backend, Change, Commit};
     use crate::token::Role;
 
     const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -500,16 +501,18 @@ mod tests {
             let mut t =
                 OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
             t.key = Some(crate::key::ApiKey::parse(KEY.as_bytes()).unwrap());
-            let change = Change::Org(OrgRecord {
-                id: OrgId::parse(org).unwrap(),
-                state: t,
-            });
-            let commit = Commit {
-                change,
-                event: event(org),
-            };
-            b.commit(commit.clone()).await.unwrap();
-            b.commit(commit).await.unwrap();
+            let id = OrgId::parse(org).unwrap();
+            for change in [
+                Change::provision(id.clone(), t.clone()),
+                Change::update(id, t, 1),
+            ] {
+                b.commit(Commit {
+                    change,
+                    event: event(org),
+                })
+                .await
+                .unwrap();
+            }
         }
         b.commit(Commit {
             change: Change::PutToken(token("alice", "acme", "s1")),
@@ -598,6 +601,29 @@ mod tests {
             txn.commit().unwrap();
         }
         assert_eq!(check_store(&path).unwrap().problems, vec![]);
+    }
+
+    #[tokio::test]
+    async fn an_org_whose_version_is_not_a_number_is_undecodable() {
+        let dir = TempDir::new().unwrap();
+        let path = sound_store(&dir).await;
+        let state =
+            OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
+        let mut bad = serde_json::to_value(&state).unwrap();
+        bad["version"] = serde_json::json!("two");
+        write_raw(&path, &[("acme", &json(&bad))], &[], &[], &[]);
+        let report = check_store(&path).unwrap();
+        assert!(
+            matches!(
+                report.problems.as_slice(),
+                [Problem::Undecodable { table: "orgs", record, .. }] if record == "\"acme\""
+            ),
+            "{:?}",
+            report.problems
+        );
+        // And the store refuses to load it, as check said.
+        let b = RedbBackend::open(&path).unwrap();
+        assert!(matches!(b.load().await, Err(BackendError::Corrupt(_))));
     }
 
     #[tokio::test]

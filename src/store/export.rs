@@ -194,12 +194,17 @@ mod tests {
         )
         .next;
         // Committed out of id order, interleaving the two logs.
-        for (id, detail) in [("globex", "g1"), ("acme", "a1"), ("globex", "g2")] {
+        for (id, detail, from) in [
+            ("globex", "g1", None),
+            ("acme", "a1", None),
+            ("globex", "g2", Some(1)),
+        ] {
+            let change = match from {
+                None => Change::provision(org(id), state.clone()),
+                Some(v) => Change::update(org(id), state.clone(), v),
+            };
             b.commit(Commit {
-                change: Change::Org(OrgRecord {
-                    id: org(id),
-                    state: state.clone(),
-                }),
+                change,
                 event: event(id, detail),
             })
             .await

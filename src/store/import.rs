@@ -17,7 +17,7 @@ use std::io::BufRead;
 use super::backend::{Dump, Restored};
 use super::export::{ExportCounts, Header, Line, EXPORT_VERSION, HEADER_TYPE};
 use super::redb::json_error;
-use super::{AuditEvent, Backend, BackendError, Change, Commit, OrgRecord};
+use super::{AuditEvent, Backend, BackendError, Change, Commit};
 use crate::clock::Timestamp;
 use crate::key::ApiKey;
 use crate::org::{Action, Actor, LimitOverrides, OrgId, OrgState};
@@ -390,7 +390,7 @@ async fn import_orgs_seen(
                 action: Action::Provision,
                 detail: t.detail,
             },
-            change: Change::Org(OrgRecord { id, state: t.next }),
+            change: Change::provision(id, t.next),
         });
         if batch.len() == BATCH {
             imported += flush(backend, &mut batch).await?;

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Restored, Snapshot,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Feed, Restored, Snapshot,
+    Subscription, FEED_CAPACITY,
 };
 use super::counts::CallCount;
 use super::OrgRecord;
@@ -15,7 +16,11 @@ use crate::token::TokenRecord;
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
 /// and reopened over it, which is how tests model a restart; fails commits on
-/// request, which is how they model a full disk.
+/// request, which is how they model a full disk. Made with
+/// [`shared`](MemoryBackend::shared) and shared by several stores (behind one
+/// `Arc`), it is one truth for several nodes in one process: its commits are
+/// version-checked under its lock, as always, and its feed tells every store
+/// of every commit, in commit order.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     data: Mutex<Data>,
@@ -24,16 +29,28 @@ pub struct MemoryBackend {
 
 #[derive(Debug, Default)]
 struct Data {
-    orgs: BTreeMap<OrgId, OrgState>,
+    /// Each org's version and state.
+    orgs: BTreeMap<OrgId, (u64, OrgState)>,
     tokens: BTreeMap<String, TokenRecord>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
+    /// The feed of a shared backend; sent to under the lock, so every
+    /// subscriber sees commit order.
+    feed: Option<tokio::sync::broadcast::Sender<Feed>>,
 }
 
 impl MemoryBackend {
-    /// An empty backend.
+    /// An empty backend for one store: no feed, as with a redb file.
     pub fn new() -> MemoryBackend {
         MemoryBackend::default()
+    }
+
+    /// An empty backend for several stores: with a change feed
+    /// ([`Backend::subscribe`]), so each store learns the others' commits.
+    pub fn shared() -> MemoryBackend {
+        let backend = MemoryBackend::default();
+        backend.lock().feed = Some(tokio::sync::broadcast::channel(FEED_CAPACITY).0);
+        backend
     }
 
     /// From now on, every commit fails (`true`) or succeeds (`false`).
@@ -60,8 +77,8 @@ impl MemoryBackend {
 impl Data {
     fn apply(&mut self, commit: Commit) {
         match commit.change {
-            Change::Org(OrgRecord { id, state }) => {
-                self.orgs.insert(id, state);
+            Change::Org { record, .. } => {
+                self.orgs.insert(record.id, (record.version, record.state));
             }
             Change::PutToken(t) => {
                 self.tokens.insert(t.name.clone(), t);
@@ -72,6 +89,53 @@ impl Data {
         }
         self.audit.push(commit.event);
     }
+
+    fn record(&self, id: &OrgId) -> Option<OrgRecord> {
+        self.orgs.get(id).map(|(version, state)| OrgRecord {
+            id: id.clone(),
+            state: state.clone(),
+            version: *version,
+        })
+    }
+}
+
+/// Checks what every commit of `commits` expects, each against the state the
+/// ones before it leave: a batch may provision an org and then change it.
+fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
+    let mut orgs: BTreeMap<&OrgId, Option<u64>> = BTreeMap::new();
+    let mut tokens: BTreeMap<&str, bool> = BTreeMap::new();
+    for commit in commits {
+        let holds = match &commit.change {
+            Change::Org { record, expected } => {
+                let now = orgs
+                    .entry(&record.id)
+                    .or_insert_with(|| data.orgs.get(&record.id).map(|(v, _)| *v));
+                let holds = *now == *expected;
+                *now = Some(record.version);
+                holds
+            }
+            Change::PutToken(t) => {
+                let taken = tokens
+                    .entry(&t.name)
+                    .or_insert_with(|| data.tokens.contains_key(&t.name));
+                let holds = !*taken;
+                *taken = true;
+                holds
+            }
+            Change::DeleteToken(name) => {
+                let taken = tokens
+                    .entry(name)
+                    .or_insert_with(|| data.tokens.contains_key(name));
+                let holds = *taken;
+                *taken = false;
+                holds
+            }
+        };
+        if !holds {
+            return Err(commit.change.refused());
+        }
+    }
+    Ok(())
 }
 
 impl Backend for MemoryBackend {
@@ -80,9 +144,10 @@ impl Backend for MemoryBackend {
         let orgs = data
             .orgs
             .iter()
-            .map(|(id, state)| OrgRecord {
+            .map(|(id, (version, state))| OrgRecord {
                 id: id.clone(),
                 state: state.clone(),
+                version: *version,
             })
             .collect();
         let tokens = data.tokens.values().cloned().collect();
@@ -101,10 +166,15 @@ impl Backend for MemoryBackend {
         } else {
             // One lock for all of them: no reader sees a part.
             let mut data = self.lock();
-            for commit in commits {
-                data.apply(commit);
-            }
-            Ok(())
+            check_all(&data, &commits).map(|()| {
+                for commit in commits {
+                    if let Some(feed) = &data.feed {
+                        // No subscriber is not an error: the feed is for those there are.
+                        let _ = feed.send(Feed::of(&commit.change));
+                    }
+                    data.apply(commit);
+                }
+            })
         };
         Box::pin(std::future::ready(result))
     }
@@ -117,13 +187,21 @@ impl Backend for MemoryBackend {
         } else {
             let mut data = self.lock();
             if data.orgs.is_empty() && data.tokens.is_empty() && data.audit.is_empty() {
-                data.orgs = dump.orgs.into_iter().map(|r| (r.id, r.state)).collect();
+                data.orgs = dump
+                    .orgs
+                    .into_iter()
+                    .map(|r| (r.id, (r.version, r.state)))
+                    .collect();
                 data.tokens = dump
                     .tokens
                     .into_iter()
                     .map(|t| (t.name.clone(), t))
                     .collect();
                 data.audit = dump.audit;
+                if let Some(feed) = &data.feed {
+                    // Everything changed at once: subscribers reload.
+                    let _ = feed.send(Feed::Resync);
+                }
                 Ok(Restored::Done)
             } else {
                 let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -135,6 +213,25 @@ impl Backend for MemoryBackend {
             }
         };
         Box::pin(std::future::ready(result))
+    }
+
+    fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {
+        Box::pin(std::future::ready(Ok(self.lock().record(id))))
+    }
+
+    fn token(&self, name: &str) -> BoxFuture<'_, Result<Option<TokenRecord>, BackendError>> {
+        Box::pin(std::future::ready(Ok(self
+            .lock()
+            .tokens
+            .get(name)
+            .cloned())))
+    }
+
+    fn subscribe(&self) -> Option<Subscription> {
+        let data = self.lock();
+        data.feed
+            .as_ref()
+            .map(|feed| Subscription::new(feed.subscribe()))
     }
 
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {

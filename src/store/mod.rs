@@ -17,6 +17,32 @@
 //! its own task, so an admin client that hangs up mid-commit cannot leave a change
 //! durable on disk but invisible in memory.
 //!
+//! Every org carries a version (1 when provisioned, one more per commit), and
+//! every commit names the version it was computed from: the backend refuses
+//! it with [`BackendError::Conflict`] if another writer got there first (a
+//! token commit likewise expects its name free, or taken). On a conflict the
+//! store reads the org back from the backend, installs it, and runs the
+//! operation's pure rule again on that newest state, so "add only when none",
+//! "edit must differ" and "disabled first" are judged on what is stored, not
+//! on what this store last saw; after [`COMMIT_TRIES`] lost races it gives up
+//! with a 5xx. A lost race that re-decides to a refusal answers that refusal
+//! (`KEY_EXISTS`, `ORG_EXISTS`, `TOKEN_EXISTS`, ...).
+//!
+//! A backend shared by several stores (several nodes) has a change feed
+//! ([`Backend::subscribe`]). A store over one runs a task that applies it:
+//! an org record replaces the local org only when its version is newer (the
+//! store's own commits come back too, and are ignored), an org it does not
+//! know is added, tokens are put and removed, and on [`Feed::Resync`] it
+//! reloads everything. The request path never waits for any of it: it reads
+//! the same in-memory map as before.
+//!
+//! The feed arrives a moment after the commit, so a mutation on a shared
+//! backend does not trust this store's copy where it would say no: an org or
+//! token it does not know is looked up in the backend before `ORG_NOT_FOUND`
+//! or `TOKEN_NOT_FOUND`, and a rule's refusal (`KEY_EXISTS`, `NO_KEY`,
+//! `TOKEN_EXISTS`, ...) stands only once the stored state, read once, agrees.
+//! A single-node backend (no feed) skips these reads: its copy is the truth.
+//!
 //! The threshold counts take another path, off the request path: the
 //! [`CountFlusher`] saves the windows that changed through the backend's counter
 //! seam every period and at stop, and [`Store::open`] resumes them (`counts`).
@@ -33,13 +59,13 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use dashmap::DashSet;
 
 pub use backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
-    OrgRecord, Restored, Snapshot,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Feed, Loading, OrgBatches,
+    OrgRecord, Restored, Snapshot, Subscription, FEED_CAPACITY,
 };
 pub use check::{check_store, CheckReport, Problem};
 pub use counts::{CallCount, CountFlusher};
@@ -50,13 +76,22 @@ pub use redb::RedbBackend;
 
 use crate::clock::{Clock, Timestamp};
 use crate::org::{
-    Action, Actor, IdPages, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
+    Action, Actor, IdPages, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState,
+    Transition,
 };
 use crate::token::{self, Role, TokenDigest, TokenRecord};
 
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
 /// their ids hash alike, one chance in this many, and an org costs no lock memory.
 const WRITER_STRIPES: usize = 256;
+
+/// How many times one mutation is computed and committed before the store gives
+/// up on a contended org: each lost race means another writer committed in
+/// between, so this many in a row is a storm, not bad luck.
+pub const COMMIT_TRIES: u32 = 5;
+
+/// How long the feed task waits before trying a failed reload again.
+const RESYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How many batches of loaded orgs may wait to be built at start.
 const LOAD_QUEUE: usize = 8;
@@ -87,6 +122,21 @@ struct Inner {
     /// The windows last persisted; held by a flush and by an enable, so the
     /// two never interleave.
     counts: tokio::sync::Mutex<counts::Flushed>,
+    /// Whether the backend has a feed: other stores may commit to it, so a
+    /// refusal judged on this store's copy is checked against the stored one.
+    shared: bool,
+    /// The task applying the backend's feed, if it has one; stopped with the
+    /// store.
+    follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let follower = self.follower.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(task) = follower.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Admin and viewer tokens, found by digest (to authenticate) or name (to delete).
@@ -98,8 +148,16 @@ struct Tokens {
 
 impl Tokens {
     fn insert(&mut self, t: TokenRecord) {
-        self.by_name.insert(t.name.clone(), t.digest);
+        if let Some(old) = self.by_name.insert(t.name.clone(), t.digest) {
+            self.by_digest.remove(&old);
+        }
         self.by_digest.insert(t.digest, t);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(digest) = self.by_name.remove(name) {
+            self.by_digest.remove(&digest);
+        }
     }
 }
 
@@ -150,11 +208,16 @@ impl Store {
     /// Opens a store over `backend`, loading every org it holds.
     ///
     /// Fails, rather than starting empty, when the backend cannot be read.
+    /// When the backend has a change feed, the store follows it from before
+    /// the load on, in a task of its own that stops with the store.
     pub async fn open(
         backend: Arc<dyn Backend>,
         clock: Arc<dyn Clock>,
         defaults: Limits,
     ) -> Result<Store, BackendError> {
+        // Before the load: a commit between the two then comes twice, which
+        // the versions absorb, rather than never.
+        let feed = backend.subscribe();
         // The backend reads on its own thread while this one builds the orgs.
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
@@ -168,8 +231,8 @@ impl Store {
                     }
                     Loading::Expect(_) => {}
                     Loading::Orgs(batch) => {
-                        for OrgRecord { id, state } in batch {
-                            let org = Arc::new(Org::new(&id, &mut pages, state, defaults));
+                        for OrgRecord { id, state, version } in batch {
+                            let org = Arc::new(Org::new(&id, &mut pages, state, version, defaults));
                             if !orgs.insert(Entry(Arc::clone(&org))) {
                                 return Err(BackendError::Corrupt(format!(
                                     "org {} stored twice",
@@ -202,8 +265,18 @@ impl Store {
                 token_writer: tokio::sync::Mutex::new(()),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
+                shared: feed.is_some(),
+                follower: std::sync::Mutex::new(None),
             }),
         };
+        if let Some(feed) = feed {
+            let task = tokio::spawn(follow(Arc::downgrade(&store.inner), feed));
+            *store
+                .inner
+                .follower
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        }
         {
             // No one else holds the store yet.
             let mut flushed = store.inner.counts.lock().await;
@@ -289,16 +362,22 @@ impl Store {
             }
             let now = store.inner.clock.now();
             let t = OrgState::provisioned(now, actor, subscription_expires_at, limits);
-            store.commit(&id, &t).await?;
-            let org = {
-                // Nothing panics while the lock is held, so a poisoned one is whole.
-                let mut pages = store
-                    .inner
-                    .id_pages
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                Arc::new(Org::new(&id, &mut pages, t.next, store.inner.defaults))
-            };
+            let change = Change::provision(id.clone(), t.next.clone());
+            match store.commit(change, &id, &t).await {
+                Ok(()) => {}
+                Err(BackendError::Conflict(why)) => {
+                    // Provisioned elsewhere first: learn it, and refuse as
+                    // if it had been here all along.
+                    tracing::debug!(org = %id, %why, "provision lost a race");
+                    if let Some(record) = store.inner.backend.org(&id).await? {
+                        store.install_locked(record);
+                        return Err(OpError::OrgExists);
+                    }
+                    return Err(BackendError::Conflict(why).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let org = store.new_org(&id, t.next, 1);
             let view = store.view_of(&org);
             store.inner.orgs.insert(Entry(org));
             Ok(view)
@@ -308,35 +387,40 @@ impl Store {
 
     /// Adds a random key to an org that has none.
     pub async fn add(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| s.add(now, actor)).await
+        self.apply(id, move |s, now| s.add(now, actor.clone()))
+            .await
     }
 
     /// Replaces an org's key with `new`.
     pub async fn edit(&self, id: &str, new: &str, actor: Actor) -> Result<OrgView, OpError> {
         let new = new.to_owned();
-        self.apply(id, move |s, now| s.edit(&new, now, actor)).await
+        self.apply(id, move |s, now| s.edit(&new, now, actor.clone()))
+            .await
     }
 
     /// Replaces an org's key with a random one.
     pub async fn regenerate(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| s.regenerate(now, actor)).await
+        self.apply(id, move |s, now| s.regenerate(now, actor.clone()))
+            .await
     }
 
     /// Removes an org's key.
     pub async fn delete(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| s.delete(now, actor)).await
+        self.apply(id, move |s, now| s.delete(now, actor.clone()))
+            .await
     }
 
     /// Disables an org's key.
     pub async fn disable(&self, id: &str, reason: &str, actor: Actor) -> Result<OrgView, OpError> {
         let reason = reason.to_owned();
-        self.apply(id, move |s, now| Ok(s.disable(&reason, now, actor)))
+        self.apply(id, move |s, now| Ok(s.disable(&reason, now, actor.clone())))
             .await
     }
 
     /// Enables an org's key; its call count starts afresh.
     pub async fn enable(&self, id: &str, actor: Actor) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| Ok(s.enable(now, actor))).await
+        self.apply(id, move |s, now| Ok(s.enable(now, actor.clone())))
+            .await
     }
 
     /// Sets or clears the end of an org's subscription.
@@ -347,7 +431,7 @@ impl Store {
         actor: Actor,
     ) -> Result<OrgView, OpError> {
         self.apply(id, move |s, now| {
-            Ok(s.set_subscription(expires_at, now, actor))
+            Ok(s.set_subscription(expires_at, now, actor.clone()))
         })
         .await
     }
@@ -359,7 +443,7 @@ impl Store {
         limits: LimitOverrides,
         actor: Actor,
     ) -> Result<OrgView, OpError> {
-        self.apply(id, move |s, now| s.set_limits(&limits, now, actor))
+        self.apply(id, move |s, now| s.set_limits(&limits, now, actor.clone()))
             .await
     }
 
@@ -409,13 +493,18 @@ impl Store {
         if !token::valid_name(name) {
             return Err(OpError::InvalidTokenName);
         }
-        let org = self.get(org.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let org = self.find(org).await?;
         let name = name.to_owned();
         let store = self.clone();
         run_to_completion(async move {
             let _writer = store.inner.token_writer.lock().await;
             if store.read_tokens().by_name.contains_key(&name) {
-                return Err(OpError::TokenExists);
+                // Deleted elsewhere, with the feed not here yet? Only a
+                // refusal the stored tokens confirm stands.
+                if !store.inner.shared || store.inner.backend.token(&name).await?.is_some() {
+                    return Err(OpError::TokenExists);
+                }
+                store.write_tokens().remove(&name);
             }
             let secret = token::generate();
             let now = store.inner.clock.now();
@@ -433,14 +522,26 @@ impl Store {
                 action: Action::CreateToken,
                 detail: format!("{} token {} created", role_name(role), record.name),
             };
-            store
+            let committed = store
                 .inner
                 .backend
                 .commit(Commit {
                     change: Change::PutToken(record.clone()),
                     event,
                 })
-                .await?;
+                .await;
+            match committed {
+                Ok(()) => {}
+                Err(BackendError::Conflict(why)) => {
+                    // Another node took the name first: learn its token.
+                    tracing::debug!(token = %record.name, %why, "token create lost a race");
+                    if let Some(theirs) = store.inner.backend.token(&record.name).await? {
+                        store.write_tokens().insert(theirs);
+                    }
+                    return Err(OpError::TokenExists);
+                }
+                Err(e) => return Err(e.into()),
+            }
             store.write_tokens().insert(record.clone());
             Ok((record, secret))
         })
@@ -453,14 +554,28 @@ impl Store {
         let store = self.clone();
         run_to_completion(async move {
             let _writer = store.inner.token_writer.lock().await;
-            let record = {
+            let known = {
                 let tokens = store.read_tokens();
-                let digest = tokens.by_name.get(&name).ok_or(OpError::TokenNotFound)?;
                 tokens
-                    .by_digest
-                    .get(digest)
+                    .by_name
+                    .get(&name)
+                    .and_then(|digest| tokens.by_digest.get(digest))
                     .cloned()
-                    .ok_or(OpError::TokenNotFound)?
+            };
+            let record = match known {
+                Some(record) => record,
+                // Created elsewhere, with the feed not here yet?
+                None if store.inner.shared => {
+                    let theirs = store
+                        .inner
+                        .backend
+                        .token(&name)
+                        .await?
+                        .ok_or(OpError::TokenNotFound)?;
+                    store.write_tokens().insert(theirs.clone());
+                    theirs
+                }
+                None => return Err(OpError::TokenNotFound),
             };
             let event = AuditEvent {
                 org: record.org.clone(),
@@ -469,17 +584,25 @@ impl Store {
                 action: Action::DeleteToken,
                 detail: format!("{} token {} deleted", role_name(record.role), record.name),
             };
-            store
+            let committed = store
                 .inner
                 .backend
                 .commit(Commit {
                     change: Change::DeleteToken(record.name.clone()),
                     event,
                 })
-                .await?;
-            let mut tokens = store.write_tokens();
-            tokens.by_name.remove(&record.name);
-            tokens.by_digest.remove(&record.digest);
+                .await;
+            match committed {
+                Ok(()) => {}
+                Err(BackendError::Conflict(why)) => {
+                    // Deleted elsewhere first: it is gone here too.
+                    tracing::debug!(token = %record.name, %why, "token delete lost a race");
+                    store.write_tokens().remove(&record.name);
+                    return Err(OpError::TokenNotFound);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            store.write_tokens().remove(&record.name);
             Ok(())
         })
         .await
@@ -496,53 +619,120 @@ impl Store {
 
     async fn apply<F>(&self, id: &str, op: F) -> Result<OrgView, OpError>
     where
-        F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError> + Send + 'static,
+        F: FnMut(&OrgState, Timestamp) -> Result<Transition, OpError> + Send + 'static,
     {
-        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let org = self.find(id).await?;
         let store = self.clone();
         run_to_completion(async move { store.apply_to(org, op).await }).await
     }
 
-    async fn apply_to<F>(&self, org: Arc<Org>, op: F) -> Result<OrgView, OpError>
+    /// The org `id` for a mutation: this store's, or, on a shared backend,
+    /// the stored one when it was provisioned elsewhere and the feed has not
+    /// brought it yet.
+    async fn find(&self, id: &str) -> Result<Arc<Org>, OpError> {
+        if let Some(org) = self.get(id.as_bytes()) {
+            return Ok(org);
+        }
+        if !self.inner.shared {
+            return Err(OpError::OrgNotFound);
+        }
+        let id = OrgId::parse(id).map_err(|_| OpError::OrgNotFound)?;
+        let record = self
+            .inner
+            .backend
+            .org(&id)
+            .await?
+            .ok_or(OpError::OrgNotFound)?;
+        self.install(record).await;
+        self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)
+    }
+
+    /// Computes `op` on the org's state and commits it, again on the stored
+    /// state after each lost race (at most [`COMMIT_TRIES`] times in all).
+    async fn apply_to<F>(&self, org: Arc<Org>, mut op: F) -> Result<OrgView, OpError>
     where
-        F: FnOnce(&OrgState, Timestamp) -> Result<Transition, OpError>,
+        F: FnMut(&OrgState, Timestamp) -> Result<Transition, OpError>,
     {
-        let _writer = self.writer(&org.id()).lock().await;
-        let now = self.inner.clock.now();
-        let t = org.read(|c| op(&c.state, now))?;
-        let _counts = if t.action == Action::Enable {
-            // The count starts afresh on disk too, and first: a crash after
-            // the enable's commit must not bring the old window back. Held
-            // until the reset below, so no flush writes the old window again.
-            let mut flushed = self.inner.counts.lock().await;
-            let cleared = CallCount {
-                org: org.id(),
-                window: None,
+        let id = org.id();
+        let _writer = self.writer(&id).lock().await;
+        let mut counts = None;
+        let mut tries = 0;
+        let mut checked = false;
+        let (from, t) = loop {
+            tries += 1;
+            let now = self.inner.clock.now();
+            let (from, t) = match org.read(|c| op(&c.state, now).map(|t| (c.version, t))) {
+                Ok(decided) => decided,
+                // Another node may have changed the org since this copy was
+                // installed (the feed is not instant): a refusal must hold on
+                // the stored state, so look once, and decide again if newer.
+                Err(refusal) if self.inner.shared && !checked => {
+                    checked = true;
+                    match self.inner.backend.org(&id).await? {
+                        Some(record) if record.version > org.version() => {
+                            self.install_into(&org, record);
+                            continue;
+                        }
+                        _ => return Err(refusal),
+                    }
+                }
+                Err(refusal) => return Err(refusal),
             };
-            self.inner.backend.save_counts(vec![cleared]).await?;
-            // Should the commit fail, the window is still in memory and
-            // differs from this, so the next flush writes it back.
-            flushed.saved(&org, None);
-            Some(flushed)
-        } else {
-            None
+            if t.action == Action::Enable && counts.is_none() {
+                // The count starts afresh on disk too, and first: a crash after
+                // the enable's commit must not bring the old window back. Held
+                // until the reset below, so no flush writes the old window again.
+                let mut flushed = self.inner.counts.lock().await;
+                let cleared = CallCount {
+                    org: id.clone(),
+                    window: None,
+                };
+                self.inner.backend.save_counts(vec![cleared]).await?;
+                // Should the commit fail, the window is still in memory and
+                // differs from this, so the next flush writes it back.
+                flushed.saved(&org, None);
+                counts = Some(flushed);
+            }
+            let change = Change::update(id.clone(), t.next.clone(), from);
+            match self.commit(change, &id, &t).await {
+                Ok(()) => break (from, t),
+                Err(BackendError::Conflict(why)) if tries < COMMIT_TRIES => {
+                    tracing::debug!(org = %id, %why, tries, "commit lost a race; deciding again");
+                    let record = self
+                        .inner
+                        .backend
+                        .org(&id)
+                        .await?
+                        .ok_or(OpError::OrgNotFound)?;
+                    self.install_into(&org, record);
+                }
+                Err(BackendError::Conflict(why)) => {
+                    tracing::warn!(org = %id, %why, tries, "commit lost every race; giving up");
+                    return Err(BackendError::Conflict(why).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        self.commit(&org.id(), &t).await?;
         if t.action == Action::Enable {
             // Before the swap: until it, requests still see the key disabled and
             // are not counted, so none is counted against the old window.
             org.calls().reset();
         }
-        org.replace(t.next, self.inner.defaults);
-        Ok(self.view_of(&org))
+        let defaults = self.inner.defaults;
+        // False only if the feed already brought a newer version still.
+        org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
+        drop(counts);
+        Ok(OrgView {
+            id,
+            limits: defaults.with(&t.next.limits),
+            state: t.next,
+        })
     }
 
-    async fn commit(&self, id: &OrgId, t: &Transition) -> Result<(), BackendError> {
+    /// Commits `change`, an org's, with the audit event of `t`.
+    async fn commit(&self, change: Change, id: &OrgId, t: &Transition) -> Result<(), BackendError> {
         let commit = Commit {
-            change: Change::Org(OrgRecord {
-                id: id.clone(),
-                state: t.next.clone(),
-            }),
+            change,
             event: AuditEvent {
                 org: id.clone(),
                 at: t.next.last_modified_on,
@@ -552,6 +742,100 @@ impl Store {
             },
         };
         self.inner.backend.commit(commit).await
+    }
+
+    /// A new live org, its id kept on the store's pages.
+    fn new_org(&self, id: &OrgId, state: OrgState, version: u64) -> Arc<Org> {
+        // Nothing panics while the lock is held, so a poisoned one is whole.
+        let mut pages = self
+            .inner
+            .id_pages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Arc::new(Org::new(
+            id,
+            &mut pages,
+            state,
+            version,
+            self.inner.defaults,
+        ))
+    }
+
+    /// Makes `record` the state of `org` if it is newer. An org enabled
+    /// elsewhere starts its count afresh here too, as [`Store::enable`] does.
+    fn install_into(&self, org: &Org, record: OrgRecord) {
+        let was_disabled = org.read(|c| c.state.status != KeyStatus::Enabled);
+        let enabled = record.state.status == KeyStatus::Enabled;
+        if was_disabled && enabled && org.version() < record.version {
+            org.calls().reset();
+        }
+        org.replace_if_newer(record.state, record.version, self.inner.defaults);
+    }
+
+    /// Installs `record`: into its org if this store knows it, as a new org
+    /// otherwise. The caller holds the org's writer lock, so a provision here
+    /// and one arriving on the feed never both insert.
+    fn install_locked(&self, record: OrgRecord) {
+        match self.get(record.id.as_bytes()) {
+            Some(org) => self.install_into(&org, record),
+            None => {
+                let org = self.new_org(&record.id, record.state, record.version);
+                self.inner.orgs.insert(Entry(org));
+            }
+        }
+    }
+
+    /// Installs `record` as [`install_locked`](Store::install_locked) does,
+    /// taking the writer lock only when the org is new here.
+    async fn install(&self, record: OrgRecord) {
+        if let Some(org) = self.get(record.id.as_bytes()) {
+            self.install_into(&org, record);
+            return;
+        }
+        let _writer = self.writer(&record.id).lock().await;
+        self.install_locked(record);
+    }
+
+    /// Applies one event of the backend's feed.
+    async fn apply_feed(&self, feed: Feed) -> Result<(), BackendError> {
+        match feed {
+            Feed::Org(record) => self.install(record).await,
+            // Under the token writer: the store's own create or delete, which
+            // commits and then updates the map under it, is never overtaken
+            // by a later event of the same name.
+            Feed::PutToken(t) => {
+                let _writer = self.inner.token_writer.lock().await;
+                self.write_tokens().insert(t);
+            }
+            Feed::DeleteToken(name) => {
+                let _writer = self.inner.token_writer.lock().await;
+                self.write_tokens().remove(&name);
+            }
+            Feed::Resync => self.resync().await?,
+        }
+        Ok(())
+    }
+
+    /// Reloads every org and token from the backend: after the feed lost
+    /// events, what this store holds cannot be vouched for.
+    async fn resync(&self) -> Result<(), BackendError> {
+        let _writer = self.inner.token_writer.lock().await;
+        let Snapshot { orgs, tokens } = self.inner.backend.load().await?;
+        for record in orgs {
+            self.install(record).await;
+        }
+        let mut fresh = Tokens::default();
+        for t in tokens {
+            fresh.insert(t);
+        }
+        *self.write_tokens() = fresh;
+        Ok(())
+    }
+
+    /// The version of org `id`'s state in force here, if this store knows it.
+    #[cfg(test)]
+    pub(crate) fn version_of(&self, id: &str) -> Option<u64> {
+        self.get(id.as_bytes()).map(|org| org.version())
     }
 
     fn writer(&self, id: &OrgId) -> &tokio::sync::Mutex<()> {
@@ -577,6 +861,30 @@ impl Store {
     }
 }
 
+/// Applies `feed` to the store behind `inner` until the backend or the store
+/// is gone. A reload that fails is tried again until it succeeds: the events
+/// after it are applied only once the store has caught up.
+async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
+    while let Some(event) = feed.recv().await {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let mut store = Store { inner };
+        let mut event = event;
+        while let Err(e) = store.apply_feed(event).await {
+            tracing::error!(error = %e, "could not reload the store after losing its feed; retrying");
+            // Not holding the store while waiting, so it can stop meanwhile.
+            drop(store);
+            tokio::time::sleep(RESYNC_RETRY).await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            store = Store { inner };
+            event = Feed::Resync;
+        }
+    }
+}
+
 /// Runs `fut` in its own task and waits for it, so that dropping the caller does
 /// not stop a mutation between its commit and its swap.
 async fn run_to_completion<T: Send + 'static>(
@@ -591,5 +899,7 @@ async fn run_to_completion<T: Send + 'static>(
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;

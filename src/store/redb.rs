@@ -2,7 +2,9 @@
 //!
 //! The file holds four tables:
 //!
-//! * `orgs`: org id → the org's [`OrgState`], as JSON;
+//! * `orgs`: org id → the org's [`OrgState`], as JSON, with its version as
+//!   one more field, `version` (absent in records written before versions
+//!   existed: those read as version 0);
 //! * `tokens`: token name → its [`TokenRecord`], as JSON;
 //! * `audit`: (org id, sequence number) → an [`AuditEvent`], as JSON. The key
 //!   orders each org's events oldest first and keeps orgs apart, even when one
@@ -15,7 +17,11 @@
 //!   no counts saved; the first save creates it.
 //!
 //! Every commit is one redb write transaction with [`Durability::Immediate`]:
-//! the change and its audit event are fsynced together before `commit` returns.
+//! what the change expects (the org's version, a token name free or taken) is
+//! checked inside it, and the change and its audit event are fsynced together
+//! before `commit` returns; a commit whose expectation fails aborts the
+//! transaction and writes nothing. A redb file has one writer process, so it
+//! has no change feed ([`Backend::subscribe`] answers `None`).
 //!
 //! Opening refuses, as [`BackendError::Corrupt`], any file that is not a keygate
 //! store this code can read, rather than starting empty over data it could not
@@ -55,7 +61,7 @@ use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
 
-/// Org id → JSON of its [`OrgState`].
+/// Org id → JSON of its [`OrgState`] and version ([`StoredOrg`]).
 pub(super) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
 /// Token name → JSON of its [`TokenRecord`].
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
@@ -70,6 +76,35 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// The layout of the tables this code reads and writes.
 const SCHEMA_VERSION: u64 = 1;
+
+/// An org as the `orgs` table holds it: the state's fields and its version.
+#[derive(serde::Deserialize)]
+pub(super) struct StoredOrg {
+    /// Absent before versions existed.
+    #[serde(default)]
+    pub(super) version: u64,
+    #[serde(flatten)]
+    pub(super) state: OrgState,
+}
+
+/// [`StoredOrg`], borrowed, for writing.
+#[derive(Serialize)]
+struct StoredOrgRef<'a> {
+    version: u64,
+    #[serde(flatten)]
+    state: &'a OrgState,
+}
+
+/// The `orgs` table's value for `record`.
+fn encode_org(record: &OrgRecord) -> Result<Vec<u8>, String> {
+    encode(
+        &StoredOrgRef {
+            version: record.version,
+            state: &record.state,
+        },
+        "org state",
+    )
+}
 
 /// File mode of the store: it holds every org's API key.
 const MODE: u32 = 0o600;
@@ -229,6 +264,20 @@ impl Backend for RedbBackend {
         Box::pin(blocking("commit", path, move || inner.commit(&commit)))
     }
 
+    fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        let id = id.clone();
+        Box::pin(blocking("read", path, move || inner.org(id)))
+    }
+
+    fn token(&self, name: &str) -> BoxFuture<'_, Result<Option<TokenRecord>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        let name = name.to_owned();
+        Box::pin(blocking("read", path, move || inner.token(&name)))
+    }
+
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
         let inner = Arc::clone(&self.inner);
         let path = self.inner.path.clone();
@@ -339,8 +388,9 @@ impl Inner {
             let id = OrgId::parse(key).map_err(|_| {
                 self.corrupt(format_args!("table orgs: key {key:?} is not an org id"))
             })?;
-            let state: OrgState = self.decode("orgs", format_args!("{key:?}"), value.value())?;
-            org(OrgRecord { id, state })?;
+            let StoredOrg { version, state } =
+                self.decode("orgs", format_args!("{key:?}"), value.value())?;
+            org(OrgRecord { id, state, version })?;
         }
 
         let table = txn.open_table(TOKENS).map_err(|e| self.table_error(e))?;
@@ -428,9 +478,9 @@ impl Inner {
                     audit_events: held.2,
                 });
             }
-            for OrgRecord { id, state } in &dump.orgs {
-                let state = encode(state, "org state").map_err(|e| fail(&e))?;
-                orgs.insert(id.as_str(), state.as_slice())
+            for record in &dump.orgs {
+                let value = encode_org(record).map_err(|e| fail(&e))?;
+                orgs.insert(record.id.as_str(), value.as_slice())
                     .map_err(|e| fail(&e))?;
             }
             for token in &dump.tokens {
@@ -475,24 +525,43 @@ impl Inner {
         let fail = |e: &dyn fmt::Display| self.unavailable("commit", e);
         let event = encode(&commit.event, "audit event").map_err(|e| fail(&e))?;
         {
+            // Each arm checks what the change expects before it writes; a
+            // refusal returns, and the caller drops the transaction unwritten.
+            let refused = || commit.change.refused();
             match &commit.change {
-                Change::Org(OrgRecord { id, state }) => {
-                    let state = encode(state, "org state").map_err(|e| fail(&e))?;
+                Change::Org { record, expected } => {
+                    let value = encode_org(record).map_err(|e| fail(&e))?;
                     let mut table = txn.open_table(ORGS).map_err(|e| fail(&e))?;
-                    table
-                        .insert(id.as_str(), state.as_slice())
-                        .map_err(|e| fail(&e))?;
+                    let id = record.id.as_str();
+                    let stored = match table.get(id).map_err(|e| fail(&e))? {
+                        None => None,
+                        Some(old) => {
+                            let old: StoredOrg =
+                                self.decode("orgs", format_args!("{id:?}"), old.value())?;
+                            Some(old.version)
+                        }
+                    };
+                    if stored != *expected {
+                        return Err(refused());
+                    }
+                    table.insert(id, value.as_slice()).map_err(|e| fail(&e))?;
                 }
                 Change::PutToken(token) => {
                     let record = encode(token, "token").map_err(|e| fail(&e))?;
                     let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
-                    table
+                    let old = table
                         .insert(token.name.as_str(), record.as_slice())
                         .map_err(|e| fail(&e))?;
+                    if old.is_some() {
+                        return Err(refused());
+                    }
                 }
                 Change::DeleteToken(name) => {
                     let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
-                    table.remove(name.as_str()).map_err(|e| fail(&e))?;
+                    let old = table.remove(name.as_str()).map_err(|e| fail(&e))?;
+                    if old.is_none() {
+                        return Err(refused());
+                    }
                 }
             }
 
@@ -568,6 +637,46 @@ impl Inner {
             }
         }
         Ok(counts)
+    }
+
+    /// The org `id`, if the file holds it.
+    fn org(&self, id: OrgId) -> Result<Option<OrgRecord>, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read org", e))?;
+        let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
+        let key = id.as_str();
+        let Some(value) = table
+            .get(key)
+            .map_err(|e| self.unavailable("read org", e))?
+        else {
+            return Ok(None);
+        };
+        let StoredOrg { version, state } =
+            self.decode("orgs", format_args!("{key:?}"), value.value())?;
+        drop(value);
+        Ok(Some(OrgRecord { id, state, version }))
+    }
+
+    /// The token `name`, if the file holds it.
+    fn token(&self, name: &str) -> Result<Option<TokenRecord>, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read token", e))?;
+        let table = txn.open_table(TOKENS).map_err(|e| self.table_error(e))?;
+        let Some(value) = table
+            .get(name)
+            .map_err(|e| self.unavailable("read token", e))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.decode(
+            "tokens",
+            format_args!("{name:?}"),
+            value.value(),
+        )?))
     }
 
     fn audit(&self, org: &OrgId) -> Result<Vec<AuditEvent>, BackendError> {
@@ -921,9 +1030,18 @@ mod tests {
         }
     }
 
+    /// Provisions `id` at `state`.
     fn org_commit(id: &str, state: OrgState, detail: &str) -> Commit {
         Commit {
-            change: Change::Org(OrgRecord { id: org(id), state }),
+            change: Change::provision(org(id), state),
+            event: event(id, detail),
+        }
+    }
+
+    /// Changes `id` to `state`, computed from version `from`.
+    fn org_update(id: &str, state: OrgState, from: u64, detail: &str) -> Commit {
+        Commit {
+            change: Change::update(org(id), state, from),
             event: event(id, detail),
         }
     }
@@ -995,11 +1113,13 @@ mod tests {
             vec![
                 OrgRecord {
                     id: org("acme"),
-                    state: acme
+                    state: acme,
+                    version: 1,
                 },
                 OrgRecord {
                     id: org("globex"),
-                    state: globex
+                    state: globex,
+                    version: 1,
                 },
             ]
         );
@@ -1076,13 +1196,111 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_commit_from_a_stale_version_is_refused_and_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let first = state();
+        let second = first.disable("abuse", T0, Actor::Provider).next;
+        let third = first.disable("other", T0, Actor::Provider).next;
+        {
+            let b = RedbBackend::open(&store_path(&dir)).unwrap();
+            b.commit(org_commit("acme", first.clone(), "1"))
+                .await
+                .unwrap();
+            b.commit(org_update("acme", second.clone(), 1, "2"))
+                .await
+                .unwrap();
+            // Computed from version 1, which is no longer the stored one.
+            let stale = b.commit(org_update("acme", third, 1, "3")).await;
+            assert!(matches!(stale, Err(BackendError::Conflict(_))), "{stale:?}");
+            // Provisioning an org that exists is as stale.
+            let again = b.commit(org_commit("acme", first, "4")).await;
+            assert!(matches!(again, Err(BackendError::Conflict(_))), "{again:?}");
+            // So is changing an org that does not exist.
+            let ghost = b.commit(org_update("globex", state(), 1, "5")).await;
+            assert!(matches!(ghost, Err(BackendError::Conflict(_))), "{ghost:?}");
+        }
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let snap = b.load().await.unwrap();
+        assert_eq!(
+            snap.orgs,
+            vec![OrgRecord {
+                id: org("acme"),
+                state: second,
+                version: 2,
+            }]
+        );
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["1", "2"]);
+        assert!(b.audit(org("globex")).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_token_put_over_a_taken_name_or_a_delete_of_a_free_one_is_refused() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let put = |t: TokenRecord, detail: &str| Commit {
+            change: Change::PutToken(t),
+            event: event("acme", detail),
+        };
+        b.commit(put(token("alice", "acme"), "1")).await.unwrap();
+        let mut other = token("alice", "acme");
+        other.digest = TokenDigest::of("kg_other");
+        let taken = b.commit(put(other, "2")).await;
+        assert!(matches!(taken, Err(BackendError::Conflict(_))), "{taken:?}");
+        let free = b
+            .commit(Commit {
+                change: Change::DeleteToken("bob".into()),
+                event: event("acme", "3"),
+            })
+            .await;
+        assert!(matches!(free, Err(BackendError::Conflict(_))), "{free:?}");
+        assert_eq!(
+            b.token("alice").await.unwrap(),
+            Some(token("alice", "acme"))
+        );
+        assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["1"]);
+    }
+
+    #[tokio::test]
+    async fn an_org_stored_before_versions_loads_as_version_0_and_its_next_commit_writes_1() {
+        let dir = TempDir::new().unwrap();
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let before = state();
+        {
+            // What a store written before versions holds: the bare state.
+            let txn = b.database().begin_write().unwrap();
+            {
+                let mut orgs = txn.open_table(ORGS).unwrap();
+                let old = serde_json::to_vec(&before).unwrap();
+                assert!(!String::from_utf8_lossy(&old).contains("version"));
+                orgs.insert("acme", old.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(b.org(&org("acme")).await.unwrap().unwrap().version, 0);
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Store::open(Arc::new(b.clone()), clock, Limits::default())
+            .await
+            .unwrap();
+        assert_eq!(store.version_of("acme"), Some(0));
+        store.regenerate("acme", Actor::Provider).await.unwrap();
+        assert_eq!(store.version_of("acme"), Some(1));
+        drop(store);
+        drop(b);
+        let b = RedbBackend::open(&store_path(&dir)).unwrap();
+        let record = b.org(&org("acme")).await.unwrap().unwrap();
+        assert_eq!(record.version, 1);
+        assert_eq!(record.state.generation, before.generation + 1);
+        assert_ne!(record.state.key, before.key);
+    }
+
+    #[tokio::test]
     async fn an_org_commit_replaces_the_previous_state() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let first = state();
         let second = first.disable("abuse", T0, Actor::Provider).next;
         b.commit(org_commit("acme", first, "1")).await.unwrap();
-        b.commit(org_commit("acme", second.clone(), "2"))
+        b.commit(org_update("acme", second.clone(), 1, "2"))
             .await
             .unwrap();
         let snap = b.load().await.unwrap();
@@ -1119,12 +1337,16 @@ mod tests {
         let dir = TempDir::new().unwrap();
         {
             let b = RedbBackend::open(&store_path(&dir)).unwrap();
-            for (id, detail) in [("acme", "a1"), ("globex", "g1"), ("acme", "a2")] {
-                b.commit(org_commit(id, state(), detail)).await.unwrap();
-            }
+            b.commit(org_commit("acme", state(), "a1")).await.unwrap();
+            b.commit(org_commit("globex", state(), "g1")).await.unwrap();
+            b.commit(org_update("acme", state(), 1, "a2"))
+                .await
+                .unwrap();
         }
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
-        b.commit(org_commit("acme", state(), "a3")).await.unwrap();
+        b.commit(org_update("acme", state(), 2, "a3"))
+            .await
+            .unwrap();
         assert_eq!(
             details(&b.audit(org("acme")).await.unwrap()),
             ["a1", "a2", "a3"]
@@ -1137,16 +1359,15 @@ mod tests {
     async fn audit_logs_of_orgs_whose_ids_prefix_each_other_do_not_mix() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
-        for (id, detail) in [
-            ("abc", "abc1"),
-            ("ab", "ab1"),
-            ("a", "a1"),
-            ("ab", "ab2"),
-            ("abc", "abc2"),
-            ("ab-c", "ab-c1"),
-        ] {
+        for (id, detail) in [("abc", "abc1"), ("ab", "ab1"), ("a", "a1")] {
             b.commit(org_commit(id, state(), detail)).await.unwrap();
         }
+        for (id, detail) in [("ab", "ab2"), ("abc", "abc2")] {
+            b.commit(org_update(id, state(), 1, detail)).await.unwrap();
+        }
+        b.commit(org_commit("ab-c", state(), "ab-c1"))
+            .await
+            .unwrap();
         assert_eq!(details(&b.audit(org("a")).await.unwrap()), ["a1"]);
         assert_eq!(details(&b.audit(org("ab")).await.unwrap()), ["ab1", "ab2"]);
         assert_eq!(
@@ -1356,7 +1577,7 @@ mod tests {
         assert_eq!(snap.tokens, vec![token("alice", "acme")]);
         assert_eq!(details(&b.audit(org("acme")).await.unwrap()), ["a1", "a2"]);
         // The repaired store takes further commits and then opens cleanly.
-        b.commit(org_commit("acme", acme, "a3")).await.unwrap();
+        b.commit(org_update("acme", acme, 1, "a3")).await.unwrap();
         drop(b);
         let b = RedbBackend::open(&copy).unwrap();
         assert!(!b.was_repaired());

@@ -401,6 +401,7 @@ async fn an_org_loaded_twice_is_refused_at_open() {
     let record = |id: &str| OrgRecord {
         id: OrgId::parse(id).unwrap(),
         state: state.clone(),
+        version: 1,
     };
     let clock = Arc::new(ManualClock::new(T0));
     let ok = Fixed(vec![record("acme"), record("globex")]);
