@@ -43,6 +43,7 @@ function spread(a, b,   m, i, j, best, r, lo, hi, x, y, swap) {
     }
     return sprintf("; rounds %.2f to %.2f", lo, hi)
 }
+function irange(t, p) { return ins_cnt[t, p] > 1 ? sprintf(" [%.0f–%.0f]", ins_lo[t, p], ins_hi[t, p]) : "" }
 function other(k) { return (k in c1) ? c1[k] - 100 * share[k] : 0 }
 function noise(a, b,   m) {
     m = other(a); if (other(b) > m) m = other(b)
@@ -89,10 +90,23 @@ $1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
 $1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
 $1 == "instr" {
     if (!($3 in ins_seen)) { ins_seen[$3] = 1; ins_t[++nins] = $3 }
-    ins[$3, $4] = $6 / $5; ins_req[$3, $4] = $5; ins_n = $2
-    ins_conn[$3, $4] = $7; ins_warm[$3, $4] = $8; if ($7 != "") ins_has_conn = 1
+    # With INSTR_ROUNDS > 1 a target is counted several times: the report
+    # shows the median (and its round'"'"'s other numbers) and the range.
+    ic = ++ins_cnt[$3, $4]
+    ins_v[$3, $4, ic] = $6 / $5; ins_r[$3, $4, ic] = $5; ins_c[$3, $4, ic] = $7; ins_w[$3, $4, ic] = $8
+    ins_n = $2; if ($7 != "") ins_has_conn = 1
+    if (ic > ins_rounds) ins_rounds = ic
 }
 END {
+    for (kp in ins_cnt) {
+        m = ins_cnt[kp]; split(kp, f, SUBSEP)
+        for (a = 1; a <= m; a++) idx[a] = a
+        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (ins_v[f[1], f[2], idx[b]] < ins_v[f[1], f[2], idx[a]]) { t = idx[a]; idx[a] = idx[b]; idx[b] = t }
+        md = idx[int((m + 1) / 2)]
+        ins[kp] = ins_v[f[1], f[2], md]; ins_req[kp] = ins_r[f[1], f[2], md]
+        ins_conn[kp] = ins_c[f[1], f[2], md]; ins_warm[kp] = ins_w[f[1], f[2], md]
+        ins_lo[kp] = ins_v[f[1], f[2], idx[1]]; ins_hi[kp] = ins_v[f[1], f[2], idx[m]]
+    }
     # A cell whose target failed to start in a round has fewer rounds than
     # the rest: the report names the fewest.
     rounds = 0
@@ -244,6 +258,7 @@ END {
     if (nins > 0) {
         printf "## Instructions per request (callgrind, %s orgs, %s upstream)\n\n", ins_n, (scheme == "https" ? "HTTPS" : "plain HTTP")
         print "Each proxy under valgrind'"'"'s callgrind, same topology and wrk settings: user-space instructions of all its processes per request answered, over INSTR_SECS of load after a warm-up. A count, not a time, so it does not drift with the machine; it leaves out the kernel (the same system calls per request for every proxy here: BENCHMARKS.md). Lower is better.\n"
+        if (ins_rounds > 1) printf "Each target counted %d times, the targets taking turns: the median, and in brackets the lowest and highest count.\n\n", ins_rounds
         if (ins_has_conn) {
             print "Before the count, the load runs in rounds of 2 s until the proxy has opened as many upstream connections as wrk has, or 3 rounds in a row (INSTR_WARM_QUIET) opened none (at most INSTR_WARM_MAX), so the count is the steady state with the proxy'"'"'s upstream connections open; *upstream connections opened* are those opened (for HTTPS: handshakes) during the count all the same, and *warm-up s* how long the warm-up took (allowed path).\n"
             print "| target | allowed | 401 | requests counted (allowed) | upstream connections opened (allowed) | warm-up s (allowed) |"
@@ -254,7 +269,7 @@ END {
         }
         for (i = 1; i <= nins; i++) {
             t = ins_t[i]
-            printf "| %s | %s | %s | %s |", label(t), fmt(ins[t, "allowed"], 0), fmt(ins[t, "401"], 0), ins_req[t, "allowed"]
+            printf "| %s | %s%s | %s%s | %s |", label(t), fmt(ins[t, "allowed"], 0), irange(t, "allowed"), fmt(ins[t, "401"], 0), irange(t, "401"), ins_req[t, "allowed"]
             if (ins_has_conn) printf " %s | %s |", ins_conn[t, "allowed"], ins_warm[t, "allowed"]
             print ""
         }
@@ -263,14 +278,16 @@ END {
         printf "- keygate job / nginx job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["nginx", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["nginx", "401"]), 2)
         printf "- keygate job / HAProxy job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["haproxy", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["haproxy", "401"]), 2)
         printf "- keygate bare / nginx bare: %s; keygate bare / HAProxy bare: %s\n", fmt(ratio(ins["kg-bare", "allowed"], ins["nginx-bare", "allowed"]), 2), fmt(ratio(ins["kg-bare", "allowed"], ins["haproxy-bare", "allowed"]), 2)
-        printf "- keygate job / keygate bare: %s (the gate'"'"'s share: %s instructions per request)\n\n", fmt(ratio(ins["kg", "allowed"], ins["kg-bare", "allowed"]), 2), ((("kg", "allowed") in ins && ("kg-bare", "allowed") in ins) ? fmt(ins["kg", "allowed"] - ins["kg-bare", "allowed"], 0) : "—")
-        if (("kg-before", "allowed") in ins || ("kg-bare-before", "allowed") in ins) {
+        printf "- keygate job / keygate bare: %s (the gate'"'"'s share: %s instructions per request)\n\n", fmt(ratio(ins["kg", "allowed"], ins["kg-bare", "allowed"]), 2), ((("kg", "allowed") in ins_cnt && ("kg-bare", "allowed") in ins_cnt) ? fmt(ins["kg", "allowed"] - ins["kg-bare", "allowed"], 0) : "—")
+        if (("kg-before", "allowed") in ins_cnt || ("kg-bare-before", "allowed") in ins_cnt) {
             printf "This build against *[%s]* (KG_BEFORE_BIN), instructions per request (above 1.00 this build does more):\n\n", before
             printf "- keygate job / keygate job [%s]: allowed %s, 401 %s\n", before, fmt(ratio(ins["kg", "allowed"], ins["kg-before", "allowed"]), 3), fmt(ratio(ins["kg", "401"], ins["kg-before", "401"]), 3)
             printf "- keygate bare / keygate bare [%s]: allowed %s\n\n", before, fmt(ratio(ins["kg-bare", "allowed"], ins["kg-bare-before", "allowed"]), 3)
         }
     }
 
+    # Only the instructions stage ran: no goal of the table below was measured.
+    if (nc == 0 && no == 0 && nsu == 0 && rot == "") exit
     print "## The issue'"'"'s goals\n"
     gn = ("100000" in ns) ? 100000 : order[nn]
     kk = "kg" SUBSEP gn SUBSEP "allowed"; kn = "nginx" SUBSEP gn SUBSEP "allowed"; kh = "haproxy" SUBSEP gn SUBSEP "allowed"

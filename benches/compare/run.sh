@@ -45,6 +45,8 @@
 #   STAGES="closed open startup rotation instructions"   which parts to run
 #   INSTR_TARGETS="kg-bare nginx-bare haproxy-bare kg nginx haproxy"
 #   INSTR_PATHS="allowed 401"   INSTR_SECS=5
+#   INSTR_ROUNDS=1     times each target is counted, the targets taking turns
+#                      (the report shows the median and the range)
 #   INSTR_WARM_MAX=120 INSTR_WARM_QUIET=3   the warm-up's rounds of 2 s go on
 #                      until the proxy has opened CONNS upstream connections
 #                      or INSTR_WARM_QUIET rounds in a row opened none, for at
@@ -120,6 +122,7 @@ INSTR_PATHS=${INSTR_PATHS:-"allowed 401"}
 INSTR_SECS=$(secs "${INSTR_SECS:-5}")
 INSTR_WARM_MAX=$(secs "${INSTR_WARM_MAX:-120}")
 INSTR_WARM_QUIET=${INSTR_WARM_QUIET:-3}
+INSTR_ROUNDS=${INSTR_ROUNDS:-1}
 WORK=${WORK:-$HERE/work}
 PORT_UP=${PORT_UP:-18000}
 PORT=${PORT:-18080}
@@ -882,9 +885,12 @@ upstream_connections() {
 # It does not see the kernel, where the proxies make the same system calls per
 # request (BENCHMARKS.md).
 instructions() {
-    local n=$BARE_ORGS t p
+    local n=$BARE_ORGS t p r
+    for r in $(seq "$INSTR_ROUNDS"); do
     for t in $INSTR_TARGETS; do
+        ((INSTR_ROUNDS == 1)) || log "instructions, round $r of $INSTR_ROUNDS"
         local out=$WORK/callgrind/$t
+        ((INSTR_ROUNDS == 1)) || out+=-$r
         rm -rf "$out"
         mkdir -p "$out"
         VIA=(valgrind --tool=callgrind "--callgrind-out-file=$out/%p.out")
@@ -948,6 +954,7 @@ instructions() {
             log "  $t $n orgs $p: $req requests, $((ir / req)) instructions per request ($((c1 - c0)) upstream connections opened during the count, after ${warm} s of warm-up)"
         done
         stop_proxy
+    done
     done
 }
 
