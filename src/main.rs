@@ -40,6 +40,14 @@ enum Command {
         /// The org list; `-` for standard input.
         file: PathBuf,
     },
+    /// Read every record of a stopped keygate's store and check it: one line per
+    /// problem on standard output; exit status 0 when sound, 1 when a problem
+    /// was found, 2 when the store could not be checked.
+    Check {
+        /// The TOML config naming the store.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
     Demo {
         /// Where the demo keeps its token, config and store.
@@ -92,6 +100,16 @@ fn main() -> ExitCode {
             };
             init_logs();
             run(async move { import(&config, &file).await })
+        }
+        Command::Check { config } => {
+            let config = match keygate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            check(&config.store.path)
         }
         Command::Demo {
             dir,
@@ -154,6 +172,37 @@ async fn import(config: &keygate::config::Config, file: &std::path::Path) -> any
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    // redb panics on some damaged pages; `check_store` catches each panic and
+    // reports it as a problem line, so the default hook's text is noise.
+    std::panic::set_hook(Box::new(|_| {}));
+    let checked = std::panic::catch_unwind(|| keygate::store::check_store(path));
+    match checked {
+        Err(_) => {
+            eprintln!(
+                "keygate check: {}: the check itself failed; the store was not fully checked",
+                path.display()
+            );
+            ExitCode::from(2)
+        }
+        Ok(Ok(report)) => {
+            for line in report.lines() {
+                println!("{line}");
+            }
+            eprintln!("keygate check: {}: {report}", path.display());
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("keygate check: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {

@@ -122,7 +122,12 @@ pub async fn start_with_options(
     clock: Arc<dyn Clock>,
     options: ServeOptions,
 ) -> Result<Running, ServeError> {
-    let upstream = Upstream::new(&config.proxy.upstream)?;
+    let upstreams = config
+        .proxy
+        .upstreams
+        .iter()
+        .map(Upstream::new)
+        .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
     if config.admin.has_placeholder_token() {
@@ -154,12 +159,16 @@ pub async fn start_with_options(
     let access_log = config.proxy.access_log
         && tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO);
     let forward = ForwardConfig {
-        upstream,
+        upstreams,
         connect_timeout: config.proxy.connect_timeout,
         upstream_timeout: config.proxy.upstream_timeout,
         upstream_read_timeout: config.proxy.upstream_read_timeout,
         pool_idle_timeout: config.proxy.pool_idle_timeout,
         pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
+        max_upstream_connections: config.proxy.max_upstream_connections,
+        upstream_fail_timeout: config.proxy.upstream_fail_timeout,
+        preserve_host: config.proxy.preserve_host,
+        upstream_tls: config.proxy.upstream_tls.clone(),
         https: config.proxy.tls.is_some(),
         upstream_time: access_log,
     };

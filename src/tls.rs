@@ -1,4 +1,5 @@
-//! TLS termination for keygate's listeners.
+//! TLS for keygate: termination on its listeners, and verification of HTTPS
+//! upstreams.
 //!
 //! Either listener may serve HTTPS itself: `[proxy.tls]` and `[admin.tls]` name a
 //! certificate chain and its private key as PEM files. [`ServerTls::load`] reads
@@ -13,6 +14,16 @@
 //! defaults, TLS 1.2 and 1.3; ALPN offers `h2` and `http/1.1`, the two protocols
 //! every listener serves. The files are read once: a renewed certificate takes a
 //! restart.
+//!
+//! Toward an `https://` upstream, [`UpstreamTls`] verifies the upstream's
+//! certificate against the Mozilla roots compiled into keygate (the
+//! `webpki-roots` crate) or, with `proxy.upstream_ca_path`, against the CA
+//! certificates of one PEM file instead. Compiled-in roots rather than the
+//! system's store (`rustls-native-certs`): a fresh Debian or a distroless image
+//! has no `ca-certificates`, and keygate should reach a public API there too;
+//! the price is that a root added to or removed from the system's store is not
+//! seen until keygate is rebuilt, which is what `upstream_ca_path` is for. ALPN
+//! offers `h2` and `http/1.1`, and the upstream picks.
 //!
 //! # Example
 //!
@@ -32,8 +43,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// Which of the two files a [`TlsError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +192,90 @@ impl std::fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("cert_path", &self.cert_path)
             .field("key_path", &self.key_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How keygate verifies HTTPS upstreams: the roots it trusts and the rustls
+/// client configuration built from them, offering `h2` and `http/1.1` by ALPN.
+///
+/// Two are equal when they trust the same roots: the compiled-in ones, or the
+/// same CA file.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    ca_path: Option<PathBuf>,
+    config: Arc<ClientConfig>,
+}
+
+impl UpstreamTls {
+    /// Trusts the Mozilla roots compiled into keygate (`webpki-roots`).
+    pub fn public_roots() -> UpstreamTls {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        UpstreamTls {
+            ca_path: None,
+            config: client_config(roots),
+        }
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path`, and no others: a
+    /// private upstream's CA. The error says what is wrong with the file; its
+    /// [`file`](TlsError::file) is [`TlsFile::Certificate`].
+    pub fn load_ca(path: &Path) -> Result<UpstreamTls, TlsError> {
+        let certs = read_chain(path)?;
+        let mut roots = RootCertStore::empty();
+        for cert in certs {
+            roots.add(cert).map_err(|e| TlsError::BadCertificate {
+                path: path.to_owned(),
+                reason: format!("not a CA certificate rustls can use: {e}"),
+            })?;
+        }
+        Ok(UpstreamTls {
+            ca_path: Some(path.to_owned()),
+            config: client_config(roots),
+        })
+    }
+
+    /// The CA file, or `None` for the compiled-in roots.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca_path.as_deref()
+    }
+
+    /// The rustls configuration, for callers that build their own connector.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+
+    /// A connector that performs the client side of handshakes.
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector::from(Arc::clone(&self.config))
+    }
+}
+
+/// TLS 1.2 and 1.3 with `ring`, no client certificate, ALPN `h2` then `http/1.1`.
+fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3, the safe default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_path == other.ca_path
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_path", &self.ca_path)
             .finish_non_exhaustive()
     }
 }
@@ -365,6 +460,31 @@ mod tests {
         let e = ServerTls::load(&cert, &other_key).unwrap_err();
         assert!(matches!(e, TlsError::KeyMismatch { .. }), "{e}");
         assert_eq!(e.file(), TlsFile::Key);
+    }
+
+    #[test]
+    fn a_ca_file_loads_and_offers_both_protocols() {
+        let files = Files::new();
+        let (cert, _) = files.pair("ca");
+        let tls = UpstreamTls::load_ca(&cert).unwrap();
+        assert_eq!(tls.ca_path(), Some(cert.as_path()));
+        assert_eq!(
+            tls.client_config().alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(UpstreamTls::public_roots().ca_path(), None);
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_refused_naming_it() {
+        let files = Files::new();
+        let missing = files.dir.path().join("nope.pem");
+        let e = UpstreamTls::load_ca(&missing).unwrap_err();
+        assert_eq!(e.file(), TlsFile::Certificate);
+        assert!(e.to_string().starts_with("cannot read "), "{e}");
+        let junk = files.write("junk.pem", "hello");
+        let e = UpstreamTls::load_ca(&junk).unwrap_err();
+        assert!(e.to_string().ends_with("no PEM certificate in it"), "{e}");
     }
 
     #[test]

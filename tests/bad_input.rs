@@ -1407,3 +1407,189 @@ async fn of_10_concurrent_regenerates_exactly_one_key_works_and_it_is_the_key_on
     assert_eq!(f.gw.page("acme").await["key"], working[0]);
     assert_eq!(audit_len(&f.gw, "acme").await, events + 10);
 }
+
+// ---------------------------------------------------------------------------
+// A 400 names the field and the problem, never what the client sent
+// ---------------------------------------------------------------------------
+
+/// One 400 case: a request carrying text that must not come back.
+struct EchoRow {
+    name: &'static str,
+    method: Method,
+    path: &'static str,
+    body: &'static str,
+    /// Text the client sent that the answer must not contain.
+    secrets: &'static [&'static str],
+    /// Text the message must contain: the field it is about.
+    names: &'static str,
+}
+
+fn echo_rows() -> Vec<EchoRow> {
+    let row = |name, method, path, body, secrets, names| EchoRow {
+        name,
+        method,
+        path,
+        body,
+        secrets,
+        names,
+    };
+    vec![
+        row(
+            "an unknown role",
+            Method::POST,
+            "/v1/tokens",
+            r#"{"name":"eve","role":"SECRETVALUE123","org":"acme"}"#,
+            &["SECRETVALUE123"],
+            "role",
+        ),
+        row(
+            "an unknown role that quotes serde's own wording",
+            Method::POST,
+            "/v1/tokens",
+            r#"{"name":"eve","role":"SECRETVALUE123, expected SECRETTAIL789","org":"acme"}"#,
+            &["SECRETVALUE123", "SECRETTAIL789"],
+            "role",
+        ),
+        row(
+            "a role of the wrong type",
+            Method::POST,
+            "/v1/tokens",
+            r#"{"name":"eve","role":987654321,"org":"acme"}"#,
+            &["987654321"],
+            "role",
+        ),
+        row(
+            "a string where a limit's number belongs, quoting serde's wording",
+            Method::PUT,
+            "/v1/orgs/acme/limits",
+            r#"{"burst":"SECRETVALUE123, expected SECRETTAIL789"}"#,
+            &["SECRETVALUE123", "SECRETTAIL789"],
+            "burst",
+        ),
+        row(
+            "a nested limit of the wrong type at provisioning",
+            Method::POST,
+            "/v1/orgs",
+            r#"{"org":"neworg","limits":{"rate_per_sec":"SECRETVALUE123, expected SECRETTAIL789"}}"#,
+            &["SECRETVALUE123", "SECRETTAIL789"],
+            "limits.rate_per_sec",
+        ),
+        row(
+            "an unknown field name",
+            Method::POST,
+            "/v1/orgs",
+            r#"{"org":"neworg","SECRETFIELD123":1}"#,
+            &["SECRETFIELD123"],
+            "unknown field",
+        ),
+        row(
+            "an unknown field name inside limits",
+            Method::POST,
+            "/v1/orgs",
+            r#"{"org":"neworg","limits":{"SECRETFIELD123":1}}"#,
+            &["SECRETFIELD123"],
+            "limits",
+        ),
+        row(
+            "an unknown field name in an edit",
+            Method::PUT,
+            "/v1/orgs/acme/key",
+            r#"{"key":"Ab3dEf6hIj9k","SECRETFIELD123, expected SECRETTAIL789":1}"#,
+            &["SECRETFIELD123", "SECRETTAIL789"],
+            "unknown field",
+        ),
+        row(
+            "a key of the wrong type",
+            Method::PUT,
+            "/v1/orgs/acme/key",
+            r#"{"key":{"SECRETFIELD123":"SECRETVALUE123"}}"#,
+            &["SECRETFIELD123", "SECRETVALUE123"],
+            "key",
+        ),
+        row(
+            "a date that is not a date",
+            Method::PUT,
+            "/v1/orgs/acme/subscription",
+            r#"{"expires_at":"SECRETVALUE123"}"#,
+            &["SECRETVALUE123"],
+            "expires_at",
+        ),
+        row(
+            "a reason of the wrong type",
+            Method::POST,
+            "/v1/orgs/acme/disable",
+            r#"{"reason":["SECRETVALUE123"]}"#,
+            &["SECRETVALUE123"],
+            "",
+        ),
+        row(
+            "a body that is a bare string",
+            Method::POST,
+            "/v1/orgs",
+            r#""SECRETVALUE123, expected SECRETTAIL789""#,
+            &["SECRETVALUE123", "SECRETTAIL789"],
+            "",
+        ),
+        row(
+            "malformed JSON around a secret",
+            Method::PUT,
+            "/v1/orgs/acme/key",
+            r#"{"key": SECRETVALUE123}"#,
+            &["SECRETVALUE123"],
+            "",
+        ),
+        row(
+            "a path segment that is not UTF-8",
+            Method::GET,
+            "/v1/orgs/%FFSECRETVALUE123/key",
+            "",
+            &["SECRETVALUE123"],
+            "org",
+        ),
+        row(
+            "a token name in the path that is not UTF-8",
+            Method::DELETE,
+            "/v1/tokens/%FFSECRETVALUE123",
+            "",
+            &["SECRETVALUE123"],
+            "name",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn no_400_answer_echoes_what_the_client_sent_and_each_names_its_field() {
+    let f = fixture().await;
+    let rows = echo_rows();
+    let mut failures = Vec::new();
+    for row in &rows {
+        let before = state(&f.gw).await;
+        let content_type = (!row.body.is_empty()).then_some("application/json");
+        let r =
+            f.gw.admin_raw(
+                row.method.clone(),
+                row.path,
+                Some(support::PROVIDER),
+                content_type,
+                row.body,
+            )
+            .await;
+        let after = state(&f.gw).await;
+        let case = row.name;
+        record(&mut failures, case, || {
+            assert_refusal(case, &r, 400, "BAD_REQUEST");
+            let text = r.text();
+            for secret in row.secrets {
+                assert!(!text.contains(secret), "{case}: echoes {secret}: {text}");
+            }
+            let message = r.json["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(row.names),
+                "{case}: the message does not name {:?}: {message}",
+                row.names
+            );
+            assert_eq!(after, before, "{case}: something changed");
+        });
+    }
+    assert_no_failures(&failures, rows.len());
+}

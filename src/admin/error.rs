@@ -92,7 +92,24 @@ impl IntoResponse for AdminError {
 }
 
 impl From<axum::extract::rejection::PathRejection> for AdminError {
+    /// Names the path segment and the problem, never the segment's text: axum's
+    /// own wording quotes the value (`Cannot parse `org` with value `...``).
     fn from(e: axum::extract::rejection::PathRejection) -> Self {
-        AdminError::BadRequest(e.body_text())
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        let message = match &e {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => {
+                    format!("{key}: the path segment is not UTF-8 once percent-decoded")
+                }
+                ErrorKind::ParseErrorAtKey { key, .. }
+                | ErrorKind::DeserializeError { key, .. } => {
+                    format!("{key}: the path segment is not valid here")
+                }
+                _ => "a path segment is not valid here".to_owned(),
+            },
+            _ => "a path segment is not valid here".to_owned(),
+        };
+        AdminError::BadRequest(message)
     }
 }

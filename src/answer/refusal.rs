@@ -40,6 +40,9 @@ pub enum Refusal {
     /// The upstream did not answer in time.
     #[error("upstream timeout")]
     UpstreamTimeout,
+    /// Every allowed upstream connection stayed busy for the connect timeout.
+    #[error("upstream busy")]
+    UpstreamBusy,
 }
 
 macro_rules! body {
@@ -67,6 +70,7 @@ impl Refusal {
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,6 +85,7 @@ impl Refusal {
             Refusal::RequestTimeout => "REQUEST_TIMEOUT",
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Refusal::UpstreamBusy => "UPSTREAM_BUSY",
         }
     }
 
@@ -110,6 +115,9 @@ impl Refusal {
             }
             Refusal::UpstreamTimeout => {
                 body!("UPSTREAM_TIMEOUT", "the upstream service did not answer in time")
+            }
+            Refusal::UpstreamBusy => {
+                body!("UPSTREAM_BUSY", "every upstream connection is busy; retry later")
             }
         }
     }
@@ -181,6 +189,7 @@ mod tests {
             Refusal::RequestTimeout,
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
+            Refusal::UpstreamBusy,
         ];
         for r in all {
             let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();

@@ -1,4 +1,4 @@
-//! keygate's configuration: the TOML file of CONTRACT.md §2, checked once at start.
+//! keygate's configuration: the TOML file (README, "Config"), checked once at start.
 //!
 //! Two layers, as in Pingora and ripgrep:
 //!
@@ -10,14 +10,14 @@
 //!   [`RawConfig::validate`]. Validation reads the TLS certificate and key files
 //!   it names, so that a bad one stops keygate before anything binds.
 //!
-//! [`Config::load`] runs the whole way: read the file, parse it, walk it for
-//! unknown keys and wrong types (so that each is reported with its full dotted
-//! path, which serde's own messages do not give), apply the
+//! [`Config::load`] runs the whole way: read the file, parse it (each unknown
+//! key and wrong type reported with its full dotted path, which
+//! `serde_path_to_error` keeps and serde's own messages do not give), apply the
 //! [`PROVIDER_TOKEN_ENV`] override, validate. Every refusal is a
 //! [`ConfigError`] that prints as one line naming the key and why, which is
 //! what `keygate serve` prints before exiting.
 //!
-//! The files follow those steps: `raw` (the file as written, and the walk),
+//! The files follow those steps: `raw` (the file as written, and its parse),
 //! `validate` (section by section), `error` (the one-line refusals), and this
 //! module (the checked types and the loading), with the tests in `tests`.
 //!
@@ -54,12 +54,12 @@ use http::uri::Uri;
 use http::{HeaderName, Method};
 
 pub use error::ConfigError;
-pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls};
+pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
 use crate::server::ConnectionLimits;
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, UpstreamTls};
 use crate::token::TokenDigest;
 use error::invalid;
 use validate::NOT_A_DIGEST;
@@ -87,10 +87,24 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The address the proxy listener binds.
     pub listen: SocketAddr,
-    /// Where accepted requests go: scheme `http`, an authority without
-    /// credentials, no query. Its path is `/` or a base path without a trailing
-    /// slash (`/api`) that the forwarded path is appended to.
+    /// Where accepted requests go: scheme `http` or `https`, an authority
+    /// without credentials, no query. Its path is `/` or a base path without a
+    /// trailing slash (`/api`) that the forwarded path is appended to. The
+    /// first of `upstreams`.
     pub upstream: Uri,
+    /// Every upstream server, `upstream` first; one scheme and one base path.
+    pub upstreams: Vec<Uri>,
+    /// How `https` upstreams are verified: the CA file of
+    /// `upstream_ca_path`, read and checked at start; `None` for the roots
+    /// built into keygate.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Open upstream connections at most; beyond it a request waits up to
+    /// `connect_timeout`, then 503.
+    pub max_upstream_connections: usize,
+    /// How long a server whose connect failed is skipped (several servers).
+    pub upstream_fail_timeout: Duration,
+    /// Forward the client's `Host` instead of the upstream's.
+    pub preserve_host: bool,
     /// The header that carries the API key, lowercase.
     pub key_header: HeaderName,
     /// Where a request names its org.

@@ -27,9 +27,24 @@ pub struct RawConfig {
 pub struct RawProxy {
     /// The address clients connect to, as `ip:port`.
     pub listen: String,
-    /// The one upstream every accepted request is forwarded to; required,
-    /// because a gateway with nowhere to forward has no purpose.
-    pub upstream: Option<String>,
+    /// Where every accepted request is forwarded: one URL, or a list of URLs
+    /// of one service (same scheme and base path) that requests are spread
+    /// over; required, because a gateway with nowhere to forward has no
+    /// purpose.
+    pub upstream: Option<RawUpstream>,
+    /// A PEM file of the CA certificates that `https` upstreams' certificates
+    /// must chain to, for a private CA; unset trusts the public roots built
+    /// into keygate.
+    pub upstream_ca_path: Option<String>,
+    /// The most upstream connections open at once, all servers together, so
+    /// that a burst cannot open a socket per client toward the upstream.
+    pub max_upstream_connections: i64,
+    /// How long an upstream server whose connect failed is skipped, when the
+    /// list has several, so that requests stop paying for a dead server.
+    pub upstream_fail_timeout_secs: i64,
+    /// Forward the client's `Host` instead of the upstream's, for upstreams
+    /// that route on the name the client used.
+    pub preserve_host: bool,
     /// The request header that carries the org's API key.
     pub key_header: String,
     /// Where a request names its org: `"path"` (first segment) or `"header"`.
@@ -98,6 +113,10 @@ impl Default for RawProxy {
         RawProxy {
             listen: "127.0.0.1:8080".to_owned(),
             upstream: None,
+            upstream_ca_path: None,
+            max_upstream_connections: DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+            upstream_fail_timeout_secs: 10,
+            preserve_host: false,
             key_header: "x-api-key".to_owned(),
             org_from: "path".to_owned(),
             org_header: "x-org-id".to_owned(),
@@ -119,6 +138,57 @@ impl Default for RawProxy {
         }
     }
 }
+
+/// `proxy.upstream`: one URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RawUpstream {
+    /// `upstream = "http://..."`.
+    One(String),
+    /// `upstream = ["http://...", "http://..."]`.
+    Many(Vec<String>),
+}
+
+impl From<String> for RawUpstream {
+    fn from(url: String) -> Self {
+        RawUpstream::One(url)
+    }
+}
+
+/// By hand rather than `#[serde(untagged)]`, whose error ("data did not match
+/// any variant") would not say what the key takes.
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawUpstream;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawUpstream, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element()? {
+                    urls.push(url);
+                }
+                Ok(RawUpstream::Many(urls))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// 1,024: an HTTP/1.1 connection carries one request at a time, so this is
+/// the upstream concurrency; nginx's default `worker_connections`, more than
+/// one API backend usually serves at once from one client, and few enough
+/// sockets that a flood of clients cannot exhaust the upstream's or keygate's
+/// file descriptors.
+const DEFAULT_MAX_UPSTREAM_CONNECTIONS: i64 = 1_024;
 
 /// 60 s, nginx's `client_body_timeout`: a client that sends nothing for a
 /// minute mid-body has gone.

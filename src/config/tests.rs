@@ -96,7 +96,8 @@ fn the_example_file_parses_and_validates() {
 /// every optional key set, written out.
 fn known_keys() -> Vec<String> {
     let mut raw = RawConfig::default();
-    raw.proxy.upstream = Some(String::new());
+    raw.proxy.upstream = Some(String::new().into());
+    raw.proxy.upstream_ca_path = Some(String::new());
     raw.proxy.public_url = Some(String::new());
     raw.admin.provider_token_sha256 = Some(String::new());
     let both = RawTls {
@@ -134,7 +135,10 @@ fn the_example_file_sets_every_known_key() {
     let doc: toml::Table = EXAMPLE.parse().unwrap();
     let set = doc_keys(&doc);
     for key in known_keys() {
-        if key.ends_with(".tls.cert_path") || key.ends_with(".tls.key_path") {
+        if key.ends_with(".tls.cert_path")
+            || key.ends_with(".tls.key_path")
+            || key == "proxy.upstream_ca_path"
+        {
             continue;
         }
         assert!(set.contains(&key), "{key}");
@@ -292,14 +296,131 @@ fn an_upstream_that_is_not_a_url_is_refused() {
 }
 
 #[test]
-fn https_and_ftp_upstreams_are_refused() {
-    assert_eq!(
-        error(&with_upstream("https://127.0.0.1:9000")),
-        "config: proxy.upstream: not an http URL (https is not supported)"
-    );
+fn https_upstreams_are_accepted_and_ftp_ones_refused() {
+    let c = Config::from_toml(&with_upstream("https://api.example.com/v1/")).unwrap();
+    assert_eq!(c.proxy.upstream, "https://api.example.com/v1");
+    assert_eq!(c.proxy.upstreams, std::slice::from_ref(&c.proxy.upstream));
+    assert_eq!(c.proxy.upstream_tls, None);
     assert_eq!(
         error(&with_upstream("ftp://127.0.0.1:21")),
         "config: proxy.upstream: not an http URL"
+    );
+}
+
+#[test]
+fn the_upstream_may_be_a_list_of_one_service() {
+    let text = format!(
+        "proxy.upstream = [\"http://10.0.0.1:9000/api\", \"http://10.0.0.2:9000/api/\"]\n\
+         admin.provider_token_sha256 = \"{ZEROS}\"\n"
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert_eq!(
+        c.proxy.upstreams,
+        ["http://10.0.0.1:9000/api", "http://10.0.0.2:9000/api"]
+    );
+    assert_eq!(c.proxy.upstream, "http://10.0.0.1:9000/api");
+    let list = |items: &str| {
+        error(&format!(
+            "proxy.upstream = [{items}]\nadmin.provider_token_sha256 = \"{ZEROS}\"\n"
+        ))
+    };
+    assert_eq!(
+        list(""),
+        "config: proxy.upstream: an empty list; name at least one URL"
+    );
+    assert_eq!(
+        list(r#""http://a:1", "https://b:1""#),
+        "config: proxy.upstream: every URL of the list must have the same scheme and base path"
+    );
+    assert_eq!(
+        list(r#""http://a:1/x", "http://b:1/y""#),
+        "config: proxy.upstream: every URL of the list must have the same scheme and base path"
+    );
+    assert_eq!(
+        list(r#""http://a:1", "http://a:1/""#),
+        "config: proxy.upstream: http://a:1/ is listed twice"
+    );
+    assert_eq!(
+        list(r#""ftp://a""#),
+        "config: proxy.upstream: not an http URL"
+    );
+    assert_eq!(
+        list("1"),
+        "config: proxy.upstream: expected an array of strings"
+    );
+    assert_eq!(
+        error(&format!(
+            "proxy.upstream = 1\nadmin.provider_token_sha256 = \"{ZEROS}\"\n"
+        )),
+        "config: proxy.upstream: expected a string or an array of strings"
+    );
+}
+
+#[test]
+fn upstream_keys_have_their_defaults_and_ranges() {
+    let c = Config::from_toml(&with("")).unwrap();
+    assert_eq!(c.proxy.max_upstream_connections, 1024);
+    assert_eq!(c.proxy.upstream_fail_timeout, Duration::from_secs(10));
+    assert!(!c.proxy.preserve_host);
+    let c = Config::from_toml(&with(
+        "proxy.preserve_host = true\nproxy.max_upstream_connections = 2\n\
+         proxy.upstream_fail_timeout_secs = 1",
+    ))
+    .unwrap();
+    assert!(c.proxy.preserve_host);
+    assert_eq!(c.proxy.max_upstream_connections, 2);
+    assert_eq!(c.proxy.upstream_fail_timeout, Duration::from_secs(1));
+    assert_eq!(
+        error(&with("proxy.max_upstream_connections = 0")),
+        "config: proxy.max_upstream_connections: must be between 1 and 1000000"
+    );
+    assert_eq!(
+        error(&with("proxy.upstream_fail_timeout_secs = 0")),
+        "config: proxy.upstream_fail_timeout_secs: must be between 1 and 3600"
+    );
+    assert_eq!(
+        error(&with("proxy.preserve_host = \"yes\"")),
+        "config: proxy.preserve_host: expected true or false"
+    );
+}
+
+#[test]
+fn a_bad_or_missing_upstream_ca_file_is_a_one_line_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ca.pem");
+    let e = error(&with(&format!(
+        "proxy.upstream_ca_path = {:?}",
+        missing.display().to_string()
+    )));
+    assert!(
+        e.starts_with("config: proxy.upstream_ca_path: cannot read "),
+        "{e}"
+    );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e = error(&with(&format!(
+        "proxy.upstream_ca_path = {:?}",
+        junk.display().to_string()
+    )));
+    assert!(e.starts_with("config: proxy.upstream_ca_path: "), "{e}");
+    assert!(e.ends_with("no PEM certificate in it"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert_eq!(
+        error(&with("proxy.upstream_ca_path = \"\"")),
+        "config: proxy.upstream_ca_path: must not be empty"
+    );
+
+    let ca = dir.path().join("ca.pem");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let c = Config::from_toml(&with(&format!(
+        "proxy.upstream_ca_path = {:?}",
+        ca.display().to_string()
+    )))
+    .unwrap();
+    assert_eq!(
+        c.proxy.upstream_tls.as_ref().and_then(|t| t.ca_path()),
+        Some(ca.as_path())
     );
 }
 
@@ -713,6 +834,8 @@ fn absurd_timeouts_and_sizes_are_refused() {
     );
     for key in [
         "connect_timeout_ms",
+        "max_upstream_connections",
+        "upstream_fail_timeout_secs",
         "pool_idle_timeout_secs",
         "pool_max_idle_per_host",
         "header_read_timeout_ms",

@@ -10,13 +10,13 @@ use http::uri::{Authority, Uri};
 use http::{HeaderName, Method};
 
 use super::error::{invalid, ConfigError};
-use super::raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls};
+use super::raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream};
 use super::{default_public_url, AdminConfig, Config, ProxyConfig, StoreConfig};
 use crate::gate::OrgSource;
 use crate::org::Limits;
 use crate::server::ConnectionLimits;
 use crate::timeout::BodyTimeouts;
-use crate::tls::{ServerTls, TlsFile};
+use crate::tls::{ServerTls, TlsFile, UpstreamTls};
 use crate::token::TokenDigest;
 
 impl RawConfig {
@@ -45,6 +45,10 @@ mod max {
     pub const CONNECT_TIMEOUT_MS: u64 = 300_000;
     /// 1 hour: long polls and large exports, but not forever.
     pub const UPSTREAM_TIMEOUT_MS: u64 = 3_600_000;
+    /// Well past what one process's file descriptors allow.
+    pub const MAX_UPSTREAM_CONNECTIONS: u64 = 1_000_000;
+    /// 1 hour.
+    pub const UPSTREAM_FAIL_TIMEOUT_SECS: u64 = 3_600;
     /// 1 day.
     pub const POOL_IDLE_TIMEOUT_SECS: u64 = 86_400;
     /// More idle sockets than this to one host is a leak, not a pool.
@@ -66,9 +70,19 @@ mod max {
 impl RawProxy {
     fn validate(self) -> Result<ProxyConfig, ConfigError> {
         let listen = socket_addr("proxy.listen", &self.listen)?;
-        let upstream = match &self.upstream {
-            Some(u) => upstream(u)?,
+        let upstreams = match &self.upstream {
+            Some(RawUpstream::One(u)) => vec![upstream(u)?],
+            Some(RawUpstream::Many(list)) => upstream_list(list)?,
             None => return Err(invalid("proxy.upstream", "required")),
+        };
+        let upstream = upstreams[0].clone();
+        let upstream_tls = match self.upstream_ca_path.as_deref() {
+            None => None,
+            Some("") => return Err(invalid("proxy.upstream_ca_path", "must not be empty")),
+            Some(path) => Some(
+                UpstreamTls::load_ca(Path::new(path))
+                    .map_err(|e| invalid("proxy.upstream_ca_path", e.to_string()))?,
+            ),
         };
         let key_header = header_name("proxy.key_header", &self.key_header)?;
         if RESERVED_HEADERS.contains(&key_header.as_str()) {
@@ -131,6 +145,20 @@ impl RawProxy {
         Ok(ProxyConfig {
             listen,
             upstream,
+            upstreams,
+            upstream_tls,
+            max_upstream_connections: ranged_usize(
+                "proxy.max_upstream_connections",
+                self.max_upstream_connections,
+                1,
+                max::MAX_UPSTREAM_CONNECTIONS,
+            )?,
+            upstream_fail_timeout: Duration::from_secs(ranged(
+                "proxy.upstream_fail_timeout_secs",
+                self.upstream_fail_timeout_secs,
+                max::UPSTREAM_FAIL_TIMEOUT_SECS,
+            )?),
+            preserve_host: self.preserve_host,
             key_header,
             org_from,
             public_url,
@@ -391,15 +419,41 @@ fn web_url<'a>(
     Ok(authority)
 }
 
+/// A list of upstream URLs: at least one, no repeats, and one service: the
+/// same scheme and base path for all, as the servers of an nginx `upstream`
+/// block share `proxy_pass`'s.
+fn upstream_list(list: &[String]) -> Result<Vec<Uri>, ConfigError> {
+    const KEY: &str = "proxy.upstream";
+    let uris = list
+        .iter()
+        .map(|u| upstream(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = uris.first() else {
+        return Err(invalid(KEY, "an empty list; name at least one URL"));
+    };
+    for (i, uri) in uris.iter().enumerate() {
+        if uri.scheme() != first.scheme() || uri.path() != first.path() {
+            return Err(invalid(
+                KEY,
+                "every URL of the list must have the same scheme and base path",
+            ));
+        }
+        if uris[..i].contains(uri) {
+            return Err(invalid(KEY, format!("{uri} is listed twice")));
+        }
+    }
+    Ok(uris)
+}
+
 fn upstream(s: &str) -> Result<Uri, ConfigError> {
     const KEY: &str = "proxy.upstream";
+    // The contract's own example of a config error; https is an http URL here.
     const NOT_HTTP: &str = "not an http URL";
     let uri: Uri = s.parse().map_err(|_| invalid(KEY, NOT_HTTP))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid(KEY, "not an http URL (https is not supported)")),
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme.to_owned(),
         _ => return Err(invalid(KEY, NOT_HTTP)),
-    }
+    };
     let authority = web_url(KEY, s, &uri, NOT_HTTP)?;
     // The proxy appends the request's path to this one; a trailing slash would
     // double the slash between them.
@@ -408,7 +462,7 @@ fn upstream(s: &str) -> Result<Uri, ConfigError> {
         base => base,
     };
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme.as_str())
         .authority(authority.clone())
         .path_and_query(base)
         .build()

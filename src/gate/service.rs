@@ -102,8 +102,8 @@ where
 /// the org's segment leaves the path.
 ///
 /// Allocations here are the ones `http` forces: the extensions map on its first
-/// insert, and, in path mode, the new path (one buffer; the `x-org-id` value is a
-/// clone of interned bytes).
+/// insert, and, in path mode, the new path (one buffer; the `x-org-id` value
+/// shares the store's copy of the id's bytes, a reference count).
 fn forward<B>(req: &mut Request<B>, config: &GateConfig, org: OrgId, prefix_len: usize) {
     let headers = req.headers_mut();
     headers.remove(&config.key_header);

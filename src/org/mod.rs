@@ -12,7 +12,10 @@ mod state;
 
 use std::sync::RwLock;
 
+use bytes::Bytes;
+
 pub use error::OpError;
+pub(crate) use id::IdPages;
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
@@ -22,8 +25,8 @@ use crate::limit::{CallCounter, Rate, RateLimiter};
 /// One live org, as the gate sees it.
 #[derive(Debug)]
 pub struct Org {
-    /// The id's bytes, interned: see [`OrgId::intern`].
-    id: &'static str,
+    /// The id's bytes, on one of the store's [`IdPages`].
+    id: Bytes,
     current: RwLock<Current>,
     rate: RateLimiter,
     calls: CallCounter,
@@ -52,25 +55,31 @@ impl Current {
 }
 
 impl Org {
-    pub(crate) fn new(id: OrgId, state: OrgState, defaults: Limits) -> Org {
+    /// The live org `id`, its bytes kept on `pages`.
+    pub(crate) fn new(id: &OrgId, pages: &mut IdPages, state: OrgState, defaults: Limits) -> Org {
         Org {
-            id: id.intern(),
+            id: pages.keep(id),
             current: RwLock::new(Current::new(state, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
         }
     }
 
-    /// The org's id. Builds a header value over the interned bytes: no
-    /// allocation, no reference count.
+    /// The org's id. Builds a header value over the kept bytes: a reference
+    /// count increment, no allocation.
     pub fn id(&self) -> OrgId {
-        OrgId::from_interned(self.id)
+        OrgId::from_kept(self.id.clone())
     }
 
-    /// The org's id as a string, for hashing and comparing without an
-    /// [`OrgId`].
+    /// The org's id as a string.
     pub fn id_str(&self) -> &str {
-        self.id
+        // Kept from a valid id: ASCII, so this never falls back.
+        std::str::from_utf8(&self.id).unwrap_or_default()
+    }
+
+    /// The org's id as bytes, for hashing and comparing without an [`OrgId`].
+    pub fn id_bytes(&self) -> &[u8] {
+        &self.id
     }
 
     /// Runs `f` on the state in force, under a read lock held only for `f`.
@@ -104,13 +113,16 @@ impl Org {
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
-    /// allocation is 16 MB. 168 bytes, plus the `Arc`'s two counts and malloc's
-    /// 8-byte header, is 192: glibc's 192-byte size class, not the 208 one.
+    /// allocation is 16 MB (BENCHMARKS.md, "<= 256 bytes of RSS per org").
+    /// 184 bytes, plus the `Arc`'s two counts and malloc's 8-byte header, is
+    /// 208: glibc's 208-byte size class, not the 224 one. (168 fitted the
+    /// 192-byte class while the id was interned for the life of the process;
+    /// an owned id costs 16 bytes more.)
     #[test]
-    fn an_org_in_its_arc_fits_a_192_byte_chunk() {
+    fn an_org_in_its_arc_fits_a_208_byte_chunk() {
         assert_eq!(std::mem::size_of::<super::Actor>(), 16);
         assert!(
-            std::mem::size_of::<super::Org>() <= 168,
+            std::mem::size_of::<super::Org>() <= 184,
             "Org is {} bytes",
             std::mem::size_of::<super::Org>()
         );

@@ -1,67 +1,189 @@
-//! keygate's HTTP/1.1 client to the upstream: upstream connections that stay
-//! with the client connection that used them.
+//! keygate's client to its upstream servers: HTTP/1.1, or HTTP/2 when an HTTPS
+//! server picks it by ALPN, over connections that stay with the client
+//! connection that used them.
 //!
-//! A general-purpose pool (hyper-util's legacy client) checks a connection out
-//! of a shared, locked map for every request, boxes the request future twice
-//! and hashes the pool key each time. A reverse proxy knows more: a client
-//! connection sends its requests one after another (HTTP/1) or a few at once
-//! (HTTP/2), to one upstream. So each client connection holds the upstream
-//! connection it last used ([`Affinity`]) and reuses it without any shared
-//! state; the shared idle list ([`Upstreams`]) is touched only when a client
-//! connection starts needing one and when it ends, which hands its connection
-//! back for the next client. nginx's `keepalive` cache and Pingora's
-//! connection reuse work the same way.
+//! Why keygate's own client and not hyper-util's legacy `Client`: a general
+//! pool checks a connection out of a shared, locked map for every request,
+//! boxes the request future twice and hashes the pool key each time; and it
+//! takes the request before it connects, so a request whose connect failed
+//! cannot be handed to the next server. Here the connection comes first and the
+//! request is given to it only then, which keeps a never-sent request in hand.
+//! A reverse proxy also knows more than a general client: a client connection
+//! sends its requests one after another (HTTP/1) or a few at once (HTTP/2). So
+//! each client connection holds the upstream connection it last used
+//! ([`Affinity`]) and reuses it without any shared state; the shared idle
+//! lists are touched only when a client connection needs another connection
+//! and when it ends. nginx's `keepalive` cache and Pingora's connection reuse
+//! work the same way.
 //!
-//! - A held connection that is busy (an HTTP/2 client's concurrent request) or
-//!   closed is not waited for: another comes from the idle list or a new
-//!   connect.
+//! - A held HTTP/1 connection that is busy (an HTTP/2 client's concurrent
+//!   request) or closed is not waited for: another comes from the idle list or
+//!   a new connect. An HTTP/2 upstream connection is shared by every request
+//!   to its server (one per server), each request on a stream of its own.
+//! - Connections are made as [`connect`](super::connect) describes (happy
+//!   eyeballs), then TLS for `https` servers, with SNI and verification for
+//!   the URL's host, bounded by the same connect timeout.
+//! - At most `max_connections` upstream connections are open. A caller beyond
+//!   it first takes an idle connection, from an idle list or from a client
+//!   connection that holds one it is not using; otherwise it waits for a
+//!   connection to close, in arrival order (tokio's semaphore is fair), and
+//!   gets [`ClientError::Busy`] (503) after the connect timeout. A connection
+//!   holds its permit for as long as it is open.
+//! - Several servers: each request goes to the next one in turn (round robin:
+//!   equal servers, and no per-request bookkeeping beyond one counter; least
+//!   outstanding requests would need a count updated twice per request). A
+//!   server whose connect fails is skipped for the fail timeout, and the
+//!   request, never sent, goes to the next server once.
 //! - A request that hyper reports as never sent (the upstream closed the idle
 //!   connection as it was taken) is sent once more on a new connection; one
 //!   that was sent is never repeated.
-//! - Connections idle in the list longer than the idle timeout are closed by a
-//!   reaper task; at most `max_idle` are kept.
+//! - HTTP/1 connections idle in a list longer than the idle timeout are closed
+//!   by a reaper task; at most `max_idle` are kept per server.
 //! - Each upstream connection is its own task, as with hyper-util's client.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
+use super::connect::connect;
+use super::Upstream;
 use crate::store::BoxFuture;
 
 /// Why a request got no answer from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    /// No connection could be made in time.
+    /// No TCP connection could be made in time.
     #[error("connecting to the upstream: {0}")]
     Connect(std::io::Error),
-    /// The HTTP/1 handshake or the exchange failed.
+    /// The TLS handshake failed (an untrusted certificate, say) or took longer
+    /// than the connect timeout.
+    #[error("TLS handshake with the upstream: {0}")]
+    Tls(std::io::Error),
+    /// Every server is being skipped after failing.
+    #[error("every upstream server failed recently")]
+    NoServer,
+    /// Every allowed connection stayed busy for the connect timeout.
+    #[error("every upstream connection is busy")]
+    Busy,
+    /// The HTTP handshake or the exchange failed.
     #[error("upstream exchange: {0}")]
     Http(#[from] hyper::Error),
 }
 
-/// The upstream connections not held by any client connection, and how to make
-/// new ones. One per upstream; shared by every client connection.
+impl ClientError {
+    /// No connection to the server could be made: it is skipped for a while,
+    /// and the request, never sent, may go to another.
+    fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Connect(_) | ClientError::Tls(_))
+    }
+}
+
+/// One upstream connection: HTTP/1.1, or HTTP/2 when the server picked it.
+pub(crate) enum Conn<B> {
+    /// One exchange at a time.
+    H1(http1::SendRequest<B>),
+    /// Many streams at once; cloned for each request.
+    H2(http2::SendRequest<B>),
+}
+
+impl<B> Conn<B> {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_closed(),
+            Conn::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Can take a request now without waiting.
+    fn is_ready(&self) -> bool {
+        match self {
+            Conn::H1(s) => s.is_ready(),
+            Conn::H2(s) => s.is_ready(),
+        }
+    }
+
+    fn is_h2(&self) -> bool {
+        matches!(self, Conn::H2(_))
+    }
+}
+
+impl<B> Conn<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Queues `req` on this connection; its answer, boxed once.
+    fn send(&mut self, req: Request<B>) -> Answer<B> {
+        match self {
+            Conn::H1(s) => Box::pin(s.try_send_request(req)),
+            Conn::H2(s) => Box::pin(s.try_send_request(req)),
+        }
+    }
+}
+
+/// How the client connects and how it treats its connections.
+pub(crate) struct Settings {
+    /// Bound on the TCP connect to each address, on the TLS handshake, and on
+    /// a wait for room under `max_connections`.
+    pub(crate) connect_timeout: Duration,
+    /// HTTP/1 connections idle in a list longer than this are closed.
+    pub(crate) idle_timeout: Duration,
+    /// Idle HTTP/1 connections kept per server.
+    pub(crate) max_idle: usize,
+    /// Open upstream connections, all servers together.
+    pub(crate) max_connections: usize,
+    /// How long a server whose connect failed is skipped (several servers only).
+    pub(crate) fail_timeout: Duration,
+    /// Forward the client's `Host` rather than the server's.
+    pub(crate) preserve_host: bool,
+    /// For `https` servers.
+    pub(crate) tls: Option<TlsConnector>,
+}
+
+/// Every upstream server, their connections not held by any client
+/// connection, and how to make new ones. Shared by every client connection.
 pub(crate) struct Upstreams<B> {
-    /// `host:port`, resolved at each connect as the system resolves it.
-    addr: String,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-    /// Most recently released last.
+    servers: Box<[Server<B>]>,
+    settings: Settings,
+    /// Round robin over several servers.
+    next: AtomicUsize,
+    /// One per open connection.
+    permits: Arc<Semaphore>,
+    /// Every client connection's held connection, for a caller at the cap to
+    /// take an idle one from.
+    held: Mutex<Vec<Weak<Slot<B>>>>,
+    /// What `Server::down_until` counts from.
+    epoch: Instant,
+}
+
+/// One upstream server.
+struct Server<B> {
+    target: Upstream,
+    /// HTTP/1 connections no client connection holds, most recently released
+    /// last.
     idle: Mutex<VecDeque<Idle<B>>>,
+    /// The server's HTTP/2 connection, shared by all.
+    h2: Mutex<Option<http2::SendRequest<B>>>,
+    /// Milliseconds after `epoch` until which the server is skipped; 0 when it
+    /// is not.
+    down_until: AtomicU64,
 }
 
 struct Idle<B> {
-    sender: SendRequest<B>,
+    sender: http1::SendRequest<B>,
     since: Instant,
 }
 
@@ -72,26 +194,132 @@ impl<B> Idle<B> {
     }
 }
 
-impl<B> Upstreams<B> {
-    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
-        // Nothing panics while the lock is held: a poisoned list is whole.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// A client connection's upstream connection and the server it goes to.
+struct Held<B> {
+    server: usize,
+    conn: Conn<B>,
+}
 
-    /// Keeps `sender` for the next client connection, if it is reusable and
-    /// there is room.
-    fn release(&self, sender: SendRequest<B>) {
+type Slot<B> = Mutex<Option<Held<B>>>;
+
+/// Nothing panics while these locks are held, so a poisoned one is whole.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<B> Upstreams<B> {
+    /// Keeps `conn` for the next client connection, if it is an open HTTP/1
+    /// connection and there is room. (An HTTP/2 one stays in its server's
+    /// shared slot.)
+    fn release(&self, server: usize, conn: Conn<B>) {
+        let Conn::H1(sender) = conn else { return };
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle();
-        if idle.len() < self.max_idle {
+        let mut idle = lock(&self.servers[server].idle);
+        if idle.len() < self.settings.max_idle {
             idle.push_back(Idle {
                 sender,
                 since: Instant::now(),
             });
         }
     }
+
+    /// The server the next request goes to, or `None` when every one is being
+    /// skipped. With one server, always that one.
+    fn pick(&self) -> Option<usize> {
+        let n = self.servers.len();
+        if n == 1 {
+            return Some(0);
+        }
+        let now = self.now_ms();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.servers[i].down_until.load(Ordering::Relaxed) <= now)
+    }
+
+    /// After `failed` could not be reached: the next server in turn that is
+    /// not being skipped, if there are several.
+    fn pick_after_failure(&self, failed: usize) -> Option<usize> {
+        if self.servers.len() == 1 {
+            return None;
+        }
+        self.pick().filter(|&i| i != failed)
+    }
+
+    /// Skips `server` for the fail timeout, when there are others to use.
+    fn mark_down(&self, server: usize, error: &ClientError) {
+        if self.servers.len() == 1 {
+            return;
+        }
+        let until = self.now_ms() + self.settings.fail_timeout.as_millis() as u64;
+        self.servers[server]
+            .down_until
+            .store(until.max(1), Ordering::Relaxed);
+        tracing::warn!(
+            upstream = self.servers[server].target.addr(),
+            %error,
+            skip_secs = self.settings.fail_timeout.as_secs(),
+            "upstream server unreachable; skipping it"
+        );
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sets what `req` needs for `server` over `conn`'s protocol: the `Host`
+    /// (the server's, unless the client's is preserved), and for HTTP/2 the
+    /// `:scheme` and `:authority` in place of `Host`.
+    fn prepare(&self, server: usize, req: &mut Request<B>, h2: bool) {
+        let target = &self.servers[server].target;
+        if req.uri().authority().is_some() {
+            // Prepared for HTTP/2 before and handed back unsent: back to
+            // origin form, the authority back into `Host`.
+            to_origin_form(req);
+        }
+        let headers = req.headers_mut();
+        if !self.settings.preserve_host || !headers.contains_key(HOST) {
+            headers.insert(HOST, target.host().clone());
+        }
+        if h2 {
+            to_h2(req, target.authority());
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+        }
+    }
+}
+
+/// An HTTP/2 request: `Host` moves into `:authority`, with `:scheme` https
+/// (HTTP/2 upstreams are the ones that picked it by ALPN, over TLS).
+fn to_h2<B>(req: &mut Request<B>, fallback: &Authority) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .unwrap_or_else(|| fallback.clone());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so the parts make a URI.
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// Undoes [`to_h2`].
+fn to_origin_form<B>(req: &mut Request<B>) {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if let Some(authority) = parts.authority.take() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+    parts.scheme = None;
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
 }
 
 impl<B> Upstreams<B>
@@ -99,21 +327,27 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// The client for `addr` (`host:port`). Within a Tokio runtime it starts a
-    /// task that closes connections idle past `idle_timeout`; the task ends when
-    /// the last handle is dropped.
-    pub(crate) fn new(
-        addr: String,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Arc<Upstreams<B>> {
+    /// The client for `servers` (at least one). Within a Tokio runtime it
+    /// starts a task that closes connections idle past the idle timeout; the
+    /// task ends when the last handle is dropped.
+    pub(crate) fn new(servers: Vec<Upstream>, settings: Settings) -> Arc<Upstreams<B>> {
         let this = Arc::new(Upstreams {
-            addr,
-            connect_timeout,
-            idle_timeout,
-            max_idle,
-            idle: Mutex::new(VecDeque::new()),
+            servers: servers
+                .into_iter()
+                .map(|target| Server {
+                    target,
+                    idle: Mutex::new(VecDeque::new()),
+                    h2: Mutex::new(None),
+                    down_until: AtomicU64::new(0),
+                })
+                .collect(),
+            permits: Arc::new(Semaphore::new(
+                settings.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            settings,
+            next: AtomicUsize::new(0),
+            held: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(reap(Arc::downgrade(&this)));
@@ -121,46 +355,169 @@ where
         this
     }
 
-    /// The most recently released idle connection that can take a request now.
-    /// One still finishing its last exchange (released by a client connection
-    /// that ended just now) stays for a later checkout; closed and expired ones
-    /// are left to the reaper.
-    fn checkout(&self) -> Option<SendRequest<B>> {
-        let mut idle = self.idle();
+    /// The server's HTTP/2 connection if it has one, else its most recently
+    /// released idle HTTP/1 connection that can take a request now. One still
+    /// finishing its last exchange (released by a client connection that
+    /// ended just now) stays for a later checkout; closed and expired ones are
+    /// left to the reaper.
+    fn checkout(&self, server: usize) -> Option<Conn<B>> {
+        let server = &self.servers[server];
+        if let Some(h2) = lock(&server.h2).as_ref().filter(|s| !s.is_closed()) {
+            return Some(Conn::H2(h2.clone()));
+        }
+        let mut idle = lock(&server.idle);
         let at = idle.iter().rposition(|i| i.sender.is_ready())?;
         let taken = idle.remove(at)?;
         // An expired one is dropped, which closes it.
-        (!taken.expired(self.idle_timeout)).then_some(taken.sender)
+        (!taken.expired(self.settings.idle_timeout)).then_some(Conn::H1(taken.sender))
     }
 
-    /// A new connection, its I/O driven by a task of its own.
-    async fn connect(&self) -> Result<SendRequest<B>, ClientError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
+    /// An idle connection to `server` that some client connection holds but is
+    /// not using, taken from it (it will get another when it needs one).
+    fn steal(&self, server: usize) -> Option<Conn<B>> {
+        let held = lock(&self.held);
+        for slot in held.iter().filter_map(Weak::upgrade) {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let idle = matches!(
+                &*slot,
+                Some(Held { server: s, conn: Conn::H1(c) }) if *s == server && c.is_ready()
+            );
+            if idle {
+                return slot.take().map(|h| h.conn);
+            }
+        }
+        None
+    }
+
+    /// Remembers a client connection's slot for [`steal`](Self::steal).
+    fn register(&self, slot: &Arc<Slot<B>>) {
+        let mut held = lock(&self.held);
+        if held.len() == held.capacity() {
+            // Forget ended client connections before the list grows, so that
+            // it stays within twice the number of live ones.
+            held.retain(|w| w.strong_count() > 0);
+        }
+        held.push(Arc::downgrade(slot));
+    }
+
+    /// A connection to `server`: an idle one, or a new one once there is room
+    /// under the cap.
+    async fn obtain(&self, server: usize) -> Result<Conn<B>, ClientError> {
+        if let Some(conn) = self.checkout(server) {
+            return Ok(conn);
+        }
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => match self.wait_for_room(server).await? {
+                Room::Idle(conn) => return Ok(conn),
+                Room::Permit(permit) => permit,
+            },
+        };
+        self.open(server, permit).await
+    }
+
+    /// At the cap: an idle connection as soon as one is seen, or a permit in
+    /// arrival order, for at most the connect timeout.
+    async fn wait_for_room(&self, server: usize) -> Result<Room<B>, ClientError> {
+        /// How often a waiter looks for a connection that went idle (no event
+        /// tells when an HTTP/1 exchange's answer has been read).
+        const LOOK_EVERY: Duration = Duration::from_millis(20);
+        let permit = Arc::clone(&self.permits).acquire_owned();
+        let expiry = tokio::time::sleep(self.settings.connect_timeout);
+        tokio::pin!(permit, expiry);
+        loop {
+            if let Some(conn) = self.checkout(server).or_else(|| self.steal(server)) {
+                return Ok(Room::Idle(conn));
+            }
+            tokio::select! {
+                biased;
+                // The semaphore is never closed, so this is always a permit.
+                permit = &mut permit => return permit.map(Room::Permit).map_err(|_| ClientError::Busy),
+                () = &mut expiry => return Err(ClientError::Busy),
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+    }
+
+    /// A new connection to `server`, its I/O driven by a task of its own that
+    /// holds `permit` until the connection closes.
+    async fn open(
+        &self,
+        server: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Conn<B>, ClientError> {
+        let target = &self.servers[server].target;
+        let timeout = self.settings.connect_timeout;
+        let stream = connect(target.addr(), target.ip(), timeout)
+            .await
+            .map_err(ClientError::Connect)?;
+        let (Some(name), Some(tls)) = (target.tls_name(), &self.settings.tls) else {
+            let conn = handshake_h1(TokioIo::new(stream), permit).await?;
+            tracing::debug!(upstream = target.addr(), "upstream connection opened");
+            return Ok(conn);
+        };
+        let stream = tokio::time::timeout(timeout, tls.connect(name.clone(), stream))
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "connect timed out",
+                    "TLS handshake timed out",
                 ))
             })
-            .map_err(ClientError::Connect)?;
-        stream.set_nodelay(true).map_err(ClientError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tracing::debug!(upstream = %self.addr, "upstream connection opened");
+            .map_err(ClientError::Tls)?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        tracing::debug!(
+            upstream = target.addr(),
+            h2,
+            "upstream TLS connection opened"
+        );
+        if !h2 {
+            return handshake_h1(TokioIo::new(stream), permit).await;
+        }
+        let (sender, connection) =
+            http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        *lock(&self.servers[server].h2) = Some(sender.clone());
+        Ok(Conn::H2(sender))
     }
+}
+
+/// An HTTP/1.1 connection over `io`, driven by its own task, which holds
+/// `permit` until the connection closes.
+async fn handshake_h1<B, T>(io: T, permit: OwnedSemaphorePermit) -> Result<Conn<B>, ClientError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: Read + Write + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Conn::H1(sender))
+}
+
+/// What a wait at the cap ended with.
+enum Room<B> {
+    Idle(Conn<B>),
+    Permit(OwnedSemaphorePermit),
 }
 
 /// Closes idle connections past the idle timeout, checking at a quarter of it
 /// (so one lives at most 1.25 times the timeout), until the client is gone.
 async fn reap<B>(upstreams: Weak<Upstreams<B>>) {
     let period = match upstreams.upgrade() {
-        Some(u) => (u.idle_timeout / 4).max(Duration::from_millis(100)),
+        Some(u) => (u.settings.idle_timeout / 4).max(Duration::from_millis(100)),
         None => return,
     };
     let mut tick = tokio::time::interval(period);
@@ -168,15 +525,18 @@ async fn reap<B>(upstreams: Weak<Upstreams<B>>) {
     loop {
         tick.tick().await;
         let Some(u) = upstreams.upgrade() else { return };
-        let expired: VecDeque<Idle<B>> = {
-            let mut idle = u.idle();
-            let keep = |i: &Idle<B>| !i.sender.is_closed() && !i.expired(u.idle_timeout);
-            let (kept, expired) = idle.drain(..).partition(keep);
-            *idle = kept;
-            expired
-        };
-        // Dropped outside the lock.
-        drop(expired);
+        for server in u.servers.iter() {
+            let expired: VecDeque<Idle<B>> = {
+                let mut idle = lock(&server.idle);
+                let timeout = u.settings.idle_timeout;
+                let keep = |i: &Idle<B>| !i.sender.is_closed() && !i.expired(timeout);
+                let (kept, expired) = idle.drain(..).partition(keep);
+                *idle = kept;
+                expired
+            };
+            // Dropped outside the lock.
+            drop(expired);
+        }
     }
 }
 
@@ -184,7 +544,7 @@ async fn reap<B>(upstreams: Weak<Upstreams<B>>) {
 /// handed back to the idle list when the client connection ends.
 pub(crate) struct Affinity<B> {
     upstreams: Arc<Upstreams<B>>,
-    held: Mutex<Option<SendRequest<B>>>,
+    slot: Arc<Slot<B>>,
 }
 
 impl<B> Affinity<B>
@@ -193,46 +553,46 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub(crate) fn new(upstreams: Arc<Upstreams<B>>) -> Affinity<B> {
-        Affinity {
-            upstreams,
-            held: Mutex::new(None),
+        let slot = Arc::new(Mutex::new(None));
+        upstreams.register(&slot);
+        Affinity { upstreams, slot }
+    }
+
+    /// The held connection to `server` if it can take a request now: the
+    /// HTTP/1 one itself, or a clone of the HTTP/2 one (which stays held).
+    fn take(&self, server: usize) -> Option<Conn<B>> {
+        let mut slot = lock(&self.slot);
+        let held = slot.as_ref()?;
+        if held.server != server {
+            return None;
         }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<B>>> {
-        // Nothing panics while the lock is held.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The held connection if it can take a request now.
-    fn take(&self) -> Option<SendRequest<B>> {
-        let mut held = self.held();
-        match held.as_ref() {
-            Some(s) if s.is_ready() => held.take(),
-            Some(s) if s.is_closed() => {
-                *held = None;
+        match &held.conn {
+            Conn::H2(s) if s.is_ready() => Some(Conn::H2(s.clone())),
+            c if c.is_ready() => slot.take().map(|h| h.conn),
+            c if c.is_closed() => {
+                *slot = None;
                 None
             }
-            // Busy with another request of this client, or none.
+            // Busy with another request of this client.
             _ => None,
         }
     }
 
-    /// Keeps `sender` for this client's next request; a second one (after
-    /// concurrent requests) goes back to the idle list.
-    fn put(&self, sender: SendRequest<B>) {
+    /// Keeps `conn` for this client's next request; a second one (after
+    /// concurrent requests, or to another server) goes back to the idle list.
+    fn put(&self, server: usize, conn: Conn<B>) {
         let spare = {
-            let mut held = self.held();
-            match held.as_ref() {
-                Some(s) if !s.is_closed() => Some(sender),
+            let mut slot = lock(&self.slot);
+            match slot.as_ref() {
+                Some(held) if !held.conn.is_closed() => Some(conn),
                 _ => {
-                    *held = Some(sender);
+                    *slot = Some(Held { server, conn });
                     None
                 }
             }
         };
         if let Some(spare) = spare {
-            self.upstreams.release(spare);
+            self.upstreams.release(server, spare);
         }
     }
 
@@ -242,29 +602,63 @@ where
     /// made first ([`Sending::Connecting`]). The answer's body streams from the
     /// connection, which takes the next request once it is read.
     pub(crate) fn send(self: &Arc<Self>, req: Request<B>) -> Sending<B> {
-        match self.take().or_else(|| self.upstreams.checkout()) {
-            Some(mut sender) => {
-                let answer = Box::pin(sender.try_send_request(req));
-                // Back at once: busy until its answer is read, it is not taken
-                // again before (`take` wants it ready).
-                self.put(sender);
-                Sending::Sent(answer)
-            }
-            None => Sending::Connecting(Box::pin(Arc::clone(self).send_new(req))),
+        let Some(server) = self.upstreams.pick() else {
+            return Sending::Connecting(Box::pin(std::future::ready(Err(ClientError::NoServer))));
+        };
+        match self
+            .take(server)
+            .or_else(|| self.upstreams.checkout(server))
+        {
+            Some(conn) => Sending::Sent(self.send_on(server, conn, req)),
+            None => Sending::Connecting(Box::pin(Arc::clone(self).send_new(server, req))),
         }
+    }
+
+    /// Queues `req` on `conn` and keeps `conn`: busy until its answer is read,
+    /// it is not taken again before (`take` wants it ready).
+    fn send_on(&self, server: usize, mut conn: Conn<B>, mut req: Request<B>) -> Answer<B> {
+        self.upstreams.prepare(server, &mut req, conn.is_h2());
+        let answer = conn.send(req);
+        self.put(server, conn);
+        answer
     }
 
     /// A request [`Sending::Sent`] that the connection closed before writing:
     /// sent once more, on a new connection.
     pub(crate) fn resend(self: &Arc<Self>, req: Request<B>) -> Sending<B> {
-        Sending::Connecting(Box::pin(Arc::clone(self).send_new(req)))
+        match self.upstreams.pick() {
+            Some(server) => Sending::Connecting(Box::pin(Arc::clone(self).send_new(server, req))),
+            None => Sending::Connecting(Box::pin(std::future::ready(Err(ClientError::NoServer)))),
+        }
     }
 
-    /// Sends `req` on a new connection, which this client connection keeps.
-    async fn send_new(self: Arc<Self>, req: Request<B>) -> Result<Response<Incoming>, ClientError> {
-        let mut sender = self.upstreams.connect().await?;
-        let answer = sender.try_send_request(req);
-        self.put(sender);
+    /// Sends `req` on a new connection to `server` (or, when that server cannot
+    /// be reached, to the next one), which this client connection keeps.
+    async fn send_new(
+        self: Arc<Self>,
+        server: usize,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let (server, conn) = match self.upstreams.obtain(server).await {
+            Ok(conn) => (server, conn),
+            Err(e) if e.is_connect() => {
+                self.upstreams.mark_down(server, &e);
+                let Some(next) = self.upstreams.pick_after_failure(server) else {
+                    return Err(e);
+                };
+                match self.upstreams.obtain(next).await {
+                    Ok(conn) => (next, conn),
+                    Err(e) => {
+                        if e.is_connect() {
+                            self.upstreams.mark_down(next, &e);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let answer = self.send_on(server, conn, req);
         answer.await.map_err(|e| e.into_error().into())
     }
 }
@@ -284,13 +678,9 @@ pub(crate) type Answer<B> =
 
 impl<B> Drop for Affinity<B> {
     fn drop(&mut self) {
-        let held = self
-            .held
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(sender) = held {
-            self.upstreams.release(sender);
+        let held = lock(&self.slot).take();
+        if let Some(Held { server, conn }) = held {
+            self.upstreams.release(server, conn);
         }
     }
 }
@@ -304,19 +694,39 @@ mod tests {
 
     type Body = Empty<Bytes>;
 
+    fn settings(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Settings {
+        Settings {
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            max_connections: 1024,
+            fail_timeout: Duration::from_secs(10),
+            preserve_host: false,
+            tls: None,
+        }
+    }
+
+    fn server(addr: std::net::SocketAddr) -> Upstream {
+        Upstream::new(&format!("http://{addr}").parse().unwrap()).unwrap()
+    }
+
     #[tokio::test]
     async fn idle_connections_past_the_timeout_are_closed_and_at_most_max_idle_are_kept() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let upstreams: Arc<Upstreams<Body>> =
-            Upstreams::new(addr, Duration::from_secs(1), Duration::from_millis(300), 2);
+        let addr = listener.local_addr().unwrap();
+        let upstreams: Arc<Upstreams<Body>> = Upstreams::new(
+            vec![server(addr)],
+            settings(Duration::from_secs(1), Duration::from_millis(300), 2),
+        );
         let mut accepted = Vec::new();
         for _ in 0..3 {
-            let sender = upstreams.connect().await.unwrap();
+            // New connections, not the idle one: `open` rather than `obtain`.
+            let permit = Arc::clone(&upstreams.permits).try_acquire_owned().unwrap();
+            let conn = upstreams.open(0, permit).await.unwrap();
             accepted.push(listener.accept().await.unwrap().0);
-            upstreams.release(sender);
+            upstreams.release(0, conn);
         }
-        assert_eq!(upstreams.idle().len(), 2, "max_idle is 2");
+        assert_eq!(lock(&upstreams.servers[0].idle).len(), 2, "max_idle is 2");
 
         // The third was dropped at once; the two kept ones go after the timeout.
         let mut buf = [0u8; 1];
@@ -327,19 +737,21 @@ mod tests {
                 "connection {i} was not closed: {read:?}"
             );
         }
-        assert_eq!(upstreams.idle().len(), 0);
-        assert!(upstreams.checkout().is_none());
+        assert_eq!(lock(&upstreams.servers[0].idle).len(), 0);
+        assert!(upstreams.checkout(0).is_none());
     }
 
     #[tokio::test]
     async fn a_refused_connect_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap();
         drop(listener);
-        let upstreams: Arc<Upstreams<Body>> =
-            Upstreams::new(addr, Duration::from_secs(1), Duration::from_secs(1), 2);
+        let upstreams: Arc<Upstreams<Body>> = Upstreams::new(
+            vec![server(addr)],
+            settings(Duration::from_secs(1), Duration::from_secs(1), 2),
+        );
         assert!(matches!(
-            upstreams.connect().await,
+            upstreams.obtain(0).await,
             Err(ClientError::Connect(_))
         ));
     }

@@ -1,6 +1,6 @@
 //! [`Forward`]: the last step of the request path, sending what the gate admitted
-//! to the upstream over a connection kept for the client connection (see
-//! [`client`](super::client)).
+//! to the upstream over a connection kept for the client connection (see the
+//! private `client` module).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{Entry, HOST};
+use http::header::HOST;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -18,11 +18,12 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::access::UpstreamTime;
-use super::client::{Affinity, ClientError, Sending, Upstreams};
-use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::client::{Affinity, ClientError, Sending, Settings, Upstreams};
+use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
 use super::Upstream;
 use crate::answer::{AnswerBody, Refusal};
 use crate::timeout::{BodyTimedOut, BodyTimeouts, TimeoutBody};
+use crate::tls::UpstreamTls;
 
 /// The upstream's answer body as the client gets it: bounded between reads.
 pub type UpstreamBody = TimeoutBody<Incoming>;
@@ -30,9 +31,11 @@ pub type UpstreamBody = TimeoutBody<Incoming>;
 /// How keygate talks to its upstream.
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// Where requests go.
-    pub upstream: Upstream,
-    /// Limit on the TCP connect; past it, 502.
+    /// Where requests go: one server or several, all with the same base path
+    /// (the first one's is used).
+    pub upstreams: Vec<Upstream>,
+    /// Limit on the TCP connect to each of a server's addresses, and on the
+    /// TLS handshake; past it, 502.
     pub connect_timeout: Duration,
     /// Limit from sending the request to the upstream's response headers; past
     /// it, 504.
@@ -42,8 +45,19 @@ pub struct ForwardConfig {
     pub upstream_read_timeout: Duration,
     /// How long an idle upstream connection no client connection holds is kept.
     pub pool_idle_timeout: Duration,
-    /// How many such idle connections to keep.
+    /// How many such idle connections to keep, per server.
     pub pool_max_idle_per_host: usize,
+    /// Open upstream connections at most; beyond it a request waits up to
+    /// `connect_timeout` for one, then 503.
+    pub max_upstream_connections: usize,
+    /// How long a server whose connect failed is skipped, when there are
+    /// several.
+    pub upstream_fail_timeout: Duration,
+    /// Forward the client's `Host` (or HTTP/2 `:authority`) instead of the
+    /// server's.
+    pub preserve_host: bool,
+    /// How `https` servers are verified; `None` uses the compiled-in roots.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
     /// Leave an [`UpstreamTime`] in the extensions of the upstream's answers,
@@ -54,9 +68,11 @@ pub struct ForwardConfig {
 /// What every connection's `Forward` shares: the idle connections and the target.
 struct Shared<B> {
     upstreams: Arc<Upstreams<B>>,
+    /// The first server: its base path is every server's.
     upstream: Upstream,
     timeout: Duration,
     answer_timeouts: BodyTimeouts,
+    preserve_host: bool,
     proto: HeaderValue,
     upstream_time: bool,
 }
@@ -96,23 +112,47 @@ where
     /// A forwarder with its own upstream connections. Its clones share one
     /// upstream connection at a time, like one client connection's requests;
     /// [`for_client`](Forward::for_client) makes one per client connection.
+    ///
+    /// # Panics
+    ///
+    /// When `config.upstreams` is empty: a validated config has at least one.
     pub fn new(config: &ForwardConfig) -> Forward<B> {
+        let upstream = config
+            .upstreams
+            .first()
+            .expect("a validated config names at least one upstream")
+            .clone();
+        let https = config.upstreams.iter().any(|u| u.tls_name().is_some());
+        let tls = https.then(|| {
+            config
+                .upstream_tls
+                .clone()
+                .unwrap_or_else(UpstreamTls::public_roots)
+                .connector()
+        });
         let upstreams = Upstreams::new(
-            config.upstream.addr().to_owned(),
-            config.connect_timeout,
-            config.pool_idle_timeout,
-            config.pool_max_idle_per_host,
+            config.upstreams.clone(),
+            Settings {
+                connect_timeout: config.connect_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                max_idle: config.pool_max_idle_per_host,
+                max_connections: config.max_upstream_connections,
+                fail_timeout: config.upstream_fail_timeout,
+                preserve_host: config.preserve_host,
+                tls,
+            },
         );
         Forward {
             affinity: Arc::new(Affinity::new(Arc::clone(&upstreams))),
             shared: Arc::new(Shared {
                 upstreams,
-                upstream: config.upstream.clone(),
+                upstream,
                 timeout: config.upstream_timeout,
                 answer_timeouts: BodyTimeouts {
                     between_reads: config.upstream_read_timeout,
                     total: None,
                 },
+                preserve_host: config.preserve_host,
                 proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
                 upstream_time: config.upstream_time,
             }),
@@ -152,12 +192,22 @@ where
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
         add_forwarded(&mut parts.headers, &self.client_ip, &self.shared.proto);
-        if let Entry::Vacant(host) = parts.headers.entry(HOST) {
-            host.insert(self.shared.upstream.host().clone());
+        if parts.version == Version::HTTP_2 {
+            // RFC 9113 section 8.2.3: HTTP/2 may split cookies into crumbs;
+            // an HTTP/1.1 upstream expects one line.
+            join_cookies(&mut parts.headers);
+            if self.shared.preserve_host && !parts.headers.contains_key(HOST) {
+                // The client's host came as `:authority`.
+                if let Some(host) = parts.uri.authority() {
+                    if let Ok(host) = HeaderValue::from_str(host.as_str()) {
+                        parts.headers.insert(HOST, host);
+                    }
+                }
+            }
         }
+        // `Host` and the version are set for the server and the protocol the
+        // request goes out on (the client module's `prepare`).
         parts.uri = self.shared.upstream.target(parts.uri);
-        // The upstream connection is HTTP/1.1 whatever the client spoke.
-        parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, body);
         ForwardFuture {
             sending: self.affinity.send(req),
@@ -235,9 +285,12 @@ where
                     // at debug where the body timed out.
                     Refusal::RequestTimeout.into_response()
                 }
+                Poll::Ready(Err(ClientError::Busy)) => {
+                    tracing::warn!("every upstream connection stayed busy for the connect timeout");
+                    Refusal::UpstreamBusy.into_response()
+                }
                 Poll::Ready(Err(e)) => {
-                    let connect = matches!(e, ClientError::Connect(_));
-                    tracing::warn!(error = %e, connect, "upstream request failed");
+                    tracing::warn!(error = %e, "upstream request failed");
                     Refusal::UpstreamUnavailable.into_response()
                 }
                 Poll::Pending => {
@@ -296,12 +349,16 @@ mod tests {
     fn forward_to(addr: std::net::SocketAddr, upstream_timeout: Duration) -> Forward<Empty<Bytes>> {
         let uri: http::Uri = format!("http://{addr}").parse().unwrap();
         Forward::new(&ForwardConfig {
-            upstream: Upstream::new(&uri).unwrap(),
+            upstreams: vec![Upstream::new(&uri).unwrap()],
             connect_timeout: Duration::from_secs(5),
             upstream_timeout,
             upstream_read_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
+            max_upstream_connections: 1024,
+            upstream_fail_timeout: Duration::from_secs(10),
+            preserve_host: false,
+            upstream_tls: None,
             https: false,
             upstream_time: false,
         })

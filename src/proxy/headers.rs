@@ -2,7 +2,7 @@
 //! `X-Forwarded-*` headers it adds.
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, COOKIE, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -127,6 +127,30 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto
     headers.insert(X_FORWARDED_PROTO, proto.clone());
 }
 
+/// Joins several `Cookie` fields into one, their values separated by "; ", as
+/// RFC 9113 section 8.2.3 asks of a request passed from HTTP/2 (where a client
+/// may send each cookie as a field of its own) to HTTP/1.1. One field or none:
+/// nothing to do, and nothing allocated.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    let Entry::Occupied(mut cookies) = headers.entry(COOKIE) else {
+        return;
+    };
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::with_capacity(cookies.iter().map(|v| v.len() + 2).sum());
+    for value in cookies.iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Header value bytes joined by "; " are header value bytes.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        cookies.insert(joined);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +225,25 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, "a=1".parse().unwrap());
+        h.append(COOKIE, "b=2".parse().unwrap());
+        h.append(COOKIE, "c=3; d=4".parse().unwrap());
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3; d=4"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, "a=1".parse().unwrap());
+        join_cookies(&mut h);
+        assert_eq!(h[COOKIE], "a=1");
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -1,24 +1,30 @@
 //! The reverse proxy: step 6 of the request path, and the listener around it.
 //!
-//! [`Forward`] is a tower service that sends a request to the upstream over an
-//! HTTP/1.1 connection kept for the client connection (the private `client`
-//! module) and streams the answer back: bodies are never buffered. It removes
-//! the answer's hop-by-hop headers ([`HopByHop`] removes the request's as it
+//! [`Forward`] is a tower service that sends a request to an upstream server
+//! over a connection kept for the client connection (the private `client`
+//! module: HTTP/1.1, or HTTP/2 when an HTTPS server picks it by ALPN; at most
+//! `max_upstream_connections` open; several servers in turn, a failing one
+//! skipped) and streams the answer back: bodies are never buffered. Connections
+//! are opened by the private `connect` module (happy eyeballs), then TLS for
+//! `https` servers ([`UpstreamTls`](crate::tls::UpstreamTls)). It removes the
+//! answer's hop-by-hop headers ([`HopByHop`] removes the request's as it
 //! arrives, before the gate), appends the client to `X-Forwarded-For`, sets
-//! `X-Forwarded-Proto`, and answers 502 `UPSTREAM_UNAVAILABLE` when the
-//! upstream cannot be reached and 504 `UPSTREAM_TIMEOUT` when it does not
-//! answer in time. keygate's listener runs
+//! `X-Forwarded-Proto` and the upstream's `Host`, and answers 502
+//! `UPSTREAM_UNAVAILABLE` when no server can be reached, 503 `UPSTREAM_BUSY`
+//! when every allowed connection stays busy, 504 `UPSTREAM_TIMEOUT` when the
+//! upstream does not answer in time, and 408 `REQUEST_TIMEOUT` when the
+//! client's body stops arriving. keygate's listener runs
 //! [`KeyGate`](crate::gate::KeyGate) in front of it, and, unless
 //! `proxy.access_log` is off, [`AccessLog`] around both.
 
 pub mod access;
 mod client;
+mod connect;
 mod forward;
 mod headers;
 mod upstream;
 
 pub use access::{AccessLog, AccessLogLayer};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, UpstreamBody};
-
 pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use upstream::{Upstream, UpstreamError};

@@ -18,6 +18,7 @@
 //! durable on disk but invisible in memory.
 
 mod backend;
+mod check;
 mod import;
 mod memory;
 mod redb;
@@ -34,13 +35,14 @@ pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, OrgRecord,
     Snapshot,
 };
+pub use check::{check_store, CheckReport, Problem};
 pub use import::{import_orgs, ImportError};
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 
 use crate::clock::{Clock, Timestamp};
 use crate::org::{
-    Action, Actor, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
+    Action, Actor, IdPages, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
 };
 use crate::token::{self, Role, TokenDigest, TokenRecord};
 
@@ -71,6 +73,9 @@ struct Inner {
     tokens: std::sync::RwLock<Tokens>,
     /// Serializes token creation and deletion, so a name is taken once.
     token_writer: tokio::sync::Mutex<()>,
+    /// Where provisioning keeps new orgs' ids; dropped with the store, and the
+    /// ids' pages with their last org.
+    id_pages: std::sync::Mutex<IdPages>,
 }
 
 /// Admin and viewer tokens, found by digest (to authenticate) or name (to delete).
@@ -92,13 +97,13 @@ struct Entry(Arc<Org>);
 
 impl Hash for Entry {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id_str().as_bytes().hash(state)
+        self.0.id_bytes().hash(state)
     }
 }
 
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.0.id_str() == other.0.id_str()
+        self.0.id_bytes() == other.0.id_bytes()
     }
 }
 
@@ -106,7 +111,7 @@ impl Eq for Entry {}
 
 impl Borrow<[u8]> for Entry {
     fn borrow(&self) -> &[u8] {
-        self.0.id_str().as_bytes()
+        self.0.id_bytes()
     }
 }
 
@@ -143,6 +148,7 @@ impl Store {
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
             let mut orgs = DashSet::new();
+            let mut pages = IdPages::default();
             while let Some(loading) = received.recv().await {
                 match loading {
                     // A hint, not a promise: a damaged file could claim any count.
@@ -152,7 +158,7 @@ impl Store {
                     Loading::Expect(_) => {}
                     Loading::Orgs(batch) => {
                         for OrgRecord { id, state } in batch {
-                            let org = Arc::new(Org::new(id, state, defaults));
+                            let org = Arc::new(Org::new(&id, &mut pages, state, defaults));
                             if !orgs.insert(Entry(Arc::clone(&org))) {
                                 return Err(BackendError::Corrupt(format!(
                                     "org {} stored twice",
@@ -163,9 +169,9 @@ impl Store {
                     }
                 }
             }
-            Ok(orgs)
+            Ok((orgs, pages))
         };
-        let (loaded, orgs) = tokio::try_join!(backend.load_into(batches), build)?;
+        let (loaded, (orgs, id_pages)) = tokio::try_join!(backend.load_into(batches), build)?;
         let mut tokens = Tokens::default();
         for t in loaded {
             tokens.insert(t);
@@ -182,6 +188,7 @@ impl Store {
                 stripe_hasher: Default::default(),
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
+                id_pages: std::sync::Mutex::new(id_pages),
             }),
         })
     }
@@ -264,7 +271,15 @@ impl Store {
             let now = store.inner.clock.now();
             let t = OrgState::provisioned(now, actor, subscription_expires_at, limits);
             store.commit(&id, &t).await?;
-            let org = Arc::new(Org::new(id, t.next, store.inner.defaults));
+            let org = {
+                // Nothing panics while the lock is held, so a poisoned one is whole.
+                let mut pages = store
+                    .inner
+                    .id_pages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                Arc::new(Org::new(&id, &mut pages, t.next, store.inner.defaults))
+            };
             let view = store.view_of(&org);
             store.inner.orgs.insert(Entry(org));
             Ok(view)

@@ -48,11 +48,11 @@ use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
 
 /// Org id → JSON of its [`OrgState`].
-const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
+pub(super) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
 /// Token name → JSON of its [`TokenRecord`].
-const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (Org id, sequence number) → JSON of an [`AuditEvent`].
-const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+pub(super) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
 /// Facts about the file itself.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -184,6 +184,11 @@ impl RedbBackend {
     /// The file the store lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The open database, for [`check_store`](super::check_store)'s full read.
+    pub(super) fn database(&self) -> &Database {
+        &self.inner.db
     }
 }
 
@@ -456,7 +461,7 @@ fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, String> {
 }
 
 /// What kind of JSON error `e` is and where, without its message.
-fn json_error(e: &serde_json::Error) -> String {
+pub(super) fn json_error(e: &serde_json::Error) -> String {
     let kind = match e.classify() {
         serde_json::error::Category::Io => "I/O error",
         serde_json::error::Category::Syntax => "malformed JSON",

@@ -310,9 +310,25 @@ pub struct Builder {
     upstream_timeout_ms: u64,
     public_url: Option<String>,
     redb: bool,
+    upstream_toml: Option<String>,
+    proxy_keys: String,
 }
 
 impl Builder {
+    /// `proxy.upstream` written as given (a quoted URL or a TOML array),
+    /// instead of the recording upstream's URL.
+    pub fn upstream_toml(mut self, value: &str) -> Self {
+        self.upstream_toml = Some(value.to_owned());
+        self
+    }
+
+    /// More `[proxy]` keys, as TOML lines.
+    pub fn proxy_keys(mut self, lines: &str) -> Self {
+        self.proxy_keys.push_str(lines);
+        self.proxy_keys.push('\n');
+        self
+    }
+
     /// Forward to `addr` instead of the recording upstream.
     pub fn upstream(mut self, addr: SocketAddr) -> Self {
         self.upstream = Some(addr);
@@ -355,16 +371,21 @@ impl Builder {
         let dir = tempfile::tempdir().unwrap();
         let store_path = dir.path().join("keygate.redb");
         let target = self.upstream.unwrap_or(upstream.addr);
+        let url = self
+            .upstream_toml
+            .clone()
+            .unwrap_or_else(|| format!("\"http://{target}{}\"", self.upstream_base));
         let mut proxy = format!(
             "listen = \"127.0.0.1:0\"\n\
-             upstream = \"http://{target}{}\"\n\
-             upstream_timeout_ms = {}\n\
-             connect_timeout_ms = {}\n",
-            self.upstream_base,
-            self.upstream_timeout_ms,
-            // The upstream timeout includes the connect, so it may not be shorter.
-            self.upstream_timeout_ms.min(2_000)
+             upstream = {url}\n\
+             upstream_timeout_ms = {}\n{}",
+            self.upstream_timeout_ms, self.proxy_keys
         );
+        if !self.proxy_keys.contains("connect_timeout_ms") {
+            // The upstream timeout includes the connect, so it may not be shorter.
+            let connect = self.upstream_timeout_ms.min(2_000);
+            proxy.push_str(&format!("connect_timeout_ms = {connect}\n"));
+        }
         if self.header_mode {
             proxy.push_str("org_from = \"header\"\norg_header = \"x-org-id\"\n");
         }
@@ -449,6 +470,8 @@ impl Gateway {
             upstream_timeout_ms: 10_000,
             public_url: None,
             redb: false,
+            upstream_toml: None,
+            proxy_keys: String::new(),
         }
     }
 
