@@ -887,8 +887,8 @@ upstream_connections() {
 instructions() {
     local n=$BARE_ORGS t p r
     for r in $(seq "$INSTR_ROUNDS"); do
+    ((INSTR_ROUNDS == 1)) || log "instructions, round $r of $INSTR_ROUNDS"
     for t in $INSTR_TARGETS; do
-        ((INSTR_ROUNDS == 1)) || log "instructions, round $r of $INSTR_ROUNDS"
         local out=$WORK/callgrind/$t
         ((INSTR_ROUNDS == 1)) || out+=-$r
         rm -rf "$out"
