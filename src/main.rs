@@ -31,14 +31,23 @@ enum Command {
         #[arg(long, hide = true)]
         bare: bool,
     },
-    /// Provision many orgs into a stopped keygate's store in bulk: one per line
-    /// of FILE (or standard input), `org` or `org<TAB>key`.
+    /// Load a stopped keygate's store in bulk from FILE (or standard input):
+    /// either an org list, one per line, `org` or `org<TAB>key`, or a whole
+    /// `keygate export`, into a store that holds no orgs yet.
     Import {
         /// The TOML config naming the store.
         #[arg(long)]
         config: PathBuf,
-        /// The org list; `-` for standard input.
+        /// The org list or export; `-` for standard input.
         file: PathBuf,
+    },
+    /// Write every org (with its key), token digest, limit and audit event of a
+    /// stopped keygate's store to standard output as JSON lines; counts on
+    /// standard error. Exit status 2 when the store is missing or in use.
+    Export {
+        /// The TOML config naming the store.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Read every record of a stopped keygate's store and check it: one line per
     /// problem on standard output; exit status 0 when sound, 1 when a problem
@@ -101,6 +110,17 @@ fn main() -> ExitCode {
             init_logs();
             run(async move { import(&config, &file).await })
         }
+        Command::Export { config } => {
+            let config = match keygate::config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logs();
+            export(&config.store.path)
+        }
         Command::Check { config } => {
             let config = match keygate::config::Config::load(&config) {
                 Ok(c) => c,
@@ -157,21 +177,51 @@ fn init_logs() {
 
 async fn import(config: &keygate::config::Config, file: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    use keygate::clock::Clock;
-    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
-    let now = keygate::clock::SystemClock::new().now();
+    use keygate::store::Imported;
     let started = std::time::Instant::now();
-    let n = if file.as_os_str() == "-" {
-        keygate::store::import_orgs(&backend, std::io::stdin().lock(), now).await?
+    let imported = if file.as_os_str() == "-" {
+        import_from(config, std::io::stdin().lock()).await?
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("{}", file.display()))?;
-        keygate::store::import_orgs(&backend, std::io::BufReader::new(f), now).await?
+        import_from(config, std::io::BufReader::new(f)).await?
     };
-    eprintln!(
-        "imported {n} orgs in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let secs = started.elapsed().as_secs_f64();
+    match imported {
+        Imported::Orgs(n) => eprintln!("imported {n} orgs in {secs:.1} s"),
+        Imported::Export(counts) => eprintln!("imported an export: {counts} in {secs:.1} s"),
+    }
     Ok(())
+}
+
+/// Reads the input (a whole export, checked) before opening, and so perhaps
+/// creating, the store.
+async fn import_from(
+    config: &keygate::config::Config,
+    input: impl std::io::BufRead,
+) -> anyhow::Result<keygate::store::Imported> {
+    use keygate::clock::Clock;
+    let input = keygate::store::read_input(input)?;
+    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
+    let now = keygate::clock::SystemClock::new().now();
+    Ok(input.load_into(&backend, now).await?)
+}
+
+/// `keygate export`: exit 2 when the store cannot be opened (missing, in use,
+/// refused), 1 when reading or writing failed partway.
+fn export(path: &std::path::Path) -> ExitCode {
+    let backend = match keygate::store::RedbBackend::open_existing(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("keygate export: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    run(async move {
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        let counts = keygate::store::export(&backend, &mut out).await?;
+        eprintln!("keygate export: {}: {counts}", path.display());
+        Ok::<(), keygate::store::ExportError>(())
+    })
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

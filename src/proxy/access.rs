@@ -28,9 +28,10 @@
 //!
 //! What each answer is comes from the answer itself, not from state shared
 //! with the inner services: the code from the body of keygate's own answers
-//! ([`OwnAnswer`]), the upstream time from an [`UpstreamTime`] the forwarder
-//! leaves in the answer's extensions (only when the access log is on: the
-//! first extension costs `http` three allocations). With the access log off,
+//! ([`OwnAnswer`]), the upstream time from the forwarder's
+//! [`UpstreamBody`](super::UpstreamBody), which carries it (only when the
+//! access log is on; a marker in the answer's extensions would cost `http`
+//! three allocations per answer). With the access log off,
 //! or its lines filtered out by the log level at start, the layer is not in
 //! the stack at all.
 //!
@@ -55,25 +56,26 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::UpstreamBody;
 use crate::answer::AnswerBody;
 use crate::gate::OrgSource;
 use crate::org::OrgId;
-use crate::timeout::TimeoutBody;
 
 /// The `tracing` target of access log lines, so that a filter can turn them
 /// off on their own (`KEYGATE_LOG=info,keygate::access=off`).
 pub const TARGET: &str = "keygate::access";
 
-/// Left by the forwarder in the extensions of the upstream's answer: the time
-/// from sending the request to the answer's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamTime(pub Duration);
-
 /// An answer's body that can tell whether it is one of keygate's own answers,
-/// and with which contract code.
+/// and with which contract code, or how long the upstream took to answer.
 pub trait OwnAnswer {
     /// The contract code of keygate's own answer, or `None` for the upstream's.
     fn own_code(&self) -> Option<&'static str>;
+
+    /// From sending the request upstream to the upstream's answer's head, when
+    /// the upstream answered and the time was taken.
+    fn upstream_time(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl OwnAnswer for Incoming {
@@ -82,10 +84,13 @@ impl OwnAnswer for Incoming {
     }
 }
 
-/// The upstream's answer, bounded between reads.
-impl<B> OwnAnswer for TimeoutBody<B> {
+impl OwnAnswer for UpstreamBody {
     fn own_code(&self) -> Option<&'static str> {
         None
+    }
+
+    fn upstream_time(&self) -> Option<Duration> {
+        self.upstream_time()
     }
 }
 
@@ -95,6 +100,10 @@ impl<B: OwnAnswer> OwnAnswer for AnswerBody<B> {
         // keygate's own too.
         self.refusal_code()
             .or_else(|| self.get_ref().and_then(OwnAnswer::own_code))
+    }
+
+    fn upstream_time(&self) -> Option<Duration> {
+        self.get_ref().and_then(OwnAnswer::upstream_time)
     }
 }
 
@@ -389,7 +398,7 @@ where
                 return Poll::Ready(Err(e));
             }
         };
-        let upstream = res.extensions().get::<UpstreamTime>().map(|t| t.0);
+        let upstream = res.body().upstream_time();
         let answered = Answered {
             status: res.status(),
             code: res.body().own_code(),
@@ -504,9 +513,14 @@ mod tests {
     use super::*;
     use crate::answer::Refusal;
 
+    /// The test upstream's answers: each took it 5 ms.
     impl OwnAnswer for Full<Bytes> {
         fn own_code(&self) -> Option<&'static str> {
             None
+        }
+
+        fn upstream_time(&self) -> Option<Duration> {
+            Some(Duration::from_millis(5))
         }
     }
 
@@ -575,10 +589,9 @@ mod tests {
     > {
         tower::service_fn(move |req: Request<CountedBody<Full<Bytes>>>| async move {
             let _ = req.into_body().collect().await;
-            let mut res = Response::new(Full::new(Bytes::from_static(answer.as_bytes())));
-            res.extensions_mut()
-                .insert(UpstreamTime(Duration::from_millis(5)));
-            Ok(res)
+            Ok(Response::new(Full::new(Bytes::from_static(
+                answer.as_bytes(),
+            ))))
         })
     }
 

@@ -60,7 +60,9 @@ use tokio_rustls::TlsConnector;
 
 use super::connect::connect;
 use super::Upstream;
-use crate::store::BoxFuture;
+
+/// A boxed exchange: hyper's answer futures have no nameable type.
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Why a request got no answer from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -669,12 +671,11 @@ pub(crate) enum Sending<B> {
     /// before writing the request, the error gives it back.
     Sent(Answer<B>),
     /// Connecting first, then sending.
-    Connecting(BoxFuture<'static, Result<Response<Incoming>, ClientError>>),
+    Connecting(BoxFuture<Result<Response<Incoming>, ClientError>>),
 }
 
 /// hyper's answer to one request on one connection.
-pub(crate) type Answer<B> =
-    BoxFuture<'static, Result<Response<Incoming>, TrySendError<Request<B>>>>;
+pub(crate) type Answer<B> = BoxFuture<Result<Response<Incoming>, TrySendError<Request<B>>>>;
 
 impl<B> Drop for Affinity<B> {
     fn drop(&mut self) {

@@ -17,7 +17,6 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::access::UpstreamTime;
 use super::client::{Affinity, ClientError, Sending, Settings, Upstreams};
 use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
 use super::Upstream;
@@ -25,8 +24,45 @@ use crate::answer::{AnswerBody, Refusal};
 use crate::timeout::{BodyTimedOut, BodyTimeouts, TimeoutBody};
 use crate::tls::UpstreamTls;
 
-/// The upstream's answer body as the client gets it: bounded between reads.
-pub type UpstreamBody = TimeoutBody<Incoming>;
+pin_project! {
+    /// The upstream's answer body as the client gets it: bounded between
+    /// reads, and carrying how long the upstream took to answer when that was
+    /// measured (for the access log; in the body, not the answer's extensions,
+    /// whose first entry costs three allocations).
+    #[derive(Debug)]
+    pub struct UpstreamBody {
+        #[pin]
+        body: TimeoutBody<Incoming>,
+        upstream_time: Option<Duration>,
+    }
+}
+
+impl UpstreamBody {
+    /// From sending the request to the answer's head, when it was measured.
+    pub fn upstream_time(&self) -> Option<Duration> {
+        self.upstream_time
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// How keygate talks to its upstream.
 #[derive(Debug, Clone)]
@@ -60,8 +96,8 @@ pub struct ForwardConfig {
     pub upstream_tls: Option<UpstreamTls>,
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
-    /// Leave an [`UpstreamTime`] in the extensions of the upstream's answers,
-    /// for the access log; off, no clock is read and nothing allocated.
+    /// Measure how long the upstream takes to answer, for the access log
+    /// ([`UpstreamBody::upstream_time`]); off, no clock is read.
     pub upstream_time: bool,
 }
 
@@ -272,12 +308,12 @@ where
                 Poll::Ready(Ok(res)) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    if let Some(sent) = this.sent {
-                        parts.extensions.insert(UpstreamTime(sent.elapsed()));
-                    }
-                    let body = TimeoutBody::new(body, *this.answer_timeouts).warn_on_timeout(
-                        "the upstream's answer stopped arriving; closing both connections",
-                    );
+                    let body = UpstreamBody {
+                        body: TimeoutBody::new(body, *this.answer_timeouts).warn_on_timeout(
+                            "the upstream's answer stopped arriving; closing both connections",
+                        ),
+                        upstream_time: this.sent.map(|sent| sent.elapsed()),
+                    };
                     Response::from_parts(parts, AnswerBody::inner(body))
                 }
                 Poll::Ready(Err(e)) if BodyTimedOut::is_cause_of(&e) => {

@@ -56,6 +56,80 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The audit events of `org`, oldest first.
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>>;
+
+    /// Makes every commit of `commits` durable in one step, all or none, as
+    /// [`commit`](Backend::commit) makes one: how `keygate import` provisions
+    /// many orgs without one durable write each. The default refuses: a
+    /// backend that cannot apply many changes atomically must not pretend to.
+    fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = commits;
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(
+            "this store cannot take changes in bulk".into(),
+        ))))
+    }
+
+    /// Everything the backend holds, for `keygate export`: every org, every
+    /// token, and every audit event, each org's oldest first. The default reads
+    /// it with [`load`](Backend::load) and one [`audit`](Backend::audit) per
+    /// org, which is one consistent picture only while nothing commits; a
+    /// backend that can read everything at one point in time overrides it.
+    fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
+        Box::pin(async move {
+            let Snapshot { orgs, tokens } = self.load().await?;
+            let mut audit = Vec::new();
+            for org in &orgs {
+                audit.extend(self.audit(org.id.clone()).await?);
+            }
+            Ok(Dump {
+                orgs,
+                tokens,
+                audit,
+            })
+        })
+    }
+
+    /// Loads `dump` whole into a backend that holds no org, no token and no
+    /// audit event, in one durable step: afterwards the backend holds exactly
+    /// `dump`, or, on an error or [`Restored::NotEmpty`], exactly what it held
+    /// before. The emptiness check and the writes are one atomic step, so two
+    /// imports (or an import and a running node's first provision) never mix.
+    /// Each org's events are appended in the order `dump` gives them. The
+    /// default refuses.
+    fn restore(&self, dump: Dump) -> BoxFuture<'_, Result<Restored, BackendError>> {
+        let _ = dump;
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(
+            "this store cannot load an export".into(),
+        ))))
+    }
+}
+
+/// Everything a backend holds: what [`Backend::dump`] reads and
+/// [`Backend::restore`] writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// Every org.
+    pub orgs: Vec<OrgRecord>,
+    /// Every admin and viewer token (digests only: a token itself is never kept).
+    pub tokens: Vec<TokenRecord>,
+    /// Every audit event, each org's oldest first.
+    pub audit: Vec<AuditEvent>,
+}
+
+/// How [`Backend::restore`] ended, when the backend could be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Restored {
+    /// The backend now holds the dump.
+    Done,
+    /// The backend already held records, so nothing was written.
+    NotEmpty {
+        /// Orgs it holds.
+        orgs: u64,
+        /// Tokens it holds.
+        tokens: u64,
+        /// Audit events it holds.
+        audit_events: u64,
+    },
 }
 
 /// Where [`Backend::load_into`] sends what it reads.

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::backend::{AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Snapshot};
+use super::backend::{
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Restored, Snapshot,
+};
 use super::OrgRecord;
 use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
@@ -47,6 +49,23 @@ impl MemoryBackend {
     }
 }
 
+impl Data {
+    fn apply(&mut self, commit: Commit) {
+        match commit.change {
+            Change::Org(OrgRecord { id, state }) => {
+                self.orgs.insert(id, state);
+            }
+            Change::PutToken(t) => {
+                self.tokens.insert(t.name.clone(), t);
+            }
+            Change::DeleteToken(name) => {
+                self.tokens.remove(&name);
+            }
+        }
+        self.audit.push(commit.event);
+    }
+}
+
 impl Backend for MemoryBackend {
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
         let data = self.lock();
@@ -63,25 +82,49 @@ impl Backend for MemoryBackend {
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.commit_all(vec![commit])
+    }
+
+    fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = if self.fail_commits.load(Ordering::SeqCst) {
+            Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))
+        } else {
+            // One lock for all of them: no reader sees a part.
+            let mut data = self.lock();
+            for commit in commits {
+                data.apply(commit);
+            }
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn restore(&self, dump: Dump) -> BoxFuture<'_, Result<Restored, BackendError>> {
         let result = if self.fail_commits.load(Ordering::SeqCst) {
             Err(BackendError::Unavailable(
                 "commits are failing (test)".into(),
             ))
         } else {
             let mut data = self.lock();
-            match commit.change {
-                Change::Org(OrgRecord { id, state }) => {
-                    data.orgs.insert(id, state);
-                }
-                Change::PutToken(t) => {
-                    data.tokens.insert(t.name.clone(), t);
-                }
-                Change::DeleteToken(name) => {
-                    data.tokens.remove(&name);
-                }
+            if data.orgs.is_empty() && data.tokens.is_empty() && data.audit.is_empty() {
+                data.orgs = dump.orgs.into_iter().map(|r| (r.id, r.state)).collect();
+                data.tokens = dump
+                    .tokens
+                    .into_iter()
+                    .map(|t| (t.name.clone(), t))
+                    .collect();
+                data.audit = dump.audit;
+                Ok(Restored::Done)
+            } else {
+                let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+                Ok(Restored::NotEmpty {
+                    orgs: count(data.orgs.len()),
+                    tokens: count(data.tokens.len()),
+                    audit_events: count(data.audit.len()),
+                })
             }
-            data.audit.push(commit.event);
-            Ok(())
         };
         Box::pin(std::future::ready(result))
     }

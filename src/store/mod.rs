@@ -19,6 +19,7 @@
 
 mod backend;
 mod check;
+mod export;
 mod import;
 mod memory;
 mod redb;
@@ -32,11 +33,12 @@ use std::sync::Arc;
 use dashmap::DashSet;
 
 pub use backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, OrgRecord,
-    Snapshot,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
+    OrgRecord, Restored, Snapshot,
 };
 pub use check::{check_store, CheckReport, Problem};
-pub use import::{import_orgs, ImportError};
+pub use export::{export, ExportCounts, ExportError, EXPORT_VERSION};
+pub use import::{import, import_orgs, read_input, ImportError, ImportInput, Imported};
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 

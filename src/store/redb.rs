@@ -41,7 +41,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Loading, OrgBatches, Snapshot,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
+    Restored, Snapshot,
 };
 use super::OrgRecord;
 use crate::org::{OrgId, OrgState};
@@ -167,11 +168,19 @@ impl RedbBackend {
         })
     }
 
-    /// Commits many changes in one durable transaction, all or none: how
-    /// `keygate import` loads a large set of orgs without one fsync each. Blocks;
-    /// call it before serving or from a blocking task.
-    pub fn import(&self, commits: &[Commit]) -> Result<(), BackendError> {
-        self.inner.commit_all(commits)
+    /// Opens the store at `path` as [`open`](RedbBackend::open) does, but
+    /// refuses, as [`BackendError::Unavailable`], when there is no file there
+    /// instead of creating one: for the commands that read a stopped
+    /// keygate's store (`keygate export`), where a new empty store would only
+    /// hide a wrong path.
+    pub fn open_existing(path: &Path) -> Result<RedbBackend, BackendError> {
+        if let Err(e) = std::fs::symlink_metadata(path) {
+            return Err(BackendError::Unavailable(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
+        RedbBackend::open(path)
     }
 
     /// Whether opening had to repair the file because the process that last had
@@ -216,6 +225,27 @@ impl Backend for RedbBackend {
         let path = self.inner.path.clone();
         Box::pin(blocking("audit read", path, move || inner.audit(&org)))
     }
+
+    /// One write transaction: all or none, with one fsync.
+    fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("commit", path, move || inner.commit_all(&commits)))
+    }
+
+    /// One read transaction: a single point in time, even if something commits.
+    fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("dump", path, move || inner.dump()))
+    }
+
+    /// One write transaction that checks the tables are empty and fills them.
+    fn restore(&self, dump: Dump) -> BoxFuture<'_, Result<Restored, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("restore", path, move || inner.restore(&dump)))
+    }
 }
 
 impl Inner {
@@ -258,13 +288,22 @@ impl Inner {
     fn read_all(
         &self,
         count: impl FnOnce(usize) -> Result<(), BackendError>,
-        mut org: impl FnMut(OrgRecord) -> Result<(), BackendError>,
+        org: impl FnMut(OrgRecord) -> Result<(), BackendError>,
     ) -> Result<Vec<TokenRecord>, BackendError> {
         let txn = self
             .db
             .begin_read()
             .map_err(|e| self.unavailable("read", e))?;
+        self.read_all_in(&txn, count, org)
+    }
 
+    /// [`read_all`](Inner::read_all) within `txn`.
+    fn read_all_in(
+        &self,
+        txn: &redb::ReadTransaction,
+        count: impl FnOnce(usize) -> Result<(), BackendError>,
+        mut org: impl FnMut(OrgRecord) -> Result<(), BackendError>,
+    ) -> Result<Vec<TokenRecord>, BackendError> {
         let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
         // redb keeps each table's length in its header: no scan.
         let len = table.len().map_err(|e| self.unavailable("read orgs", e))?;
@@ -298,6 +337,96 @@ impl Inner {
             tokens.push(token);
         }
         Ok(tokens)
+    }
+
+    /// Every org, token and audit event, in one read transaction. The audit
+    /// table's key order gives each org's events oldest first.
+    fn dump(&self) -> Result<Dump, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read", e))?;
+        let mut orgs = Vec::new();
+        let tokens = self.read_all_in(
+            &txn,
+            |_| Ok(()),
+            |org| {
+                orgs.push(org);
+                Ok(())
+            },
+        )?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.table_error(e))?;
+        let mut audit = Vec::new();
+        for entry in table
+            .iter()
+            .map_err(|e| self.unavailable("read audit", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.unavailable("read audit", e))?;
+            let (org, seq) = key.value();
+            let event: AuditEvent =
+                self.decode("audit", format_args!("({org:?}, {seq})"), value.value())?;
+            if event.org.as_str() != org {
+                return Err(self.corrupt(format_args!(
+                    "table audit: record ({org:?}, {seq}) is about org {:?}",
+                    event.org.as_str()
+                )));
+            }
+            audit.push(event);
+        }
+        Ok(Dump {
+            orgs,
+            tokens,
+            audit,
+        })
+    }
+
+    /// Fills an empty store with `dump` in one durable write transaction, or
+    /// writes nothing.
+    fn restore(&self, dump: &Dump) -> Result<Restored, BackendError> {
+        let fail = |e: &dyn fmt::Display| self.unavailable("restore", e);
+        let mut txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut orgs = txn.open_table(ORGS).map_err(|e| fail(&e))?;
+            let mut tokens = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
+            let mut audit = txn.open_table(AUDIT).map_err(|e| fail(&e))?;
+            let held = (
+                orgs.len().map_err(|e| fail(&e))?,
+                tokens.len().map_err(|e| fail(&e))?,
+                audit.len().map_err(|e| fail(&e))?,
+            );
+            if held != (0, 0, 0) {
+                // Dropping `txn` unwritten aborts it.
+                return Ok(Restored::NotEmpty {
+                    orgs: held.0,
+                    tokens: held.1,
+                    audit_events: held.2,
+                });
+            }
+            for OrgRecord { id, state } in &dump.orgs {
+                let state = encode(state, "org state").map_err(|e| fail(&e))?;
+                orgs.insert(id.as_str(), state.as_slice())
+                    .map_err(|e| fail(&e))?;
+            }
+            for token in &dump.tokens {
+                let record = encode(token, "token").map_err(|e| fail(&e))?;
+                tokens
+                    .insert(token.name.as_str(), record.as_slice())
+                    .map_err(|e| fail(&e))?;
+            }
+            let mut seqs: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+            for event in &dump.audit {
+                let org = event.org.as_str();
+                let seq = seqs.entry(org).or_insert(0);
+                *seq += 1;
+                let record = encode(event, "audit event").map_err(|e| fail(&e))?;
+                audit
+                    .insert((org, *seq), record.as_slice())
+                    .map_err(|e| fail(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))?;
+        Ok(Restored::Done)
     }
 
     fn commit(&self, commit: &Commit) -> Result<(), BackendError> {
