@@ -62,7 +62,7 @@ $1 == "meta" {
     stamp = $2; dur = $3; warm = $4; conns = $5; orgs = $6; quick = $7; kernel = $8
     cores = $9; cpu = $10; wrkv = $11; nginxv = $12; haproxyv = $13; load = $14
     body = ($15 == "" ? 12 : $15)
-    scheme = ($16 == "" ? "http" : $16); alpn = $17; build = $18; before = $19
+    scheme = ($16 == "" ? "http" : $16); alpn = $17; build = $18; before = $19; kglog = $20
 }
 $1 == "import" { imp[$2] = $3 }
 $1 == "start" { if (!(($3, $2) in st)) stn[++nst] = $3 SUBSEP $2; st[$3, $2] = $4; strss[$3, $2] = $5 }
@@ -128,6 +128,7 @@ END {
     if (scheme == "https") printf "- upstream over **HTTPS** (rustls, ALPN %s; a private CA the proxies verify against)\n", alpn
     else print "- upstream over plain HTTP"
     if (build != "") printf "- keygate: this tree, commit %s%s\n", build, (before != "" ? sprintf("; *[%s]*: the second build (KG_BEFORE_BIN)", before) : "")
+    if (kglog != "") printf "- keygate runs with KEYGATE_LOG=%s%s\n", kglog, (kglog == "warn" ? " (which also takes the access log out of the request path)" : "")
     if (rounds > 1) printf "- rounds: each cell measured %d times, the targets taking turns; tables show the round with the median req/s, and *range* the lowest and highest req/s\n", rounds
     printf "- machine: %s cores, %s, Linux %s; load average at the start: %s\n", cores, cpu, kernel, load
     printf "- wrk %s, nginx %s, HAProxy %s\n", wrkv, nginxv, haproxyv
@@ -274,6 +275,16 @@ END {
             print ""
         }
         print ""
+        # Counts that were not the steady state all the same: say which.
+        nchurn = 0
+        for (i = 1; i <= nins; i++) for (pi = 1; pi <= 2; pi++) {
+            t = ins_t[i]; p = (pi == 1 ? "allowed" : "401")
+            for (a = 1; a <= ins_cnt[t, p]; a++) if (ins_c[t, p, a] + 0 > 0) {
+                if (!nchurn++) print "Counts during which the proxy opened upstream connections (not the steady state; the median above leaves them out when it can):\n"
+                printf "- %s, %s, round %d: %d connections opened, %.0f instructions per request\n", label(t), p, a, ins_c[t, p, a], ins_v[t, p, a]
+            }
+        }
+        if (nchurn) print ""
         print "Ratios of instructions (keygate / peer; below 1.00 keygate does the same work with fewer):\n"
         printf "- keygate job / nginx job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["nginx", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["nginx", "401"]), 2)
         printf "- keygate job / HAProxy job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["haproxy", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["haproxy", "401"]), 2)

@@ -67,6 +67,9 @@
 #   UPSTREAM_ALPN=http/1.1   what the HTTPS upstream offers by ALPN
 #                      ("h2,http/1.1" lets keygate pick HTTP/2; nginx and
 #                      HAProxy here speak HTTP/1.1 to upstreams either way)
+#   KG_LOG=warn        KEYGATE_LOG of the measured keygate processes; "warn"
+#                      also takes the access log out of the request path,
+#                      "info" measures it (its lines go to WORK/logs)
 #   SKIP_INSTALL=1     SKIP_BUILD=1   (use what is there)
 #   WORK=benches/compare/work   generated files; stores are reused when their
 #                      org list is unchanged
@@ -132,6 +135,7 @@ CORE_PROXY=${CORE_PROXY:-1}
 KG_BEFORE_LABEL=${KG_BEFORE_LABEL:-before}
 UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 UPSTREAM_ALPN=${UPSTREAM_ALPN:-http/1.1}
+KG_LOG=${KG_LOG:-warn}
 UP_SCHEME=http
 [[ $UPSTREAM_TLS == 1 ]] && UP_SCHEME=https
 UP_TLS_DIR=$WORK/upstream-tls
@@ -476,7 +480,7 @@ start_proxy() {
         fi
         cfg=$(kg_config "$n" "$WORK/store-$n$name.redb" "$name")
         t0=$(now_ns)
-        KEYGATE_LOG=warn "${pin[@]}" "${VIA[@]}" "$bin" serve --config "$cfg" "${flags[@]}" \
+        KEYGATE_LOG=$KG_LOG "${pin[@]}" "${VIA[@]}" "$bin" serve --config "$cfg" "${flags[@]}" \
             2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
         ;;
@@ -715,7 +719,7 @@ main() {
         "$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')" "$(nginx -v 2>&1 | sed 's|.*/||')" \
         "$(haproxy -v | head -1 | awk '{ print $3 }')" "$(cat /proc/loadavg | cut -d' ' -f1-3)" \
         "$BODY_BYTES" "$UP_SCHEME" "$UPSTREAM_ALPN" "$(build_label "$ROOT")" \
-        "${KG_BEFORE_BIN:+$KG_BEFORE_LABEL}"
+        "${KG_BEFORE_BIN:+$KG_BEFORE_LABEL}" "$KG_LOG"
 
     start_upstream
     has_stage closed && closed_loop
