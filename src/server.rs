@@ -5,7 +5,8 @@
 //! binds both listeners and serves them on the current Tokio runtime; the
 //! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
-//! [`DRAIN_LIMIT`], and returns.
+//! [`DRAIN_LIMIT`], saves the call counts once more (`CountFlusher`) and
+//! returns.
 //!
 //! Both listeners run the same accept loop (`listener`), each with its own
 //! [`ConnectionLimits`] and optional TLS: a
@@ -36,7 +37,7 @@ use crate::config::{default_public_url, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::access::CountedBody;
 use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
-use crate::store::{Backend, BackendError, RedbBackend, Store};
+use crate::store::{Backend, BackendError, CountFlusher, RedbBackend, Store};
 use crate::timeout::TimeoutBody;
 
 /// How long [`Running::stop`] lets requests in flight finish.
@@ -75,6 +76,7 @@ pub struct Running {
     pub store: Store,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    counts: CountFlusher,
 }
 
 /// Choices beyond the config, for the command line.
@@ -151,6 +153,7 @@ pub async fn start_with_options(
     let admin_listener = bind("admin", config.admin.listen).await?;
     let proxy_addr = local_addr("proxy", &proxy_listener, config.proxy.listen)?;
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
+    let counts = CountFlusher::spawn(store.clone(), config.store.count_flush);
 
     let (stop, stopped) = watch::channel(false);
     // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
@@ -260,12 +263,14 @@ pub async fn start_with_options(
         store,
         stop,
         tasks: vec![proxy, admin],
+        counts,
     })
 }
 
 impl Running {
     /// Stops accepting, lets requests in flight finish (at most
-    /// [`DRAIN_LIMIT`]), and returns once both listeners are closed.
+    /// [`DRAIN_LIMIT`]), and returns once both listeners are closed and the
+    /// call counts of every request served are saved.
     pub async fn stop(self) {
         // Receivers live as long as the serving tasks; if they are gone, so is
         // everything there was to stop.
@@ -275,6 +280,7 @@ impl Running {
                 tracing::error!(error = %e, "a listener task failed");
             }
         }
+        self.counts.stop().await;
         tracing::info!("keygate stopped");
     }
 }

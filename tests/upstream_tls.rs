@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keygate::config::Config;
@@ -33,6 +33,8 @@ struct Seen {
     headers: HeaderMap,
     /// The SNI name of the connection it came on.
     sni: Option<String>,
+    /// The whole body.
+    body: Bytes,
 }
 
 /// An HTTPS upstream on 127.0.0.1 with a self-signed certificate for
@@ -86,13 +88,17 @@ impl TlsUpstream {
                     let sni = tls.get_ref().1.server_name().map(str::to_owned);
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        log.lock().unwrap().push(Seen {
-                            version: req.version(),
-                            uri: req.uri().clone(),
-                            headers: req.headers().clone(),
-                            sni: sni.clone(),
-                        });
-                        async {
+                        let (log, sni) = (Arc::clone(&log), sni.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes());
+                            log.lock().unwrap().push(Seen {
+                                version: parts.version,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                sni,
+                                body: body.unwrap_or_default(),
+                            });
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                                 b"tls-upstream",
                             ))))
@@ -207,6 +213,19 @@ async fn an_https_upstream_that_picks_h2_is_spoken_to_in_http2() {
         .iter()
         .any(|s| s.uri.path_and_query().unwrap() == "/v1/c?q=1"));
     assert_eq!(up.connections(), 1);
+
+    // A request body goes through on a stream, whole.
+    let req = gw
+        .proxy_request(http::Method::POST, "/acme/v1/items")
+        .header("x-api-key", &key)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"name\":\"x\"}")))
+        .unwrap();
+    gw.send(req).await.assert_status(StatusCode::OK);
+    let post = up.seen().pop().unwrap();
+    assert_eq!(post.version, Version::HTTP_2);
+    assert_eq!(post.body, "{\"name\":\"x\"}");
+    assert_eq!(post.headers["content-type"], "application/json");
 }
 
 #[tokio::test]
@@ -324,4 +343,41 @@ fn a_bad_ca_file_is_a_config_error_naming_the_key() {
         assert!(e.contains(&path.display().to_string()), "{e}");
         assert!(!e.contains('\n'), "{e}");
     }
+}
+
+#[test]
+fn a_bad_ca_file_stops_keygate_with_exit_2_and_one_line_before_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The listen address is taken: had keygate tried to bind, it would say so
+    // and exit 1 instead.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"{addr}\"\nupstream = \"https://127.0.0.1:9\"\n\
+             upstream_ca_path = {:?}\n\
+             [admin]\nlisten = \"{addr}\"\nprovider_token_sha256 = \"{}\"\n\
+             [store]\npath = {:?}\n",
+            dir.path().join("missing-ca.pem").display().to_string(),
+            TokenDigest::of(PROVIDER).to_hex(),
+            dir.path().join("store.redb").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("KEYGATE_PROVIDER_TOKEN_SHA256")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("config: proxy.upstream_ca_path: cannot read "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("store.redb").exists());
 }

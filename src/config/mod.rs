@@ -164,6 +164,9 @@ impl AdminConfig {
 pub struct StoreConfig {
     /// The database file; relative paths are relative to the working directory.
     pub path: PathBuf,
+    /// How often the call counts are saved (`count_flush_ms`): the most a
+    /// crash can lose of them is what was counted in one period.
+    pub count_flush: Duration,
 }
 
 impl Config {

@@ -184,10 +184,11 @@ impl<'de> Deserialize<'de> for RawUpstream {
 }
 
 /// 1,024: an HTTP/1.1 connection carries one request at a time, so this is
-/// the upstream concurrency; nginx's default `worker_connections`, more than
-/// one API backend usually serves at once from one client, and few enough
-/// sockets that a flood of clients cannot exhaust the upstream's or keygate's
-/// file descriptors.
+/// how many requests can be at the upstream at once. A tenth of the 10,000
+/// client connections `max_connections` allows, because most client
+/// connections sit idle between requests (and idle upstream connections are
+/// handed on at the cap); and a bound on the sockets a flood of clients can
+/// make keygate open toward an upstream that may not be sized for the flood.
 const DEFAULT_MAX_UPSTREAM_CONNECTIONS: i64 = 1_024;
 
 /// 60 s, nginx's `client_body_timeout`: a client that sends nothing for a
@@ -268,13 +269,18 @@ pub struct RawStore {
     /// The database file, created with its parent folders on first start.
     /// A relative path is relative to the working directory.
     pub path: String,
+    /// How often, in milliseconds, each org's threshold window is saved to
+    /// the store, so a restart resumes it. A crash loses at most the calls
+    /// counted since the last save.
+    pub count_flush_ms: i64,
 }
 
 impl Default for RawStore {
-    /// The contract's default.
+    /// The contract's default, and a save a second.
     fn default() -> Self {
         RawStore {
             path: "data/keygate.redb".to_owned(),
+            count_flush_ms: 1_000,
         }
     }
 }

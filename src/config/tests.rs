@@ -71,6 +71,7 @@ fn defaults_match_the_contract() {
     );
     assert_eq!(c.admin.tls, None);
     assert_eq!(c.store.path, PathBuf::from("data/keygate.redb"));
+    assert_eq!(c.store.count_flush, Duration::from_millis(1_000));
     assert_eq!(
         c.limits,
         Limits {
@@ -846,6 +847,16 @@ fn absurd_timeouts_and_sizes_are_refused() {
         assert!(
             e.starts_with(&format!("config: proxy.{key}: must be between 1 and ")),
             "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_count_flush_period_outside_its_range_is_refused() {
+    for v in ["9", "3600001", "-1"] {
+        assert_eq!(
+            error(&with(&format!("store.count_flush_ms = {v}"))),
+            "config: store.count_flush_ms: must be between 10 and 3600000"
         );
     }
 }

@@ -65,6 +65,8 @@ mod max {
     pub const IDLE_TIMEOUT_MS: u64 = 86_400_000;
     /// 1 hour: a pause longer than this in a body or an answer is a dead peer.
     pub const BODY_TIMEOUT_MS: u64 = 3_600_000;
+    /// `store.count_flush_ms`: an hour. Longer only widens what a crash loses.
+    pub const COUNT_FLUSH_MS: u64 = 3_600_000;
 }
 
 impl RawProxy {
@@ -309,6 +311,12 @@ impl RawStore {
         }
         Ok(StoreConfig {
             path: PathBuf::from(self.path),
+            count_flush: Duration::from_millis(ranged_from(
+                "store.count_flush_ms",
+                self.count_flush_ms,
+                10,
+                max::COUNT_FLUSH_MS,
+            )?),
         })
     }
 }

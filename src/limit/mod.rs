@@ -12,13 +12,18 @@
 //!   a window are ever told [`Count::Within`].
 //! * [`RateLimiter`] is the generic cell rate algorithm (GCRA), the algorithm
 //!   `governor` implements, on the org's one atomic "theoretical arrival time".
-//!   keygate runs its own rather than one `governor::RateLimiter` per org because
-//!   it needs the rate state inside the org's record (one map lookup per request,
-//!   not two), read through keygate's [`Clock`](crate::clock::Clock), and 8 bytes
-//!   per org; `benches/layer.rs` measures it against `governor` side by side.
+//!   It decides exactly as `governor` does (a property test checks it), and is
+//!   keygate's own for the reasons `rate.rs` gives: 8 bytes per org, the rate
+//!   passed with each call so a limits change keeps the state, and keygate's
+//!   clock read once per request.
+//!
+//! The threshold windows also outlive a restart: the store saves them
+//! periodically and at a graceful stop (`store::counts`), reading each
+//! counter with [`CallCounter::window`] and restoring it with
+//! [`CallCounter::resume`], so counting stays one compare-and-swap.
 
 mod rate;
 mod threshold;
 
 pub use rate::{Rate, RateLimited, RateLimiter};
-pub use threshold::{CallCounter, Count};
+pub use threshold::{CallCounter, Count, Window};

@@ -62,6 +62,43 @@ impl CallCounter {
     pub fn reset(&self) {
         self.0.store(0, Ordering::Release);
     }
+
+    /// The open window, if any: what the count flusher persists. One load, so
+    /// reading it costs the request path nothing.
+    pub fn window(&self) -> Option<Window> {
+        let (start, calls) = unpack(self.0.load(Ordering::Acquire));
+        (calls > 0).then_some(Window { start, calls })
+    }
+
+    /// Reopens `window` as it was persisted before a restart, unless calls
+    /// were counted since (the store resumes counters before serving, so they
+    /// were not; this keeps a late resume from erasing them).
+    pub fn resume(&self, window: Window) {
+        let _ = self.0.compare_exchange(
+            0,
+            pack(window.start, window.calls),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A window's start and its count, as [`CallCounter::window`] reads it and the
+/// store persists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// When the window opened: whole seconds since the Unix epoch.
+    pub start: u32,
+    /// Calls counted in it, at least 1.
+    pub calls: u32,
+}
+
+impl Window {
+    /// Whether the window has ended at `now` for a window of `window_secs`:
+    /// the next call would open a new one.
+    pub fn ended(&self, now: Timestamp, window_secs: u32) -> bool {
+        now.as_secs() >= u64::from(self.start) + u64::from(window_secs)
+    }
 }
 
 fn pack(start: u32, n: u32) -> u64 {
@@ -118,6 +155,68 @@ mod tests {
         }
         c.reset();
         assert_eq!(c.count(T0, 3, 60), Count::Within);
+    }
+
+    #[test]
+    fn a_resumed_window_keeps_counting_where_it_stopped() {
+        let c = CallCounter::new();
+        c.resume(Window {
+            start: 1_000,
+            calls: 3,
+        });
+        assert_eq!(c.count(secs(10), 3, 60), Count::Crossed);
+        assert_eq!(
+            c.window(),
+            Some(Window {
+                start: 1_000,
+                calls: 4
+            })
+        );
+    }
+
+    #[test]
+    fn a_resumed_window_that_has_ended_opens_a_new_one_at_the_next_call() {
+        let c = CallCounter::new();
+        let w = Window {
+            start: 1_000,
+            calls: 3,
+        };
+        assert!(w.ended(secs(60), 60));
+        c.resume(w);
+        assert_eq!(c.count(secs(60), 3, 60), Count::Within);
+        assert_eq!(
+            c.window(),
+            Some(Window {
+                start: 1_060,
+                calls: 1
+            })
+        );
+    }
+
+    #[test]
+    fn resume_never_overwrites_calls_already_counted() {
+        let c = CallCounter::new();
+        c.count(T0, 3, 60);
+        c.resume(Window {
+            start: 900,
+            calls: 2,
+        });
+        assert_eq!(
+            c.window(),
+            Some(Window {
+                start: 1_000,
+                calls: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_counter_without_calls_has_no_window() {
+        let c = CallCounter::new();
+        assert_eq!(c.window(), None);
+        c.count(T0, 3, 60);
+        c.reset();
+        assert_eq!(c.window(), None);
     }
 
     #[test]

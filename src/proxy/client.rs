@@ -19,7 +19,9 @@
 //! - A held HTTP/1 connection that is busy (an HTTP/2 client's concurrent
 //!   request) or closed is not waited for: another comes from the idle list or
 //!   a new connect. An HTTP/2 upstream connection is shared by every request
-//!   to its server (one per server), each request on a stream of its own.
+//!   to its server (one per server), each request on a stream of its own; it
+//!   stays open until the upstream closes it (servers send GOAWAY after their
+//!   own idle timeout), as the idle timeout below is for HTTP/1 connections.
 //! - Connections are made as [`connect`](super::connect) describes (happy
 //!   eyeballs), then TLS for `https` servers, with SNI and verification for
 //!   the URL's host, bounded by the same connect timeout.
@@ -167,6 +169,10 @@ pub(crate) struct Upstreams<B> {
     /// Every client connection's held connection, for a caller at the cap to
     /// take an idle one from.
     held: Mutex<Vec<Weak<Slot<B>>>>,
+    /// Taken in arrival order by the callers waiting at the cap: only its
+    /// holder looks through `held`, so that a crowd of waiters does not scan
+    /// every client connection fifty times a second each.
+    look: tokio::sync::Mutex<()>,
     /// What `Server::down_until` counts from.
     epoch: Instant,
 }
@@ -349,6 +355,7 @@ where
             settings,
             next: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),
+            look: tokio::sync::Mutex::new(()),
             epoch: Instant::now(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -421,16 +428,21 @@ where
     }
 
     /// At the cap: an idle connection as soon as one is seen, or a permit in
-    /// arrival order, for at most the connect timeout.
+    /// arrival order, for at most the connect timeout. Every waiter checks the
+    /// server's idle list when it wakes; the first in line (the holder of
+    /// `look`) also looks for an idle connection held by a client connection,
+    /// every [`LOOK_EVERY`].
     async fn wait_for_room(&self, server: usize) -> Result<Room<B>, ClientError> {
-        /// How often a waiter looks for a connection that went idle (no event
-        /// tells when an HTTP/1 exchange's answer has been read).
-        const LOOK_EVERY: Duration = Duration::from_millis(20);
         let permit = Arc::clone(&self.permits).acquire_owned();
         let expiry = tokio::time::sleep(self.settings.connect_timeout);
-        tokio::pin!(permit, expiry);
+        let look = self.look.lock();
+        tokio::pin!(permit, expiry, look);
+        let mut turn = None;
         loop {
-            if let Some(conn) = self.checkout(server).or_else(|| self.steal(server)) {
+            let idle = self
+                .checkout(server)
+                .or_else(|| turn.as_ref().and_then(|_| self.steal(server)));
+            if let Some(conn) = idle {
                 return Ok(Room::Idle(conn));
             }
             tokio::select! {
@@ -438,7 +450,8 @@ where
                 // The semaphore is never closed, so this is always a permit.
                 permit = &mut permit => return permit.map(Room::Permit).map_err(|_| ClientError::Busy),
                 () = &mut expiry => return Err(ClientError::Busy),
-                () = tokio::time::sleep(LOOK_EVERY) => {}
+                guard = &mut look, if turn.is_none() => turn = Some(guard),
+                () = tokio::time::sleep(LOOK_EVERY), if turn.is_some() => {}
             }
         }
     }
@@ -508,6 +521,10 @@ where
     });
     Ok(Conn::H1(sender))
 }
+
+/// How often the first caller waiting at the cap looks for a connection that
+/// went idle: no event tells when an HTTP/1 exchange's answer has been read.
+const LOOK_EVERY: Duration = Duration::from_millis(20);
 
 /// What a wait at the cap ended with.
 enum Room<B> {
@@ -740,6 +757,38 @@ mod tests {
         }
         assert_eq!(lock(&upstreams.servers[0].idle).len(), 0);
         assert!(upstreams.checkout(0).is_none());
+    }
+
+    #[test]
+    fn a_request_prepared_for_http2_and_given_back_is_prepared_again_for_another_server() {
+        for preserve_host in [false, true] {
+            let a = server("127.0.0.1:1".parse().unwrap());
+            let b = server("127.0.0.1:2".parse().unwrap());
+            let upstreams: Arc<Upstreams<Body>> = Upstreams::new(
+                vec![a, b],
+                Settings {
+                    preserve_host,
+                    ..settings(Duration::from_secs(1), Duration::from_secs(1), 2)
+                },
+            );
+            let mut req = Request::get("/v1?x=1")
+                .header(HOST, "client.example")
+                .body(Body::new())
+                .unwrap();
+            let (first, second) = if preserve_host {
+                ("client.example", "client.example")
+            } else {
+                ("127.0.0.1:1", "127.0.0.1:2")
+            };
+            upstreams.prepare(0, &mut req, true);
+            assert_eq!(req.uri().to_string(), format!("https://{first}/v1?x=1"));
+            assert_eq!(req.version(), Version::HTTP_2);
+            assert!(req.headers().get(HOST).is_none());
+            upstreams.prepare(1, &mut req, false);
+            assert_eq!(req.uri().to_string(), "/v1?x=1");
+            assert_eq!(req.version(), Version::HTTP_11);
+            assert_eq!(req.headers()[HOST], second);
+        }
     }
 
     #[tokio::test]

@@ -383,6 +383,15 @@ mod tests {
     /// A forwarder to `addr` whose clones share one client connection's state,
     /// as the requests of one client connection do.
     fn forward_to(addr: std::net::SocketAddr, upstream_timeout: Duration) -> Forward<Empty<Bytes>> {
+        forward_capped(addr, upstream_timeout, 1024)
+    }
+
+    /// [`forward_to`] with at most `cap` upstream connections.
+    fn forward_capped(
+        addr: std::net::SocketAddr,
+        upstream_timeout: Duration,
+        cap: usize,
+    ) -> Forward<Empty<Bytes>> {
         let uri: http::Uri = format!("http://{addr}").parse().unwrap();
         Forward::new(&ForwardConfig {
             upstreams: vec![Upstream::new(&uri).unwrap()],
@@ -391,7 +400,7 @@ mod tests {
             upstream_read_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 4,
-            max_upstream_connections: 1024,
+            max_upstream_connections: cap,
             upstream_fail_timeout: Duration::from_secs(10),
             preserve_host: false,
             upstream_tls: None,
@@ -447,6 +456,24 @@ mod tests {
             (StatusCode::GATEWAY_TIMEOUT, StatusCode::GATEWAY_TIMEOUT)
         );
         assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn client_connections_waiting_at_the_cap_take_turns_on_the_one_connection() {
+        let (addr, accepted) = upstream().await;
+        let forward = forward_capped(addr, Duration::from_secs(10), 1);
+        // Six client connections, each with one 300 ms exchange, one upstream
+        // connection: the waiters are handed the idle connection one by one
+        // (the first in line looks; the others wait their turn).
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let client = forward.for_client([127, 0, 0, 1].into());
+            clients.spawn(async move { status(&client, "/medium").await });
+        }
+        while let Some(answer) = clients.join_next().await {
+            assert_eq!(answer.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

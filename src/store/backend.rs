@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
+use super::counts::CallCount;
 use crate::clock::Timestamp;
 use crate::org::{Action, Actor, OrgId, OrgState};
 use crate::token::TokenRecord;
@@ -56,6 +57,25 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The audit events of `org`, oldest first.
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>>;
+
+    /// The counter seam, first half: persists each org's threshold window in
+    /// `counts`, replacing what was persisted for it (a `None` window removes
+    /// it), all in one write that survives a crash once this returns `Ok`.
+    /// The store calls it from one flusher at a time
+    /// ([`CountFlusher`](super::CountFlusher) says when). The default persists nothing:
+    /// such a backend opens a fresh window at every restart.
+    fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
+        drop(counts);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The counter seam, second half: every window [`save_counts`] left
+    /// persisted, read once when the store opens.
+    ///
+    /// [`save_counts`]: Backend::save_counts
+    fn load_counts(&self) -> BoxFuture<'_, Result<Vec<CallCount>, BackendError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 
     /// Makes every commit of `commits` durable in one step, all or none, as
     /// [`commit`](Backend::commit) makes one: how `keygate import` provisions

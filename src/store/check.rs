@@ -18,7 +18,9 @@
 //! * each audit record is filed under the org it is about, each org's log is
 //!   numbered 1, 2, 3 ... without gaps, every org has a log (provisioning
 //!   writes the first record with the org), and every log belongs to an org
-//!   (keygate never removes an org).
+//!   (keygate never removes an org);
+//! * each saved threshold window (`counts`) is filed under an org id (one of
+//!   an org not in the store is ignored, as `serve` ignores it).
 //!
 //! Each problem is one [`Problem`], shown as one line that names the table and
 //! the record: never a key, a token's digest or a record's contents.
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable};
 
 use super::backend::AuditEvent;
-use super::redb::{json_error, AUDIT, ORGS, TOKENS};
+use super::redb::{json_error, AUDIT, COUNTS, ORGS, TOKENS};
 use super::{BackendError, RedbBackend};
 use crate::org::{OrgId, OrgState};
 use crate::token::{self, TokenDigest, TokenRecord};
@@ -109,7 +111,7 @@ pub enum Problem {
         /// The kind of JSON error and where; never its text.
         why: String,
     },
-    /// A key of the orgs or audit table is not an org id.
+    /// A key of the orgs, audit or counts table is not an org id.
     #[error("table {table}: key {key} is not an org id")]
     NotAnOrgId {
         /// The table.
@@ -213,6 +215,7 @@ pub fn check_store(path: &Path) -> Result<CheckReport, BackendError> {
     let orgs_read = scan.table("orgs", |scan| scan_orgs(db, scan));
     scan.table("tokens", |scan| scan_tokens(db, scan));
     let audit_read = scan.table("audit", |scan| scan_audit(db, scan));
+    scan.table("counts", |scan| scan_counts(db, scan));
     // Against a table read only in part, every missing record would look
     // like a broken reference: the damage is reported once, above.
     if orgs_read {
@@ -363,6 +366,29 @@ fn scan_tokens(db: &Database, scan: &mut Scan) -> Result<(), String> {
         }
         scan.token_orgs
             .push((token.name, token.org.as_str().to_owned()));
+    }
+    Ok(())
+}
+
+/// The saved threshold windows: keyed by org id, as `serve` reads them. A
+/// store written before the table existed has none, which is sound.
+fn scan_counts(db: &Database, scan: &mut Scan) -> Result<(), String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match txn.open_table(COUNTS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (key, _) = entry.map_err(|e| e.to_string())?;
+        let key = key.value();
+        scan.last = Some(format!("{key:?}"));
+        if !OrgId::is_valid(key.as_bytes()) {
+            scan.problem(Problem::NotAnOrgId {
+                table: "counts",
+                key: format!("{key:?}"),
+            });
+        }
     }
     Ok(())
 }
@@ -541,6 +567,37 @@ mod tests {
             report.to_string(),
             "2 orgs, 1 tokens, 5 audit records read: no problems"
         );
+    }
+
+    #[tokio::test]
+    async fn saved_windows_are_checked_for_org_ids_and_a_store_without_them_is_clean() {
+        let dir = TempDir::new().unwrap();
+        let path = sound_store(&dir).await;
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(COUNTS).unwrap();
+                t.insert("acme", (1_800_000_000, 3)).unwrap();
+                t.insert("Not An Id", (1_800_000_000, 1)).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert_eq!(
+            report.problems,
+            vec![Problem::NotAnOrgId {
+                table: "counts",
+                key: "\"Not An Id\"".to_owned(),
+            }]
+        );
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(COUNTS).unwrap());
+            txn.commit().unwrap();
+        }
+        assert_eq!(check_store(&path).unwrap().problems, vec![]);
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use super::backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Restored, Snapshot,
 };
+use super::counts::CallCount;
 use super::OrgRecord;
+use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
 
@@ -25,6 +27,7 @@ struct Data {
     orgs: BTreeMap<OrgId, OrgState>,
     tokens: BTreeMap<String, TokenRecord>,
     audit: Vec<AuditEvent>,
+    counts: BTreeMap<OrgId, Window>,
 }
 
 impl MemoryBackend {
@@ -36,6 +39,11 @@ impl MemoryBackend {
     /// From now on, every commit fails (`true`) or succeeds (`false`).
     pub fn fail_commits(&self, fail: bool) {
         self.fail_commits.store(fail, Ordering::SeqCst);
+    }
+
+    /// The threshold window persisted for `org`, if any.
+    pub fn count_of(&self, org: &OrgId) -> Option<Window> {
+        self.lock().counts.get(org).copied()
     }
 
     /// Every audit event so far, of every org, oldest first.
@@ -138,5 +146,36 @@ impl Backend for MemoryBackend {
             .cloned()
             .collect();
         Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
+        let result = if self.fail_commits.load(Ordering::SeqCst) {
+            Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))
+        } else {
+            let mut data = self.lock();
+            for c in counts {
+                match c.window {
+                    Some(w) => data.counts.insert(c.org, w),
+                    None => data.counts.remove(&c.org),
+                };
+            }
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn load_counts(&self) -> BoxFuture<'_, Result<Vec<CallCount>, BackendError>> {
+        let counts = self
+            .lock()
+            .counts
+            .iter()
+            .map(|(org, w)| CallCount {
+                org: org.clone(),
+                window: Some(*w),
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(counts)))
     }
 }

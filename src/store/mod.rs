@@ -16,9 +16,14 @@
 //! A failed commit leaves the org exactly as it was. The whole sequence runs in
 //! its own task, so an admin client that hangs up mid-commit cannot leave a change
 //! durable on disk but invisible in memory.
+//!
+//! The threshold counts take another path, off the request path: the
+//! [`CountFlusher`] saves the windows that changed through the backend's counter
+//! seam every period and at stop, and [`Store::open`] resumes them (`counts`).
 
 mod backend;
 mod check;
+mod counts;
 mod export;
 mod import;
 mod memory;
@@ -37,6 +42,7 @@ pub use backend::{
     OrgRecord, Restored, Snapshot,
 };
 pub use check::{check_store, CheckReport, Problem};
+pub use counts::{CallCount, CountFlusher};
 pub use export::{export, ExportCounts, ExportError, EXPORT_VERSION};
 pub use import::{import, import_orgs, read_input, ImportError, ImportInput, Imported};
 pub use memory::MemoryBackend;
@@ -78,6 +84,9 @@ struct Inner {
     /// Where provisioning keeps new orgs' ids; dropped with the store, and the
     /// ids' pages with their last org.
     id_pages: std::sync::Mutex<IdPages>,
+    /// The windows last persisted; held by a flush and by an enable, so the
+    /// two never interleave.
+    counts: tokio::sync::Mutex<counts::Flushed>,
 }
 
 /// Admin and viewer tokens, found by digest (to authenticate) or name (to delete).
@@ -174,11 +183,12 @@ impl Store {
             Ok((orgs, pages))
         };
         let (loaded, (orgs, id_pages)) = tokio::try_join!(backend.load_into(batches), build)?;
+        let persisted_counts = backend.load_counts().await?;
         let mut tokens = Tokens::default();
         for t in loaded {
             tokens.insert(t);
         }
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 orgs,
                 backend,
@@ -191,8 +201,15 @@ impl Store {
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
                 id_pages: std::sync::Mutex::new(id_pages),
+                counts: Default::default(),
             }),
-        })
+        };
+        {
+            // No one else holds the store yet.
+            let mut flushed = store.inner.counts.lock().await;
+            store.resume_counts(persisted_counts, &mut flushed);
+        }
+        Ok(store)
     }
 
     /// An empty store over a fresh [`MemoryBackend`].
@@ -493,6 +510,23 @@ impl Store {
         let _writer = self.writer(&org.id()).lock().await;
         let now = self.inner.clock.now();
         let t = org.read(|c| op(&c.state, now))?;
+        let _counts = if t.action == Action::Enable {
+            // The count starts afresh on disk too, and first: a crash after
+            // the enable's commit must not bring the old window back. Held
+            // until the reset below, so no flush writes the old window again.
+            let mut flushed = self.inner.counts.lock().await;
+            let cleared = CallCount {
+                org: org.id(),
+                window: None,
+            };
+            self.inner.backend.save_counts(vec![cleared]).await?;
+            // Should the commit fail, the window is still in memory and
+            // differs from this, so the next flush writes it back.
+            flushed.saved(&org, None);
+            Some(flushed)
+        } else {
+            None
+        };
         self.commit(&org.id(), &t).await?;
         if t.action == Action::Enable {
             // Before the swap: until it, requests still see the key disabled and

@@ -7,7 +7,12 @@
 //! * `audit`: (org id, sequence number) → an [`AuditEvent`], as JSON. The key
 //!   orders each org's events oldest first and keeps orgs apart, even when one
 //!   id is a prefix of another;
-//! * `meta`: `schema_version` → the layout of the other three (today 1).
+//! * `meta`: `schema_version` → the layout of the other three (today 1);
+//! * `counts`: org id → (window start in whole seconds since the epoch, calls
+//!   counted in it): each org's threshold window as the count flusher last
+//!   saved it ([`counts`](super::counts)). Added after schema 1 without a new
+//!   version: a store written before has no such table and opens as one with
+//!   no counts saved; the first save creates it.
 //!
 //! Every commit is one redb write transaction with [`Durability::Immediate`]:
 //! the change and its audit event are fsynced together before `commit` returns.
@@ -44,7 +49,9 @@ use super::backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
     Restored, Snapshot,
 };
+use super::counts::CallCount;
 use super::OrgRecord;
+use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
 use crate::token::TokenRecord;
 
@@ -54,6 +61,8 @@ pub(super) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (Org id, sequence number) → JSON of an [`AuditEvent`].
 pub(super) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// Org id → (window start, whole seconds since the epoch; calls counted in it).
+pub(super) const COUNTS: TableDefinition<&str, (u32, u32)> = TableDefinition::new("counts");
 /// Facts about the file itself.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -245,6 +254,22 @@ impl Backend for RedbBackend {
         let inner = Arc::clone(&self.inner);
         let path = self.inner.path.clone();
         Box::pin(blocking("restore", path, move || inner.restore(&dump)))
+    }
+
+    fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("count save", path, move || {
+            inner.save_counts(&counts)
+        }))
+    }
+
+    fn load_counts(&self) -> BoxFuture<'_, Result<Vec<CallCount>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        // Named "load": a panic inside redb here means a damaged file, as in
+        // the load of the orgs.
+        Box::pin(blocking("load", path, move || inner.load_counts()))
     }
 }
 
@@ -493,6 +518,58 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes `counts` in one fsynced transaction.
+    fn save_counts(&self, counts: &[CallCount]) -> Result<(), BackendError> {
+        let fail = |e: &dyn fmt::Display| self.unavailable("save counts", e);
+        let mut txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut table = txn.open_table(COUNTS).map_err(|e| fail(&e))?;
+            for c in counts {
+                match c.window {
+                    Some(w) => table.insert(c.org.as_str(), (w.start, w.calls)),
+                    None => table.remove(c.org.as_str()),
+                }
+                .map_err(|e| fail(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))
+    }
+
+    /// Every saved window; none from a store written before the table existed.
+    fn load_counts(&self) -> Result<Vec<CallCount>, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read counts", e))?;
+        let table = match txn.open_table(COUNTS) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.table_error(e)),
+        };
+        let mut counts = Vec::new();
+        for entry in table
+            .iter()
+            .map_err(|e| self.unavailable("read counts", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.unavailable("read counts", e))?;
+            let key = key.value();
+            let org = OrgId::parse(key).map_err(|_| {
+                self.corrupt(format_args!("table counts: key {key:?} is not an org id"))
+            })?;
+            let (start, calls) = value.value();
+            // Never written (a cleared window is removed), and harmless: no
+            // calls is no window.
+            if calls > 0 {
+                counts.push(CallCount {
+                    org,
+                    window: Some(Window { start, calls }),
+                });
+            }
+        }
+        Ok(counts)
+    }
+
     fn audit(&self, org: &OrgId) -> Result<Vec<AuditEvent>, BackendError> {
         let org = org.as_str();
         let txn = self
@@ -675,6 +752,8 @@ fn build_empty_store(tmp: &Path) -> Result<(), BackendError> {
             .map_err(|e| unavailable("create table tokens", &e))?;
         txn.open_table(AUDIT)
             .map_err(|e| unavailable("create table audit", &e))?;
+        txn.open_table(COUNTS)
+            .map_err(|e| unavailable("create table counts", &e))?;
         let mut meta = txn
             .open_table(META)
             .map_err(|e| unavailable("create table meta", &e))?;
