@@ -259,7 +259,7 @@ END {
     if (nins > 0) {
         printf "## Instructions per request (callgrind, %s orgs, %s upstream)\n\n", ins_n, (scheme == "https" ? "HTTPS" : "plain HTTP")
         print "Each proxy under valgrind'"'"'s callgrind, same topology and wrk settings: user-space instructions of all its processes per request answered, over INSTR_SECS of load after a warm-up. A count, not a time, so it does not drift with the machine; it leaves out the kernel (the same system calls per request for every proxy here: BENCHMARKS.md). Lower is better.\n"
-        if (ins_rounds > 1) printf "Each target counted %d times, the targets taking turns: the median, and in brackets the lowest and highest count.\n\n", ins_rounds
+        if (ins_rounds > 1) printf "Each target counted %d times, the targets taking turns: the median (of an even number, the lower middle one), and in brackets the lowest and highest count.\n\n", ins_rounds
         if (ins_has_conn) {
             print "Before the count, the load runs in rounds of 2 s until the proxy has opened as many upstream connections as wrk has, or 3 rounds in a row (INSTR_WARM_QUIET) opened none (at most INSTR_WARM_MAX), so the count is the steady state with the proxy'"'"'s upstream connections open; *upstream connections opened* are those opened (for HTTPS: handshakes) during the count all the same, and *warm-up s* how long the warm-up took (allowed path).\n"
             print "| target | allowed | 401 | requests counted (allowed) | upstream connections opened (allowed) | warm-up s (allowed) |"
