@@ -65,36 +65,65 @@ impl BodyTimedOut {
 pin_project! {
     /// `B`, ended with [`BodyTimedOut`] when a frame is later than its
     /// [`BodyTimeouts`] allow.
+    ///
+    /// Small on purpose: every proxied request and answer is moved around
+    /// inside one of these, so what only a waiting body needs lives behind a
+    /// pointer (BENCHMARKS.md, issue 12: larger wrappers cost `memcpy` time).
     #[derive(Debug)]
     pub struct TimeoutBody<B> {
         #[pin]
         inner: B,
-        timeouts: BodyTimeouts,
-        // When the whole body must be in, if it has such a limit.
-        deadline: Option<Instant>,
-        // Made on the first read that finds nothing ready and re-armed after
-        // each frame. Boxed, so the wrapper is `Unpin` when `B` is (the
-        // forwarder needs that); a body that is never waited for costs none.
-        timer: Option<Pin<Box<Sleep>>>,
-        // The timer was set after the last frame.
-        armed: bool,
-        timed_out: bool,
+        // The wait allowed between two frames, in milliseconds (the config
+        // allows an hour; a u32 holds 49 days).
+        between_ms: u32,
+        phase: Phase,
         // Logged at warn when the limit passes; `None` logs at debug.
         warning: Option<&'static str>,
+        // The timer, and the whole body's deadline if it has one: made on the
+        // first read that finds nothing ready, or at once for a whole-body
+        // limit (its clock starts at the wrap). Boxed, so a body never waited
+        // for carries one pointer, and the wrapper is `Unpin` when `B` is (the
+        // forwarder needs that).
+        wait: Option<Pin<Box<Wait>>>,
     }
+}
+
+pin_project! {
+    #[derive(Debug)]
+    struct Wait {
+        #[pin]
+        timer: Sleep,
+        deadline: Option<Instant>,
+    }
+}
+
+/// Where a [`TimeoutBody`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The last read found a frame (or there was none yet): no timer runs.
+    Reading,
+    /// Waiting for a frame, the timer set.
+    Armed,
+    /// The limit passed: the error was given, the body is over.
+    TimedOut,
 }
 
 impl<B> TimeoutBody<B> {
     /// Wraps `inner`; a total limit counts from now.
     pub fn new(inner: B, timeouts: BodyTimeouts) -> TimeoutBody<B> {
+        let wait = timeouts.total.map(|total| {
+            let deadline = Instant::now() + total;
+            Box::pin(Wait {
+                timer: tokio::time::sleep_until(deadline),
+                deadline: Some(deadline),
+            })
+        });
         TimeoutBody {
             inner,
-            timeouts,
-            deadline: timeouts.total.map(|t| Instant::now() + t),
-            timer: None,
-            armed: false,
-            timed_out: false,
+            between_ms: u32::try_from(timeouts.between_reads.as_millis()).unwrap_or(u32::MAX),
+            phase: Phase::Reading,
             warning: None,
+            wait,
         }
     }
 
@@ -119,42 +148,49 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        if *this.timed_out {
+        if *this.phase == Phase::TimedOut {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             // The next wait starts afresh.
-            *this.armed = false;
+            *this.phase = Phase::Reading;
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if !*this.armed {
-            let mut at = Instant::now() + this.timeouts.between_reads;
-            if let Some(deadline) = *this.deadline {
-                at = at.min(deadline);
+        if *this.phase == Phase::Reading {
+            let next = Instant::now() + Duration::from_millis(u64::from(*this.between_ms));
+            match this.wait.as_mut() {
+                Some(wait) => {
+                    let wait = wait.as_mut().project();
+                    let at = wait.deadline.map_or(next, |deadline| next.min(deadline));
+                    wait.timer.reset(at);
+                }
+                None => {
+                    *this.wait = Some(Box::pin(Wait {
+                        timer: tokio::time::sleep_until(next),
+                        deadline: None,
+                    }));
+                }
             }
-            match this.timer.as_mut() {
-                Some(timer) => timer.as_mut().reset(at),
-                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-            *this.armed = true;
+            *this.phase = Phase::Armed;
         }
-        if let Some(timer) = this.timer.as_mut() {
-            ready!(timer.as_mut().poll(cx));
+        if let Some(wait) = this.wait.as_mut() {
+            ready!(wait.as_mut().project().timer.poll(cx));
         }
-        *this.timed_out = true;
+        *this.phase = Phase::TimedOut;
+        let between_ms = *this.between_ms;
         match this.warning {
-            Some(message) => tracing::warn!(limit = ?this.timeouts, "{message}"),
-            None => tracing::debug!(limit = ?this.timeouts, "a body stopped arriving"),
+            Some(message) => tracing::warn!(between_ms, "{message}"),
+            None => tracing::debug!(between_ms, "a body stopped arriving"),
         }
         Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.timed_out || self.inner.is_end_stream()
+        self.phase == Phase::TimedOut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.timed_out {
+        if self.phase == Phase::TimedOut {
             return SizeHint::with_exact(0);
         }
         self.inner.size_hint()
