@@ -43,12 +43,14 @@ function spread(a, b,   m, i, j, best, r, lo, hi, x, y, swap) {
     }
     return sprintf("; rounds %.2f to %.2f", lo, hi)
 }
+function irange(t, p) { return ins_cnt[t, p] > 1 ? sprintf(" [%.0f–%.0f]", ins_lo[t, p], ins_hi[t, p]) : "" }
 function other(k) { return (k in c1) ? c1[k] - 100 * share[k] : 0 }
 function noise(a, b,   m) {
     m = other(a); if (other(b) > m) m = other(b)
     return m > 10 ? sprintf(" (noisy: others used up to %.0f%% of core 1)", m) : ""
 }
 function label(t) {
+    if (t ~ /-before$/) { sub(/-before$/, "", t); return label(t) " [" before "]" }
     return t == "direct" ? "upstream direct" : \
         t == "kg" ? "keygate job (1 worker)" : \
         t == "kg-multi" ? "keygate job (default runtime)" : \
@@ -60,19 +62,20 @@ $1 == "meta" {
     stamp = $2; dur = $3; warm = $4; conns = $5; orgs = $6; quick = $7; kernel = $8
     cores = $9; cpu = $10; wrkv = $11; nginxv = $12; haproxyv = $13; load = $14
     body = ($15 == "" ? 12 : $15)
+    scheme = ($16 == "" ? "http" : $16); alpn = $17; build = $18; before = $19; kglog = $20
 }
 $1 == "import" { imp[$2] = $3 }
 $1 == "start" { if (!(($3, $2) in st)) stn[++nst] = $3 SUBSEP $2; st[$3, $2] = $4; strss[$3, $2] = $5 }
 $1 == "cell" {
     # With ROUNDS > 1 a cell is measured several times; the report shows the
     # round with the median req/s (all of its numbers) and the range.
-    if ($3 !~ /-bare$/ && $3 != "direct") ns[$2] = 1
+    if ($3 !~ /-bare(-before)?$/ && $3 != "direct") ns[$2] = 1
     k = $3 SUBSEP $2 SUBSEP $4
     # keygate bare also takes its turn beside the job at each org count (after
     # the last of the other org-independent cells): those rounds are cells of
     # their own, even at BARE_ORGS, so that each ratio compares rounds measured
     # side by side, not minutes apart.
-    if ($3 == "kg-bare" && FNR > last_indep) k = k SUBSEP "job"
+    if ($3 ~ /^kg-bare/ && FNR > last_indep) k = k SUBSEP "job"
     if (!(k in cnt)) cells[++nc] = k
     cnt[k]++; line[k, cnt[k]] = $0; ln[k, cnt[k]] = FNR
     # The org-independent cells run first: the first of each target and path.
@@ -87,9 +90,23 @@ $1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
 $1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
 $1 == "instr" {
     if (!($3 in ins_seen)) { ins_seen[$3] = 1; ins_t[++nins] = $3 }
-    ins[$3, $4] = $6 / $5; ins_req[$3, $4] = $5; ins_n = $2
+    # With INSTR_ROUNDS > 1 a target is counted several times: the report
+    # shows the median (and its round'"'"'s other numbers) and the range.
+    ic = ++ins_cnt[$3, $4]
+    ins_v[$3, $4, ic] = $6 / $5; ins_r[$3, $4, ic] = $5; ins_c[$3, $4, ic] = $7; ins_w[$3, $4, ic] = $8
+    ins_n = $2; if ($7 != "") ins_has_conn = 1
+    if (ic > ins_rounds) ins_rounds = ic
 }
 END {
+    for (kp in ins_cnt) {
+        m = ins_cnt[kp]; split(kp, f, SUBSEP)
+        for (a = 1; a <= m; a++) idx[a] = a
+        for (a = 1; a <= m; a++) for (b = a + 1; b <= m; b++) if (ins_v[f[1], f[2], idx[b]] < ins_v[f[1], f[2], idx[a]]) { t = idx[a]; idx[a] = idx[b]; idx[b] = t }
+        md = idx[int((m + 1) / 2)]
+        ins[kp] = ins_v[f[1], f[2], md]; ins_req[kp] = ins_r[f[1], f[2], md]
+        ins_conn[kp] = ins_c[f[1], f[2], md]; ins_warm[kp] = ins_w[f[1], f[2], md]
+        ins_lo[kp] = ins_v[f[1], f[2], idx[1]]; ins_hi[kp] = ins_v[f[1], f[2], idx[m]]
+    }
     # A cell whose target failed to start in a round has fewer rounds than
     # the rest: the report names the fewest.
     rounds = 0
@@ -108,6 +125,10 @@ END {
     printf "- cells: %s s of closed-loop load after %s s of warm-up, wrk with 1 thread and %s connections\n", dur, warm, conns
     printf "- org counts: %s\n", orgs
     printf "- upstream answers: 200 with a %s-byte JSON body%s\n", body, (body == 12 ? " ({\"ok\":true} and a newline)" : "")
+    if (scheme == "https") printf "- upstream over **HTTPS** (rustls, ALPN %s; a private CA the proxies verify against)\n", alpn
+    else print "- upstream over plain HTTP"
+    if (build != "") printf "- keygate: this tree, commit %s%s\n", build, (before != "" ? sprintf("; *[%s]*: the second build (KG_BEFORE_BIN)", before) : "")
+    if (kglog != "") printf "- keygate runs with KEYGATE_LOG=%s%s\n", kglog, (kglog == "warn" ? " (which also takes the access log out of the request path)" : "")
     if (rounds > 1) printf "- rounds: each cell measured %d times, the targets taking turns; tables show the round with the median req/s, and *range* the lowest and highest req/s\n", rounds
     printf "- machine: %s cores, %s, Linux %s; load average at the start: %s\n", cores, cpu, kernel, load
     printf "- wrk %s, nginx %s, HAProxy %s\n", wrkv, nginxv, haproxyv
@@ -120,7 +141,7 @@ END {
     print "|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     for (i = 1; i <= nc; i++) {
         k = cells[i]; split(k, f, SUBSEP)
-        bare = (f[1] == "direct" || f[1] ~ /-bare$/)
+        bare = (f[1] == "direct" || f[1] ~ /-bare(-before)?$/)
         pinned = (f[1] != "direct" && f[1] != "kg-multi")
         printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", \
             (bare ? f[2] (f[4] == "job" ? " (paths only, beside the job)" : " (paths only)") : f[2]), label(f[1]), f[3], fmt(rps[k], 0), \
@@ -136,6 +157,16 @@ END {
     kb = byt["kg-bare", "allowed"]; nb = byt["nginx-bare", "allowed"]; hb = byt["haproxy-bare", "allowed"]
     printf "- keygate bare / nginx bare: %s [%s]\n", fmt(ratio(rps[kb], rps[nb]), 2), fmt(ratio(percore[kb], percore[nb]), 2)
     printf "- keygate bare / HAProxy bare: %s [%s]\n\n", fmt(ratio(rps[kb], rps[hb]), 2), fmt(ratio(percore[kb], percore[hb]), 2)
+    kbb = byt["kg-bare-before", "allowed"]
+    if (kbb != "") printf "- keygate bare / keygate bare [%s]: %s [%s]\n\n", before, fmt(ratio(rps[byt["kg-bare", "allowed"]], rps[kbb]), 2), fmt(ratio(percore[byt["kg-bare", "allowed"]], percore[kbb]), 2)
+    for (i = 1; i <= nc; i++) {
+        k = cells[i]; split(k, f, SUBSEP)
+        if (f[1] != "kg-before") continue
+        kk = "kg" SUBSEP f[2] SUBSEP f[3]
+        printf "- keygate job / keygate job [%s], %s orgs, %s: %s [%s]\n", before, f[2], f[3], fmt(ratio(rps[kk], rps[k]), 2), fmt(ratio(percore[kk], percore[k]), 2)
+        had_before = 1
+    }
+    if (had_before) print ""
     print "| orgs | path | keygate / nginx | keygate / HAProxy | keygate job / keygate bare | keygate default runtime / nginx |"
     print "|---:|---|---:|---:|---:|---:|"
     split("allowed 401 429", paths, " ")
@@ -226,22 +257,48 @@ END {
     }
 
     if (nins > 0) {
-        printf "## Instructions per request (callgrind, %s orgs)\n\n", ins_n
+        printf "## Instructions per request (callgrind, %s orgs, %s upstream)\n\n", ins_n, (scheme == "https" ? "HTTPS" : "plain HTTP")
         print "Each proxy under valgrind'"'"'s callgrind, same topology and wrk settings: user-space instructions of all its processes per request answered, over INSTR_SECS of load after a warm-up. A count, not a time, so it does not drift with the machine; it leaves out the kernel (the same system calls per request for every proxy here: BENCHMARKS.md). Lower is better.\n"
-        print "| target | allowed | 401 | requests counted (allowed) |"
-        print "|---|---:|---:|---:|"
+        if (ins_rounds > 1) printf "Each target counted %d times, the targets taking turns: the median (of an even number, the lower middle one), and in brackets the lowest and highest count.\n\n", ins_rounds
+        if (ins_has_conn) {
+            print "Before the count, the load runs in rounds of 2 s until the proxy has opened as many upstream connections as wrk has, or 3 rounds in a row (INSTR_WARM_QUIET) opened none (at most INSTR_WARM_MAX), so the count is the steady state with the proxy'"'"'s upstream connections open; *upstream connections opened* are those opened (for HTTPS: handshakes) during the count all the same, and *warm-up s* how long the warm-up took (allowed path).\n"
+            print "| target | allowed | 401 | requests counted (allowed) | upstream connections opened (allowed) | warm-up s (allowed) |"
+            print "|---|---:|---:|---:|---:|---:|"
+        } else {
+            print "| target | allowed | 401 | requests counted (allowed) |"
+            print "|---|---:|---:|---:|"
+        }
         for (i = 1; i <= nins; i++) {
             t = ins_t[i]
-            printf "| %s | %s | %s | %s |\n", label(t), fmt(ins[t, "allowed"], 0), fmt(ins[t, "401"], 0), ins_req[t, "allowed"]
+            printf "| %s | %s%s | %s%s | %s |", label(t), fmt(ins[t, "allowed"], 0), irange(t, "allowed"), fmt(ins[t, "401"], 0), irange(t, "401"), ins_req[t, "allowed"]
+            if (ins_has_conn) printf " %s | %s |", ins_conn[t, "allowed"], ins_warm[t, "allowed"]
+            print ""
         }
         print ""
+        # Counts that were not the steady state all the same: say which.
+        nchurn = 0
+        for (i = 1; i <= nins; i++) for (pi = 1; pi <= 2; pi++) {
+            t = ins_t[i]; p = (pi == 1 ? "allowed" : "401")
+            for (a = 1; a <= ins_cnt[t, p]; a++) if (ins_c[t, p, a] + 0 > 0) {
+                if (!nchurn++) print "Counts during which the proxy opened upstream connections (not the steady state; the median above leaves them out when it can):\n"
+                printf "- %s, %s, round %d: %d connections opened, %.0f instructions per request\n", label(t), p, a, ins_c[t, p, a], ins_v[t, p, a]
+            }
+        }
+        if (nchurn) print ""
         print "Ratios of instructions (keygate / peer; below 1.00 keygate does the same work with fewer):\n"
         printf "- keygate job / nginx job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["nginx", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["nginx", "401"]), 2)
         printf "- keygate job / HAProxy job: allowed %s, 401 %s\n", fmt(ratio(ins["kg", "allowed"], ins["haproxy", "allowed"]), 2), fmt(ratio(ins["kg", "401"], ins["haproxy", "401"]), 2)
         printf "- keygate bare / nginx bare: %s; keygate bare / HAProxy bare: %s\n", fmt(ratio(ins["kg-bare", "allowed"], ins["nginx-bare", "allowed"]), 2), fmt(ratio(ins["kg-bare", "allowed"], ins["haproxy-bare", "allowed"]), 2)
-        printf "- keygate job / keygate bare: %s (the gate'"'"'s share: %s instructions per request)\n\n", fmt(ratio(ins["kg", "allowed"], ins["kg-bare", "allowed"]), 2), ((("kg", "allowed") in ins && ("kg-bare", "allowed") in ins) ? fmt(ins["kg", "allowed"] - ins["kg-bare", "allowed"], 0) : "—")
+        printf "- keygate job / keygate bare: %s (the gate'"'"'s share: %s instructions per request)\n\n", fmt(ratio(ins["kg", "allowed"], ins["kg-bare", "allowed"]), 2), ((("kg", "allowed") in ins_cnt && ("kg-bare", "allowed") in ins_cnt) ? fmt(ins["kg", "allowed"] - ins["kg-bare", "allowed"], 0) : "—")
+        if (("kg-before", "allowed") in ins_cnt || ("kg-bare-before", "allowed") in ins_cnt) {
+            printf "This build against *[%s]* (KG_BEFORE_BIN), instructions per request (above 1.00 this build does more):\n\n", before
+            printf "- keygate job / keygate job [%s]: allowed %s, 401 %s\n", before, fmt(ratio(ins["kg", "allowed"], ins["kg-before", "allowed"]), 3), fmt(ratio(ins["kg", "401"], ins["kg-before", "401"]), 3)
+            printf "- keygate bare / keygate bare [%s]: allowed %s\n\n", before, fmt(ratio(ins["kg-bare", "allowed"], ins["kg-bare-before", "allowed"]), 3)
+        }
     }
 
+    # Only the instructions stage ran: no goal of the table below was measured.
+    if (nc == 0 && no == 0 && nsu == 0 && rot == "") exit
     print "## The issue'"'"'s goals\n"
     gn = ("100000" in ns) ? 100000 : order[nn]
     kk = "kg" SUBSEP gn SUBSEP "allowed"; kn = "nginx" SUBSEP gn SUBSEP "allowed"; kh = "haproxy" SUBSEP gn SUBSEP "allowed"

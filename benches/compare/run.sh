@@ -45,10 +45,31 @@
 #   STAGES="closed open startup rotation instructions"   which parts to run
 #   INSTR_TARGETS="kg-bare nginx-bare haproxy-bare kg nginx haproxy"
 #   INSTR_PATHS="allowed 401"   INSTR_SECS=5
+#   INSTR_ROUNDS=1     times each target is counted, the targets taking turns
+#                      (the report shows the median and the range)
+#   INSTR_WARM_MAX=120 INSTR_WARM_QUIET=3   the warm-up's rounds of 2 s go on
+#                      until the proxy has opened CONNS upstream connections
+#                      or INSTR_WARM_QUIET rounds in a row opened none, for at
+#                      most INSTR_WARM_MAX seconds
 #                      the instructions stage: each proxy under valgrind's
 #                      callgrind, user-space instructions per request at
 #                      BARE_ORGS orgs (a count, not a time: the same on a
 #                      busy machine)
+#   KG_BEFORE_BIN      a second keygate binary (an earlier build) measured in
+#                      the same run: adds the targets kg-before and
+#                      kg-bare-before (same config template, stores imported
+#                      with that binary); KG_BEFORE_LABEL names it in the report
+#   UPSTREAM_TLS=1     the upstream serves HTTPS (a private CA and a leaf for
+#                      127.0.0.1/localhost made with openssl in WORK/upstream-tls);
+#                      keygate gets https://127.0.0.1:PORT_UP and
+#                      proxy.upstream_ca_path, nginx proxy_pass https:// with
+#                      proxy_ssl_verify, HAProxy "ssl verify required"
+#   UPSTREAM_ALPN=http/1.1   what the HTTPS upstream offers by ALPN
+#                      ("h2,http/1.1" lets keygate pick HTTP/2; nginx and
+#                      HAProxy here speak HTTP/1.1 to upstreams either way)
+#   KG_LOG=warn        KEYGATE_LOG of the measured keygate processes; "warn"
+#                      also takes the access log out of the request path,
+#                      "info" measures it (its lines go to WORK/logs)
 #   SKIP_INSTALL=1     SKIP_BUILD=1   (use what is there)
 #   WORK=benches/compare/work   generated files; stores are reused when their
 #                      org list is unchanged
@@ -70,7 +91,10 @@ DURATION=$(secs "${DURATION:-5}")
 WARMUP=$(secs "${WARMUP:-1}")
 ROUNDS=${ROUNDS:-3}
 ORGS=${ORGS:-"1 1000 100000 1000000"}
-TARGETS=${TARGETS:-"direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy"}
+KG_BEFORE_BIN=${KG_BEFORE_BIN:-}
+BEFORE_TARGETS=
+[[ -n $KG_BEFORE_BIN ]] && BEFORE_TARGETS=" kg-bare-before kg-before"
+TARGETS=${TARGETS:-"direct kg-bare nginx-bare haproxy-bare kg kg-multi nginx haproxy$BEFORE_TARGETS"}
 PATHS=${PATHS:-"allowed 401 429"}
 CONNS=${CONNS:-64}
 BODY_BYTES=${BODY_BYTES:-12}
@@ -96,15 +120,25 @@ ROTATION_ORGS=${ROTATION_ORGS:-8}
 ROTATION_PERIOD_MS=${ROTATION_PERIOD_MS:-100}
 ROTATION_WORKERS=${ROTATION_WORKERS:-}
 STAGES=${STAGES:-"closed open startup rotation instructions"}
-INSTR_TARGETS=${INSTR_TARGETS:-"kg-bare nginx-bare haproxy-bare kg nginx haproxy"}
+INSTR_TARGETS=${INSTR_TARGETS:-"kg-bare nginx-bare haproxy-bare kg nginx haproxy$BEFORE_TARGETS"}
 INSTR_PATHS=${INSTR_PATHS:-"allowed 401"}
 INSTR_SECS=$(secs "${INSTR_SECS:-5}")
+INSTR_WARM_MAX=$(secs "${INSTR_WARM_MAX:-120}")
+INSTR_WARM_QUIET=${INSTR_WARM_QUIET:-3}
+INSTR_ROUNDS=${INSTR_ROUNDS:-1}
 WORK=${WORK:-$HERE/work}
 PORT_UP=${PORT_UP:-18000}
 PORT=${PORT:-18080}
 ADMIN_PORT=${ADMIN_PORT:-18081}
 CORE_GEN=${CORE_GEN:-0}
 CORE_PROXY=${CORE_PROXY:-1}
+KG_BEFORE_LABEL=${KG_BEFORE_LABEL:-before}
+UPSTREAM_TLS=${UPSTREAM_TLS:-0}
+UPSTREAM_ALPN=${UPSTREAM_ALPN:-http/1.1}
+KG_LOG=${KG_LOG:-warn}
+UP_SCHEME=http
+[[ $UPSTREAM_TLS == 1 ]] && UP_SCHEME=https
+UP_TLS_DIR=$WORK/upstream-tls
 
 # keygate's limits for the benchmark: never reached on the allowed path.
 KG_RATE=10000000
@@ -137,6 +171,9 @@ install_tools() {
     command -v ps >/dev/null || need+=(procps)
     if has_stage instructions; then
         command -v valgrind >/dev/null || need+=(valgrind)
+    fi
+    if [[ $UPSTREAM_TLS == 1 ]]; then
+        command -v openssl >/dev/null || need+=(openssl)
     fi
     if ((${#need[@]})); then
         log "installing ${need[*]} from the system's packages"
@@ -202,10 +239,10 @@ core_jiffies() {
 
 # Waits until something answers HTTP on the port; prints the ns it took from $2.
 wait_ready() {
-    local port=$1 t0=$2 limit=${3:-300} pid=${4:-} code
+    local port=$1 t0=$2 limit=${3:-300} pid=${4:-} scheme=${5:-http} code
     local until=$(($(date +%s) + limit))
     while :; do
-        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/" || true)
+        code=$(curl -sk -o /dev/null -m 1 -w '%{http_code}' "$scheme://127.0.0.1:$port/" || true)
         if [[ $code != 000 && -n $code ]]; then
             echo $(($(now_ns) - t0))
             return 0
@@ -220,6 +257,15 @@ wait_ready() {
         fi
         sleep 0.005
     done
+}
+
+# Exits when something already listens on the port (a leftover of another
+# run would answer in place of the process about to start).
+port_free() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        log "port $1 is already taken (a leftover process?); stop it or move the port"
+        exit 1
+    fi
 }
 
 stop_pid() {
@@ -238,11 +284,43 @@ stop_pid() {
 }
 
 start_upstream() {
-    taskset -c "$CORE_GEN" "$EX/bench_upstream" "127.0.0.1:$PORT_UP" "$BODY_BYTES" \
+    local tls=()
+    if [[ $UPSTREAM_TLS == 1 ]]; then
+        make_upstream_cert
+        tls=(--tls "$UP_TLS_DIR/leaf-chain.pem" "$UP_TLS_DIR/leaf.key" --alpn "$UPSTREAM_ALPN")
+    fi
+    port_free "$PORT_UP"
+    taskset -c "$CORE_GEN" "$EX/bench_upstream" "127.0.0.1:$PORT_UP" "$BODY_BYTES" "${tls[@]}" \
         2>"$WORK/logs/upstream.log" &
     UPSTREAM_PID=$!
     PIDS+=("$UPSTREAM_PID")
-    wait_ready "$PORT_UP" "$(now_ns)" 30 "$UPSTREAM_PID" >/dev/null
+    wait_ready "$PORT_UP" "$(now_ns)" 30 "$UPSTREAM_PID" "$UP_SCHEME" >/dev/null
+}
+
+# The HTTPS upstream's certificates, made once: a private CA (ca.pem, what the
+# proxies trust) and a leaf it signed for 127.0.0.1 and localhost (ECDSA
+# P-256, served with the CA: leaf-chain.pem, leaf.key).
+make_upstream_cert() {
+    local d=$UP_TLS_DIR
+    [[ -s $d/ca.pem && -s $d/leaf-chain.pem && -s $d/leaf.key ]] && return 0
+    log "making the HTTPS upstream's CA and certificate in $d"
+    mkdir -p "$d"
+    (
+        cd "$d"
+        umask 077
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout ca.key -out ca.pem -days 3650 -subj "/CN=keygate bench CA" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout leaf.key -out leaf.csr -subj "/CN=localhost"
+        printf '%s\n' 'basicConstraints=critical,CA:FALSE' \
+            'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' \
+            'subjectAltName=IP:127.0.0.1,DNS:localhost' >leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -days 3650 -sha256 -extfile leaf.ext -out leaf.pem
+        cat leaf.pem ca.pem >leaf-chain.pem
+        chmod 644 ca.pem leaf.pem leaf-chain.pem
+    ) 2>>"$WORK/logs/openssl.log"
 }
 
 # --------------------------------------------------------------- the orgs ---
@@ -298,34 +376,60 @@ render() { # template out key=value...
     fi
 }
 
-kg_config() { # n [store] -> path of keygate's config for the store of n orgs
-    local n=$1 store=${2:-$WORK/store-$1.redb} f=$WORK/keygate-$1.toml
-    render "$HERE/keygate.toml.tmpl" "$f" PORT="$PORT" UP_PORT="$PORT_UP" \
+# kg_render OUT STORE [TLS]: keygate's config for the store. The upstream is
+# http://127.0.0.1:PORT_UP, or with TLS (default UPSTREAM_TLS) 1 https:// and
+# proxy.upstream_ca_path (only builds with HTTPS upstreams accept that: the
+# plain-HTTP config holds keys every build accepts).
+kg_render() {
+    local out=$1 store=$2 tls=${3:-$UPSTREAM_TLS} scheme=http
+    local ca="# plain HTTP upstream: no upstream_ca_path"
+    if [[ $tls == 1 ]]; then
+        scheme=https
+        ca="upstream_ca_path = \"$UP_TLS_DIR/ca.pem\""
+    fi
+    render "$HERE/keygate.toml.tmpl" "$out" PORT="$PORT" \
+        UPSTREAM="$scheme://127.0.0.1:$PORT_UP" UPSTREAM_CA="$ca" \
         ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" \
         RATE=$KG_RATE BURST=$KG_BURST THRESHOLD=$KG_THRESHOLD
+}
+
+# kg_config n [store [name [tls]]] -> path of keygate's config for the store
+# of n orgs (name: "" for this build, "-before" for KG_BEFORE_BIN's; tls as
+# kg_render's).
+kg_config() {
+    local n=$1 store=${2:-$WORK/store-$1.redb} f=$WORK/keygate-$1${3:-}.toml
+    kg_render "$f" "$store" "${4:-}"
     echo "$f"
 }
 
 # store-n.redb: the first n orgs and the org "rl", imported with `keygate
-# import`; rebuilt when its org list changed.
+# import`; rebuilt when its org list changed. With a binary and a name
+# ("-before"), store-n-before.redb imported by that binary, so that each build
+# reads a store it wrote itself.
 IMPORT_SECS=()
 make_store() {
-    local n=$1 list sum store=$WORK/store-$1.redb
+    local n=$1 bin=${2:-$KG} name=${3:-} list sum store=$WORK/store-$1${3:-}.redb
     list=$(org_list "$n")
-    sum=$(cat "$list" "$WORK/rl.tsv" | md5sum | cut -d' ' -f1)
+    if [[ -z $name ]]; then
+        sum=$(cat "$list" "$WORK/rl.tsv" | md5sum | cut -d' ' -f1)
+    else
+        sum=$( (cat "$list" "$WORK/rl.tsv"; cksum <"$bin") | md5sum | cut -d' ' -f1)
+    fi
     if [[ -f $store && $(cat "$store.sum" 2>/dev/null) == "$sum" ]]; then
         return 0
     fi
     rm -f "$store" "$store.sum"
     log "importing $n orgs into $(basename "$store")"
     local cfg t0 t1
-    cfg=$(kg_config "$n")
+    # The import does not reach the upstream: a plain-HTTP config, which
+    # every build accepts.
+    cfg=$(kg_config "$n" "$store" "$name-import" 0)
     t0=$(now_ns)
-    cat "$list" "$WORK/rl.tsv" | KEYGATE_LOG=warn "$KG" import --config "$cfg" - \
+    cat "$list" "$WORK/rl.tsv" | KEYGATE_LOG=warn "$bin" import --config "$cfg" - \
         2>>"$WORK/logs/import.log"
     t1=$(now_ns)
     echo "$sum" >"$store.sum"
-    raw import "$n" "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e9 }')"
+    [[ -n $name ]] || raw import "$n" "$(awk -v d=$((t1 - t0)) 'BEGIN { printf "%.1f", d / 1e9 }')"
 }
 
 # nginx and HAProxy maps for the same org/key pairs.
@@ -344,27 +448,39 @@ make_maps() {
 # start_proxy TARGET N: starts it (pinned as the topology says), waits until it
 # answers, and sets PROXY_PID, PROXY_PORT, START_NS, START_RSS_KIB.
 PROXY_PORT=
+PROXY_SCHEME=http
 START_NS=
 START_RSS_KIB=
 VIA=() # a command the proxy runs under (the instructions stage: valgrind)
 start_proxy() {
     local target=$1 n=$2 t0 cfg
+    [[ $target == direct ]] || port_free "$PORT"
     PROXY_PORT=$PORT
+    PROXY_SCHEME=http
     PROXY_PID=
     case $target in
     direct)
         PROXY_PORT=$PORT_UP
+        PROXY_SCHEME=$UP_SCHEME
         START_NS=0
         START_RSS_KIB=0
         return 0
         ;;
-    kg | kg-multi | kg-bare)
-        local pin=(taskset -c "$CORE_PROXY") flags=(--workers 1)
+    kg | kg-multi | kg-bare | kg-before | kg-bare-before)
+        local pin=(taskset -c "$CORE_PROXY") flags=(--workers 1) bin=$KG name=
         [[ $target == kg-multi ]] && pin=() && flags=()
-        [[ $target == kg-bare ]] && flags+=(--bare)
-        cfg=$(kg_config "$n")
+        [[ $target == kg-bare* ]] && flags+=(--bare)
+        if is_before "$target"; then
+            [[ -n $KG_BEFORE_BIN ]] || { log "$target needs KG_BEFORE_BIN"; return 1; }
+            if [[ $UPSTREAM_TLS == 1 ]]; then
+                log "$target skipped: the build before has no HTTPS upstreams"
+                return 1
+            fi
+            bin=$KG_BEFORE_BIN name=-before
+        fi
+        cfg=$(kg_config "$n" "$WORK/store-$n$name.redb" "$name")
         t0=$(now_ns)
-        KEYGATE_LOG=warn "${pin[@]}" "${VIA[@]}" "$KG" serve --config "$cfg" "${flags[@]}" \
+        KEYGATE_LOG=$KG_LOG "${pin[@]}" "${VIA[@]}" "$bin" serve --config "$cfg" "${flags[@]}" \
             2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
         ;;
@@ -373,9 +489,11 @@ start_proxy() {
         [[ $target == nginx-bare ]] && tmpl=$HERE/nginx-bare.conf.tmpl
         zone_mb=$((n * 160 / 1000000 + 8))
         cfg=$WORK/nginx-$target-$n.conf
+        nginx_upstream_tls
         render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
             MAP="$WORK/map-$n.nginx" MAP_HASH_MAX=$((n * 2 > 4096 ? n * 2 : 4096)) \
-            ZONE_MB="$zone_mb" RATE=1000000 BURST=1000000
+            ZONE_MB="$zone_mb" RATE=1000000 BURST=1000000 UP_SCHEME="$UP_SCHEME" \
+            UP_TLS_CONF="$WORK/nginx-upstream-tls.conf"
         # Under valgrind, the worker's counters are reachable only without a
         # master process (the same one process serves either way).
         if ((${#VIA[@]})); then sed -i 's/^master_process on;/master_process off;/' "$cfg"; fi
@@ -389,8 +507,12 @@ start_proxy() {
         local tmpl=$HERE/haproxy.cfg.tmpl
         [[ $target == haproxy-bare ]] && tmpl=$HERE/haproxy-bare.cfg.tmpl
         cfg=$WORK/haproxy-$target-$n.cfg
+        local ssl=
+        [[ $UPSTREAM_TLS == 1 ]] &&
+            ssl=" ssl verify required ca-file $UP_TLS_DIR/ca.pem verifyhost localhost alpn http/1.1"
         render "$tmpl" "$cfg" WORK="$WORK" PORT="$PORT" UP_PORT="$PORT_UP" \
-            MAP="$WORK/map-$n.haproxy" TABLE_SIZE=$((n + 1000)) THRESHOLD=$KG_THRESHOLD
+            MAP="$WORK/map-$n.haproxy" TABLE_SIZE=$((n + 1000)) THRESHOLD=$KG_THRESHOLD \
+            UP_SSL="$ssl"
         t0=$(now_ns)
         taskset -c "$CORE_PROXY" "${VIA[@]}" haproxy -db -f "$cfg" 2>>"$WORK/logs/$target.log" &
         PROXY_PID=$!
@@ -407,7 +529,7 @@ start_proxy() {
         return 1
     }
     START_RSS_KIB=$(rss_kib $(tree_pids "$PROXY_PID"))
-    if [[ $target == kg || $target == kg-multi ]]; then
+    if [[ $target == kg || $target == kg-multi || $target == kg-before ]]; then
         # The org of the 429 path: rate 1/s, burst 1 (kept in the store).
         local code
         code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT \
@@ -424,7 +546,30 @@ stop_proxy() {
     PROXY_PID=
 }
 
-is_job() { [[ $1 == kg || $1 == kg-multi || $1 == nginx || $1 == haproxy ]]; }
+is_job() { [[ $1 == kg || $1 == kg-multi || $1 == kg-before || $1 == nginx || $1 == haproxy ]]; }
+is_before() { [[ $1 == *-before ]]; }
+is_bare() { [[ $1 == *-bare || $1 == *-bare-before ]]; }
+
+# The directives that make nginx's proxy_pass to the upstream HTTPS, included
+# by both nginx templates (empty for a plain HTTP upstream): the certificate
+# verified against the benchmark's CA, for the name localhost (no SNI is sent
+# for 127.0.0.1, as keygate sends none for an IP address), sessions reused.
+nginx_upstream_tls() {
+    local f=$WORK/nginx-upstream-tls.conf
+    if [[ $UPSTREAM_TLS == 1 ]]; then
+        cat >"$f" <<EOF
+proxy_ssl_trusted_certificate $UP_TLS_DIR/ca.pem;
+proxy_ssl_verify on;
+proxy_ssl_verify_depth 2;
+proxy_ssl_name localhost;
+proxy_ssl_server_name off;
+proxy_ssl_session_reuse on;
+proxy_ssl_protocols TLSv1.2 TLSv1.3;
+EOF
+    else
+        echo "# plain HTTP upstream" >"$f"
+    fi
+}
 
 # check TARGET PATH N: one request with x-echo: 1 through the proxy; prints
 # "ok" or what is wrong (the status, and for the job, what reached the upstream).
@@ -436,11 +581,11 @@ check() {
     401) want=401 key=WrongKey0000 ;;
     429)
         want=429 org=$RL_ORG key=$RL_KEY
-        curl -s -o /dev/null -H "x-api-key: $key" "http://127.0.0.1:$PROXY_PORT/$org/v1/ping" || true
+        curl -sk -o /dev/null -H "x-api-key: $key" "$PROXY_SCHEME://127.0.0.1:$PROXY_PORT/$org/v1/ping" || true
         ;;
     esac
-    hdrs=$(curl -s -D - -o /dev/null -H 'x-echo: 1' -H "x-api-key: $key" \
-        "http://127.0.0.1:$PROXY_PORT/$org/v1/ping" | tr -d '\r') || true
+    hdrs=$(curl -sk -D - -o /dev/null -H 'x-echo: 1' -H "x-api-key: $key" \
+        "$PROXY_SCHEME://127.0.0.1:$PROXY_PORT/$org/v1/ping" | tr -d '\r') || true
     status=$(awk 'NR == 1 { print $2 }' <<<"$hdrs")
     if [[ $status != "$want" ]]; then
         echo "status $status, not $want"
@@ -471,7 +616,7 @@ cell() {
     401) list=$(org_list "$n") count=$n mode=bad ;;
     429) list=$WORK/rl.tsv count=1 mode=good ;;
     esac
-    local url=http://127.0.0.1:$PROXY_PORT ok
+    local url=$PROXY_SCHEME://127.0.0.1:$PROXY_PORT ok
     ok=$(check "$target" "$path" "$n")
     [[ $ok == ok ]] || log "check failed: $target $n orgs $path: $ok"
     local wrk=(taskset -c "$CORE_GEN" wrk -t1 -c"$CONNS" -s "$HERE/spread.lua")
@@ -558,15 +703,23 @@ main() {
     }
     log "work folder $WORK; report $REPORT"
     make_token
+    [[ $UPSTREAM_TLS == 1 ]] && make_upstream_cert
     gen_org_lists
     local n
     for n in 1 $ORGS $BARE_ORGS $OPEN_ORGS $STARTUP_ORGS; do make_store "$n"; done
+    if [[ -n $KG_BEFORE_BIN ]]; then
+        [[ -x $KG_BEFORE_BIN ]] || { log "KG_BEFORE_BIN $KG_BEFORE_BIN is not executable"; exit 1; }
+        # The build before reads stores it imported itself, at the org counts
+        # its targets use.
+        for n in 1 $ORGS $BARE_ORGS; do make_store "$n" "$KG_BEFORE_BIN" -before; done
+    fi
     for n in $ORGS $OPEN_ORGS; do make_maps "$n"; done
     raw meta "$STAMP" "$DURATION" "$WARMUP" "$CONNS" "$ORGS" "$QUICK" \
         "$(uname -r)" "$(nproc)" "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
         "$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')" "$(nginx -v 2>&1 | sed 's|.*/||')" \
         "$(haproxy -v | head -1 | awk '{ print $3 }')" "$(cat /proc/loadavg | cut -d' ' -f1-3)" \
-        "$BODY_BYTES"
+        "$BODY_BYTES" "$UP_SCHEME" "$UPSTREAM_ALPN" "$(build_label "$ROOT")" \
+        "${KG_BEFORE_BIN:+$KG_BEFORE_LABEL}" "$KG_LOG"
 
     start_upstream
     has_stage closed && closed_loop
@@ -580,6 +733,13 @@ main() {
 }
 
 in_list() { [[ " $2 " == *" $1 "* ]]; }
+# The commit of a source tree, "+dirty" when it has uncommitted changes to src/.
+build_label() {
+    local c
+    c=$(git -C "$1" rev-parse --short HEAD 2>/dev/null) || { echo "?"; return; }
+    git -C "$1" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || c+="+dirty"
+    echo "$c"
+}
 has_stage() { in_list "$1" "$STAGES"; }
 
 closed_loop() {
@@ -589,11 +749,11 @@ closed_loop() {
     # cell is measured ROUNDS times with the targets taking turns.
     local t
     for r in $(seq "$ROUNDS"); do
-        for t in direct kg-bare nginx-bare haproxy-bare; do
+        for t in direct kg-bare kg-bare-before nginx-bare haproxy-bare; do
             in_list "$t" "$TARGETS" || continue
             log "$t (round $r of $ROUNDS)"
             local store_n=$BARE_ORGS
-            [[ $t == kg-bare ]] && store_n=1
+            [[ $t == kg-bare* ]] && store_n=1
             if ! start_proxy "$t" "$store_n"; then
                 log "$t did not start"
                 continue
@@ -609,11 +769,11 @@ closed_loop() {
     # cells measured minutes, not a quarter of an hour, apart.
     for n in $ORGS; do
         for r in $(seq "$ROUNDS"); do
-            for t in kg-bare kg kg-multi nginx haproxy; do
+            for t in kg-bare kg-bare-before kg kg-before kg-multi nginx haproxy; do
                 in_list "$t" "$TARGETS" || continue
-                if [[ $t == kg-bare ]]; then
-                    start_proxy kg-bare 1 || { log "kg-bare did not start"; continue; }
-                    cell kg-bare "$n" allowed
+                if [[ $t == kg-bare* ]]; then
+                    start_proxy "$t" 1 || { log "$t did not start"; continue; }
+                    cell "$t" "$n" allowed
                     stop_proxy
                     continue
                 fi
@@ -648,7 +808,7 @@ open_loop() {
     list=$(org_list "$n")
     for t in $OPEN_TARGETS; do
         local store_n=$n
-        [[ $t == kg-bare ]] && store_n=1
+        [[ $t == kg-bare* ]] && store_n=1
         if ! start_proxy "$t" "$store_n"; then
             log "$t did not start"
             continue
@@ -694,9 +854,7 @@ rotation() {
     local store=$WORK/rotation.redb cfg flags=()
     rm -f "$store"
     cfg=$WORK/keygate-rotation.toml
-    render "$HERE/keygate.toml.tmpl" "$cfg" PORT="$PORT" UP_PORT="$PORT_UP" \
-        ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" \
-        RATE=$KG_RATE BURST=$KG_BURST THRESHOLD=$KG_THRESHOLD
+    kg_render "$cfg" "$store"
     [[ -n $ROTATION_WORKERS ]] && flags=(--workers "$ROTATION_WORKERS")
     local t0
     t0=$(now_ns)
@@ -718,22 +876,32 @@ rotation() {
     raw rotation "$(tr '\n' ' ' <<<"$out")" "$rc" "${ROTATION_WORKERS:-default}"
 }
 
+# The connections the upstream has accepted so far (TLS: handshakes done).
+upstream_connections() {
+    grep -c '^bench_upstream: new connection' "$WORK/logs/upstream.log" || true
+}
+
 # Each proxy under callgrind (valgrind's instruction counter, about 50 times
-# slower): warm up, zero its counters, run wrk for INSTR_SECS, dump, and divide
+# slower): warm up (until no new upstream connection opens), zero its counters, run wrk for INSTR_SECS, dump, and divide
 # the user-space instructions of every process of the proxy by the requests
 # answered. Time on this kind of machine drifts by 10 to 30% within minutes; an
 # instruction count does not (runs of the same build agree within about 1%).
 # It does not see the kernel, where the proxies make the same system calls per
 # request (BENCHMARKS.md).
 instructions() {
-    local n=$BARE_ORGS t p
+    local n=$BARE_ORGS t p r
+    for r in $(seq "$INSTR_ROUNDS"); do
+    ((INSTR_ROUNDS == 1)) || log "instructions, round $r of $INSTR_ROUNDS"
     for t in $INSTR_TARGETS; do
         local out=$WORK/callgrind/$t
+        ((INSTR_ROUNDS == 1)) || out+=-$r
         rm -rf "$out"
         mkdir -p "$out"
         VIA=(valgrind --tool=callgrind "--callgrind-out-file=$out/%p.out")
+        local proxy_c0
+        proxy_c0=$(upstream_connections)
         local store_n=$n
-        [[ $t == kg-bare ]] && store_n=1
+        [[ $t == kg-bare* ]] && store_n=1
         log "$t under callgrind: starting"
         if ! start_proxy "$t" "$store_n"; then
             VIA=()
@@ -742,20 +910,43 @@ instructions() {
         fi
         VIA=()
         for p in $INSTR_PATHS; do
-            [[ $t == *-bare && $p != allowed ]] && continue
-            local list mode url=http://127.0.0.1:$PROXY_PORT
+            is_bare "$t" && [[ $p != allowed ]] && continue
+            local list mode url=$PROXY_SCHEME://127.0.0.1:$PROXY_PORT
             list=$(org_list "$n")
             mode=good
             [[ $p == 401 ]] && mode=bad
+            # Every run drains its load (spread.lua's SPREAD_DRAIN_AFTER)
+            # rather than cutting requests off in flight, which makes a proxy
+            # close those upstream connections.
             local wrk=(taskset -c "$CORE_GEN" wrk -t1 -c"$CONNS" -s "$HERE/spread.lua")
-            "${wrk[@]}" -d2s "$url" -- "$list" "$n" "$mode" >/dev/null 2>&1 || true
+            # Warm up in rounds of 2 s until the proxy holds as many upstream
+            # connections as wrk has (the upstream logs each one it accepts),
+            # or INSTR_WARM_QUIET rounds in a row open none, so that the count
+            # measures the steady state, not the pool filling up: under
+            # callgrind the pool fills slowly, and one TLS handshake costs
+            # the proxy millions of instructions.
+            local warm=0 quiet=0 c0 c1
+            while :; do
+                c0=$(upstream_connections)
+                SPREAD_DRAIN_AFTER=2 "${wrk[@]}" -d3s "$url" -- "$list" "$n" "$mode" >/dev/null 2>&1 || true
+                warm=$((warm + 2))
+                c1=$(upstream_connections)
+                if ((c1 == c0)); then quiet=$((quiet + 1)); else quiet=0; fi
+                ((c1 - proxy_c0 >= CONNS || quiet >= INSTR_WARM_QUIET)) && break
+                if ((warm >= INSTR_WARM_MAX)); then
+                    log "  $t $p: still opening upstream connections after ${warm} s of warm-up"
+                    break
+                fi
+            done
             local pids pid
             pids=$(tree_pids "$PROXY_PID")
             rm -f "$out"/*.out.*
             for pid in $pids; do callgrind_control -z "$pid" >/dev/null 2>&1 || true; done
             local line
-            line=$("${wrk[@]}" -d"${INSTR_SECS}s" "$url" -- "$list" "$n" "$mode" 2>&1 | grep '^wrk ' || true)
+            c0=$(upstream_connections)
+            line=$(SPREAD_DRAIN_AFTER=$INSTR_SECS "${wrk[@]}" -d"$((INSTR_SECS + 1))s" "$url" -- "$list" "$n" "$mode" 2>&1 | grep '^wrk ' || true)
             for pid in $pids; do callgrind_control -d "$pid" >/dev/null 2>&1 || true; done
+            c1=$(upstream_connections)
             local req ir
             req=$(kv requests "$line")
             ir=$(cat "$out"/*.out.* 2>/dev/null | awk '/^summary:/ { s += $2 } END { printf "%.0f", s }')
@@ -763,10 +954,11 @@ instructions() {
                 log "  $t $p: no count (wrk: ${line:-nothing})"
                 continue
             fi
-            raw instr "$n" "$t" "$p" "$req" "$ir"
-            log "  $t $n orgs $p: $req requests, $((ir / req)) instructions per request"
+            raw instr "$n" "$t" "$p" "$req" "$ir" "$((c1 - c0))" "$warm" "$UP_SCHEME"
+            log "  $t $n orgs $p: $req requests, $((ir / req)) instructions per request ($((c1 - c0)) upstream connections opened during the count, after ${warm} s of warm-up)"
         done
         stop_proxy
+    done
     done
 }
 

@@ -8,6 +8,14 @@
 -- before the load starts: run.sh samples CPU from then on.
 -- Requests are built once in init(), so request() only picks one. done()
 -- prints one "wrk key=value ..." line that run.sh reads.
+--
+-- With SPREAD_DRAIN_AFTER=S in the environment, each connection sends no new
+-- request once S seconds (whole seconds of os.time) have passed since its
+-- first: the load drains instead of being cut off, so that when wrk stops
+-- (give it -d a second or more beyond S) no request is in flight. A request
+-- cut off in flight makes a proxy close its upstream connection (nginx does,
+-- unless proxy_ignore_client_abort), and the next run opens it again, which
+-- for an HTTPS upstream is a TLS handshake. The instructions stage uses it.
 
 local reqs = {}
 local n = 0
@@ -29,6 +37,19 @@ function init(args)
   if args[4] then
     local f = io.open(args[4], "w")
     if f then f:close() end
+  end
+end
+
+local drain_after = tonumber(os.getenv("SPREAD_DRAIN_AFTER") or "")
+if drain_after then
+  local stop_at
+  -- wrk calls delay() before each request it sends: 0 sends it now; an hour
+  -- is past the end of any run.
+  function delay()
+    local now = os.time()
+    if not stop_at then stop_at = now + drain_after end
+    if now >= stop_at then return 3600000 end
+    return 0
   end
 end
 
