@@ -45,6 +45,8 @@ struct TlsUpstream {
     ca_path: PathBuf,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections accepted and not yet ended.
+    open: Arc<std::sync::atomic::AtomicUsize>,
     _dir: tempfile::TempDir,
 }
 
@@ -74,13 +76,28 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (log, count) = (Arc::clone(&seen), Arc::clone(&connections));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, count, live) = (
+            Arc::clone(&seen),
+            Arc::clone(&connections),
+            Arc::clone(&open),
+        );
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let log = Arc::clone(&log);
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let live = Arc::clone(&live);
                 tokio::spawn(async move {
+                    // Counted down however the connection ends.
+                    struct Ended(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Ended {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let _ended = Ended(live);
                     // An untrusting client aborts the handshake: nothing to serve.
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -122,12 +139,17 @@ impl TlsUpstream {
             ca_path,
             seen,
             connections,
+            open,
             _dir: dir,
         }
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn connections(&self) -> usize {
@@ -226,6 +248,55 @@ async fn an_https_upstream_that_picks_h2_is_spoken_to_in_http2() {
     assert_eq!(post.version, Version::HTTP_2);
     assert_eq!(post.body, "{\"name\":\"x\"}");
     assert_eq!(post.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn a_cold_burst_to_an_http2_upstream_settles_on_one_connection() {
+    let up = TlsUpstream::start(&[b"h2", b"http/1.1"]).await;
+    let gw = gateway(
+        &format!("https://127.0.0.1:{}", up.addr.port()),
+        Some(&up.ca_path),
+    )
+    .await;
+    let key = gw.provision("acme").await;
+    // 16 client connections at once, before any upstream connection exists:
+    // each may open one, as the protocol is known only after the handshake.
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let client = gw.client();
+        let req = gw
+            .proxy_request(http::Method::GET, &format!("/acme/v1/{i}"))
+            .header("x-api-key", &key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        burst.spawn(async move { support::send_with(&client, req).await });
+    }
+    while let Some(r) = burst.join_next().await {
+        r.unwrap().assert_status(StatusCode::OK);
+    }
+    // The extra ones are closed; the client connections stay open, each
+    // still holding what it was given.
+    let settled = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while up.open() > 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "{} upstream connections still open after a burst ({} made)",
+        up.open(),
+        up.connections()
+    );
+    // And later requests share the one that is left.
+    let before = up.connections();
+    for i in 0..8 {
+        gw.get_with(&format!("/acme/v2/{i}"), &key)
+            .await
+            .assert_status(StatusCode::OK);
+    }
+    assert_eq!(up.connections(), before);
+    assert_eq!(up.open(), 1);
 }
 
 #[tokio::test]

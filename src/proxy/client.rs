@@ -499,7 +499,19 @@ where
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        *lock(&self.servers[server].h2) = Some(sender.clone());
+        // Requests that found no HTTP/2 connection at once each opened one (the
+        // protocol is known only after the handshake): the first to finish
+        // becomes the server's, and later ones are dropped, which closes them,
+        // so a cold burst settles on one connection.
+        let mut shared = lock(&self.servers[server].h2);
+        if let Some(first) = shared.as_ref().filter(|s| !s.is_closed()) {
+            tracing::debug!(
+                upstream = target.addr(),
+                "a second HTTP/2 connection to one server; closing it"
+            );
+            return Ok(Conn::H2(first.clone()));
+        }
+        *shared = Some(sender.clone());
         Ok(Conn::H2(sender))
     }
 }
