@@ -85,13 +85,9 @@ fn main() -> ExitCode {
             workers,
             bare,
         } => {
-            // Checked before a runtime starts or anything binds.
-            let config = match keygate::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             init_logs();
             let options = keygate::server::ServeOptions { bare };
@@ -100,34 +96,25 @@ fn main() -> ExitCode {
             })
         }
         Command::Import { config, file } => {
-            let config = match keygate::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             init_logs();
             run(async move { import(&config, &file).await })
         }
         Command::Export { config } => {
-            let config = match keygate::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             init_logs();
             export(&config.store.path)
         }
         Command::Check { config } => {
-            let config = match keygate::config::Config::load(&config) {
+            let config = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             check(&config.store.path)
         }
@@ -159,6 +146,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// The config at `path`, checked before a runtime starts or anything binds;
+/// on a refusal its one line goes to stderr and the exit status is 2.
+fn load_config(path: &std::path::Path) -> Result<keygate::config::Config, ExitCode> {
+    keygate::config::Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
 }
 
 /// Logs to stderr; `KEYGATE_LOG` (or `RUST_LOG`) sets the level, `info` by default.

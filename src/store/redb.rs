@@ -438,15 +438,7 @@ impl Inner {
         {
             let (key, value) = entry.map_err(|e| self.unavailable("read audit", e))?;
             let (org, seq) = key.value();
-            let event: AuditEvent =
-                self.decode("audit", format_args!("({org:?}, {seq})"), value.value())?;
-            if event.org.as_str() != org {
-                return Err(self.corrupt(format_args!(
-                    "table audit: record ({org:?}, {seq}) is about org {:?}",
-                    event.org.as_str()
-                )));
-            }
-            audit.push(event);
+            audit.push(self.audit_event(org, seq, value.value())?);
         }
         Ok(Dump {
             orgs,
@@ -693,17 +685,22 @@ impl Inner {
         {
             let (key, value) = entry.map_err(|e| self.unavailable("read audit", e))?;
             let (_, seq) = key.value();
-            let event: AuditEvent =
-                self.decode("audit", format_args!("({org:?}, {seq})"), value.value())?;
-            if event.org.as_str() != org {
-                return Err(self.corrupt(format_args!(
-                    "table audit: record ({org:?}, {seq}) is about org {:?}",
-                    event.org.as_str()
-                )));
-            }
-            events.push(event);
+            events.push(self.audit_event(org, seq, value.value())?);
         }
         Ok(events)
+    }
+
+    /// Reads the audit record filed as event `seq` of `org`, which must be
+    /// about that org.
+    fn audit_event(&self, org: &str, seq: u64, bytes: &[u8]) -> Result<AuditEvent, BackendError> {
+        let event: AuditEvent = self.decode("audit", format_args!("({org:?}, {seq})"), bytes)?;
+        if event.org.as_str() != org {
+            return Err(self.corrupt(format_args!(
+                "table audit: record ({org:?}, {seq}) is about org {:?}",
+                event.org.as_str()
+            )));
+        }
+        Ok(event)
     }
 
     /// Reads one record, or says which one could not be read. The message
