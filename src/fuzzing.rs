@@ -480,10 +480,13 @@ pub fn config(data: &[u8]) {
             let public_url = &config.proxy.public_url;
             assert!(!public_url.ends_with('/'), "{public_url}");
             assert!(matches!(
-                config.proxy.upstream.scheme_str(),
+                config.proxy.upstream().scheme_str(),
                 Some("http" | "https")
             ));
-            assert_eq!(config.proxy.upstreams.first(), Some(&config.proxy.upstream));
+            assert_eq!(
+                config.proxy.upstreams.first(),
+                Some(config.proxy.upstream())
+            );
             assert!(config.limits.validate().is_ok(), "{:?}", config.limits);
         }
         Err(e) => check_config_error(&e),

@@ -33,7 +33,7 @@
 //!     provider_token_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
 //! "#).unwrap();
 //! assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
-//! assert_eq!(config.proxy.upstream.path(), "/api");
+//! assert_eq!(config.proxy.upstream().path(), "/api");
 //! assert_eq!(config.proxy.public_url, "http://127.0.0.1:8080");
 //!
 //! let err = Config::from_toml("[proxy]\nupstreem = \"http://127.0.0.1:9000\"").unwrap_err();
@@ -87,12 +87,10 @@ pub struct Config {
 pub struct ProxyConfig {
     /// The address the proxy listener binds.
     pub listen: SocketAddr,
-    /// Where accepted requests go: scheme `http` or `https`, an authority
-    /// without credentials, no query. Its path is `/` or a base path without a
-    /// trailing slash (`/api`) that the forwarded path is appended to. The
-    /// first of `upstreams`.
-    pub upstream: Uri,
-    /// Every upstream server, `upstream` first; one scheme and one base path.
+    /// Where accepted requests go, at least one server: each of scheme `http`
+    /// or `https`, an authority without credentials, no query, and all with one
+    /// scheme and one path, `/` or a base path without a trailing slash
+    /// (`/api`) that the forwarded path is appended to.
     pub upstreams: Vec<Uri>,
     /// How `https` upstreams are verified: the CA file of
     /// `upstream_ca_path`, read and checked at start; `None` for the roots
@@ -147,6 +145,17 @@ pub struct AdminConfig {
     pub connections: ConnectionLimits,
     /// The certificate and key when the admin listener serves HTTPS.
     pub tls: Option<ServerTls>,
+}
+
+impl ProxyConfig {
+    /// The first upstream server: its scheme and base path are every server's.
+    ///
+    /// # Panics
+    ///
+    /// When `upstreams` is empty, which validation never lets through.
+    pub fn upstream(&self) -> &Uri {
+        &self.upstreams[0]
+    }
 }
 
 impl AdminConfig {

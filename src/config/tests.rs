@@ -27,7 +27,7 @@ fn error(text: &str) -> String {
 fn defaults_match_the_contract() {
     let c = Config::from_toml(&with("")).unwrap();
     assert_eq!(c.proxy.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/");
+    assert_eq!(c.proxy.upstream(), "http://127.0.0.1:9000/");
     assert_eq!(c.proxy.key_header, "x-api-key");
     assert_eq!(c.proxy.org_from, OrgSource::Path);
     assert_eq!(c.proxy.public_url, "http://127.0.0.1:8080");
@@ -246,7 +246,7 @@ fn load_reads_and_validates_a_file() {
     let path = dir.path().join("keygate.toml");
     std::fs::write(&path, EXAMPLE).unwrap();
     let c = Config::load_with_env(&path, |_| None).unwrap();
-    assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/");
+    assert_eq!(c.proxy.upstream(), "http://127.0.0.1:9000/");
 }
 
 #[test]
@@ -299,8 +299,8 @@ fn an_upstream_that_is_not_a_url_is_refused() {
 #[test]
 fn https_upstreams_are_accepted_and_ftp_ones_refused() {
     let c = Config::from_toml(&with_upstream("https://api.example.com/v1/")).unwrap();
-    assert_eq!(c.proxy.upstream, "https://api.example.com/v1");
-    assert_eq!(c.proxy.upstreams, std::slice::from_ref(&c.proxy.upstream));
+    assert_eq!(c.proxy.upstream(), "https://api.example.com/v1");
+    assert_eq!(c.proxy.upstreams, std::slice::from_ref(c.proxy.upstream()));
     assert_eq!(c.proxy.upstream_tls, None);
     assert_eq!(
         error(&with_upstream("ftp://127.0.0.1:21")),
@@ -319,7 +319,7 @@ fn the_upstream_may_be_a_list_of_one_service() {
         c.proxy.upstreams,
         ["http://10.0.0.1:9000/api", "http://10.0.0.2:9000/api"]
     );
-    assert_eq!(c.proxy.upstream, "http://10.0.0.1:9000/api");
+    assert_eq!(c.proxy.upstream(), "http://10.0.0.1:9000/api");
     let list = |items: &str| {
         error(&format!(
             "proxy.upstream = [{items}]\nadmin.provider_token_sha256 = \"{ZEROS}\"\n"
@@ -428,18 +428,18 @@ fn a_bad_or_missing_upstream_ca_file_is_a_one_line_error_naming_the_key() {
 #[test]
 fn a_base_path_in_the_upstream_is_kept() {
     let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/api/v2")).unwrap();
-    assert_eq!(c.proxy.upstream, "http://127.0.0.1:9000/api/v2");
-    assert_eq!(c.proxy.upstream.path(), "/api/v2");
+    assert_eq!(c.proxy.upstream(), "http://127.0.0.1:9000/api/v2");
+    assert_eq!(c.proxy.upstream().path(), "/api/v2");
 }
 
 #[test]
 fn the_upstream_base_path_loses_its_trailing_slash() {
     let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/api/")).unwrap();
-    assert_eq!(c.proxy.upstream.path(), "/api");
+    assert_eq!(c.proxy.upstream().path(), "/api");
     let c = Config::from_toml(&with_upstream("http://127.0.0.1:9000/")).unwrap();
-    assert_eq!(c.proxy.upstream.path(), "/");
+    assert_eq!(c.proxy.upstream().path(), "/");
     let c = Config::from_toml(&with_upstream("http://[::1]:9000")).unwrap();
-    assert_eq!(c.proxy.upstream.port_u16(), Some(9000));
+    assert_eq!(c.proxy.upstream().port_u16(), Some(9000));
 }
 
 #[test]

@@ -77,7 +77,6 @@ impl RawProxy {
             Some(RawUpstream::Many(list)) => upstream_list(list)?,
             None => return Err(invalid("proxy.upstream", "required")),
         };
-        let upstream = upstreams[0].clone();
         let upstream_tls = match self.upstream_ca_path.as_deref() {
             None => None,
             Some("") => return Err(invalid("proxy.upstream_ca_path", "must not be empty")),
@@ -146,7 +145,6 @@ impl RawProxy {
         };
         Ok(ProxyConfig {
             listen,
-            upstream,
             upstreams,
             upstream_tls,
             max_upstream_connections: ranged_usize(
