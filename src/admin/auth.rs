@@ -68,6 +68,11 @@ impl FromRequestParts<AdminState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Self, AdminError> {
         mark_sensitive(&mut parts.headers);
+        // A cluster's node that cannot vouch for what it holds answers
+        // nothing from it, not even who a token is.
+        if !state.store.serving() {
+            return Err(AdminError::Op(crate::org::OpError::ClusterUnavailable));
+        }
         let token = bearer(parts).ok_or(AdminError::Unauthenticated)?;
         let digest = TokenDigest::of(token);
         if digest.ct_eq(&state.provider) {

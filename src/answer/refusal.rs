@@ -43,6 +43,10 @@ pub enum Refusal {
     /// Every allowed upstream connection stayed busy for the connect timeout.
     #[error("upstream busy")]
     UpstreamBusy,
+    /// Cluster mode, and this node cannot vouch for its state: its lease in
+    /// the shared store ran out, or it is reloading after losing the feed.
+    #[error("cluster unavailable")]
+    ClusterUnavailable,
 }
 
 macro_rules! body {
@@ -70,7 +74,7 @@ impl Refusal {
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpstreamBusy | Refusal::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -86,6 +90,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Refusal::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Refusal::UpstreamBusy => "UPSTREAM_BUSY",
+            Refusal::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
         }
     }
 
@@ -119,6 +124,10 @@ impl Refusal {
             Refusal::UpstreamBusy => {
                 body!("UPSTREAM_BUSY", "every upstream connection is busy; retry later")
             }
+            Refusal::ClusterUnavailable => body!(
+                "CLUSTER_UNAVAILABLE",
+                "this node cannot reach the cluster's store; retry on another node or later"
+            ),
         }
     }
 
@@ -190,6 +199,7 @@ mod tests {
             Refusal::UpstreamUnavailable,
             Refusal::UpstreamTimeout,
             Refusal::UpstreamBusy,
+            Refusal::ClusterUnavailable,
         ];
         for r in all {
             let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();

@@ -39,6 +39,12 @@ const METHOD_OVERRIDES: [&str; 3] = [
 
 impl Gate {
     pub(crate) fn admit(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Admission {
+        // Before anything is read from the store: a cluster's node that
+        // cannot vouch for its state refuses everything (one load and a
+        // branch on a single node).
+        if !self.store.serving() {
+            return Admission::Refuse(Refusal::ClusterUnavailable);
+        }
         let presented = match presented_key(headers, &self.config.key_header) {
             Ok(v) => v,
             Err(refusal) => return Admission::Refuse(refusal),

@@ -49,6 +49,12 @@ pub enum OpError {
     /// A limit out of range.
     #[error(transparent)]
     InvalidLimits(#[from] LimitsError),
+    /// Cluster mode, and this node cannot vouch for its state (its lease ran
+    /// out, or it is reloading), or a change it made could not be confirmed
+    /// on every node: the change may have been made, and the client reads
+    /// the state back to know.
+    #[error("this node cannot reach the cluster's store")]
+    ClusterUnavailable,
     /// The store could not make the change durable; nothing changed.
     #[error("store: {0}")]
     Store(#[from] BackendError),
@@ -66,6 +72,7 @@ impl OpError {
             | OpError::InvalidOrg(_)
             | OpError::InvalidLimits(_) => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::KeyDisabled | OpError::SubscriptionExpired => StatusCode::FORBIDDEN,
+            OpError::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +93,7 @@ impl OpError {
             OpError::TokenExists => "TOKEN_EXISTS",
             OpError::TokenNotFound => "TOKEN_NOT_FOUND",
             OpError::InvalidTokenName => "INVALID_TOKEN_NAME",
+            OpError::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             OpError::Store(_) => "INTERNAL",
         }
     }
@@ -98,6 +106,9 @@ impl OpError {
                 "internal error: the store could not be read or written; nothing was changed"
                     .to_owned()
             }
+            OpError::ClusterUnavailable => "this node cannot reach the cluster's store; \
+                 a change may or may not have been made: read the state back, on another node or later"
+                .to_owned(),
             other => other.to_string(),
         }
     }

@@ -91,7 +91,31 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Makes `commit` durable if what it expects holds, in one atomic step;
     /// otherwise refuses with [`BackendError::Conflict`] and changes nothing.
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Returns the commit's place on the feed ([`Event::seq`]), which
+    /// [`confirm`](Backend::confirm) waits for; 0 for a backend without one.
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>>;
+
+    /// Resolves once every node sharing this backend has applied the commit
+    /// at `seq` to what it serves, or has provably stopped serving (its lease
+    /// ran out): after this, no node serves the state the commit replaced.
+    /// The store calls it after its own swap and before answering, for every
+    /// change that can refuse a key or a token. Fails with
+    /// [`BackendError::Unavailable`] if that cannot be established (this node
+    /// lost the backend meanwhile): the change is made, but not confirmed.
+    /// The default resolves at once: a backend only one store uses has no
+    /// one else to wait for.
+    fn confirm(&self, seq: Seq) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = seq;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// This node's lease, for a backend several nodes share: whether the node
+    /// may serve, which the gate and the admin API check on every call, and
+    /// how many nodes are live. `None` for a backend one node owns, which
+    /// always serves.
+    fn lease(&self) -> Option<std::sync::Arc<super::Lease>> {
+        None
+    }
 
     /// The org `id` as last committed, if it exists: what the store reads after
     /// a [`BackendError::Conflict`] to re-decide on the newest state. The
@@ -116,7 +140,10 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// The change feed: every commit that succeeds from now on, through any
-    /// store sharing this backend (this one's own included), in commit order.
+    /// store sharing this backend (this one's own included), in commit order,
+    /// each as an [`Event`] with its place on the feed. The store reports
+    /// each event it has applied ([`Subscription::applied`]), which is what
+    /// [`confirm`](Backend::confirm) on another node waits for.
     /// `None` for a backend only one store uses (the redb file: the store
     /// applies its own commits itself, as it makes them).
     ///
@@ -369,6 +396,20 @@ impl Feed {
     }
 }
 
+/// A place on a backend's change feed: commits are numbered 1, 2, ... in
+/// commit order. 0 is before the first.
+pub type Seq = u64;
+
+/// One event of the feed, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The commit's place on the feed. For a [`Feed::Resync`], the place a
+    /// reload covers: once it is done, every commit up to `seq` is applied.
+    pub seq: Seq,
+    /// What changed.
+    pub feed: Feed,
+}
+
 /// How many feed events may wait for a slow subscriber before it is told to
 /// resync instead: enough for a burst of admin changes, small enough that a
 /// stuck subscriber holds little.
@@ -383,27 +424,86 @@ pub const FEED_CAPACITY: usize = 4096;
 /// reload holds every event it lost, and the events after it are older or
 /// equal versions of what it loaded or newer changes, both of which the
 /// version rule handles.
+///
+/// The subscriber reports each event once applied ([`applied`](Subscription::applied)):
+/// the backend publishes it to the nodes that wait for it in
+/// [`Backend::confirm`].
 #[derive(Debug)]
 pub struct Subscription {
-    events: tokio::sync::broadcast::Receiver<Feed>,
+    source: Source,
+    applied: tokio::sync::watch::Sender<Seq>,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// One process's subscribers, fed by one sender.
+    Broadcast {
+        events: tokio::sync::broadcast::Receiver<Event>,
+        /// The last place received, which a lost stretch resumes after.
+        last: Seq,
+    },
+    /// A backend's own reader task.
+    Channel(tokio::sync::mpsc::Receiver<Event>),
 }
 
 impl Subscription {
-    /// A subscription to `events`: how a backend hands out the receiving
-    /// end of its [`tokio::sync::broadcast`] channel.
-    pub fn new(events: tokio::sync::broadcast::Receiver<Feed>) -> Subscription {
-        Subscription { events }
+    /// A subscription to `events`, sent to by a backend in one process, which
+    /// learns what the subscriber applied through `applied`.
+    pub fn broadcast(
+        events: tokio::sync::broadcast::Receiver<Event>,
+        applied: tokio::sync::watch::Sender<Seq>,
+    ) -> Subscription {
+        let last = *applied.borrow();
+        Subscription {
+            source: Source::Broadcast { events, last },
+            applied,
+        }
     }
 
-    /// The next event, [`Feed::Resync`] after lost ones, or `None` once the
-    /// backend is gone.
-    pub async fn recv(&mut self) -> Option<Feed> {
-        use tokio::sync::broadcast::error::RecvError;
-        match self.events.recv().await {
-            Ok(feed) => Some(feed),
-            Err(RecvError::Lagged(_)) => Some(Feed::Resync),
-            Err(RecvError::Closed) => None,
+    /// A subscription to a backend's reader task, which sends each event (and
+    /// a [`Feed::Resync`] where it lost some) on `events` and learns what the
+    /// subscriber applied through `applied`.
+    pub fn channel(
+        events: tokio::sync::mpsc::Receiver<Event>,
+        applied: tokio::sync::watch::Sender<Seq>,
+    ) -> Subscription {
+        Subscription {
+            source: Source::Channel(events),
+            applied,
         }
+    }
+
+    /// The next event, a [`Feed::Resync`] after lost ones, or `None` once
+    /// the backend is gone.
+    pub async fn recv(&mut self) -> Option<Event> {
+        use tokio::sync::broadcast::error::RecvError;
+        match &mut self.source {
+            Source::Broadcast { events, last } => match events.recv().await {
+                Ok(event) => {
+                    *last = event.seq;
+                    Some(event)
+                }
+                // The reload covers at least every event lost so far.
+                Err(RecvError::Lagged(lost)) => Some(Event {
+                    seq: last.saturating_add(lost),
+                    feed: Feed::Resync,
+                }),
+                Err(RecvError::Closed) => None,
+            },
+            Source::Channel(events) => events.recv().await,
+        }
+    }
+
+    /// Reports that every event up to `seq` is applied to what this node
+    /// serves. Places only grow: an older one is ignored.
+    pub fn applied(&self, seq: Seq) {
+        self.applied.send_if_modified(|at| {
+            let newer = seq > *at;
+            if newer {
+                *at = seq;
+            }
+            newer
+        });
     }
 }
 

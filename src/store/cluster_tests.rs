@@ -109,6 +109,33 @@ async fn a_key_regenerated_on_one_node_is_the_only_key_the_other_accepts() {
 }
 
 #[tokio::test]
+async fn when_a_change_returns_every_open_node_already_serves_it() {
+    let n = nodes().await.provisioned().await;
+    for _ in 0..50 {
+        let old = key_of(&n.b.view("acme").unwrap());
+        let new = key_of(&n.a.regenerate("acme", Actor::Provider).await.unwrap());
+        // No waiting here: the change's confirmation waited for B.
+        assert!(!accepts(&n.b, "acme", &old));
+        assert!(accepts(&n.b, "acme", &new));
+    }
+    let (_, secret) = n.b.create_token("ops", Role::Admin, "acme").await.unwrap();
+    assert!(n.a.token(&TokenDigest::of(&secret)).is_some());
+    n.b.delete_token("ops").await.unwrap();
+    assert!(n.a.token(&TokenDigest::of(&secret)).is_none());
+}
+
+#[tokio::test]
+async fn a_closed_node_does_not_hold_back_the_others_changes() {
+    let n = nodes().await.provisioned().await;
+    drop(n.b);
+    // Would wait forever for B's feed otherwise.
+    tokio::time::timeout(PATIENCE, n.a.regenerate("acme", Actor::Provider))
+        .await
+        .expect("a change waited for a closed node")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn an_org_provisioned_on_one_node_appears_on_the_other() {
     let n = nodes().await;
     assert!(n.b.view("acme").is_err());
@@ -271,14 +298,14 @@ async fn a_disable_on_one_node_makes_the_others_key_change_answer_key_disabled()
 
 /// One shared backend seen through a node whose feed never arrives: what a
 /// node sees in the moment before the feed brings a change, made to last.
-struct Deaf(Arc<MemoryBackend>, tokio::sync::broadcast::Sender<Feed>);
+struct Deaf(Arc<MemoryBackend>, tokio::sync::broadcast::Sender<Event>);
 
 impl Backend for Deaf {
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
         self.0.load()
     }
 
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
         self.0.commit(commit)
     }
 
@@ -296,7 +323,10 @@ impl Backend for Deaf {
 
     /// A feed nothing is ever sent on: the node is shared, but hears nothing.
     fn subscribe(&self) -> Option<Subscription> {
-        Some(Subscription::new(self.1.subscribe()))
+        Some(Subscription::broadcast(
+            self.1.subscribe(),
+            tokio::sync::watch::channel(0).0,
+        ))
     }
 }
 
@@ -396,7 +426,7 @@ impl Backend for Contended {
         self.0.load()
     }
 
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
         match &commit.change {
             Change::Org {
                 expected: Some(_), ..
@@ -482,10 +512,20 @@ async fn a_subscriber_that_falls_behind_is_told_to_resync() {
             .await
             .unwrap();
     }
-    assert_eq!(feed.recv().await, Some(Feed::Resync));
+    // The resync covers every event lost: the provision.
+    assert_eq!(
+        feed.recv().await,
+        Some(Event {
+            seq: 1,
+            feed: Feed::Resync
+        })
+    );
     // Then the events it still holds, oldest first.
     match feed.recv().await {
-        Some(Feed::Org(r)) => assert_eq!(r.version, 2),
+        Some(Event {
+            seq: 2,
+            feed: Feed::Org(r),
+        }) => assert_eq!(r.version, 2),
         other => panic!("{other:?}"),
     }
 }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Feed, Restored, Snapshot,
-    Subscription, FEED_CAPACITY,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Restored, Seq,
+    Snapshot, Subscription, FEED_CAPACITY,
 };
 use super::counts::CallCount;
 use super::OrgRecord;
@@ -20,7 +20,8 @@ use crate::token::TokenRecord;
 /// [`shared`](MemoryBackend::shared) and shared by several stores (behind one
 /// `Arc`), it is one truth for several nodes in one process: its commits are
 /// version-checked under its lock, as always, and its feed tells every store
-/// of every commit, in commit order.
+/// of every commit, in commit order, and [`confirm`](Backend::confirm) waits
+/// until every store still open has applied a commit.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     data: Mutex<Data>,
@@ -36,7 +37,11 @@ struct Data {
     counts: BTreeMap<OrgId, Window>,
     /// The feed of a shared backend; sent to under the lock, so every
     /// subscriber sees commit order.
-    feed: Option<tokio::sync::broadcast::Sender<Feed>>,
+    feed: Option<tokio::sync::broadcast::Sender<Event>>,
+    /// The last commit's place on the feed.
+    seq: Seq,
+    /// What each subscriber has applied; a store that closed drops its end.
+    applied: Vec<tokio::sync::watch::Receiver<Seq>>,
 }
 
 impl MemoryBackend {
@@ -66,6 +71,31 @@ impl MemoryBackend {
     /// Every audit event so far, of every org, oldest first.
     pub fn all_audit(&self) -> Vec<AuditEvent> {
         self.lock().audit.clone()
+    }
+
+    /// Checks and applies `commits` in one step, as [`Backend::commit_all`]
+    /// promises; the last one's place on the feed.
+    fn commit_many(&self, commits: Vec<Commit>) -> Result<Seq, BackendError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ));
+        }
+        // One lock for all of them: no reader sees a part.
+        let mut data = self.lock();
+        check_all(&data, &commits)?;
+        for commit in commits {
+            data.seq += 1;
+            if let Some(feed) = &data.feed {
+                // No subscriber is not an error: the feed is for those there are.
+                let _ = feed.send(Event {
+                    seq: data.seq,
+                    feed: Feed::of(&commit.change),
+                });
+            }
+            data.apply(commit);
+        }
+        Ok(data.seq)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
@@ -154,29 +184,28 @@ impl Backend for MemoryBackend {
         Box::pin(std::future::ready(Ok(Snapshot { orgs, tokens })))
     }
 
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
-        self.commit_all(vec![commit])
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(std::future::ready(self.commit_many(vec![commit])))
     }
 
     fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
-        let result = if self.fail_commits.load(Ordering::SeqCst) {
-            Err(BackendError::Unavailable(
-                "commits are failing (test)".into(),
-            ))
-        } else {
-            // One lock for all of them: no reader sees a part.
+        Box::pin(std::future::ready(self.commit_many(commits).map(drop)))
+    }
+
+    fn confirm(&self, seq: Seq) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut waiting = {
             let mut data = self.lock();
-            check_all(&data, &commits).map(|()| {
-                for commit in commits {
-                    if let Some(feed) = &data.feed {
-                        // No subscriber is not an error: the feed is for those there are.
-                        let _ = feed.send(Feed::of(&commit.change));
-                    }
-                    data.apply(commit);
-                }
-            })
+            // Stores that closed hold nothing back.
+            data.applied.retain(|a| a.has_changed().is_ok());
+            data.applied.clone()
         };
-        Box::pin(std::future::ready(result))
+        Box::pin(async move {
+            for applied in &mut waiting {
+                // An error: that store closed meanwhile, and serves nothing.
+                let _ = applied.wait_for(|at| *at >= seq).await;
+            }
+            Ok(())
+        })
     }
 
     fn restore(&self, dump: Dump) -> BoxFuture<'_, Result<Restored, BackendError>> {
@@ -198,9 +227,13 @@ impl Backend for MemoryBackend {
                     .map(|t| (t.name.clone(), t))
                     .collect();
                 data.audit = dump.audit;
+                data.seq += 1;
                 if let Some(feed) = &data.feed {
                     // Everything changed at once: subscribers reload.
-                    let _ = feed.send(Feed::Resync);
+                    let _ = feed.send(Event {
+                        seq: data.seq,
+                        feed: Feed::Resync,
+                    });
                 }
                 Ok(Restored::Done)
             } else {
@@ -228,10 +261,12 @@ impl Backend for MemoryBackend {
     }
 
     fn subscribe(&self) -> Option<Subscription> {
-        let data = self.lock();
-        data.feed
-            .as_ref()
-            .map(|feed| Subscription::new(feed.subscribe()))
+        let mut data = self.lock();
+        let events = data.feed.as_ref()?.subscribe();
+        // A new store loads after this, so it holds every commit so far.
+        let (applied, watched) = tokio::sync::watch::channel(data.seq);
+        data.applied.push(watched);
+        Some(Subscription::broadcast(events, applied))
     }
 
     fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {

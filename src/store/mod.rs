@@ -52,6 +52,7 @@ mod check;
 mod counts;
 mod export;
 mod import;
+mod lease;
 mod memory;
 mod redb;
 
@@ -64,13 +65,14 @@ use std::sync::{Arc, Weak};
 use dashmap::DashSet;
 
 pub use backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Feed, Loading, OrgBatches,
-    OrgRecord, Restored, Snapshot, Subscription, FEED_CAPACITY,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Loading,
+    OrgBatches, OrgRecord, Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,
 };
 pub use check::{check_store, CheckReport, Problem};
 pub use counts::{CallCount, CountFlusher};
 pub use export::{export, ExportCounts, ExportError, EXPORT_VERSION};
 pub use import::{import, import_orgs, read_input, ImportError, ImportInput, Imported};
+pub use lease::Lease;
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 
@@ -128,6 +130,8 @@ struct Inner {
     /// The task applying the backend's feed, if it has one; stopped with the
     /// store.
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// This node's lease, when the backend is shared by several nodes.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Drop for Inner {
@@ -247,6 +251,7 @@ impl Store {
         };
         let (loaded, (orgs, id_pages)) = tokio::try_join!(backend.load_into(batches), build)?;
         let persisted_counts = backend.load_counts().await?;
+        let backend_lease = backend.lease();
         let mut tokens = Tokens::default();
         for t in loaded {
             tokens.insert(t);
@@ -267,6 +272,7 @@ impl Store {
                 counts: Default::default(),
                 shared: feed.is_some(),
                 follower: std::sync::Mutex::new(None),
+                lease: backend_lease,
             }),
         };
         if let Some(feed) = feed {
@@ -304,6 +310,20 @@ impl Store {
     /// bounced between cores by lookups.
     pub(crate) fn with_org<R>(&self, id: &[u8], f: impl FnOnce(&Arc<Org>) -> R) -> Option<R> {
         self.inner.orgs.get(id).map(|e| f(&e.0))
+    }
+
+    /// This node's lease, in cluster mode: whether it may serve now
+    /// ([`Lease::serving`]). `None` for a store one node owns, which always may.
+    #[inline]
+    pub fn lease(&self) -> Option<&Lease> {
+        self.inner.lease.as_deref()
+    }
+
+    /// Whether this node may serve now: always, unless it is one of a
+    /// cluster's nodes and cannot vouch for its state.
+    #[inline]
+    pub fn serving(&self) -> bool {
+        self.inner.lease.as_ref().is_none_or(|l| l.serving())
     }
 
     /// The clock the store's rules read.
@@ -355,16 +375,16 @@ impl Store {
     ) -> Result<OrgView, OpError> {
         limits.validate()?;
         let store = self.clone();
-        run_to_completion(async move {
-            let _writer = store.writer(&id).lock().await;
+        self.run(async move {
+            let writer = store.writer(&id).lock().await;
             if store.inner.orgs.contains(id.as_bytes()) {
                 return Err(OpError::OrgExists);
             }
             let now = store.inner.clock.now();
             let t = OrgState::provisioned(now, actor, subscription_expires_at, limits);
             let change = Change::provision(id.clone(), t.next.clone());
-            match store.commit(change, &id, &t).await {
-                Ok(()) => {}
+            let seq = match store.commit(change, &id, &t).await {
+                Ok(seq) => seq,
                 Err(BackendError::Conflict(why)) => {
                     // Provisioned elsewhere first: learn it, and refuse as
                     // if it had been here all along.
@@ -376,10 +396,12 @@ impl Store {
                     return Err(BackendError::Conflict(why).into());
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
             let org = store.new_org(&id, t.next, 1);
             let view = store.view_of(&org);
             store.inner.orgs.insert(Entry(org));
+            drop(writer);
+            store.confirm(seq).await?;
             Ok(view)
         })
         .await
@@ -456,12 +478,16 @@ impl Store {
         let store = self.clone();
         async move {
             let id = org.id();
-            let done = run_to_completion(async move {
-                store
-                    .apply_to(org, |s, now| s.disable_over_threshold(now))
-                    .await
-            })
-            .await;
+            let confirming = store.clone();
+            let done = confirming
+                .run(async move {
+                    let (view, seq) = store
+                        .apply_to(org, |s, now| s.disable_over_threshold(now))
+                        .await?;
+                    store.confirm(seq).await?;
+                    Ok(view)
+                })
+                .await;
             match done {
                 Ok(_) => tracing::warn!(org = %id, "call threshold exceeded: key disabled"),
                 // A provider disabled it first: nothing to do.
@@ -496,8 +522,8 @@ impl Store {
         let org = self.find(org).await?;
         let name = name.to_owned();
         let store = self.clone();
-        run_to_completion(async move {
-            let _writer = store.inner.token_writer.lock().await;
+        self.run(async move {
+            let writer = store.inner.token_writer.lock().await;
             if store.read_tokens().by_name.contains_key(&name) {
                 // Deleted elsewhere, with the feed not here yet? Only a
                 // refusal the stored tokens confirm stands.
@@ -530,8 +556,8 @@ impl Store {
                     event,
                 })
                 .await;
-            match committed {
-                Ok(()) => {}
+            let seq = match committed {
+                Ok(seq) => seq,
                 Err(BackendError::Conflict(why)) => {
                     // Another node took the name first: learn its token.
                     tracing::debug!(token = %record.name, %why, "token create lost a race");
@@ -541,8 +567,10 @@ impl Store {
                     return Err(OpError::TokenExists);
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
             store.write_tokens().insert(record.clone());
+            drop(writer);
+            store.confirm(seq).await?;
             Ok((record, secret))
         })
         .await
@@ -552,8 +580,8 @@ impl Store {
     pub async fn delete_token(&self, name: &str) -> Result<(), OpError> {
         let name = name.to_owned();
         let store = self.clone();
-        run_to_completion(async move {
-            let _writer = store.inner.token_writer.lock().await;
+        self.run(async move {
+            let writer = store.inner.token_writer.lock().await;
             let known = {
                 let tokens = store.read_tokens();
                 tokens
@@ -592,8 +620,8 @@ impl Store {
                     event,
                 })
                 .await;
-            match committed {
-                Ok(()) => {}
+            let seq = match committed {
+                Ok(seq) => seq,
                 Err(BackendError::Conflict(why)) => {
                     // Deleted elsewhere first: it is gone here too.
                     tracing::debug!(token = %record.name, %why, "token delete lost a race");
@@ -601,8 +629,10 @@ impl Store {
                     return Err(OpError::TokenNotFound);
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
             store.write_tokens().remove(&record.name);
+            drop(writer);
+            store.confirm(seq).await?;
             Ok(())
         })
         .await
@@ -623,7 +653,45 @@ impl Store {
     {
         let org = self.find(id).await?;
         let store = self.clone();
-        run_to_completion(async move { store.apply_to(org, op).await }).await
+        self.run(async move {
+            let (view, seq) = store.apply_to(org, op).await?;
+            store.confirm(seq).await?;
+            Ok(view)
+        })
+        .await
+    }
+
+    /// Runs one mutation to completion ([`run_to_completion`]), on a node
+    /// that may serve: a cluster's node that cannot vouch for its state
+    /// refuses with [`OpError::ClusterUnavailable`], and so does one that
+    /// lost the shared store while committing or confirming (the change may
+    /// or may not have been made; the client reads it back).
+    async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, OpError>> + Send + 'static,
+    ) -> Result<T, OpError> {
+        if !self.serving() {
+            return Err(OpError::ClusterUnavailable);
+        }
+        match run_to_completion(fut).await {
+            Err(OpError::Store(BackendError::Unavailable(why))) if self.inner.lease.is_some() => {
+                tracing::warn!(error = %why, "the cluster's store failed a change");
+                Err(OpError::ClusterUnavailable)
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until every node serves the commit at `seq` or has stopped
+    /// serving ([`Backend::confirm`]).
+    async fn confirm(&self, seq: Seq) -> Result<(), OpError> {
+        if !self.inner.shared {
+            return Ok(());
+        }
+        self.inner.backend.confirm(seq).await.map_err(|e| {
+            tracing::warn!(error = %e, seq, "a change was made but could not be confirmed on every node");
+            OpError::ClusterUnavailable
+        })
     }
 
     /// The org `id` for a mutation: this store's, or, on a shared backend,
@@ -649,7 +717,7 @@ impl Store {
 
     /// Computes `op` on the org's state and commits it, again on the stored
     /// state after each lost race (at most [`COMMIT_TRIES`] times in all).
-    async fn apply_to<F>(&self, org: Arc<Org>, mut op: F) -> Result<OrgView, OpError>
+    async fn apply_to<F>(&self, org: Arc<Org>, mut op: F) -> Result<(OrgView, Seq), OpError>
     where
         F: FnMut(&OrgState, Timestamp) -> Result<Transition, OpError>,
     {
@@ -658,7 +726,7 @@ impl Store {
         let mut counts = None;
         let mut tries = 0;
         let mut checked = false;
-        let (from, t) = loop {
+        let (from, seq, t) = loop {
             tries += 1;
             let now = self.inner.clock.now();
             let (from, t) = match org.read(|c| op(&c.state, now).map(|t| (c.version, t))) {
@@ -695,7 +763,7 @@ impl Store {
             }
             let change = Change::update(id.clone(), t.next.clone(), from);
             match self.commit(change, &id, &t).await {
-                Ok(()) => break (from, t),
+                Ok(seq) => break (from, seq, t),
                 Err(BackendError::Conflict(why)) if tries < COMMIT_TRIES => {
                     tracing::debug!(org = %id, %why, tries, "commit lost a race; deciding again");
                     let record = self
@@ -722,15 +790,21 @@ impl Store {
         // False only if the feed already brought a newer version still.
         org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
         drop(counts);
-        Ok(OrgView {
+        let view = OrgView {
             id,
             limits: defaults.with(&t.next.limits),
             state: t.next,
-        })
+        };
+        Ok((view, seq))
     }
 
     /// Commits `change`, an org's, with the audit event of `t`.
-    async fn commit(&self, change: Change, id: &OrgId, t: &Transition) -> Result<(), BackendError> {
+    async fn commit(
+        &self,
+        change: Change,
+        id: &OrgId,
+        t: &Transition,
+    ) -> Result<Seq, BackendError> {
         let commit = Commit {
             change,
             event: AuditEvent {
@@ -798,6 +872,17 @@ impl Store {
 
     /// Applies one event of the backend's feed.
     async fn apply_feed(&self, feed: Feed) -> Result<(), BackendError> {
+        if let Feed::Resync = feed {
+            // What this node holds cannot be vouched for until it reloaded.
+            if let Some(lease) = &self.inner.lease {
+                lease.hold(true);
+            }
+            let reloaded = self.resync().await;
+            if let (Some(lease), Ok(())) = (&self.inner.lease, &reloaded) {
+                lease.hold(false);
+            }
+            return reloaded;
+        }
         match feed {
             Feed::Org(record) => self.install(record).await,
             // Under the token writer: the store's own create or delete, which
@@ -811,7 +896,7 @@ impl Store {
                 let _writer = self.inner.token_writer.lock().await;
                 self.write_tokens().remove(&name);
             }
-            Feed::Resync => self.resync().await?,
+            Feed::Resync => {}
         }
         Ok(())
     }
@@ -865,7 +950,7 @@ impl Store {
 /// is gone. A reload that fails is tried again until it succeeds: the events
 /// after it are applied only once the store has caught up.
 async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
-    while let Some(event) = feed.recv().await {
+    while let Some(Event { seq, feed: event }) = feed.recv().await {
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -882,6 +967,8 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
             store = Store { inner };
             event = Feed::Resync;
         }
+        // Now serving it: what another node's confirm waits for.
+        feed.applied(seq);
     }
 }
 

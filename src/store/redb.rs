@@ -53,7 +53,7 @@ use serde::Serialize;
 
 use super::backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
-    Restored, Snapshot,
+    Restored, Seq, Snapshot,
 };
 use super::counts::CallCount;
 use super::OrgRecord;
@@ -258,10 +258,13 @@ impl Backend for RedbBackend {
         Box::pin(blocking("load", path, move || inner.load_into(&orgs)))
     }
 
-    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
         let inner = Arc::clone(&self.inner);
         let path = self.inner.path.clone();
-        Box::pin(blocking("commit", path, move || inner.commit(&commit)))
+        // One file, one node: no feed, so no place on one.
+        Box::pin(blocking("commit", path, move || {
+            inner.commit(&commit).map(|()| 0)
+        }))
     }
 
     fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {

@@ -384,7 +384,7 @@ impl Backend for Fixed {
         })))
     }
 
-    fn commit(&self, _: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn commit(&self, _: Commit) -> BoxFuture<'_, Result<super::Seq, BackendError>> {
         Box::pin(std::future::ready(Err(BackendError::Unavailable(
             "read only".into(),
         ))))
