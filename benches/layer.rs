@@ -218,8 +218,8 @@ impl Backend for NullBackend {
         Box::pin(std::future::ready(Ok(Snapshot::default())))
     }
 
-    fn commit(&self, _: Commit) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn commit(&self, _: Commit) -> BoxFuture<'_, Result<keygate::store::Seq, BackendError>> {
+        Box::pin(std::future::ready(Ok(0)))
     }
 
     fn audit(&self, _: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
