@@ -273,7 +273,14 @@ impl Target {
 }
 
 /// The inner service: answers every request at once with an empty 200.
-fn identity() -> impl Service<Req, Response = Response<Empty<Bytes>>, Error = Infallible> + Clone {
+fn identity() -> impl Service<
+    Req,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
     tower::service_fn(|_req: Req| async { Ok::<_, Infallible>(Response::new(Empty::new())) })
 }
 

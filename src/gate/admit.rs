@@ -10,7 +10,7 @@ use super::resolve::{named_org, presented_key};
 use super::Gate;
 use crate::answer::Refusal;
 use crate::key::ApiKey;
-use crate::limit::Count;
+use crate::limit::{Count, Spent};
 use crate::org::{Org, OrgId};
 
 /// What the gate decided about one request.
@@ -26,7 +26,21 @@ pub(crate) enum Admission {
     Refuse(Refusal),
     /// This call took the org past its threshold: disable the key, then refuse.
     Disable(Arc<Org>),
+    /// Cluster mode, and no call of the org's threshold is granted to this
+    /// node: ask the cluster for some ([`Store::take_calls`](crate::store::Store)),
+    /// then [`finish`](Gate::finish) the checks.
+    Take {
+        /// The org.
+        org: Arc<Org>,
+        /// See [`Named::prefix_len`](super::resolve::Named).
+        prefix_len: usize,
+    },
 }
+
+/// When the calls granted to this node fall to one of these, it asks the
+/// cluster for more in the background, so a busy org's calls rarely wait for
+/// a grant: at a quarter or so of a large grant, and near the end of a small one.
+const PREFETCH_AT: [u32; 2] = [16, 4];
 
 /// The headers that let a client ask for one method while sending another. While
 /// a subscription is expired, naming a blocked method in any of them is refused
@@ -79,26 +93,76 @@ impl Gate {
                     Ok(v) => v,
                     Err(refusal) => return Admission::Refuse(refusal),
                 };
-                match org.calls().count(now, threshold_calls, window_secs) {
-                    Count::Within => {}
-                    // Over, too, disables: the provider may have lowered the
-                    // threshold below this window's count, and a key that is
-                    // refused must also be durably disabled. A disable that
-                    // finds the key disabled already commits nothing.
-                    Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
+                if self.store.shares_calls() {
+                    match org.calls().spend(now, window_secs) {
+                        Spent::Left(left) => {
+                            if PREFETCH_AT.contains(&left) {
+                                self.store.prefetch_calls(org);
+                            }
+                        }
+                        Spent::Empty => {
+                            return Admission::Take {
+                                org: Arc::clone(org),
+                                prefix_len: named.prefix_len,
+                            }
+                        }
+                    }
+                } else {
+                    match org.calls().count(now, threshold_calls, window_secs) {
+                        Count::Within => {}
+                        // Over, too, disables: the provider may have lowered the
+                        // threshold below this window's count, and a key that is
+                        // refused must also be durably disabled. A disable that
+                        // finds the key disabled already commits nothing.
+                        Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
+                    }
                 }
-                if expired && self.blocked_while_expired(method, headers) {
-                    return Admission::Refuse(Refusal::SubscriptionExpired);
-                }
-                if let Err(limited) = org.rate_limiter().check(now, &rate) {
-                    return Admission::Refuse(Refusal::RateLimited(limited));
-                }
-                Admission::Allow {
-                    org: org.id(),
-                    prefix_len: named.prefix_len,
-                }
+                self.after_count(org, method, headers, now, expired, rate, named.prefix_len)
             })
             .unwrap_or(Admission::Refuse(Refusal::InvalidKey))
+    }
+
+    /// The checks after the count, for a call whose count a grant from the
+    /// cluster settled: the org's state as it is now.
+    pub(crate) fn finish(
+        &self,
+        org: &Arc<Org>,
+        method: &Method,
+        headers: &HeaderMap,
+        prefix_len: usize,
+    ) -> Admission {
+        let now = self.store.clock().now();
+        let (rate, expired) = org.read(|c| (c.rate, c.state.subscription_expired(now)));
+        self.after_count(org, method, headers, now, expired, rate, prefix_len)
+    }
+
+    /// Steps 4 and 5: the subscription, then the rate (in cluster mode, this
+    /// node's share of it).
+    #[allow(clippy::too_many_arguments)]
+    fn after_count(
+        &self,
+        org: &Arc<Org>,
+        method: &Method,
+        headers: &HeaderMap,
+        now: crate::clock::Timestamp,
+        expired: bool,
+        rate: crate::limit::Rate,
+        prefix_len: usize,
+    ) -> Admission {
+        if expired && self.blocked_while_expired(method, headers) {
+            return Admission::Refuse(Refusal::SubscriptionExpired);
+        }
+        let rate = match self.store.lease() {
+            Some(lease) => rate.shared_by(lease.live_nodes()),
+            None => rate,
+        };
+        if let Err(limited) = org.rate_limiter().check(now, &rate) {
+            return Admission::Refuse(Refusal::RateLimited(limited));
+        }
+        Admission::Allow {
+            org: org.id(),
+            prefix_len,
+        }
     }
 
     /// Whether the method, or a method an override header names, is one the

@@ -23,10 +23,23 @@ pin_project! {
     enum Kind<F> {
         Inner { #[pin] fut: F },
         Refused { refusal: Refusal },
-        // The one boxed future: the call that crossed the threshold waits until
-        // the disable is durable. It happens once per window per org.
+        // The boxed futures, off the common path: the call that crossed the
+        // threshold waits until the disable is durable (once per window per
+        // org), and, in cluster mode, a call that found no call of its org's
+        // threshold granted to this node waits for a grant (once per grant).
         Disabling { fut: BoxFuture<'static, ()> },
+        Taking { fut: BoxFuture<'static, Next<F>> },
     }
+}
+
+/// What a call does once the cluster answered its request for calls.
+pub(crate) enum Next<F> {
+    /// It is admitted: the inner service's future.
+    Call(F),
+    /// It is refused.
+    Refuse(Refusal),
+    /// It crossed the threshold: this disables the key.
+    Disable(BoxFuture<'static, ()>),
 }
 
 impl<F> ResponseFuture<F> {
@@ -47,6 +60,12 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Disabling { fut },
         }
     }
+
+    pub(crate) fn taking(fut: BoxFuture<'static, Next<F>>) -> Self {
+        ResponseFuture {
+            kind: Kind::Taking { fut },
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
@@ -62,16 +81,25 @@ where
     type Output = Result<Response<AnswerBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { fut } => {
-                let res = ready!(fut.poll(cx))?;
-                Poll::Ready(Ok(res.map(AnswerBody::inner)))
-            }
-            KindProj::Refused { refusal } => Poll::Ready(Ok(refusal.into_response())),
-            KindProj::Disabling { fut } => {
-                ready!(fut.as_mut().poll(cx));
-                Poll::Ready(Ok(Refusal::ThresholdExceeded.into_response()))
-            }
+        let mut kind = self.project().kind;
+        loop {
+            let next = match kind.as_mut().project() {
+                KindProj::Inner { fut } => {
+                    let res = ready!(fut.poll(cx))?;
+                    return Poll::Ready(Ok(res.map(AnswerBody::inner)));
+                }
+                KindProj::Refused { refusal } => return Poll::Ready(Ok(refusal.into_response())),
+                KindProj::Disabling { fut } => {
+                    ready!(fut.as_mut().poll(cx));
+                    return Poll::Ready(Ok(Refusal::ThresholdExceeded.into_response()));
+                }
+                KindProj::Taking { fut } => ready!(fut.as_mut().poll(cx)),
+            };
+            kind.set(match next {
+                Next::Call(fut) => Kind::Inner { fut },
+                Next::Refuse(refusal) => Kind::Refused { refusal },
+                Next::Disable(fut) => Kind::Disabling { fut },
+            });
         }
     }
 }

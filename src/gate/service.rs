@@ -10,9 +10,12 @@ use http::{Request, Response, Uri};
 use tower_service::Service;
 
 use super::admit::Admission;
+use super::future::Next;
 use super::{Gate, GateConfig, KeyGateLayer, ResponseFuture};
+use crate::answer::Refusal;
 use crate::org::OrgId;
 use crate::store::Store;
+use crate::store::Taken;
 
 /// The header that tells the upstream which org a request is for. A client's own
 /// is always replaced.
@@ -69,9 +72,15 @@ impl<S: std::fmt::Debug> std::fmt::Debug for KeyGate<S> {
     }
 }
 
+/// `S: Clone + Send`, as tower-http's `AsyncRequireAuthorization` asks: in
+/// cluster mode a call may wait for the cluster to grant calls of its org's
+/// threshold before the inner service sees it, and then it holds the service
+/// that was made ready for it, leaving a clone behind.
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KeyGate<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqBody: Send + 'static,
 {
     type Response = Response<crate::answer::AnswerBody<ResBody>>;
     type Error = S::Error;
@@ -92,6 +101,32 @@ where
             Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
             Admission::Disable(org) => {
                 ResponseFuture::disabling(Box::pin(self.gate.store.disable_over_threshold(org)))
+            }
+            Admission::Take { org, prefix_len } => {
+                // The service polled ready is the one that takes the call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let gate = Arc::clone(&self.gate);
+                ResponseFuture::taking(Box::pin(async move {
+                    match gate.store.take_calls(Arc::clone(&org)).await {
+                        Taken::Within => {}
+                        Taken::Crossed => {
+                            return Next::Disable(Box::pin(gate.store.disable_over_threshold(org)))
+                        }
+                        Taken::Unavailable => return Next::Refuse(Refusal::ClusterUnavailable),
+                    }
+                    match gate.finish(&org, req.method(), req.headers(), prefix_len) {
+                        Admission::Allow { org, prefix_len } => {
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::Refuse(refusal) => Next::Refuse(refusal),
+                        // `finish` only allows or refuses.
+                        Admission::Disable(_) | Admission::Take { .. } => {
+                            Next::Refuse(Refusal::ClusterUnavailable)
+                        }
+                    }
+                }))
             }
         }
     }

@@ -26,4 +26,4 @@ mod rate;
 mod threshold;
 
 pub use rate::{Rate, RateLimited, RateLimiter};
-pub use threshold::{CallCounter, Count, Window};
+pub use threshold::{CallCounter, Count, Spent, Window};

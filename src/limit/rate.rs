@@ -72,6 +72,33 @@ impl Rate {
         }
     }
 
+    /// This node's share when `nodes` nodes serve the org together (cluster
+    /// mode): the rate divided by `nodes` (each call spaced `nodes` times as
+    /// far apart) and the burst too, rounded up, so that `nodes` nodes under
+    /// even load together admit the org's rate and at most `nodes - 1` calls
+    /// more than its burst. One multiplication and one division; `nodes`
+    /// of 1 or 0 is the rate itself.
+    #[inline]
+    pub fn shared_by(&self, nodes: u32) -> Rate {
+        if nodes <= 1 {
+            return *self;
+        }
+        let n = u64::from(nodes);
+        let emission = self.emission.saturating_mul(n);
+        let burst = (self.tolerance / self.emission.max(1)).div_ceil(n).max(1);
+        Rate {
+            emission,
+            tolerance: emission.saturating_mul(burst),
+        }
+    }
+
+    /// The sustained rate, calls per second (rounded down, at least 1).
+    pub fn per_sec(&self) -> u32 {
+        u32::try_from(1_000_000_000 / self.emission.max(1))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
     /// The burst, which is also the most calls a client can make at once.
     pub fn burst(&self) -> u32 {
         u32::try_from(self.tolerance / self.emission.max(1)).unwrap_or(u32::MAX)
@@ -140,6 +167,21 @@ mod tests {
 
     fn at(ms: u64) -> Timestamp {
         Timestamp::from_nanos(T0.as_nanos() + ms * 1_000_000)
+    }
+
+    #[test]
+    fn three_nodes_sharing_a_rate_admit_it_together_under_even_load() {
+        let whole = Rate::new(50, 10);
+        let share = whole.shared_by(3);
+        assert_eq!(share.burst(), 4);
+        assert_eq!(whole.shared_by(1), whole);
+        // Ten seconds of calls every millisecond, spread evenly over three
+        // nodes: together they admit the rate's 500, plus the bursts.
+        let nodes = [RateLimiter::new(), RateLimiter::new(), RateLimiter::new()];
+        let admitted = (0..10_000u64)
+            .filter(|ms| nodes[(*ms % 3) as usize].check(at(*ms), &share).is_ok())
+            .count();
+        assert!((500..=500 + 3 * 4).contains(&admitted), "{admitted}");
     }
 
     #[test]

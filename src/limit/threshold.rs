@@ -83,6 +83,89 @@ impl CallCounter {
     }
 }
 
+/// What [`CallCounter::spend`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// One call of the granted ones was spent; this many are left.
+    Left(u32),
+    /// None is left in the current window: ask the cluster for more.
+    Empty,
+}
+
+/// The cluster's half: in cluster mode the same atomic holds the calls this
+/// node was granted of the cluster's window and has not spent yet, counted
+/// down, with the window's start as the cluster set it. A call spends one
+/// ([`spend`](CallCounter::spend)); a grant adds some ([`grant`](CallCounter::grant)).
+/// Never mixed with [`count`](CallCounter::count) on one counter.
+impl CallCounter {
+    /// Spends one granted call of the window open at `now`, if one is left.
+    pub fn spend(&self, now: Timestamp, window_secs: u32) -> Spent {
+        let now = now.as_secs();
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, left) = unpack(cur);
+            if left == 0 || now >= u64::from(start) + u64::from(window_secs) {
+                return Spent::Empty;
+            }
+            match self.0.compare_exchange_weak(
+                cur,
+                pack(start, left - 1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Spent::Left(left - 1),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Adds `calls` granted of the window that started at `start`: to what
+    /// is left if that window is the one held, replacing it otherwise (what
+    /// was left of an older window is worth nothing now).
+    pub fn grant(&self, start: u32, calls: u32) {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (held, left) = unpack(cur);
+            let next = if held == start {
+                pack(start, left.saturating_add(calls))
+            } else if held > start && left > 0 {
+                // A newer window's grant got here first: keep it.
+                return;
+            } else {
+                pack(start, calls)
+            };
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Takes back every granted call not spent: the window's start and how
+    /// many, if any, leaving none. What a node hands back to the cluster.
+    pub fn reclaim(&self) -> Option<(u32, u32)> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (start, left) = unpack(cur);
+            if left == 0 {
+                return None;
+            }
+            match self.0.compare_exchange_weak(
+                cur,
+                pack(start, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some((start, left)),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
 /// A window's start and its count, as [`CallCounter::window`] reads it and the
 /// store persists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -217,6 +300,57 @@ mod tests {
         c.count(T0, 3, 60);
         c.reset();
         assert_eq!(c.window(), None);
+    }
+
+    #[test]
+    fn granted_calls_are_spent_one_at_a_time_and_then_empty() {
+        let c = CallCounter::new();
+        assert_eq!(c.spend(T0, 60), Spent::Empty);
+        c.grant(1_000, 2);
+        assert_eq!(c.spend(T0, 60), Spent::Left(1));
+        assert_eq!(c.spend(secs(59), 60), Spent::Left(0));
+        assert_eq!(c.spend(secs(59), 60), Spent::Empty);
+    }
+
+    #[test]
+    fn a_grant_of_an_ended_window_is_worth_nothing() {
+        let c = CallCounter::new();
+        c.grant(1_000, 5);
+        assert_eq!(c.spend(secs(60), 60), Spent::Empty);
+    }
+
+    #[test]
+    fn grants_of_one_window_add_up_and_a_newer_window_replaces_them() {
+        let c = CallCounter::new();
+        c.grant(1_000, 2);
+        c.grant(1_000, 3);
+        assert_eq!(c.reclaim(), Some((1_000, 5)));
+        assert_eq!(c.reclaim(), None);
+        c.grant(1_000, 2);
+        c.grant(1_060, 1);
+        assert_eq!(c.reclaim(), Some((1_060, 1)));
+        // An older window's grant arriving late does not replace a newer one.
+        c.grant(1_060, 1);
+        c.grant(1_000, 9);
+        assert_eq!(c.reclaim(), Some((1_060, 1)));
+    }
+
+    #[test]
+    fn concurrent_spenders_spend_each_granted_call_once() {
+        let c = std::sync::Arc::new(CallCounter::new());
+        c.grant(1_000, 2_000);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .filter(|_| matches!(c.spend(T0, 60), Spent::Left(_)))
+                        .count()
+                })
+            })
+            .collect();
+        let spent: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(spent, 2_000);
     }
 
     #[test]

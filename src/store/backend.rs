@@ -176,6 +176,52 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
+    /// Whether the threshold counts are the cluster's, kept by this backend
+    /// ([`take_calls`](Backend::take_calls)), rather than each node's own
+    /// (counted in memory, saved with [`save_counts`](Backend::save_counts)).
+    fn shares_calls(&self) -> bool {
+        false
+    }
+
+    /// The counter seam of a backend several nodes share: grants this node
+    /// up to `take.want` calls of the org's current threshold window, in one
+    /// atomic step against every node's grants, so that the calls granted in
+    /// one window never add up to more than the threshold. The window opens
+    /// with the first grant after the previous one ended. A grant of 0 calls
+    /// means the cluster has granted the whole threshold: the call that asked
+    /// is the one past it. The backend may grant fewer than asked, and does
+    /// as the remainder runs low, so that a few nodes' unspent calls cannot
+    /// fire the threshold much early. `take.returned` is what this node
+    /// hands back unspent of an earlier grant.
+    fn take_calls(&self, take: Take) -> BoxFuture<'_, Result<Grant, BackendError>> {
+        let _ = take;
+        Box::pin(std::future::ready(Err(BackendError::Unavailable(
+            "this store does not share threshold counts".into(),
+        ))))
+    }
+
+    /// Asks every node sharing this backend to hand back the calls of `org`'s
+    /// window it holds unspent ([`Feed::Reclaim`] on the feed, applied by
+    /// each node with a [`take_calls`](Backend::take_calls) that returns
+    /// them): what a node does when the cluster has granted the whole
+    /// threshold and it needs one more call, before it concludes that the
+    /// threshold is crossed. The default does nothing: a backend one node
+    /// owns has no other node to ask.
+    fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let _ = org;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Ends `org`'s threshold window, wherever it is counted, so its next
+    /// call opens a fresh one: what an enable does first. The default
+    /// removes the window [`save_counts`](Backend::save_counts) persisted.
+    fn reset_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        self.save_counts(vec![CallCount {
+            org: org.clone(),
+            window: None,
+        }])
+    }
+
     /// Makes every commit of `commits` durable in one step, all or none, as
     /// [`commit`](Backend::commit) makes one: how `keygate import` provisions
     /// many orgs without one durable write each. Each commit's expectation is
@@ -221,6 +267,50 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(BackendError::Unavailable(
             "this store cannot load an export".into(),
         ))))
+    }
+}
+
+/// A node's request for calls of an org's threshold window
+/// ([`Backend::take_calls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    /// The org.
+    pub org: OrgId,
+    /// Its threshold: the most calls granted in one window, all nodes together.
+    pub threshold: u32,
+    /// Its window's length.
+    pub window_secs: u32,
+    /// How many calls this node would like; 0 when it only hands some back.
+    pub want: u32,
+    /// Nodes serving now, this one included: the backend grants each at most
+    /// a share of what remains.
+    pub nodes: u32,
+    /// The node's time: when a window opens, for a backend without a clock of
+    /// its own (one with a clock, such as Redis, uses that, so that every
+    /// node's grants fall in one window).
+    pub now: Timestamp,
+    /// Calls of an earlier grant this node hands back unspent: the window's
+    /// start and how many. Ignored unless that window is still the open one.
+    pub returned: Option<(u32, u32)>,
+}
+
+/// What [`Backend::take_calls`] granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The open window's start, whole seconds since the Unix epoch.
+    pub window_start: u32,
+    /// Calls granted to this node, 0 when the threshold is reached.
+    pub calls: u32,
+}
+
+impl Grant {
+    /// The share a backend grants: what was asked, but at most half of what
+    /// remains divided among the nodes (at least 1 while any remains), so
+    /// that chunks shrink as the window's calls run out and the calls other
+    /// nodes hold unspent when the last is granted stay few.
+    pub fn share(want: u32, remaining: u32, nodes: u32) -> u32 {
+        let fair = (remaining / nodes.max(1).saturating_mul(2)).max(1);
+        want.min(fair).min(remaining)
     }
 }
 
@@ -379,6 +469,9 @@ pub enum Feed {
     PutToken(TokenRecord),
     /// The token of this name was just deleted.
     DeleteToken(String),
+    /// Not a commit: a node asks every node to hand back the calls of this
+    /// org's threshold window it holds unspent ([`Backend::reclaim_calls`]).
+    Reclaim(OrgId),
     /// The subscriber lost events (it fell behind, or the backend replaced
     /// everything at once, as an import does): what it holds can no longer be
     /// vouched for, and it must reload everything from the backend.

@@ -107,6 +107,9 @@ impl Store {
     /// [`flush_counts`](Store::flush_counts), also summing the calls of the
     /// windows written, for the log line that tests wait for.
     async fn flush_counts_summed(&self) -> Result<(usize, u64), BackendError> {
+        if self.inner.shares_calls {
+            return self.hand_back_idle().await;
+        }
         let mut flushed = self.inner.counts.lock().await;
         // One load per org; an org is only cloned out when its window changed.
         let (orgs, changed): (Vec<Arc<Org>>, Vec<CallCount>) = self
@@ -142,6 +145,38 @@ impl Store {
             flushed.saved(org, window);
         }
         Ok((orgs.len(), calls))
+    }
+
+    /// Cluster mode's flush: the counts are the cluster's, so nothing is
+    /// saved, but calls this node was granted and has left unspent for a
+    /// whole period are handed back, so that an org's traffic moving to
+    /// other nodes does not leave part of its threshold stranded here (and
+    /// fire the threshold early). Returns the orgs and calls handed back.
+    async fn hand_back_idle(&self) -> Result<(usize, u64), BackendError> {
+        let mut seen = self.inner.counts.lock().await;
+        let mut idle = Vec::new();
+        for e in self.inner.orgs.iter() {
+            let org = &e.0;
+            // In cluster mode a window is the granted calls left unspent.
+            let Some(now) = org.calls().window() else {
+                continue;
+            };
+            if seen.last(org) == Some(now) {
+                idle.push(Arc::clone(org));
+            } else {
+                seen.saved(org, Some(now));
+            }
+        }
+        let (mut orgs, mut calls) = (0, 0);
+        for org in idle {
+            seen.saved(&org, None);
+            let handed = self.hand_back(&org).await?;
+            if handed > 0 {
+                orgs += 1;
+                calls += u64::from(handed);
+            }
+        }
+        Ok((orgs, calls))
     }
 
     /// Resumes the windows `counts` persisted, before the store serves.

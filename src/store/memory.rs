@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Restored, Seq,
-    Snapshot, Subscription, FEED_CAPACITY,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Grant,
+    Restored, Seq, Snapshot, Subscription, Take, FEED_CAPACITY,
 };
 use super::counts::CallCount;
 use super::OrgRecord;
@@ -42,6 +42,9 @@ struct Data {
     seq: Seq,
     /// What each subscriber has applied; a store that closed drops its end.
     applied: Vec<tokio::sync::watch::Receiver<Seq>>,
+    /// The cluster's threshold windows of a shared backend: each org's
+    /// window start and the calls granted in it.
+    granted: BTreeMap<OrgId, (u32, u32)>,
 }
 
 impl MemoryBackend {
@@ -278,6 +281,65 @@ impl Backend for MemoryBackend {
             .cloned()
             .collect();
         Box::pin(std::future::ready(Ok(events)))
+    }
+
+    fn shares_calls(&self) -> bool {
+        self.lock().feed.is_some()
+    }
+
+    fn take_calls(&self, take: Take) -> BoxFuture<'_, Result<Grant, BackendError>> {
+        let result = if self.fail_commits.load(Ordering::SeqCst) {
+            Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))
+        } else {
+            let now = u32::try_from(take.now.as_secs()).unwrap_or(u32::MAX);
+            let mut data = self.lock();
+            let (start, granted) = data.granted.entry(take.org).or_insert((now, 0));
+            if u64::from(now) >= u64::from(*start) + u64::from(take.window_secs) {
+                (*start, *granted) = (now, 0);
+            }
+            if let Some((from, unused)) = take.returned {
+                if from == *start {
+                    *granted = granted.saturating_sub(unused);
+                }
+            }
+            let calls = Grant::share(
+                take.want,
+                take.threshold.saturating_sub(*granted),
+                take.nodes,
+            );
+            *granted += calls;
+            Ok(Grant {
+                window_start: *start,
+                calls,
+            })
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut data = self.lock();
+        data.seq += 1;
+        if let Some(feed) = &data.feed {
+            let _ = feed.send(Event {
+                seq: data.seq,
+                feed: Feed::Reclaim(org.clone()),
+            });
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn reset_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Box::pin(std::future::ready(Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ))));
+        }
+        let mut data = self.lock();
+        data.granted.remove(org);
+        data.counts.remove(org);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn save_counts(&self, counts: Vec<CallCount>) -> BoxFuture<'_, Result<(), BackendError>> {

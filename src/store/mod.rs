@@ -65,8 +65,8 @@ use std::sync::{Arc, Weak};
 use dashmap::DashSet;
 
 pub use backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Loading,
-    OrgBatches, OrgRecord, Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,
+    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Grant,
+    Loading, OrgBatches, OrgRecord, Restored, Seq, Snapshot, Subscription, Take, FEED_CAPACITY,
 };
 pub use check::{check_store, CheckReport, Problem};
 pub use counts::{CallCount, CountFlusher};
@@ -77,6 +77,7 @@ pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
 
 use crate::clock::{Clock, Timestamp};
+use crate::limit::Spent;
 use crate::org::{
     Action, Actor, IdPages, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState,
     Transition,
@@ -91,6 +92,34 @@ const WRITER_STRIPES: usize = 256;
 /// up on a contended org: each lost race means another writer committed in
 /// between, so this many in a row is a storm, not bad luck.
 pub const COMMIT_TRIES: u32 = 5;
+
+/// The fewest calls a node asks the cluster for at once.
+const MIN_WANT: u32 = 16;
+
+/// The most calls a node asks the cluster for at once: a node that goes
+/// quiet holds at most this many unspent until it hands them back.
+const MAX_WANT: u32 = 4096;
+
+/// How long a call that found the cluster's threshold all granted waits,
+/// in turn, for the other nodes to hand back what they hold unspent, asking
+/// again after each pause (about 0.1 s in all, once per node per window).
+const RECLAIM_PAUSES: [std::time::Duration; 4] = [
+    std::time::Duration::from_millis(5),
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(25),
+    std::time::Duration::from_millis(60),
+];
+
+/// What [`Store::take_calls`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// The call is within the threshold, and spent.
+    Within,
+    /// The call is the one past the cluster's threshold.
+    Crossed,
+    /// The cluster's store could not be asked.
+    Unavailable,
+}
 
 /// How long the feed task waits before trying a failed reload again.
 const RESYNC_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -132,6 +161,11 @@ struct Inner {
     follower: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// This node's lease, when the backend is shared by several nodes.
     lease: Option<Arc<Lease>>,
+    /// Whether the threshold counts are the cluster's ([`Backend::take_calls`]).
+    shares_calls: bool,
+    /// One grant request in flight per org at a time (striped as `writers`),
+    /// so the calls waiting for one do not each ask for more.
+    takers: Box<[tokio::sync::Mutex<()>]>,
 }
 
 impl Drop for Inner {
@@ -252,6 +286,7 @@ impl Store {
         let (loaded, (orgs, id_pages)) = tokio::try_join!(backend.load_into(batches), build)?;
         let persisted_counts = backend.load_counts().await?;
         let backend_lease = backend.lease();
+        let shares_calls = backend.shares_calls();
         let mut tokens = Tokens::default();
         for t in loaded {
             tokens.insert(t);
@@ -273,6 +308,10 @@ impl Store {
                 shared: feed.is_some(),
                 follower: std::sync::Mutex::new(None),
                 lease: backend_lease,
+                shares_calls,
+                takers: (0..WRITER_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         };
         if let Some(feed) = feed {
@@ -324,6 +363,123 @@ impl Store {
     #[inline]
     pub fn serving(&self) -> bool {
         self.inner.lease.as_ref().is_none_or(|l| l.serving())
+    }
+
+    /// Whether the threshold counts are the cluster's: the gate spends calls
+    /// granted to this node ([`CallCounter::spend`](crate::limit::CallCounter::spend))
+    /// and asks for more with [`take_calls`](Store::take_calls), instead of
+    /// counting them itself.
+    #[inline]
+    pub(crate) fn shares_calls(&self) -> bool {
+        self.inner.shares_calls
+    }
+
+    /// Asks the cluster for calls of `org`'s threshold window, for a call
+    /// that found none granted here: [`Taken::Within`] with the call spent,
+    /// [`Taken::Crossed`] when the cluster has granted the whole threshold
+    /// (this call is the one past it), [`Taken::Unavailable`] when the
+    /// cluster's store could not be asked. One request per org at a time:
+    /// the calls that wait for it spend what it brought.
+    pub(crate) fn take_calls(&self, org: Arc<Org>) -> impl Future<Output = Taken> + Send + 'static {
+        let store = self.clone();
+        async move {
+            let _taker = store.taker(&org).lock().await;
+            let now = store.inner.clock.now();
+            let window_secs = org.read(|c| c.threshold_window_secs);
+            if let Spent::Left(_) = org.calls().spend(now, window_secs) {
+                return Taken::Within;
+            }
+            // The whole threshold granted: ask the other nodes to hand back
+            // what they hold unspent, and ask again while it comes in.
+            // Crossed only once nothing came back: every granted call spent.
+            for pause in std::iter::once(None).chain(RECLAIM_PAUSES.map(Some)) {
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
+                let grant = match store.fetch_calls(&org).await {
+                    Ok(grant) => grant,
+                    Err(e) => {
+                        tracing::warn!(org = %org.id(), error = %e, "could not take calls from the cluster");
+                        return Taken::Unavailable;
+                    }
+                };
+                if grant.calls > 0 {
+                    org.calls().grant(grant.window_start, grant.calls - 1);
+                    return Taken::Within;
+                }
+                if pause.is_none() {
+                    if let Err(e) = store.inner.backend.reclaim_calls(&org.id()).await {
+                        tracing::warn!(org = %org.id(), error = %e, "could not ask the cluster for unspent calls");
+                        return Taken::Unavailable;
+                    }
+                }
+            }
+            Taken::Crossed
+        }
+    }
+
+    /// Asks the cluster for more of `org`'s calls in the background, before
+    /// the ones granted here run out, unless a request for them is in flight.
+    pub(crate) fn prefetch_calls(&self, org: &Arc<Org>) {
+        let store = self.clone();
+        let org = Arc::clone(org);
+        tokio::spawn(async move {
+            let Ok(_taker) = store.taker(&org).try_lock() else {
+                return;
+            };
+            match store.fetch_calls(&org).await {
+                Ok(grant) if grant.calls > 0 => org.calls().grant(grant.window_start, grant.calls),
+                // The threshold is reached: the call that finds none left
+                // here asks again, and fires it.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(org = %org.id(), error = %e, "could not prefetch calls");
+                }
+            }
+        });
+    }
+
+    /// One grant of `org`'s calls: about a second of this node's share of
+    /// its rate, at least [`MIN_WANT`], at most [`MAX_WANT`].
+    async fn fetch_calls(&self, org: &Org) -> Result<Grant, BackendError> {
+        let nodes = self.lease().map_or(1, Lease::live_nodes);
+        let (threshold, window_secs, per_sec) =
+            org.read(|c| (c.threshold_calls, c.threshold_window_secs, c.rate.per_sec()));
+        let take = Take {
+            org: org.id(),
+            threshold,
+            window_secs,
+            want: (per_sec / nodes).clamp(MIN_WANT, MAX_WANT),
+            nodes,
+            now: self.inner.clock.now(),
+            returned: None,
+        };
+        self.inner.backend.take_calls(take).await
+    }
+
+    /// Hands back to the cluster every call of `org` granted here and not
+    /// spent.
+    pub(crate) async fn hand_back(&self, org: &Org) -> Result<u32, BackendError> {
+        let Some(returned) = org.calls().reclaim() else {
+            return Ok(0);
+        };
+        let (threshold, window_secs) = org.read(|c| (c.threshold_calls, c.threshold_window_secs));
+        let take = Take {
+            org: org.id(),
+            threshold,
+            window_secs,
+            want: 0,
+            nodes: self.lease().map_or(1, Lease::live_nodes),
+            now: self.inner.clock.now(),
+            returned: Some(returned),
+        };
+        self.inner.backend.take_calls(take).await?;
+        Ok(returned.1)
+    }
+
+    fn taker(&self, org: &Org) -> &tokio::sync::Mutex<()> {
+        let h = self.inner.stripe_hasher.hash_one(org.id_bytes());
+        &self.inner.takers[(h as usize) % self.inner.takers.len()]
     }
 
     /// The clock the store's rules read.
@@ -751,11 +907,7 @@ impl Store {
                 // the enable's commit must not bring the old window back. Held
                 // until the reset below, so no flush writes the old window again.
                 let mut flushed = self.inner.counts.lock().await;
-                let cleared = CallCount {
-                    org: id.clone(),
-                    window: None,
-                };
-                self.inner.backend.save_counts(vec![cleared]).await?;
+                self.inner.backend.reset_calls(&id).await?;
                 // Should the commit fail, the window is still in memory and
                 // differs from this, so the next flush writes it back.
                 flushed.saved(&org, None);
@@ -895,6 +1047,11 @@ impl Store {
             Feed::DeleteToken(name) => {
                 let _writer = self.inner.token_writer.lock().await;
                 self.write_tokens().remove(&name);
+            }
+            Feed::Reclaim(id) => {
+                if let Some(org) = self.get(id.as_bytes()) {
+                    self.hand_back(&org).await?;
+                }
             }
             Feed::Resync => {}
         }

@@ -1,0 +1,157 @@
+//! The call threshold held by several nodes together, through the tower Layer:
+//! three stores on one shared backend (the in-process model of a cluster),
+//! each gating its own copy of the upstream, loaded at once.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use keygate::clock::SystemClock;
+use keygate::gate::{GateConfig, KeyGate};
+use keygate::org::{Actor, LimitOverrides, Limits, OrgId};
+use keygate::store::{MemoryBackend, Store};
+use tower::{Service, ServiceExt};
+
+type Upstream =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+/// An upstream that counts what reaches it, shared by every node.
+fn upstream(forwarded: Arc<AtomicUsize>) -> Upstream {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |_req| {
+        forwarded.fetch_add(1, Ordering::SeqCst);
+        async { Ok(Response::new(Full::from("upstream"))) }
+    }))
+}
+
+fn limits(threshold: u32) -> Limits {
+    Limits {
+        // High enough that the rate never refuses here.
+        rate_per_sec: 1_000_000,
+        burst: 1_000_000,
+        threshold_calls: threshold,
+        threshold_window_secs: 3600,
+    }
+}
+
+struct Cluster {
+    nodes: Vec<(Store, KeyGate<Upstream>)>,
+    forwarded: Arc<AtomicUsize>,
+    key: String,
+}
+
+async fn cluster(n: usize, threshold: u32) -> Cluster {
+    let backend = Arc::new(MemoryBackend::shared());
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let store = Store::open(
+            backend.clone(),
+            Arc::new(SystemClock::new()),
+            limits(threshold),
+        )
+        .await
+        .unwrap();
+        let gate = KeyGate::new(
+            upstream(forwarded.clone()),
+            store.clone(),
+            GateConfig::default(),
+        );
+        nodes.push((store, gate));
+    }
+    let view = nodes[0]
+        .0
+        .provision(
+            OrgId::parse("acme").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    let key = view.state.key.unwrap().expose().to_owned();
+    Cluster {
+        nodes,
+        forwarded,
+        key,
+    }
+}
+
+async fn call(mut gate: KeyGate<Upstream>, key: &str) -> StatusCode {
+    let req = Request::get("/acme/v1/users")
+        .header("x-api-key", key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    gate.ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Loads every node at once with `per_node` calls from `tasks` tasks each.
+async fn load(c: &Cluster, tasks: usize, per_task: usize) -> Vec<StatusCode> {
+    let mut all = tokio::task::JoinSet::new();
+    for (_, gate) in &c.nodes {
+        for _ in 0..tasks {
+            let gate = gate.clone();
+            let key = c.key.clone();
+            all.spawn(async move {
+                let mut statuses = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    statuses.push(call(gate.clone(), &key).await);
+                }
+                statuses
+            });
+        }
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = all.join_next().await {
+        statuses.extend(done.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_loaded_nodes_forward_the_threshold_together_and_then_disable_everywhere() {
+    let c = cluster(3, 1_000).await;
+    // 3 nodes x 8 tasks x 60 calls: 1,440 calls for a threshold of 1,000.
+    let statuses = load(&c, 8, 60).await;
+    let forwarded = c.forwarded.load(Ordering::SeqCst);
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, forwarded);
+    assert!(forwarded <= 1_000, "forwarded {forwarded}");
+    // Exact but for the documented bound: calls a node holds unspent and
+    // does not hand back within the reclaim's 0.1 s. Every node here is
+    // alive and answers, so the slack is only for a starved test thread.
+    assert!(forwarded >= 1_000 - 2 * 2, "forwarded {forwarded}");
+    for (store, _) in &c.nodes {
+        assert!(store.view("acme").unwrap().state.is_disabled());
+    }
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::OK || *s == StatusCode::FORBIDDEN));
+    println!("three nodes, threshold 1,000: {forwarded} forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stranded_on_a_node_that_went_quiet_are_handed_back() {
+    let c = cluster(2, 100).await;
+    // Node 0 takes a grant and goes quiet.
+    assert_eq!(call(c.nodes[0].1.clone(), &c.key).await, StatusCode::OK);
+    // Two flushes: the first sees its grant, the second finds it unchanged.
+    c.nodes[0].0.flush_counts().await.unwrap();
+    assert_eq!(c.nodes[0].0.flush_counts().await.unwrap(), 1);
+    // Node 1 can now forward everything but that one call.
+    let mut ok = 0;
+    for _ in 0..150 {
+        if call(c.nodes[1].1.clone(), &c.key).await == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 99);
+}
