@@ -118,6 +118,13 @@ async fn healthz_answers_200_without_a_token() {
 }
 
 #[tokio::test]
+async fn readyz_answers_200_without_a_token_on_a_single_node() {
+    let gw = Gateway::start().await;
+
+    gw.get("/readyz", None).await.assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
 async fn every_call_without_a_token_is_401_unauthenticated() {
     let gw = Gateway::start().await;
     gw.provision("acme").await;

@@ -21,7 +21,7 @@ use support::{Gateway, Reply, PROVIDER};
 // The matrix's axes
 // ---------------------------------------------------------------------------
 
-/// Every admin endpoint but `GET /healthz`.
+/// Every admin endpoint but `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     GetKey,

@@ -36,6 +36,10 @@ pub enum AdminError {
     /// The endpoint does not take this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// `GET /readyz` on a node that does not serve proxied requests now (a
+    /// cluster's node that cannot vouch for its state).
+    #[error("this node does not serve requests now")]
+    NotReady,
     /// The operation itself was refused.
     #[error(transparent)]
     Op(#[from] OpError),
@@ -53,6 +57,7 @@ impl AdminError {
             AdminError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Op(e) => e.status(),
         }
     }
@@ -68,6 +73,7 @@ impl AdminError {
             AdminError::RequestTimeout => "REQUEST_TIMEOUT",
             AdminError::NotFound => "NOT_FOUND",
             AdminError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            AdminError::NotReady => "NOT_READY",
             AdminError::Op(e) => e.code(),
         }
     }

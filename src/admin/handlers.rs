@@ -35,6 +35,19 @@ pub(crate) async fn healthz() -> Response {
     reply(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
+/// 200 while this node serves proxied requests; 503 `NOT_READY` while it
+/// does not (cluster mode, and it cannot vouch for its state). No token: a
+/// load balancer asks.
+pub(crate) async fn readyz(State(s): State<AdminState>) -> Reply {
+    if !s.store.serving() {
+        return Err(AdminError::NotReady);
+    }
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ready" }),
+    ))
+}
+
 pub(crate) async fn get_key(
     State(s): State<AdminState>,
     who: Principal,

@@ -86,6 +86,7 @@ pub fn router(state: AdminState) -> Router {
     use handlers::*;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/orgs", get(list).post(provision))
         .route(
             "/v1/orgs/{org}/key",

@@ -1,6 +1,7 @@
-//! The call threshold held by several nodes together, through the tower Layer:
-//! three stores on one shared backend (the in-process model of a cluster),
-//! each gating its own copy of the upstream, loaded at once.
+//! Cluster mode through the tower Layer, in one process: stores on one shared
+//! backend (the in-process model of a cluster), each gating its own copy of
+//! the upstream. The call threshold held by several loaded nodes together,
+//! and a node that has no lease refusing everything.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +13,10 @@ use http_body_util::Full;
 use keygate::clock::SystemClock;
 use keygate::gate::{GateConfig, KeyGate};
 use keygate::org::{Actor, LimitOverrides, Limits, OrgId};
-use keygate::store::{MemoryBackend, Store};
+use keygate::store::{
+    AuditEvent, Backend, BackendError, BoxFuture, Commit, Lease, MemoryBackend, Seq, Snapshot,
+    Store, Subscription,
+};
 use tower::{Service, ServiceExt};
 
 type Upstream =
@@ -154,4 +158,112 @@ async fn calls_stranded_on_a_node_that_went_quiet_are_handed_back() {
         }
     }
     assert_eq!(ok, 99);
+}
+
+/// The shared backend, seen by a node whose lease the test sets by hand.
+struct Leased {
+    shared: Arc<MemoryBackend>,
+    lease: Arc<Lease>,
+}
+
+impl Backend for Leased {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        self.shared.load()
+    }
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        self.shared.commit(commit)
+    }
+    fn subscribe(&self) -> Option<Subscription> {
+        self.shared.subscribe()
+    }
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        self.shared.audit(org)
+    }
+    fn lease(&self) -> Option<Arc<Lease>> {
+        Some(self.lease.clone())
+    }
+}
+
+#[tokio::test]
+async fn a_node_without_a_lease_answers_503_on_the_proxy_and_the_admin_api_until_renewed() {
+    use keygate::admin::{router, AdminState};
+    use keygate::gate::OrgSource;
+    use keygate::token::TokenDigest;
+
+    let c = cluster(1, 1_000).await;
+    let shared = Arc::new(MemoryBackend::shared());
+    let lease = Arc::new(Lease::new());
+    let backend = Arc::new(Leased {
+        shared: shared.clone(),
+        lease: lease.clone(),
+    });
+    let store = Store::open(backend, Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let gate = KeyGate::new(
+        upstream(c.forwarded.clone()),
+        store.clone(),
+        GateConfig::default(),
+    );
+    let admin = router(AdminState::new(
+        store.clone(),
+        TokenDigest::of("provider-secret"),
+        "http://127.0.0.1:1",
+        &OrgSource::Path,
+    ));
+    let admin_call = |path: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let req = Request::get(path)
+                .header("authorization", "Bearer provider-secret")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            admin.oneshot(req).await.unwrap().status()
+        }
+    };
+
+    // Never renewed: nothing is served, and the provisioning is refused too.
+    assert_eq!(
+        call(gate.clone(), "abcdefABCDEF").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        admin_call("/v1/orgs").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(admin_call("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+    let refused = store
+        .provision(
+            OrgId::parse("acme").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "CLUSTER_UNAVAILABLE");
+
+    // Renewed: served.
+    lease.extend(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(admin_call("/readyz").await, StatusCode::OK);
+    assert_eq!(admin_call("/v1/orgs").await, StatusCode::OK);
+    let view = store
+        .provision(
+            OrgId::parse("acme").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    let key = view.state.key.unwrap().expose().to_owned();
+    assert_eq!(call(gate.clone(), &key).await, StatusCode::OK);
+
+    // Lapsed (the renewer learned the lease is gone): refused at once.
+    lease.revoke();
+    assert_eq!(
+        call(gate.clone(), &key).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(admin_call("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
 }
