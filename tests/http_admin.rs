@@ -814,6 +814,56 @@ async fn provisioning_gives_201_and_an_enabled_org_with_a_random_key() {
 }
 
 #[tokio::test]
+async fn deleting_an_org_removes_its_key_and_tokens_at_once_and_keeps_its_audit() {
+    let mut gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+    let admin = gw.token("acme-admin", "admin", "acme").await;
+    let other = gw.provision("globex").await;
+
+    gw.delete("/v1/orgs/acme", Some(PROVIDER))
+        .await
+        .assert_status(StatusCode::NO_CONTENT);
+
+    gw.get_with("/acme/v1", &key)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    gw.get("/v1/orgs/acme/key", Some(&admin))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    gw.get("/v1/orgs/acme/key", Some(PROVIDER))
+        .await
+        .assert_refused(StatusCode::NOT_FOUND, "ORG_NOT_FOUND");
+    let audit = gw.get("/v1/orgs/acme/audit", Some(PROVIDER)).await;
+    audit.assert_status(StatusCode::OK);
+    let actions: Vec<&str> = audit.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.last(), Some(&"delete_org"), "{actions:?}");
+    gw.delete("/v1/orgs/acme", Some(PROVIDER))
+        .await
+        .assert_refused(StatusCode::NOT_FOUND, "ORG_NOT_FOUND");
+    // The other org is untouched, and the id can be provisioned again.
+    assert_eq!(
+        gw.get_with("/globex/v1", &other).await.status,
+        StatusCode::OK
+    );
+
+    // And it stays deleted across a restart.
+    gw.restart().await;
+    gw.get_with("/acme/v1", &key)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    gw.get("/v1/orgs/acme/key", Some(&admin))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    let again = gw.provision("acme").await;
+    assert_eq!(gw.get_with("/acme/v1", &again).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn provisioning_an_existing_org_is_409_org_exists() {
     let gw = Gateway::start().await;
     let key = gw.provision("acme").await;

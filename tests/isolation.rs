@@ -38,6 +38,7 @@ enum Endpoint {
     Limits,
     CreateToken,
     DeleteToken,
+    DeleteOrg,
 }
 
 /// Who calls.
@@ -140,9 +141,8 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
     let changes_key = match endpoint {
         GetKey | Audit => false,
         AddKey | EditKey | Regenerate | DeleteKey => true,
-        Provision | List | Disable | Enable | Subscription | Limits | CreateToken | DeleteToken => {
-            return (403, "FORBIDDEN")
-        }
+        Provision | List | Disable | Enable | Subscription | Limits | CreateToken | DeleteToken
+        | DeleteOrg => return (403, "FORBIDDEN"),
     };
     if target != own || (changes_key && !may_change) {
         return (403, "FORBIDDEN");
@@ -158,7 +158,7 @@ fn on_an_existing_org(endpoint: Endpoint) -> (u16, &'static str) {
             (200, "")
         }
         AddKey => (409, "KEY_EXISTS"),
-        DeleteKey | DeleteToken => (204, ""),
+        DeleteKey | DeleteToken | DeleteOrg => (204, ""),
         Provision => (409, "ORG_EXISTS"),
         CreateToken => (201, ""),
     }
@@ -305,6 +305,7 @@ fn call(endpoint: Endpoint, target: Target) -> (Method, String, Option<Value>) {
             format!("/v1/tokens/{}", target.spare_token()),
             None,
         ),
+        DeleteOrg => (Method::DELETE, format!("/v1/orgs/{org}"), None),
     }
 }
 
@@ -490,6 +491,11 @@ async fn delete_token_is_isolated_for_every_caller_and_target() {
     run_matrix(Endpoint::DeleteToken).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_org_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::DeleteOrg).await;
+}
+
 /// The table itself, read back: a few cells spelled out, so a slip in
 /// [`expected`] cannot make the matrix agree with a wrong keygate.
 #[test]
@@ -517,6 +523,9 @@ fn the_table_says_what_the_contract_says() {
         (CreateToken, AdminOfA, A, (403, "FORBIDDEN")),
         (DeleteToken, Provider, Missing, (404, "TOKEN_NOT_FOUND")),
         (DeleteToken, AdminOfB, B, (403, "FORBIDDEN")),
+        (DeleteOrg, AdminOfA, A, (403, "FORBIDDEN")),
+        (DeleteOrg, Provider, A, (204, "")),
+        (DeleteOrg, Provider, Missing, (404, "ORG_NOT_FOUND")),
         (Regenerate, ApiKeyOfA, A, (401, "UNAUTHENTICATED")),
         (Enable, NoToken, Missing, (401, "UNAUTHENTICATED")),
         (Limits, BadToken, B, (401, "UNAUTHENTICATED")),

@@ -128,6 +128,19 @@ pub(crate) async fn audit(
     ))
 }
 
+/// `DELETE /v1/orgs/{org}`: the org, its key and its tokens go at once (on
+/// every node, in cluster mode); its audit log stays readable by the provider.
+pub(crate) async fn delete_org(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.provider_only()?;
+    s.store.delete_org(&org, who.actor()).await?;
+    Ok(reply_empty(StatusCode::NO_CONTENT))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProvisionBody {

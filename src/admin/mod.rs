@@ -88,6 +88,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/orgs", get(list).post(provision))
+        .route("/v1/orgs/{org}", axum::routing::delete(delete_org))
         .route(
             "/v1/orgs/{org}/key",
             get(get_key).post(add_key).put(edit_key).delete(delete_key),

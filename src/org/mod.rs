@@ -114,6 +114,15 @@ impl Org {
         true
     }
 
+    /// Makes `state` at `version` the state in force, whatever the version
+    /// in force: what a reload from the backend does, where the backend's
+    /// record is the truth even when its version is lower (the org was
+    /// deleted and provisioned again meanwhile).
+    pub(crate) fn replace(&self, state: OrgState, version: u64, defaults: Limits) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = Current::new(state, version, defaults);
+    }
+
     /// The version of the state in force.
     pub(crate) fn version(&self) -> u64 {
         self.read(|c| c.version)

@@ -136,6 +136,8 @@ pub enum Action {
     CreateToken,
     /// An admin or viewer token of the org was deleted.
     DeleteToken,
+    /// The org was deleted, with its key and its tokens; its audit log stays.
+    DeleteOrg,
 }
 
 impl Action {
@@ -154,6 +156,7 @@ impl Action {
             Action::SetLimits => "set_limits",
             Action::CreateToken => "create_token",
             Action::DeleteToken => "delete_token",
+            Action::DeleteOrg => "delete_org",
         }
     }
 }

@@ -411,6 +411,14 @@ pub enum Change {
     PutToken(TokenRecord),
     /// Delete the token of this name; expects it to exist.
     DeleteToken(String),
+    /// Delete an org, every token of it and its threshold window, in the
+    /// same step; expects the org at version `expected`. Its audit log stays.
+    DeleteOrg {
+        /// The org.
+        id: OrgId,
+        /// The version it must be at.
+        expected: u64,
+    },
 }
 
 impl Change {
@@ -455,6 +463,9 @@ impl Change {
             } => format!("org {} is no longer at version {v}", record.id),
             Change::PutToken(t) => format!("a token named {} exists", t.name),
             Change::DeleteToken(name) => format!("no token named {name}"),
+            Change::DeleteOrg { id, expected } => {
+                format!("org {id} is gone or no longer at version {expected}")
+            }
         })
     }
 }
@@ -469,6 +480,8 @@ pub enum Feed {
     PutToken(TokenRecord),
     /// The token of this name was just deleted.
     DeleteToken(String),
+    /// The org was just deleted, with every token of it.
+    DeleteOrg(OrgId),
     /// Not a commit: a node asks every node to hand back the calls of this
     /// org's threshold window it holds unspent ([`Backend::reclaim_calls`]).
     Reclaim(OrgId),
@@ -485,6 +498,7 @@ impl Feed {
             Change::Org { record, .. } => Feed::Org(record.clone()),
             Change::PutToken(t) => Feed::PutToken(t.clone()),
             Change::DeleteToken(name) => Feed::DeleteToken(name.clone()),
+            Change::DeleteOrg { id, .. } => Feed::DeleteOrg(id.clone()),
         }
     }
 }

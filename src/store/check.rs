@@ -240,6 +240,9 @@ struct Scan {
     token_orgs: Vec<(String, String)>,
     /// Orgs with at least one audit record.
     logged: HashSet<String>,
+    /// Orgs whose log's last event is their deletion: a log without an org
+    /// is what they leave, not damage.
+    deleted: HashSet<String>,
     /// The key of the last record read in the table being scanned.
     last: Option<String>,
 }
@@ -290,7 +293,12 @@ impl Scan {
                 org: format!("{org:?}"),
             });
         }
-        let mut orphans: Vec<String> = self.logged.difference(&self.orgs).cloned().collect();
+        let mut orphans: Vec<String> = self
+            .logged
+            .difference(&self.orgs)
+            .filter(|org| !self.deleted.contains(*org))
+            .cloned()
+            .collect();
         orphans.sort();
         for org in orphans {
             self.problem(Problem::LogOfMissingOrg {
@@ -432,7 +440,14 @@ fn scan_audit(db: &Database, scan: &mut Scan) -> Result<(), String> {
                 record,
                 about: format!("{:?}", event.org.as_str()),
             }),
-            Ok(_) => {}
+            // Only the last event counts: an org deleted and provisioned
+            // again has a later one.
+            Ok(event) if event.action == crate::org::Action::DeleteOrg => {
+                scan.deleted.insert(org.to_owned());
+            }
+            Ok(_) => {
+                scan.deleted.remove(org);
+            }
             Err(e) => scan.problem(Problem::Undecodable {
                 table: "audit",
                 record,
@@ -570,6 +585,30 @@ mod tests {
             report.to_string(),
             "2 orgs, 1 tokens, 5 audit records read: no problems"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_orgs_log_without_the_org_is_clean() {
+        let dir = TempDir::new().unwrap();
+        let path = sound_store(&dir).await;
+        {
+            let b = RedbBackend::open(&path).unwrap();
+            let mut event = event("acme");
+            event.action = crate::org::Action::DeleteOrg;
+            b.commit(Commit {
+                change: Change::DeleteOrg {
+                    id: OrgId::parse("acme").unwrap(),
+                    expected: 2,
+                },
+                event,
+            })
+            .await
+            .unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert_eq!(report.problems, vec![]);
+        // The org and its token are gone; its log stays.
+        assert_eq!((report.orgs, report.tokens, report.audit_events), (1, 0, 6));
     }
 
     #[tokio::test]

@@ -125,6 +125,83 @@ async fn when_a_change_returns_every_open_node_already_serves_it() {
 }
 
 #[tokio::test]
+async fn an_org_deleted_on_one_node_is_gone_with_its_tokens_on_the_other_when_the_call_returns() {
+    let n = nodes().await.provisioned().await;
+    let (_, secret) = n.a.create_token("ops", Role::Admin, "acme").await.unwrap();
+    let key = key_of(&n.b.view("acme").unwrap());
+    assert!(n.b.token(&TokenDigest::of(&secret)).is_some());
+
+    n.a.delete_org("acme", Actor::Provider).await.unwrap();
+
+    assert!(!accepts(&n.b, "acme", &key));
+    assert!(n.b.view("acme").is_err());
+    assert!(n.b.token(&TokenDigest::of(&secret)).is_none());
+    assert_eq!(n.stored_version("acme").await, None);
+    // Gone everywhere: a second delete, on either node, finds nothing.
+    assert!(matches!(
+        n.b.delete_org("acme", Actor::Provider).await,
+        Err(OpError::OrgNotFound)
+    ));
+    // The id can be provisioned again, and the other node learns it.
+    n.b.provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+        .await
+        .unwrap();
+    assert_eq!(n.a.version_of("acme"), Some(1));
+}
+
+#[tokio::test]
+async fn a_resync_drops_orgs_the_backend_no_longer_holds_and_takes_its_versions() {
+    let n = nodes().await.provisioned().await;
+    let deaf = MemoryBackend::shared();
+    // B reloads from a backend where acme was deleted and provisioned
+    // again (version 1, another key), and globex never existed.
+    n.a.provision(
+        OrgId::parse("globex").unwrap(),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    n.a.regenerate("acme", Actor::Provider).await.unwrap();
+    assert_eq!(n.b.version_of("acme"), Some(2));
+    let fresh = OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next;
+    deaf.commit(Commit {
+        change: Change::provision(acme(), fresh.clone()),
+        event: AuditEvent {
+            org: acme(),
+            at: T0,
+            actor: Actor::Provider,
+            action: Action::Provision,
+            detail: String::new(),
+        },
+    })
+    .await
+    .unwrap();
+    let b = Store::open(
+        Arc::new(deaf),
+        Arc::new(ManualClock::new(T0)),
+        Limits::default(),
+    )
+    .await
+    .unwrap();
+    // Copy B's view of the world into the store over `deaf`, then reload.
+    for view in n.b.list() {
+        b.install(OrgRecord {
+            version: n.b.version_of(view.id.as_str()).unwrap(),
+            id: view.id,
+            state: view.state,
+        })
+        .await;
+    }
+    assert_eq!(b.len(), 2);
+    b.resync().await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b.version_of("acme"), Some(1));
+    assert_eq!(b.view("acme").unwrap().state.key, fresh.key);
+}
+
+#[tokio::test]
 async fn a_closed_node_does_not_hold_back_the_others_changes() {
     let n = nodes().await.provisioned().await;
     drop(n.b);

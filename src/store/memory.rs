@@ -119,6 +119,12 @@ impl Data {
             Change::DeleteToken(name) => {
                 self.tokens.remove(&name);
             }
+            Change::DeleteOrg { id, .. } => {
+                self.orgs.remove(&id);
+                self.tokens.retain(|_, t| t.org != id);
+                self.counts.remove(&id);
+                self.granted.remove(&id);
+            }
         }
         self.audit.push(commit.event);
     }
@@ -161,6 +167,14 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
                     .or_insert_with(|| data.tokens.contains_key(name));
                 let holds = *taken;
                 *taken = false;
+                holds
+            }
+            Change::DeleteOrg { id, expected } => {
+                let now = orgs
+                    .entry(id)
+                    .or_insert_with(|| data.orgs.get(id).map(|(v, _)| *v));
+                let holds = *now == Some(*expected);
+                *now = None;
                 holds
             }
         };

@@ -515,10 +515,19 @@ impl Store {
         all
     }
 
-    /// The audit log of one org, oldest first.
+    /// The audit log of one org, oldest first; a deleted org's too (the log
+    /// outlives the org).
     pub async fn audit(&self, id: &str) -> Result<Vec<AuditEvent>, OpError> {
-        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
-        Ok(self.inner.backend.audit(org.id()).await?)
+        let (id, live) = match self.get(id.as_bytes()) {
+            Some(org) => (org.id(), true),
+            None => (OrgId::parse(id).map_err(|_| OpError::OrgNotFound)?, false),
+        };
+        let events = self.inner.backend.audit(id).await?;
+        if !live && events.is_empty() {
+            // Never provisioned: no log to show.
+            return Err(OpError::OrgNotFound);
+        }
+        Ok(events)
     }
 
     /// Creates an org with a random, enabled key.
@@ -1048,6 +1057,10 @@ impl Store {
                 let _writer = self.inner.token_writer.lock().await;
                 self.write_tokens().remove(&name);
             }
+            Feed::DeleteOrg(id) => {
+                let _writer = self.writer(&id).lock().await;
+                self.remove_org(&id).await;
+            }
             Feed::Reclaim(id) => {
                 if let Some(org) = self.get(id.as_bytes()) {
                     self.hand_back(&org).await?;
@@ -1060,11 +1073,38 @@ impl Store {
 
     /// Reloads every org and token from the backend: after the feed lost
     /// events, what this store holds cannot be vouched for.
+    ///
+    /// The backend's records replace this store's whatever their versions:
+    /// an org deleted and provisioned again starts over at version 1. A
+    /// change this store made after the backend was read comes back on the
+    /// feed after this reload and is installed again; it was not confirmed
+    /// before then, since this store had not reported it applied.
     async fn resync(&self) -> Result<(), BackendError> {
         let _writer = self.inner.token_writer.lock().await;
         let Snapshot { orgs, tokens } = self.inner.backend.load().await?;
+        let mut stored = std::collections::HashSet::with_capacity(orgs.len());
         for record in orgs {
-            self.install(record).await;
+            stored.insert(record.id.clone());
+            match self.get(record.id.as_bytes()) {
+                Some(org) => {
+                    if org.version() != record.version {
+                        self.install_into(&org, record.clone());
+                        org.replace(record.state, record.version, self.inner.defaults);
+                    }
+                }
+                None => self.install(record).await,
+            }
+        }
+        let gone: Vec<OrgId> = self
+            .inner
+            .orgs
+            .iter()
+            .map(|e| e.0.id())
+            .filter(|id| !stored.contains(id))
+            .collect();
+        for id in gone {
+            let _writer = self.writer(&id).lock().await;
+            self.remove_org(&id).await;
         }
         let mut fresh = Tokens::default();
         for t in tokens {
@@ -1072,6 +1112,76 @@ impl Store {
         }
         *self.write_tokens() = fresh;
         Ok(())
+    }
+
+    /// Removes the org `id` from this store: from the map, with its tokens and
+    /// what the count flusher keeps of it. The caller holds its writer lock.
+    async fn remove_org(&self, id: &OrgId) {
+        let Some(Entry(org)) = self.inner.orgs.remove(id.as_bytes()) else {
+            return;
+        };
+        // Keyed by the record's address, which `org` keeps from reuse until
+        // it is forgotten here.
+        self.inner.counts.lock().await.saved(&org, None);
+        let mut tokens = self.write_tokens();
+        let theirs: Vec<String> = tokens
+            .by_digest
+            .values()
+            .filter(|t| t.org == *id)
+            .map(|t| t.name.clone())
+            .collect();
+        for name in theirs {
+            tokens.remove(&name);
+        }
+    }
+
+    /// Deletes an org with its key and its tokens; they stop working on
+    /// every node before this returns. Its audit log stays.
+    pub async fn delete_org(&self, id: &str, actor: Actor) -> Result<(), OpError> {
+        let org = self.find(id).await?;
+        let store = self.clone();
+        self.run(async move {
+            let id = org.id();
+            let writer = store.writer(&id).lock().await;
+            let mut org = org;
+            let mut tries = 0;
+            let seq = loop {
+                tries += 1;
+                let change = Change::DeleteOrg {
+                    id: id.clone(),
+                    expected: org.version(),
+                };
+                let event = AuditEvent {
+                    org: id.clone(),
+                    at: store.inner.clock.now(),
+                    actor: actor.clone(),
+                    action: Action::DeleteOrg,
+                    detail: "org deleted, with its key and its tokens".to_owned(),
+                };
+                match store.inner.backend.commit(Commit { change, event }).await {
+                    Ok(seq) => break seq,
+                    Err(BackendError::Conflict(why)) if tries < COMMIT_TRIES => {
+                        tracing::debug!(org = %id, %why, tries, "org delete lost a race");
+                        match store.inner.backend.org(&id).await? {
+                            // Deleted elsewhere first.
+                            None => {
+                                store.remove_org(&id).await;
+                                return Err(OpError::OrgNotFound);
+                            }
+                            Some(record) => {
+                                store.install_locked(record);
+                                org = store.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            store.remove_org(&id).await;
+            drop(writer);
+            store.confirm(seq).await
+        })
+        .await
     }
 
     /// The version of org `id`'s state in force here, if this store knows it.

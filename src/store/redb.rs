@@ -558,6 +558,41 @@ impl Inner {
                         return Err(refused());
                     }
                 }
+                Change::DeleteOrg { id, expected } => {
+                    let id = id.as_str();
+                    {
+                        let mut table = txn.open_table(ORGS).map_err(|e| fail(&e))?;
+                        let stored = match table.remove(id).map_err(|e| fail(&e))? {
+                            None => None,
+                            Some(old) => {
+                                let old: StoredOrg =
+                                    self.decode("orgs", format_args!("{id:?}"), old.value())?;
+                                Some(old.version)
+                            }
+                        };
+                        if stored != Some(*expected) {
+                            return Err(refused());
+                        }
+                    }
+                    let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
+                    let mut theirs = Vec::new();
+                    for row in table.iter().map_err(|e| fail(&e))? {
+                        let (name, value) = row.map_err(|e| fail(&e))?;
+                        let token: TokenRecord = self.decode(
+                            "tokens",
+                            format_args!("{:?}", name.value()),
+                            value.value(),
+                        )?;
+                        if token.org.as_str() == id {
+                            theirs.push(token.name);
+                        }
+                    }
+                    for name in theirs {
+                        table.remove(name.as_str()).map_err(|e| fail(&e))?;
+                    }
+                    let mut counts = txn.open_table(COUNTS).map_err(|e| fail(&e))?;
+                    counts.remove(id).map_err(|e| fail(&e))?;
+                }
             }
 
             let org = commit.event.org.as_str();
