@@ -1596,3 +1596,157 @@ async fn key_changes_and_tokens_acknowledged_before_a_restart_are_in_force_after
         .await
         .assert_status(StatusCode::OK);
 }
+
+// ---------------------------------------------------------------------------
+// The console's calls: paged org list, token list, whoami, usage
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_org_list_pages_in_id_order_with_after_and_q_and_says_what_comes_next() {
+    let gw = Gateway::start().await;
+    for org in ["delta", "alpha", "charlie", "bravo", "echo", "alphabet"] {
+        gw.provision(org).await;
+    }
+    let ids = |r: &Reply| -> Vec<String> {
+        r.json["orgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["org"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let first = gw.get("/v1/orgs?limit=2", Some(PROVIDER)).await;
+    first.assert_status(StatusCode::OK);
+    assert_eq!(ids(&first), ["alpha", "alphabet"]);
+    assert_eq!(first.json["next"], "alphabet");
+    let second = gw
+        .get("/v1/orgs?limit=2&after=alphabet", Some(PROVIDER))
+        .await;
+    assert_eq!(ids(&second), ["bravo", "charlie"]);
+    let last = gw
+        .get("/v1/orgs?limit=2&after=charlie", Some(PROVIDER))
+        .await;
+    assert_eq!(ids(&last), ["delta", "echo"]);
+    assert_eq!(last.json["next"], Value::Null);
+    // The default page holds them all; q filters by a part of the id.
+    let all = gw.get("/v1/orgs", Some(PROVIDER)).await;
+    assert_eq!(ids(&all).len(), 6);
+    assert_eq!(all.json["next"], Value::Null);
+    let alphas = gw.get("/v1/orgs?q=lpha", Some(PROVIDER)).await;
+    assert_eq!(ids(&alphas), ["alpha", "alphabet"]);
+    let none = gw.get("/v1/orgs?q=zulu", Some(PROVIDER)).await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=ten",
+        "color=red",
+        "q=%zz",
+    ] {
+        gw.get(&format!("/v1/orgs?{bad}"), Some(PROVIDER))
+            .await
+            .assert_refused(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+}
+
+#[tokio::test]
+async fn the_token_list_shows_names_roles_and_orgs_but_never_a_token_or_digest() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    let secret = gw.token("zed", "viewer", "acme").await;
+    gw.token("amy", "admin", "acme").await;
+
+    let r = gw.get("/v1/tokens", Some(PROVIDER)).await;
+    r.assert_status(StatusCode::OK);
+    let tokens = r.json["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(tokens[0]["name"], "amy");
+    assert_eq!(tokens[0]["role"], "admin");
+    assert_eq!(tokens[1]["name"], "zed");
+    assert_eq!(tokens[1]["role"], "viewer");
+    assert_eq!(tokens[1]["org"], "acme");
+    assert!(tokens[1]["created_at"].as_str().is_some());
+    assert_eq!(tokens[1].as_object().unwrap().len(), 4);
+    assert!(!r.text().contains(&secret));
+    gw.get("/v1/tokens", Some(&secret))
+        .await
+        .assert_refused(StatusCode::FORBIDDEN, "FORBIDDEN");
+}
+
+#[tokio::test]
+async fn whoami_names_the_presented_token() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    let admin = gw.token("amy", "admin", "acme").await;
+    let viewer = gw.token("zed", "viewer", "acme").await;
+
+    let me = gw.get("/v1/whoami", Some(PROVIDER)).await;
+    me.assert_status(StatusCode::OK);
+    assert_eq!(
+        me.json,
+        json!({ "name": "provider", "role": "provider", "org": null })
+    );
+    let me = gw.get("/v1/whoami", Some(&admin)).await;
+    assert_eq!(
+        me.json,
+        json!({ "name": "amy", "role": "admin", "org": "acme" })
+    );
+    let me = gw.get("/v1/whoami", Some(&viewer)).await;
+    assert_eq!(
+        me.json,
+        json!({ "name": "zed", "role": "viewer", "org": "acme" })
+    );
+    gw.get("/v1/whoami", None)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+}
+
+#[tokio::test]
+async fn usage_shows_the_window_the_last_use_and_the_rate_refusals() {
+    let gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+    let viewer = gw.token("zed", "viewer", "acme").await;
+
+    let fresh = gw.get("/v1/orgs/acme/usage", Some(&viewer)).await;
+    fresh.assert_status(StatusCode::OK);
+    assert_eq!(fresh.json["calls_in_window"], 0);
+    assert_eq!(fresh.json["window_started_at"], Value::Null);
+    assert_eq!(fresh.json["last_used_at"], Value::Null);
+    assert_eq!(fresh.json["rate_limited_in_window"], 0);
+
+    gw.set_limits("acme", json!({ "rate_per_sec": 1, "burst": 2 }))
+        .await;
+    let statuses: Vec<StatusCode> = {
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            all.push(gw.get_with("/acme/v1", &key).await.status);
+        }
+        all
+    };
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(refused >= 2, "{statuses:?}");
+
+    let u = gw.get("/v1/orgs/acme/usage", Some(&viewer)).await;
+    u.assert_status(StatusCode::OK);
+    assert_eq!(u.json["calls_in_window"], 5);
+    assert_eq!(u.json["threshold_calls"], 100_000);
+    assert_eq!(u.json["rate_limited_in_window"], refused);
+    let started = u.json["window_started_at"].as_str().unwrap();
+    let ends = u.json["window_ends_at"].as_str().unwrap();
+    assert!(started < ends, "{started} {ends}");
+    assert!(u.json["last_used_at"].as_str().is_some());
+    assert_eq!(u.json.as_object().unwrap().len(), 6);
+
+    // Another org's token may not read it.
+    gw.provision("globex").await;
+    let other = gw.token("gus", "viewer", "globex").await;
+    gw.get("/v1/orgs/acme/usage", Some(&other))
+        .await
+        .assert_refused(StatusCode::FORBIDDEN, "FORBIDDEN");
+}

@@ -39,6 +39,8 @@ enum Endpoint {
     CreateToken,
     DeleteToken,
     DeleteOrg,
+    Usage,
+    ListTokens,
 }
 
 /// Who calls.
@@ -128,7 +130,7 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
         Caller::Provider if target == Target::Missing => {
             return match endpoint {
                 Provision => (201, ""),
-                List => (200, ""),
+                List | ListTokens => (200, ""),
                 DeleteToken => (404, "TOKEN_NOT_FOUND"),
                 _ => (404, "ORG_NOT_FOUND"),
             }
@@ -139,10 +141,10 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
         Caller::AdminOfB => (Target::B, true),
     };
     let changes_key = match endpoint {
-        GetKey | Audit => false,
+        GetKey | Audit | Usage => false,
         AddKey | EditKey | Regenerate | DeleteKey => true,
         Provision | List | Disable | Enable | Subscription | Limits | CreateToken | DeleteToken
-        | DeleteOrg => return (403, "FORBIDDEN"),
+        | DeleteOrg | ListTokens => return (403, "FORBIDDEN"),
     };
     if target != own || (changes_key && !may_change) {
         return (403, "FORBIDDEN");
@@ -154,9 +156,8 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
 fn on_an_existing_org(endpoint: Endpoint) -> (u16, &'static str) {
     use Endpoint::*;
     match endpoint {
-        GetKey | EditKey | Regenerate | Audit | List | Disable | Enable | Subscription | Limits => {
-            (200, "")
-        }
+        GetKey | EditKey | Regenerate | Audit | List | Disable | Enable | Subscription | Limits
+        | Usage | ListTokens => (200, ""),
         AddKey => (409, "KEY_EXISTS"),
         DeleteKey | DeleteToken | DeleteOrg => (204, ""),
         Provision => (409, "ORG_EXISTS"),
@@ -306,6 +307,8 @@ fn call(endpoint: Endpoint, target: Target) -> (Method, String, Option<Value>) {
             None,
         ),
         DeleteOrg => (Method::DELETE, format!("/v1/orgs/{org}"), None),
+        Usage => (Method::GET, format!("/v1/orgs/{org}/usage"), None),
+        ListTokens => (Method::GET, "/v1/tokens".into(), None),
     }
 }
 
@@ -494,6 +497,16 @@ async fn delete_token_is_isolated_for_every_caller_and_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_org_is_isolated_for_every_caller_and_target() {
     run_matrix(Endpoint::DeleteOrg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::Usage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_list_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::ListTokens).await;
 }
 
 /// The table itself, read back: a few cells spelled out, so a slip in

@@ -3,7 +3,7 @@
 //! caller who may not make a call learns nothing from the body's validation.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -172,15 +172,170 @@ pub(crate) async fn provision(
     Ok(s.page(StatusCode::CREATED, &v, &who))
 }
 
-pub(crate) async fn list(State(s): State<AdminState>, who: Principal) -> Reply {
+/// `GET /v1/orgs?limit=N&after=ORG&q=TEXT`: one page of orgs, ordered by id.
+pub(crate) async fn list(
+    State(s): State<AdminState>,
+    who: Principal,
+    RawQuery(query): RawQuery,
+) -> Reply {
     who.provider_only()?;
+    let ListQuery { limit, after, q } = ListQuery::parse(query.as_deref())?;
     let now = s.store.clock().now();
-    let views = s.store.list();
+    let (views, next) = s.store.page(after.as_deref(), q.as_deref(), limit);
     let pages: Vec<KeyView<'_>> = views
         .iter()
         .map(|v| KeyView::new(v, s.base_url(&v.id), &who, now))
         .collect();
-    Ok(reply(StatusCode::OK, &serde_json::json!({ "orgs": pages })))
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({ "orgs": pages, "next": next.as_ref().map(OrgId::as_str) }),
+    ))
+}
+
+/// The org list's query: at most `limit` orgs (100 unless given, 1 to
+/// 1,000), after the org `after`, whose id contains `q`.
+struct ListQuery {
+    limit: usize,
+    after: Option<String>,
+    q: Option<String>,
+}
+
+impl ListQuery {
+    const DEFAULT_LIMIT: usize = 100;
+    const MAX_LIMIT: usize = 1_000;
+
+    fn parse(query: Option<&str>) -> Result<ListQuery, AdminError> {
+        let mut list = ListQuery {
+            limit: ListQuery::DEFAULT_LIMIT,
+            after: None,
+            q: None,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decoded(value).ok_or_else(|| {
+                AdminError::BadRequest(format!("{name}: not a valid percent-encoded value"))
+            })?;
+            match name {
+                "limit" => {
+                    list.limit = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=ListQuery::MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            AdminError::BadRequest(format!(
+                                "limit: expected a whole number from 1 to {}",
+                                ListQuery::MAX_LIMIT
+                            ))
+                        })?;
+                }
+                "after" => list.after = Some(value),
+                "q" => list.q = Some(value),
+                // Named without echoing what the client sent.
+                _ => {
+                    return Err(AdminError::BadRequest(
+                        "unknown query parameter; expected one of `limit`, `after`, `q`".into(),
+                    ))
+                }
+            }
+        }
+        Ok(list)
+    }
+}
+
+/// `value` with `+` as a space and `%XX` escapes decoded, if it is valid
+/// UTF-8 after decoding.
+fn percent_decoded(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `GET /v1/tokens`: every token's name, role, org and creation time; never
+/// a token or its digest.
+pub(crate) async fn list_tokens(State(s): State<AdminState>, who: Principal) -> Reply {
+    who.provider_only()?;
+    let tokens: Vec<serde_json::Value> = s
+        .store
+        .tokens()
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "role": role_name(t.role),
+                "org": t.org.as_str(),
+                "created_at": t.created_at,
+            })
+        })
+        .collect();
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({ "tokens": tokens }),
+    ))
+}
+
+/// `GET /v1/whoami`: the presented token's name, role and org (`null` for
+/// the provider), so a console knows what to show.
+pub(crate) async fn whoami(who: Principal) -> Reply {
+    let body = match &who {
+        Principal::Provider => {
+            serde_json::json!({ "name": "provider", "role": "provider", "org": null })
+        }
+        Principal::Token(t) => serde_json::json!({
+            "name": t.name,
+            "role": role_name(t.role),
+            "org": t.org.as_str(),
+        }),
+    };
+    Ok(reply(StatusCode::OK, &body))
+}
+
+/// `GET /v1/orgs/{org}/usage`: calls in the threshold window against the
+/// threshold, the window's bounds, the key's last use, and rate refusals.
+pub(crate) async fn usage(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::Read, &org)?;
+    let u = s.store.usage(&org).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({
+            "calls_in_window": u.calls_in_window,
+            "threshold_calls": u.threshold_calls,
+            "window_started_at": u.window_started_at,
+            "window_ends_at": u.window_ends_at,
+            "last_used_at": u.last_used_at,
+            "rate_limited_in_window": u.rate_limited_in_window,
+        }),
+    ))
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Viewer => "viewer",
+    }
 }
 
 #[derive(Deserialize)]

@@ -108,7 +108,12 @@ impl Gate {
                         }
                     }
                 } else {
-                    match org.calls().count(now, threshold_calls, window_secs) {
+                    let (count, opened) =
+                        org.calls().count_opening(now, threshold_calls, window_secs);
+                    if opened {
+                        org.window_opened();
+                    }
+                    match count {
                         Count::Within => {}
                         // Over, too, disables: the provider may have lowered the
                         // threshold below this window's count, and a key that is
@@ -149,6 +154,7 @@ impl Gate {
         rate: crate::limit::Rate,
         prefix_len: usize,
     ) -> Admission {
+        org.touch(now);
         if expired && self.blocked_while_expired(method, headers) {
             return Admission::Refuse(Refusal::SubscriptionExpired);
         }
@@ -157,6 +163,7 @@ impl Gate {
             None => rate,
         };
         if let Err(limited) = org.rate_limiter().check(now, &rate) {
+            org.note_limited();
             return Admission::Refuse(Refusal::RateLimited(limited));
         }
         Admission::Allow {

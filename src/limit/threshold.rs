@@ -29,17 +29,28 @@ impl CallCounter {
 
     /// Counts one call at `now`.
     pub fn count(&self, now: Timestamp, threshold_calls: u32, window_secs: u32) -> Count {
+        self.count_opening(now, threshold_calls, window_secs).0
+    }
+
+    /// Counts one call at `now`, and tells whether it opened a new window
+    /// (what the org's per-window usage figures start afresh on).
+    pub fn count_opening(
+        &self,
+        now: Timestamp,
+        threshold_calls: u32,
+        window_secs: u32,
+    ) -> (Count, bool) {
         // Seconds fit 32 bits until 2106.
         let now = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (start, n) = unpack(cur);
-            let (start, n) =
-                if n == 0 || u64::from(now) >= u64::from(start) + u64::from(window_secs) {
-                    (now, 1)
-                } else {
-                    (start, n.saturating_add(1))
-                };
+            let opened = n == 0 || u64::from(now) >= u64::from(start) + u64::from(window_secs);
+            let (start, n) = if opened {
+                (now, 1)
+            } else {
+                (start, n.saturating_add(1))
+            };
             match self.0.compare_exchange_weak(
                 cur,
                 pack(start, n),
@@ -47,11 +58,12 @@ impl CallCounter {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
-                    return match n.checked_sub(threshold_calls) {
+                    let count = match n.checked_sub(threshold_calls) {
                         None | Some(0) => Count::Within,
                         Some(1) => Count::Crossed,
                         Some(_) => Count::Over,
-                    }
+                    };
+                    return (count, opened);
                 }
                 Err(seen) => cur = seen,
             }
@@ -121,8 +133,9 @@ impl CallCounter {
 
     /// Adds `calls` granted of the window that started at `start`: to what
     /// is left if that window is the one held, replacing it otherwise (what
-    /// was left of an older window is worth nothing now).
-    pub fn grant(&self, start: u32, calls: u32) {
+    /// was left of an older window is worth nothing now). Tells whether the
+    /// grant opened a window here.
+    pub fn grant(&self, start: u32, calls: u32) -> bool {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (held, left) = unpack(cur);
@@ -130,7 +143,7 @@ impl CallCounter {
                 pack(start, left.saturating_add(calls))
             } else if held > start && left > 0 {
                 // A newer window's grant got here first: keep it.
-                return;
+                return false;
             } else {
                 pack(start, calls)
             };
@@ -138,10 +151,17 @@ impl CallCounter {
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return,
+                Ok(_) => return held != start,
                 Err(seen) => cur = seen,
             }
         }
+    }
+
+    /// The start of the window held, whole seconds since the Unix epoch, if
+    /// one was ever opened (ended or not).
+    pub fn start(&self) -> Option<u32> {
+        let (start, n) = unpack(self.0.load(Ordering::Acquire));
+        (start != 0 || n != 0).then_some(start)
     }
 
     /// Takes back every granted call not spent: the window's start and how

@@ -10,6 +10,7 @@ mod id;
 mod limits;
 mod state;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::RwLock;
 
 use bytes::Bytes;
@@ -30,6 +31,14 @@ pub struct Org {
     current: RwLock<Current>,
     rate: RateLimiter,
     calls: CallCounter,
+    /// When the org's key was last presented valid (a counted call), whole
+    /// seconds since the Unix epoch; 0 for never. Written only when the
+    /// second changes, so a busy org's calls mostly read it.
+    last_used: AtomicU32,
+    /// Calls refused by the rate in the current threshold window; cleared
+    /// when a call opens a window. 4 bytes beside `last_used`: together they
+    /// take the 8 bytes the record had to spare in its size class.
+    limited: AtomicU32,
 }
 
 /// The state in force, with what the request path needs of its limits
@@ -73,6 +82,8 @@ impl Org {
             current: RwLock::new(Current::new(state, version, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
+            last_used: AtomicU32::new(0),
+            limited: AtomicU32::new(0),
         }
     }
 
@@ -140,23 +151,57 @@ impl Org {
     pub(crate) fn calls(&self) -> &CallCounter {
         &self.calls
     }
+
+    /// Notes a counted call at `now`.
+    #[inline]
+    pub(crate) fn touch(&self, now: crate::clock::Timestamp) {
+        let secs = u32::try_from(now.as_secs()).unwrap_or(u32::MAX);
+        // Read first: a busy org's calls within one second write nothing,
+        // so they do not take its cache line from each other.
+        if self.last_used.load(Ordering::Relaxed) != secs {
+            self.last_used.store(secs, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a call refused by the rate.
+    pub(crate) fn note_limited(&self) {
+        // Saturates rather than wraps: 4 billion refusals in one window.
+        let _ = self
+            .limited
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+    }
+
+    /// A call opened a new threshold window: the per-window figures start over.
+    pub(crate) fn window_opened(&self) {
+        self.limited.store(0, Ordering::Relaxed);
+    }
+
+    /// When the key was last presented valid, and how many calls the rate
+    /// refused since the current window opened.
+    pub(crate) fn usage(&self) -> (Option<crate::clock::Timestamp>, u32) {
+        let last = self.last_used.load(Ordering::Relaxed);
+        let last = (last != 0).then(|| crate::clock::Timestamp::from_secs(u64::from(last)));
+        (last, self.limited.load(Ordering::Relaxed))
+    }
 }
 
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
     /// allocation is 16 MB (BENCHMARKS.md, "<= 256 bytes of RSS per org").
-    /// 192 bytes, plus the `Arc`'s two counts and malloc's 8-byte header, is
-    /// 216: glibc's 224-byte size class. (184 fitted the 208-byte class until
-    /// the state's version, 8 bytes that the store's conditional commits and
-    /// change feed need, joined it: no field had 8 bytes of padding to give.
-    /// 168 fitted the 192-byte class while the id was interned for the life of
-    /// the process; an owned id costs 16 bytes more.)
+    /// 200 bytes, plus the `Arc`'s two counts (216) and malloc's 8-byte
+    /// header, is 224: glibc's 224-byte chunk, exactly. (192 bytes left 8 to
+    /// spare in it, which the org's last use and its rate refusals in the
+    /// window took, 4 bytes each, for the usage call. 184 fitted the 208-byte
+    /// class until the state's version, 8 bytes that the store's conditional
+    /// commits and change feed need, joined it. 168 fitted the 192-byte class
+    /// while the id was interned for the life of the process; an owned id
+    /// costs 16 bytes more.)
     #[test]
     fn an_org_in_its_arc_fits_a_224_byte_chunk() {
         assert_eq!(std::mem::size_of::<super::Actor>(), 16);
         assert!(
-            std::mem::size_of::<super::Org>() <= 192,
+            std::mem::size_of::<super::Org>() <= 200,
             "Org is {} bytes",
             std::mem::size_of::<super::Org>()
         );

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::counts::CallCount;
 use crate::clock::Timestamp;
+use crate::limit::Window;
 use crate::org::{Action, Actor, OrgId, OrgState};
 use crate::token::TokenRecord;
 
@@ -198,6 +199,14 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Err(BackendError::Unavailable(
             "this store does not share threshold counts".into(),
         ))))
+    }
+
+    /// The cluster's threshold window of `org` as [`take_calls`](Backend::take_calls)
+    /// keeps it: its start and the calls granted in it (spent or not), if a
+    /// window was opened. For the usage call; the default has none.
+    fn calls_window(&self, org: &OrgId) -> BoxFuture<'_, Result<Option<Window>, BackendError>> {
+        let _ = org;
+        Box::pin(std::future::ready(Ok(None)))
     }
 
     /// Asks every node sharing this backend to hand back the calls of `org`'s

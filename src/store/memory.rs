@@ -332,6 +332,15 @@ impl Backend for MemoryBackend {
         Box::pin(std::future::ready(result))
     }
 
+    fn calls_window(&self, org: &OrgId) -> BoxFuture<'_, Result<Option<Window>, BackendError>> {
+        let window = self
+            .lock()
+            .granted
+            .get(org)
+            .map(|&(start, calls)| Window { start, calls });
+        Box::pin(std::future::ready(Ok(window)))
+    }
+
     fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
         let mut data = self.lock();
         data.seq += 1;

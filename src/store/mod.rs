@@ -222,6 +222,29 @@ impl Borrow<[u8]> for Entry {
     }
 }
 
+/// An org's use of its limits: what `GET /v1/orgs/{org}/usage` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Calls counted in the open threshold window (in cluster mode, granted
+    /// to the nodes, spent or not); 0 when none is open.
+    pub calls_in_window: u32,
+    /// The threshold in force.
+    pub threshold_calls: u32,
+    /// When the open window started.
+    pub window_started_at: Option<Timestamp>,
+    /// When it ends.
+    pub window_ends_at: Option<Timestamp>,
+    /// When the key was last presented valid, to the second.
+    pub last_used_at: Option<Timestamp>,
+    /// Calls the rate refused in the open window.
+    pub rate_limited_in_window: u32,
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A copy of one org as it stood at one moment: what the admin API shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgView {
@@ -404,7 +427,9 @@ impl Store {
                     }
                 };
                 if grant.calls > 0 {
-                    org.calls().grant(grant.window_start, grant.calls - 1);
+                    if org.calls().grant(grant.window_start, grant.calls - 1) {
+                        org.window_opened();
+                    }
                     return Taken::Within;
                 }
                 if pause.is_none() {
@@ -428,7 +453,11 @@ impl Store {
                 return;
             };
             match store.fetch_calls(&org).await {
-                Ok(grant) if grant.calls > 0 => org.calls().grant(grant.window_start, grant.calls),
+                Ok(grant) if grant.calls > 0 => {
+                    if org.calls().grant(grant.window_start, grant.calls) {
+                        org.window_opened();
+                    }
+                }
                 // The threshold is reached: the call that finds none left
                 // here asks again, and fires it.
                 Ok(_) => {}
@@ -506,6 +535,88 @@ impl Store {
     pub fn view(&self, id: &str) -> Result<OrgView, OpError> {
         let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
         Ok(self.view_of(&org))
+    }
+
+    /// One page of orgs, ordered by id: at most `limit` of those whose id
+    /// comes after `after` and contains `q`, and the id to ask for the next
+    /// page after, if there are more. One pass over the map keeping the
+    /// `limit + 1` smallest ids that qualify (a heap), so a page costs
+    /// `n log limit` at `n` orgs and nothing is held per org between pages.
+    pub fn page(
+        &self,
+        after: Option<&str>,
+        q: Option<&str>,
+        limit: usize,
+    ) -> (Vec<OrgView>, Option<OrgId>) {
+        let limit = limit.max(1);
+        // Ids are kept as `OrgId`s (a reference count each, no copy), so no
+        // shard of the map stays locked past its own entries.
+        let mut smallest: std::collections::BinaryHeap<OrgId> = std::collections::BinaryHeap::new();
+        for e in self.inner.orgs.iter() {
+            let id = e.0.id_bytes();
+            if after.is_some_and(|a| id <= a.as_bytes()) {
+                continue;
+            }
+            if q.is_some_and(|q| !contains(id, q.as_bytes())) {
+                continue;
+            }
+            if smallest.len() <= limit {
+                smallest.push(e.0.id());
+            } else if smallest
+                .peek()
+                .is_some_and(|largest| id < largest.as_bytes())
+            {
+                smallest.pop();
+                smallest.push(e.0.id());
+            }
+        }
+        let mut ids = smallest.into_sorted_vec();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        let views: Vec<OrgView> = ids
+            .iter()
+            .filter_map(|id| self.get(id.as_bytes()))
+            .map(|org| self.view_of(&org))
+            .collect();
+        let next = if more {
+            views.last().map(|v| v.id.clone())
+        } else {
+            None
+        };
+        (views, next)
+    }
+
+    /// Every admin and viewer token, ordered by name.
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        let mut all: Vec<TokenRecord> = self.read_tokens().by_digest.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// An org's use of its limits now: its threshold window (the cluster's,
+    /// in cluster mode), when its key was last presented valid and how many
+    /// calls the rate refused in the window (this node's, in cluster mode).
+    pub async fn usage(&self, id: &str) -> Result<Usage, OpError> {
+        let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
+        let now = self.inner.clock.now();
+        let (threshold_calls, window_secs) =
+            org.read(|c| (c.threshold_calls, c.threshold_window_secs));
+        let window = if self.inner.shares_calls {
+            self.inner.backend.calls_window(&org.id()).await?
+        } else {
+            org.calls().window()
+        };
+        let (last_used, limited) = org.usage();
+        let window = window.filter(|w| !w.ended(now, window_secs));
+        Ok(Usage {
+            calls_in_window: window.map_or(0, |w| w.calls),
+            threshold_calls,
+            window_started_at: window.map(|w| Timestamp::from_secs(u64::from(w.start))),
+            window_ends_at: window
+                .map(|w| Timestamp::from_secs(u64::from(w.start) + u64::from(window_secs))),
+            last_used_at: last_used,
+            rate_limited_in_window: if window.is_some() { limited } else { 0 },
+        })
     }
 
     /// Views of every org, ordered by id.
