@@ -65,7 +65,7 @@ use std::sync::{Arc, Weak};
 
 use dashmap::DashSet;
 
-pub use self::redis::{ClusterOptions, RedisBackend};
+pub use self::redis::{ClusterOptions, RedisBackend, FEED_MAXLEN, MIN_LEASE};
 pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Loading,
     OrgBatches, OrgRecord, Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,

@@ -40,8 +40,10 @@
 //! misses nothing. An entry whose seq does not follow the last one means
 //! entries were lost (the stream was trimmed past a lagging reader): the
 //! reader sends [`Feed::Resync`] first. A `seq` counter found lower than
-//! the reader last saw means Redis lost data: the reader sends `Resync` too,
-//! and raises the counter back, so no seq is handed out twice.
+//! the reader last saw means Redis lost data (a failover to a replica that
+//! lacked the last writes): the reader sends `Resync` too, and raises the
+//! counter back, so later commits do not reuse seqs this node already
+//! reported applied (a commit made before the raise may).
 //!
 //! # Leases: the timing argument
 //!
@@ -98,7 +100,7 @@ pub struct ClusterOptions {
     /// clusters can share one Redis.
     pub name: String,
     /// How long a node may serve after its last renewal (see the module's
-    /// timing argument).
+    /// timing argument); at least [`MIN_LEASE`].
     pub lease: Duration,
     /// Starts even when Redis does not fsync every write
     /// (`appendonly yes`, `appendfsync always`): an acknowledged change may
@@ -112,6 +114,10 @@ pub struct ClusterOptions {
 /// Roughly how many entries the feed stream keeps (`XADD MAXLEN ~`): a
 /// reader that falls further behind resyncs.
 pub const FEED_MAXLEN: u64 = 100_000;
+
+/// The shortest lease [`RedisBackend::connect`] takes: renewals run every
+/// quarter lease, and each is a durable write.
+pub const MIN_LEASE: Duration = Duration::from_millis(100);
 
 /// How long [`RedisBackend::connect`] tries to reach Redis in all.
 const CONNECT_BUDGET: Duration = Duration::from_secs(25);
@@ -285,8 +291,15 @@ impl RedisBackend {
     /// Fails with [`BackendError::Unavailable`] when Redis cannot be reached
     /// within about 25 seconds, or when its persistence is not
     /// `appendonly yes` with `appendfsync always` and
-    /// `allow_unsafe_durability` is not set; the message names the setting.
+    /// `allow_unsafe_durability` is not set (the message names the setting),
+    /// or when the lease is shorter than [`MIN_LEASE`].
     pub async fn connect(opts: ClusterOptions) -> Result<RedisBackend, BackendError> {
+        if opts.lease < MIN_LEASE {
+            return Err(BackendError::Unavailable(format!(
+                "a lease of {:?} is too short; the cluster needs at least {MIN_LEASE:?}",
+                opts.lease
+            )));
+        }
         let shown_url = without_password(&opts.redis_url);
         let unreachable = |why: &dyn fmt::Display| {
             BackendError::Unavailable(format!("cannot reach Redis at {shown_url}: {why}"))

@@ -731,6 +731,44 @@ async fn every_committed_change_survives_a_crash_of_redis() {
     assert_eq!(b.commit(update("acme", 2, "after")).await.unwrap(), 4);
 }
 
+#[tokio::test]
+async fn a_subscribed_node_follows_the_feed_across_a_crash_of_redis() {
+    let mut server = server!();
+    let (a, mut feed) = serving_node(&server, "a", LEASE).await;
+    assert_eq!(a.commit(provision("acme")).await.unwrap(), 1);
+    assert_eq!(next(&mut feed).await.seq, 1);
+    server.crash_and_restart().await;
+    // The first command after the crash may fail as the connection is
+    // found broken (a commit is never retried blindly: it may have been
+    // made); the manager reconnects for the next.
+    let seq = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match a.commit(provision("globex")).await {
+                Ok(seq) => return seq,
+                Err(BackendError::Unavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("a commit after the restart");
+    assert_eq!(seq, 2);
+    let got = next(&mut feed).await;
+    assert_eq!(got.seq, 2);
+    assert!(matches!(got.feed, Feed::Org(r) if r.id.as_str() == "globex"));
+}
+
+#[tokio::test]
+async fn connect_refuses_a_lease_too_short_to_renew() {
+    let server = server!();
+    let refused = RedisBackend::connect(server.options("a", Duration::from_millis(10)))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("too short"), "{refused}");
+}
+
 /// Whether `store`'s gate would let `key` through for `org`.
 fn accepts(store: &Store, org: &str, key: &ApiKey) -> bool {
     store
