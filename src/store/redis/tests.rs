@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use super::*;
 use crate::clock::{ManualClock, Timestamp};
 use crate::key::ApiKey;
-use crate::org::{Action, Actor, LimitOverrides, Limits, OrgState};
+use crate::org::{Action, Actor, LimitOverrides, Limits, OpError, OrgState};
 use crate::store::{Event, Feed, Store};
 use crate::token::{Role, TokenDigest};
 
@@ -850,4 +850,131 @@ async fn a_store_reopened_over_redis_holds_what_was_committed() {
     assert!(accepts(&a, "acme", &key));
     assert_eq!(a.version_of("acme"), Some(2));
     assert_eq!(a.audit("acme").await.unwrap().len(), 2);
+}
+
+/// Two stores (two nodes) over one Redis, and the backend the test reads
+/// the stored truth from.
+async fn two_stores(server: &RedisServer) -> (Store, Store, RedisBackend) {
+    let a = store(server, "a").await;
+    let b = store(server, "b").await;
+    let reader = node(server, "reader").await;
+    (a, b, reader)
+}
+
+#[tokio::test]
+async fn a_provision_racing_one_on_the_other_store_answers_org_exists() {
+    let server = server!();
+    let (a, b, _) = two_stores(&server).await;
+    let (ra, rb) = tokio::join!(
+        a.provision(
+            org("acme"),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider
+        ),
+        b.provision(
+            org("acme"),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider
+        ),
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+        other => panic!("expected one provision to win: {other:?}"),
+    };
+    assert!(matches!(lost, OpError::OrgExists), "{lost:?}");
+    // The winner's confirm waited for both: no waiting here.
+    assert_eq!(a.view("acme").unwrap(), won);
+    assert_eq!(b.view("acme").unwrap(), won);
+}
+
+#[tokio::test]
+async fn a_token_name_taken_on_the_other_store_first_answers_token_exists() {
+    let server = server!();
+    let (a, b, _) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    let (ra, rb) = tokio::join!(
+        a.create_token("alice", Role::Admin, "acme"),
+        b.create_token("alice", Role::Admin, "acme"),
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+        other => panic!("expected one create to win: {other:?}"),
+    };
+    assert!(matches!(lost, OpError::TokenExists), "{lost:?}");
+    let digest = TokenDigest::of(&won.1);
+    until("both know the token", || {
+        a.token(&digest).is_some() && b.token(&digest).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_regenerates_on_two_stores_leave_one_key_and_version_everywhere() {
+    let server = server!();
+    let (a, b, reader) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    for round in 0..50u64 {
+        let (ra, rb) = tokio::join!(
+            tokio::spawn({
+                let a = a.clone();
+                async move { a.regenerate("acme", Actor::Provider).await }
+            }),
+            tokio::spawn({
+                let b = b.clone();
+                async move { b.regenerate("acme", Actor::Provider).await }
+            }),
+        );
+        // Both succeed: the one that lost the race decided again and won;
+        // each returned only once both stores served its key.
+        let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
+        let stored = reader.org(&org("acme")).await.unwrap().unwrap();
+        assert_eq!(stored.version, 1 + 2 * (round + 1), "round {round}");
+        let key = stored.state.key.unwrap();
+        let (ka, kb) = (ra.state.key.unwrap(), rb.state.key.unwrap());
+        assert!(key.ct_eq(&ka) || key.ct_eq(&kb), "round {round}");
+        for s in [&a, &b] {
+            assert_eq!(s.version_of("acme"), Some(stored.version), "round {round}");
+            assert!(accepts(s, "acme", &key), "round {round}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_import_into_redis_reaches_a_running_store_by_resync() {
+    let server = server!();
+    let running = store(&server, "a").await;
+    let importer = node(&server, "import").await;
+    let imported = state();
+    let dump = Dump {
+        orgs: vec![OrgRecord {
+            id: org("acme"),
+            state: imported.clone(),
+            version: 7,
+        }],
+        tokens: vec![token("ops", "acme")],
+        audit: vec![event("acme", "provisioned")],
+    };
+    assert_eq!(importer.restore(dump).await.unwrap(), Restored::Done);
+    until("the running store reloaded", || {
+        running.version_of("acme") == Some(7) && running.token(&TokenDigest::of("ops")).is_some()
+    })
+    .await;
+    until("it serves again", || running.serving()).await;
+    assert_eq!(running.view("acme").unwrap().state, imported);
 }
