@@ -97,7 +97,7 @@ pub struct ClusterOptions {
     /// is never shown in an error.
     pub redis_url: String,
     /// The cluster's name: every key starts with `kg:{<name>}:`, so several
-    /// clusters can share one Redis.
+    /// clusters can share one Redis. Non-empty, without braces.
     pub name: String,
     /// How long a node may serve after its last renewal (see the module's
     /// timing argument); at least [`MIN_LEASE`].
@@ -294,6 +294,12 @@ impl RedisBackend {
     /// `allow_unsafe_durability` is not set (the message names the setting),
     /// or when the lease is shorter than [`MIN_LEASE`].
     pub async fn connect(opts: ClusterOptions) -> Result<RedisBackend, BackendError> {
+        if opts.name.is_empty() || opts.name.contains(['{', '}']) {
+            return Err(BackendError::Unavailable(format!(
+                "the cluster name {:?} cannot name Redis keys: it must be non-empty, without braces",
+                opts.name
+            )));
+        }
         if opts.lease < MIN_LEASE {
             return Err(BackendError::Unavailable(format!(
                 "a lease of {:?} is too short; the cluster needs at least {MIN_LEASE:?}",
@@ -518,6 +524,7 @@ impl RedisBackend {
             call.arg(&t.name).arg(to_json(t)?);
         }
         for e in &dump.audit {
+            // Every org with events got its number in the loop above.
             call.arg(streams[e.org.as_str()])
                 .arg(e.org.as_str())
                 .arg(to_json(e)?);
@@ -636,13 +643,17 @@ async fn check_durability(
                 .arg("GET")
                 .arg(name)
                 .query_async(&mut conn)
-                .await?;
-            Ok::<_, RedisError>(pairs.get(1).cloned().unwrap_or_default())
+                .await
+                .map_err(|e| format!("CONFIG GET {name} failed: {e}"))?;
+            // [name, value]; nothing when the server does not know the setting.
+            pairs
+                .get(1)
+                .cloned()
+                .ok_or_else(|| format!("CONFIG GET {name} answered nothing"))
         }
     };
-    let read = async {
-        Ok::<_, RedisError>((setting("appendonly").await?, setting("appendfsync").await?))
-    };
+    let read =
+        async { Ok::<_, String>((setting("appendonly").await?, setting("appendfsync").await?)) };
     let problem = match read.await {
         Ok((appendonly, _)) if appendonly != "yes" => {
             format!("Redis at {url} has appendonly {appendonly}; {needs}")
@@ -651,7 +662,9 @@ async fn check_durability(
             format!("Redis at {url} has appendfsync {appendfsync}; {needs}")
         }
         Ok(_) => return Ok(()),
-        Err(e) => format!("could not verify that Redis at {url} fsyncs every write (CONFIG GET failed: {e}); {needs}"),
+        Err(why) => {
+            format!("could not verify that Redis at {url} fsyncs every write ({why}); {needs}")
+        }
     };
     if allow_unsafe {
         tracing::warn!(

@@ -32,6 +32,8 @@ pub(crate) struct RedisServer {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// Arguments the test added, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -39,6 +41,12 @@ impl RedisServer {
     /// installed and this is not CI; under CI (`CI` set) a missing
     /// `redis-server` fails the test.
     pub(crate) async fn start() -> Option<RedisServer> {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// Starts one as [`start`](RedisServer::start) does, with `extra`
+    /// arguments for `redis-server`.
+    pub(crate) async fn start_with(extra: &[&str]) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -53,8 +61,14 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = TempDir::new().expect("a temporary folder");
             let port = free_port();
-            let child = spawn(port, &dir);
-            let mut server = RedisServer { child, port, dir };
+            let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
+            let child = spawn(port, &dir, &extra);
+            let mut server = RedisServer {
+                child,
+                port,
+                dir,
+                extra,
+            };
             if server.answers().await {
                 return Some(server);
             }
@@ -73,7 +87,7 @@ impl RedisServer {
     /// same port and folder: it loads its append-only file.
     pub(crate) async fn crash_and_restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.dir);
+        self.child = spawn(self.port, &self.dir, &self.extra);
         assert!(self.answers().await, "redis-server did not restart");
     }
 
@@ -132,7 +146,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &TempDir) -> Child {
+fn spawn(port: u16, dir: &TempDir, extra: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
@@ -145,6 +159,7 @@ fn spawn(port: u16, dir: &TempDir) -> Child {
             "--save",
             "",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -683,6 +698,26 @@ async fn connect_refuses_a_redis_that_does_not_fsync_every_write_unless_allowed(
 }
 
 #[tokio::test]
+async fn connect_refuses_a_redis_whose_persistence_it_cannot_read_unless_allowed() {
+    let server = match RedisServer::start_with(&["--rename-command", "CONFIG", ""]).await {
+        Some(server) => server,
+        None => return,
+    };
+    let refused = RedisBackend::connect(server.options("a", LEASE))
+        .await
+        .unwrap_err();
+    let why = refused.to_string();
+    assert!(why.contains("could not verify"), "{why}");
+    assert!(why.contains("allow_unsafe_durability"), "{why}");
+    RedisBackend::connect(ClusterOptions {
+        allow_unsafe_durability: true,
+        ..server.options("a", LEASE)
+    })
+    .await
+    .expect("allowed");
+}
+
+#[tokio::test]
 async fn connect_to_a_closed_port_fails_within_its_bound_naming_the_url_without_its_password() {
     let port = free_port();
     let started = Instant::now();
@@ -761,12 +796,21 @@ async fn a_subscribed_node_follows_the_feed_across_a_crash_of_redis() {
 }
 
 #[tokio::test]
-async fn connect_refuses_a_lease_too_short_to_renew() {
+async fn connect_refuses_a_lease_too_short_to_renew_and_a_name_that_breaks_the_hash_tag() {
     let server = server!();
     let refused = RedisBackend::connect(server.options("a", Duration::from_millis(10)))
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("too short"), "{refused}");
+    for name in ["", "a}b"] {
+        let refused = RedisBackend::connect(ClusterOptions {
+            name: name.into(),
+            ..server.options("a", LEASE)
+        })
+        .await
+        .unwrap_err();
+        assert!(refused.to_string().contains("without braces"), "{refused}");
+    }
 }
 
 /// Whether `store`'s gate would let `key` through for `org`.
