@@ -87,6 +87,11 @@ impl RedisServer {
     /// same port and folder: it loads its append-only file.
     pub(crate) async fn crash_and_restart(&mut self) {
         self.kill();
+        self.restart().await;
+    }
+
+    /// Starts the server again after [`kill`](RedisServer::kill).
+    pub(crate) async fn restart(&mut self) {
         self.child = spawn(self.port, &self.dir, &self.extra);
         assert!(self.answers().await, "redis-server did not restart");
     }
@@ -134,7 +139,8 @@ impl RedisServer {
         false
     }
 
-    fn kill(&mut self) {
+    /// Kills the server (SIGKILL).
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -793,6 +799,50 @@ async fn a_subscribed_node_follows_the_feed_across_a_crash_of_redis() {
     let got = next(&mut feed).await;
     assert_eq!(got.seq, 2);
     assert!(matches!(got.feed, Feed::Org(r) if r.id.as_str() == "globex"));
+}
+
+#[tokio::test]
+async fn a_node_stops_serving_when_redis_is_gone_and_serves_again_once_it_is_back() {
+    let mut server = server!();
+    let (a, _feed) = serving_node(&server, "a", Duration::from_millis(800)).await;
+    let lease = a.lease().unwrap();
+    server.kill();
+    until("A stops serving", || !lease.serving()).await;
+    server.restart().await;
+    until("A serves again", || lease.serving()).await;
+}
+
+#[tokio::test]
+async fn a_node_that_is_behind_renews_but_serves_only_once_it_applied_what_was_committed() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    // B's place on the feed is taken before A's commit.
+    let b = node(&server, "b").await;
+    let seq = a.commit(provision("acme")).await.unwrap();
+    let feed = b.subscribe().unwrap();
+    // B renews (others wait for it from now on) ...
+    let mut conn = server.conn().await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let applied: Option<u64> = redis::cmd("HGET")
+                .arg("kg:{test}:nodes")
+                .arg("b")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if applied.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("B renewed");
+    // ... but does not serve what it has not applied.
+    let lease = b.lease().unwrap();
+    assert!(!lease.serving());
+    feed.applied(seq);
+    until("B serves", || lease.serving()).await;
 }
 
 #[tokio::test]
