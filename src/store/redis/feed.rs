@@ -42,7 +42,6 @@ pub(super) async fn read(
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_response_timeout(Some(block + super::RESPONSE_TIMEOUT));
     loop {
-        shared.reader_lost();
         let mut conn = match shared
             .client
             .get_multiplexed_async_connection_with_config(&config)
@@ -58,6 +57,7 @@ pub(super) async fn read(
         match follow(&shared, &mut conn, &mut at, block, &events).await {
             Ok(()) => return,
             Err(e) => {
+                shared.reader_lost();
                 tracing::warn!(error = %e, "lost the change feed; reconnecting");
                 tokio::time::sleep(RECONNECT_PAUSE).await;
             }
@@ -93,6 +93,10 @@ async fn follow(
             .query_async(conn)
             .await
             .map_err(|e| unavailable("read the feed", e))?;
+        if events.is_closed() {
+            // The store stopped (or never finished opening).
+            return Ok(());
+        }
         shared.reader_read();
         if !ready {
             ready = true;
@@ -112,13 +116,18 @@ async fn follow(
             let id = entry.id.clone();
             let sent = match parse(entry) {
                 Entry::Event(event) if event.seq <= at.seq => {
-                    // A seq handed out again: Redis lost commits.
+                    // A seq handed out again: Redis lost commits. `lost`
+                    // moves past the stream's end; the rest of this batch
+                    // is covered by the reload.
                     tracing::error!(
                         seq = event.seq,
                         last = at.seq,
                         "the feed went back; Redis lost commits"
                     );
-                    lost(shared, conn, at, events).await?
+                    if !lost(shared, conn, at, events).await? {
+                        return Ok(());
+                    }
+                    break;
                 }
                 Entry::Event(event) => {
                     let mut open = true;

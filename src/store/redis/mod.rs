@@ -93,8 +93,9 @@ use crate::token::TokenRecord;
 /// How to reach the cluster's Redis and who this node is.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// The Redis server, as a `redis://` (or `rediss://`) URL; its password
-    /// is never shown in an error.
+    /// The Redis server, as a `redis://[user:password@]host:port[/db]` URL
+    /// (TLS, `rediss://`, is not built in); its password is never shown in
+    /// an error.
     pub redis_url: String,
     /// The cluster's name: every key starts with `kg:{<name>}:`, so several
     /// clusters can share one Redis. Non-empty, without braces.

@@ -588,6 +588,43 @@ async fn a_counter_that_went_back_makes_the_reader_resync_and_is_raised_again() 
 }
 
 #[tokio::test]
+async fn seqs_handed_out_again_make_the_reader_resync_once_and_go_on() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let mut feed = a.subscribe().unwrap();
+    a.commit(provision("acme")).await.unwrap();
+    a.commit(provision("globex")).await.unwrap();
+    assert_eq!(next(&mut feed).await.seq, 1);
+    assert_eq!(next(&mut feed).await.seq, 2);
+    // As if a promoted replica had handed out 1 and 2 again: both entries
+    // arrive in one read.
+    let mut conn = server.conn().await;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for seq in [1, 2] {
+        pipe.cmd("XADD")
+            .arg("kg:{test}:feed")
+            .arg("*")
+            .arg("seq")
+            .arg(seq)
+            .arg("kind")
+            .arg("del")
+            .arg("payload")
+            .arg("ops");
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        next(&mut feed).await,
+        Event {
+            seq: 2,
+            feed: Feed::Resync
+        }
+    );
+    assert_eq!(a.commit(provision("initech")).await.unwrap(), 3);
+    assert_eq!(next(&mut feed).await.seq, 3);
+}
+
+#[tokio::test]
 async fn a_node_serves_once_subscribed_and_counts_the_live_nodes() {
     let server = server!();
     let a = node(&server, "a").await;
