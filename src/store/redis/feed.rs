@@ -8,7 +8,8 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncConnectionConfig;
 
-use super::{entry_field, unavailable, Position, Shared, CONNECTION_TIMEOUT};
+use super::read::entry_field;
+use super::{unavailable, Position, Shared, CONNECTION_TIMEOUT};
 use crate::store::backend::{BackendError, Event, Feed, Seq};
 
 /// The longest one `XREAD` blocks: a quarter lease, at most this.

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::connect::without_password;
 use super::*;
 use crate::clock::{ManualClock, Timestamp};
 use crate::key::ApiKey;
 use crate::org::{Action, Actor, LimitOverrides, Limits, OpError, OrgState};
-use crate::store::{Event, Feed, Store};
+use crate::store::{Change, Event, Feed, Store};
 use crate::token::{Role, TokenDigest};
 
 const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
