@@ -60,8 +60,12 @@
 //! stopped serving before Redis forgets its lease, and so before any other
 //! node stops waiting for it in [`Backend::confirm`], which waits for every
 //! node that holds a lease to have applied the change. A node that lapsed
-//! (or starts) renews but serves again only once it has applied every commit
-//! made meanwhile (its applied seq reaches the counter the renewal returned).
+//! (or starts) takes a lease and serves again only once it has applied every
+//! commit made meanwhile: its renewal takes the lease only when the seq it
+//! applied has reached the counter, read in the same script, so every commit
+//! after that waits for it and every commit before it is one it applied;
+//! until then, no one waits for a node that serves nothing (a node starting
+//! with a large store does not hold the others' changes back while it loads).
 //! A process paused past its deadline (a stopped VM, `SIGSTOP`) refuses from
 //! its first request after it wakes: the gate compares the monotonic clock
 //! with the deadline on every request ([`Lease::serving`]), before any timer
@@ -177,6 +181,9 @@ struct Shared {
     /// Woken when the reader first reads after (re)connecting, so the node
     /// renews at once rather than a period later.
     reader_ready: tokio::sync::Notify,
+    /// Renewals Redis answered, for tests to see that one happened.
+    #[cfg(test)]
+    renewals: AtomicU64,
 }
 
 /// A place on the feed stream.
@@ -313,6 +320,8 @@ impl RedisBackend {
             reader_ok: AtomicU64::new(0),
             base: Instant::now(),
             reader_ready: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            renewals: AtomicU64::new(0),
         };
         Ok(RedisBackend {
             shared: Arc::new(shared),

@@ -851,36 +851,43 @@ async fn a_node_stops_serving_when_redis_is_gone_and_serves_again_once_it_is_bac
 }
 
 #[tokio::test]
-async fn a_node_that_is_behind_renews_but_serves_only_once_it_applied_what_was_committed() {
+async fn a_node_that_is_behind_takes_no_lease_and_serves_only_once_it_applied_what_was_committed() {
     let server = server!();
-    let a = node(&server, "a").await;
+    let (a, feed_a) = serving_node(&server, "a", LEASE).await;
     // B's place on the feed is taken before A's commit.
     let b = node(&server, "b").await;
     let seq = a.commit(provision("acme")).await.unwrap();
-    let feed = b.subscribe().unwrap();
-    // B renews (others wait for it from now on) ...
-    let mut conn = server.conn().await;
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let applied: Option<u64> = redis::cmd("HGET")
-                .arg("kg:{test}:nodes")
-                .arg("b")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            if applied.is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("B renewed");
-    // ... but does not serve what it has not applied.
+    feed_a.applied(seq);
+    let feed_b = b.subscribe().unwrap();
+    // B renews twice, but holds no lease: it serves nothing, and A's
+    // changes do not wait for it.
+    let renewed = &b.shared.renewals;
+    until("B renewed twice", || renewed.load(Ordering::Relaxed) >= 2).await;
     let lease = b.lease().unwrap();
     assert!(!lease.serving());
-    feed.applied(seq);
+    tokio::time::timeout(PATIENCE, a.confirm(seq))
+        .await
+        .expect("A's change waited for a node that serves nothing")
+        .unwrap();
+    // Once B applied it, it takes the lease and serves, and the next change
+    // waits for it.
+    feed_b.applied(seq);
     until("B serves", || lease.serving()).await;
+    until("A counts B", || a.lease().unwrap().live_nodes() == 2).await;
+    let next_seq = a.commit(provision("globex")).await.unwrap();
+    feed_a.applied(next_seq);
+    let confirming = tokio::spawn({
+        let a = Arc::new(a);
+        async move { a.confirm(next_seq).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!confirming.is_finished(), "confirmed before B applied it");
+    feed_b.applied(next_seq);
+    tokio::time::timeout(PATIENCE, confirming)
+        .await
+        .expect("confirmed once B applied it")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
