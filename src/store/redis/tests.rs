@@ -370,6 +370,22 @@ async fn load_into_sends_the_count_first_and_every_org_once_in_batches() {
 }
 
 #[tokio::test]
+async fn a_large_batch_is_refused_whole_when_its_last_commit_fails() {
+    let server = server!();
+    let b = node(&server, "a").await;
+    b.commit(provision("org-0149")).await.unwrap();
+    // More than a command's worth: sent on a connection of its own.
+    let batch: Vec<Commit> = (0..150)
+        .map(|i| provision(&format!("org-{i:04}")))
+        .collect();
+    let refused = b.commit_all(batch.clone()).await.unwrap_err();
+    assert_eq!(refused, batch[149].change.refused());
+    assert_eq!(b.load().await.unwrap().orgs.len(), 1);
+    b.commit_all(batch[..149].to_vec()).await.unwrap();
+    assert_eq!(b.load().await.unwrap().orgs.len(), 150);
+}
+
+#[tokio::test]
 async fn a_commit_from_a_stale_version_is_refused_and_changes_nothing() {
     let server = server!();
     let b = node(&server, "a").await;

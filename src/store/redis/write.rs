@@ -1,8 +1,15 @@
 //! Writing to the cluster's Redis: every change through one script, checked
 //! and applied in one atomic step.
 
-use super::{unavailable, RedisBackend, FEED_MAXLEN};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use super::{unavailable, RedisBackend, CONNECTION_TIMEOUT, FEED_MAXLEN};
 use crate::store::backend::{BackendError, Change, Commit, Dump, Restored, Seq};
+
+/// How many commits one [`commit_many`](RedisBackend::commit_many) may
+/// send before it takes a connection without a response timeout.
+const BULK: usize = 100;
 
 impl RedisBackend {
     /// Checks and applies `commits` in one script; the last one's seq.
@@ -36,11 +43,12 @@ impl RedisBackend {
             }
             call.arg(c.event.org.as_str()).arg(event);
         }
-        let mut conn = self.shared.conn.clone();
-        let (outcome, n): (String, u64) = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("commit", e))?;
+        let answer = if commits.len() > BULK {
+            call.invoke_async(&mut self.bulk_connection().await?).await
+        } else {
+            call.invoke_async(&mut self.shared.conn.clone()).await
+        };
+        let (outcome, n): (String, u64) = answer.map_err(|e| unavailable("commit", e))?;
         match outcome.as_str() {
             "ok" => Ok(n),
             "conflict" => {
@@ -93,9 +101,8 @@ impl RedisBackend {
                 .arg(e.org.as_str())
                 .arg(to_json(e)?);
         }
-        let mut conn = self.shared.conn.clone();
         let answer: Vec<redis::Value> = call
-            .invoke_async(&mut conn)
+            .invoke_async(&mut self.bulk_connection().await?)
             .await
             .map_err(|e| unavailable("restore", e))?;
         let answer: Vec<String> = answer
@@ -120,6 +127,23 @@ impl RedisBackend {
                 "the restore script answered {other:?}"
             ))),
         }
+    }
+}
+
+impl RedisBackend {
+    /// A connection of its own without a response timeout, for one script
+    /// that writes a whole import or a large batch: Redis may take longer
+    /// than a command's timeout, and a timeout would report as failed a
+    /// write that Redis goes on to make.
+    async fn bulk_connection(&self) -> Result<MultiplexedConnection, BackendError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
+            .set_response_timeout(None);
+        self.shared
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| unavailable("connect", e))
     }
 }
 
