@@ -15,8 +15,10 @@ use crate::store::backend::{BackendError, Event, Feed, Seq};
 /// The longest one `XREAD` blocks: a quarter lease, at most this.
 const BLOCK_MAX: Duration = Duration::from_millis(250);
 
-/// How long the reader waits before connecting again after an error.
+/// How long the reader waits before connecting again after an error,
+/// doubled after each failed attempt up to the second constant.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// How many entries one `XREAD` returns at most.
 const READ_COUNT: usize = 1000;
@@ -42,16 +44,27 @@ pub(super) async fn read(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_response_timeout(Some(block + super::RESPONSE_TIMEOUT));
+    let mut pause = RECONNECT_PAUSE;
     loop {
+        if events.is_closed() {
+            return;
+        }
         let mut conn = match shared
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                pause = RECONNECT_PAUSE;
+                conn
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach Redis for the change feed; trying again");
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                // Said once per outage, not ten times a second.
+                if pause == RECONNECT_PAUSE {
+                    tracing::warn!(error = %e, "cannot reach Redis for the change feed; trying again");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
                 continue;
             }
         };
@@ -60,7 +73,7 @@ pub(super) async fn read(
             Err(e) => {
                 shared.reader_lost();
                 tracing::warn!(error = %e, "lost the change feed; reconnecting");
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                tokio::time::sleep(pause).await;
             }
         }
     }
