@@ -1,12 +1,15 @@
 -- One or more keygate commits, checked and applied in one atomic step.
 --
 -- KEYS[1] orgs hash, KEYS[2] tokens hash, KEYS[3] seq counter,
--- KEYS[4] feed stream, KEYS[5] audited set, KEYS[5 + i] commit i's audit stream.
+-- KEYS[4] feed stream, KEYS[5] audited set, KEYS[5 + i] commit i's audit stream,
+-- KEYS[5 + n + i] the threshold window hash of commit i's org.
 -- ARGV[1] the feed's approximate length cap, ARGV[2] how many commits,
--- then six arguments per commit: kind ("org", "put" or "del"), the org id
--- or token name, the expected org version ("" for none, meaning the org must
--- not exist), the record as JSON (an org or a token; "" for "del"), the org
--- the audit event is about, and the audit event as JSON.
+-- then six arguments per commit: kind ("org", "put", "del" or "delorg"), the
+-- org id or token name, the expected org version ("" for none, meaning the
+-- org must not exist), the record as JSON (an org or a token; "" for "del"
+-- and "delorg"), the org the audit event is about, and the audit event as
+-- JSON. "delorg" removes the org, every token of it and its threshold
+-- window; its audit stream stays.
 --
 -- Every expectation is checked first, each against the state the commits
 -- before it leave, and nothing is written unless all hold: a script's writes
@@ -28,7 +31,7 @@ local taken = {}
 for i = 1, n do
   local kind, name = field(i, 1), field(i, 2)
   local holds
-  if kind == 'org' then
+  if kind == 'org' or kind == 'delorg' then
     local now = versions[name]
     if now == nil then
       local stored = redis.call('HGET', orgs, name)
@@ -44,7 +47,11 @@ for i = 1, n do
     else
       holds = (now ~= false) and (now == tonumber(expected))
     end
-    versions[name] = tonumber(cjson.decode(field(i, 4)).version) or 0
+    if kind == 'org' then
+      versions[name] = tonumber(cjson.decode(field(i, 4)).version) or 0
+    else
+      versions[name] = false
+    end
   else
     local is_taken = taken[name]
     if is_taken == nil then
@@ -68,6 +75,16 @@ for i = 1, n do
   local kind, name, value = field(i, 1), field(i, 2), field(i, 4)
   if kind == 'org' then
     redis.call('HSET', orgs, name, value)
+  elseif kind == 'delorg' then
+    redis.call('HDEL', orgs, name)
+    local all = redis.call('HGETALL', tokens)
+    for j = 1, #all, 2 do
+      if cjson.decode(all[j + 1]).org == name then
+        redis.call('HDEL', tokens, all[j])
+      end
+    end
+    redis.call('DEL', KEYS[5 + n + i])
+    value = name
   elseif kind == 'put' then
     redis.call('HSET', tokens, name, value)
   else

@@ -10,6 +10,7 @@ use redis::AsyncConnectionConfig;
 
 use super::read::entry_field;
 use super::{unavailable, Position, Shared, CONNECTION_TIMEOUT};
+use crate::org::OrgId;
 use crate::store::backend::{BackendError, Event, Feed, Seq};
 
 /// The longest one `XREAD` blocks: a quarter lease, at most this.
@@ -252,6 +253,16 @@ fn parse(entry: StreamId) -> Entry {
         "org" => serde_json::from_str(&payload).map(Feed::Org),
         "put" => serde_json::from_str(&payload).map(Feed::PutToken),
         "del" => Ok(Feed::DeleteToken(payload)),
+        "delorg" | "reclaim" => match OrgId::parse(&payload) {
+            Ok(id) if kind == "delorg" => Ok(Feed::DeleteOrg(id)),
+            Ok(id) => Ok(Feed::Reclaim(id)),
+            Err(_) => {
+                return Entry::Unreadable {
+                    seq: Some(seq),
+                    why: format!("{kind} names no org"),
+                }
+            }
+        },
         "resync" => Ok(Feed::Resync),
         other => {
             return Entry::Unreadable {

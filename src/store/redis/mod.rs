@@ -96,7 +96,9 @@ use super::backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Commit, Dump, Loading, OrgBatches, OrgRecord,
     Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,
 };
+use super::backend::{Grant, Take};
 use super::Lease;
+use crate::limit::Window;
 use crate::org::OrgId;
 use crate::token::TokenRecord;
 
@@ -207,6 +209,8 @@ struct Keys {
     audit_prefix: String,
     /// What precedes a node's name in its lease's key.
     lease_prefix: String,
+    /// What precedes an org id in its threshold window's key.
+    calls_prefix: String,
 }
 
 impl Keys {
@@ -222,11 +226,18 @@ impl Keys {
             nodes: key("nodes"),
             audit_prefix: key("audit:"),
             lease_prefix: key("lease:"),
+            calls_prefix: key("calls:"),
         }
     }
 
     fn audit(&self, org: &str) -> String {
         format!("{}{org}", self.audit_prefix)
+    }
+
+    /// The org's threshold window: a hash of `start` (by Redis's clock) and
+    /// `granted` (the calls granted to nodes in it).
+    fn calls(&self, org: &str) -> String {
+        format!("{}{org}", self.calls_prefix)
     }
 }
 
@@ -237,6 +248,8 @@ struct Scripts {
     confirm: Script,
     leave: Script,
     raise_seq: Script,
+    take_calls: Script,
+    reclaim: Script,
 }
 
 impl Scripts {
@@ -248,6 +261,8 @@ impl Scripts {
             confirm: Script::new(include_str!("confirm.lua")),
             leave: Script::new(include_str!("leave.lua")),
             raise_seq: Script::new(include_str!("raise_seq.lua")),
+            take_calls: Script::new(include_str!("take_calls.lua")),
+            reclaim: Script::new(include_str!("reclaim.lua")),
         }
     }
 }
@@ -482,6 +497,81 @@ impl Backend for RedisBackend {
 
     fn lease(&self) -> Option<Arc<Lease>> {
         Some(Arc::clone(&self.shared.lease))
+    }
+
+    fn shares_calls(&self) -> bool {
+        true
+    }
+
+    fn take_calls(&self, take: Take) -> BoxFuture<'_, Result<Grant, BackendError>> {
+        Box::pin(async move {
+            let (start, unused) = take.returned.unwrap_or((0, 0));
+            let (window_start, calls): (u32, u32) = self
+                .shared
+                .scripts
+                .take_calls
+                .key(self.shared.keys.calls(take.org.as_str()))
+                .arg(take.threshold)
+                .arg(take.window_secs)
+                .arg(take.want)
+                .arg(take.nodes)
+                .arg(start)
+                .arg(unused)
+                .invoke_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("take calls", e))?;
+            Ok(Grant {
+                window_start,
+                calls,
+            })
+        })
+    }
+
+    fn calls_window(&self, org: &OrgId) -> BoxFuture<'_, Result<Option<Window>, BackendError>> {
+        let key = self.shared.keys.calls(org.as_str());
+        Box::pin(async move {
+            let (start, granted): (Option<u32>, Option<u32>) = redis::cmd("HMGET")
+                .arg(key)
+                .arg("start")
+                .arg("granted")
+                .query_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("read calls", e))?;
+            Ok(start.map(|start| Window {
+                start,
+                calls: granted.unwrap_or(0),
+            }))
+        })
+    }
+
+    fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let org = org.clone();
+        Box::pin(async move {
+            let _: Seq = self
+                .shared
+                .scripts
+                .reclaim
+                .key(&self.shared.keys.seq)
+                .key(&self.shared.keys.feed)
+                .arg(FEED_MAXLEN)
+                .arg(org.as_str())
+                .invoke_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("reclaim calls", e))?;
+            Ok(())
+        })
+    }
+
+    fn reset_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
+        let key = self.shared.keys.calls(org.as_str());
+        Box::pin(async move {
+            let _: i64 = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("reset calls", e))?;
+            Ok(())
+        })
     }
 
     fn org(&self, id: &OrgId) -> BoxFuture<'_, Result<Option<OrgRecord>, BackendError>> {

@@ -1133,3 +1133,127 @@ async fn an_import_into_redis_reaches_a_running_store_by_resync() {
     until("it serves again", || running.serving()).await;
     assert_eq!(running.view("acme").unwrap().state, imported);
 }
+
+#[tokio::test]
+async fn an_org_deleted_on_one_store_is_gone_with_its_tokens_everywhere_when_the_call_returns() {
+    let server = server!();
+    let (a, b, reader) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    let (_, secret) = a.create_token("ops", Role::Admin, "acme").await.unwrap();
+    let key = b.view("acme").unwrap().state.key.unwrap();
+
+    b.delete_org("acme", Actor::Provider).await.unwrap();
+
+    assert!(!accepts(&a, "acme", &key));
+    assert!(a.view("acme").is_err());
+    assert!(a.token(&TokenDigest::of(&secret)).is_none());
+    assert_eq!(reader.org(&org("acme")).await.unwrap(), None);
+    assert_eq!(reader.token("ops").await.unwrap(), None);
+    // The log stays, its last event the deletion.
+    let log = reader.audit(org("acme")).await.unwrap();
+    assert_eq!(log.last().map(|e| e.action), Some(Action::DeleteOrg));
+    assert!(matches!(
+        a.delete_org("acme", Actor::Provider).await,
+        Err(OpError::OrgNotFound)
+    ));
+}
+
+/// A store over Redis on the system clock: grants' windows are opened by
+/// Redis's clock, and a node compares them with its own.
+async fn timed_store(server: &RedisServer, node: &str, threshold: u32) -> Store {
+    let backend = RedisBackend::connect(server.options(node, LEASE))
+        .await
+        .unwrap();
+    let limits = Limits {
+        rate_per_sec: 1_000_000,
+        burst: 1_000_000,
+        threshold_calls: threshold,
+        threshold_window_secs: 3600,
+    };
+    let store = Store::open(
+        Arc::new(backend),
+        Arc::new(crate::clock::SystemClock::new()),
+        limits,
+    )
+    .await
+    .unwrap();
+    until("the store serves", || store.serving()).await;
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_everywhere() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower_service::Service;
+
+    let server = server!();
+    let mut stores = Vec::new();
+    for node in ["a", "b", "c"] {
+        stores.push(timed_store(&server, node, 300).await);
+    }
+    let key = stores[0]
+        .provision(
+            org("acme"),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap()
+        .state
+        .key
+        .unwrap();
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let mut calls = tokio::task::JoinSet::new();
+    for store in &stores {
+        for _ in 0..4 {
+            let upstream = {
+                let forwarded = forwarded.clone();
+                tower::service_fn(move |_req: http::Request<()>| {
+                    forwarded.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+                })
+            };
+            let mut gate = crate::gate::KeyGate::new(
+                upstream,
+                store.clone(),
+                crate::gate::GateConfig::default(),
+            );
+            let key = key.expose().to_owned();
+            calls.spawn(async move {
+                let mut ok = 0;
+                for _ in 0..40 {
+                    let req = http::Request::get("/acme/v1")
+                        .header("x-api-key", &key)
+                        .body(())
+                        .unwrap();
+                    let status = gate.call(req).await.unwrap().status();
+                    ok += usize::from(status == http::StatusCode::OK);
+                }
+                ok
+            });
+        }
+    }
+    let mut ok = 0;
+    while let Some(n) = calls.join_next().await {
+        ok += n.unwrap();
+    }
+    // 3 nodes x 4 tasks x 40 calls = 480 for a threshold of 300.
+    assert_eq!(ok, forwarded.load(Ordering::SeqCst));
+    assert!(ok <= 300, "forwarded {ok}");
+    assert!(ok >= 300 - 4, "forwarded {ok}");
+    for store in &stores {
+        assert!(store.view("acme").unwrap().state.is_disabled());
+    }
+    // The cluster's window counts every call granted.
+    let usage = stores[1].usage("acme").await.unwrap();
+    assert_eq!(usage.calls_in_window, 300);
+    println!("three nodes on Redis, threshold 300: {ok} forwarded");
+}

@@ -24,6 +24,9 @@ impl RedisBackend {
         for c in commits {
             call.key(keys.audit(c.event.org.as_str()));
         }
+        for c in commits {
+            call.key(keys.calls(c.event.org.as_str()));
+        }
         call.arg(FEED_MAXLEN).arg(commits.len());
         for c in commits {
             let event = to_json(&c.event)?;
@@ -39,6 +42,12 @@ impl RedisBackend {
                 }
                 Change::DeleteToken(name) => {
                     call.arg("del").arg(name).arg("").arg("");
+                }
+                Change::DeleteOrg { id, expected } => {
+                    call.arg("delorg")
+                        .arg(id.as_str())
+                        .arg(expected.to_string())
+                        .arg("");
                 }
             }
             call.arg(c.event.org.as_str()).arg(event);
