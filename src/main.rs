@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Validate a config file without starting anything: one line per problem
+    /// on standard output; exit status 0 when it is valid, 2 when it is not.
+    CheckConfig {
+        /// The TOML config to check.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
     Demo {
         /// Where the demo keeps its token, config and store.
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
             };
             check(&config.store.path)
         }
+        Command::CheckConfig { config } => check_config(&config),
         Command::Demo {
             dir,
             proxy_listen,
@@ -218,6 +226,22 @@ fn export(path: &std::path::Path) -> ExitCode {
         eprintln!("keygate export: {}: {counts}", path.display());
         Ok::<(), keygate::store::ExportError>(())
     })
+}
+
+/// `keygate check-config`: the checks `serve` makes before it binds (the
+/// environment's overrides and the TLS files included), and nothing more.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match keygate::config::Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // A ConfigError is always one line naming the key or file.
+            println!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
