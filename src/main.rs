@@ -64,6 +64,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Call the admin API of a running keygate: `keygate admin orgs list`.
+    /// Exit status 0 on success, 1 when the API refused (its code on stderr),
+    /// 2 for a usage error or when no answer came.
+    Admin(keygate::cli::admin::AdminArgs),
     /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
     Demo {
         /// Where the demo keeps its token, config and store.
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             check(&config.store.path)
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Admin(args) => ExitCode::from(keygate::cli::admin::main(args)),
         Command::Demo {
             dir,
             proxy_listen,
