@@ -353,3 +353,49 @@ async fn the_url_and_token_come_from_the_environment() {
     .await;
     out.refused("UNAUTHENTICATED");
 }
+
+#[tokio::test]
+async fn the_readmes_cli_examples_run_as_printed() {
+    let gw = Gateway::start().await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("\n```").map(|(block, _)| block))
+        .find(|block| block.contains("keygate admin orgs provision"))
+        .expect("README.md: the admin CLI's ```sh block");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_keygate"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // What the quickstart's demo exports, for this gateway.
+    let admin = format!("http://{}", gw.admin_addr);
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.args(["-e", "-c", block])
+        .env("PATH", path)
+        .env("KEYGATE_ADMIN", &admin)
+        .env("KEYGATE_TOKEN", PROVIDER)
+        .env_remove("KEYGATE_ADMIN_URL")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the README's block did not end within 120 s")
+        .expect("run bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("refused with exit status 1"), "{stdout}");
+    assert!(stderr.contains("KEY_EXISTS: "), "{stderr}");
+    let page = gw.page("acme").await;
+    assert_eq!(page["status"], "enabled");
+    assert_eq!(page["subscription_expires_at"], Value::Null);
+    assert_eq!(page["limits"]["burst"], 20);
+    assert_eq!(page["limits"]["rate_per_sec"], 50);
+}
