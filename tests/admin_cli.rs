@@ -399,3 +399,60 @@ async fn the_readmes_cli_examples_run_as_printed() {
     assert_eq!(page["limits"]["burst"], 20);
     assert_eq!(page["limits"]["rate_per_sec"], 50);
 }
+
+#[tokio::test]
+async fn an_https_admin_api_is_called_with_its_ca_and_refused_without_it() {
+    use std::sync::Arc;
+
+    use keygate::clock::{Clock, ManualClock};
+    use keygate::store::{Backend, MemoryBackend};
+
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let toml = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\nprovider_token_sha256 = \"{digest}\"\n\n\
+         [admin.tls]\ncert_path = {cert:?}\nkey_path = {key:?}\n",
+        up = refusing_addr().await,
+        digest = keygate::token::TokenDigest::of(PROVIDER).to_hex(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let config = keygate::config::Config::from_toml(&toml).unwrap();
+    let backend = Arc::new(MemoryBackend::new()) as Arc<dyn Backend>;
+    let clock = Arc::new(ManualClock::new(support::T0)) as Arc<dyn Clock>;
+    let running = keygate::server::start_with(&config, backend, clock)
+        .await
+        .unwrap();
+
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{}", running.admin_addr.port());
+        let ca = cert.display().to_string();
+        let out = cli_env(
+            &[
+                "--url",
+                &url,
+                "--token",
+                PROVIDER,
+                "--ca-file",
+                &ca,
+                "orgs",
+                "provision",
+                host.replace('.', "-").as_str(),
+            ],
+            &[],
+        )
+        .await;
+        out.ok();
+        // The public roots do not know a self-signed certificate: no answer.
+        let out = cli_env(&["--url", &url, "--token", PROVIDER, "orgs", "list"], &[]).await;
+        assert_eq!(out.status, Some(2), "{}", out.stderr);
+        assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
+    }
+    running.stop().await;
+}
