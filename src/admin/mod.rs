@@ -9,6 +9,12 @@
 //! Every answer is JSON with `Cache-Control: no-store` (pages carry keys and
 //! token creation carries a token), and every refusal is
 //! `{"code": "...", "message": "..."}` from [`AdminError`].
+//!
+//! `GET /v1/openapi.json` serves the OpenAPI document of all of it
+//! ([`OPENAPI`], the file `openapi.json` beside this module). The router is
+//! built from one route table, `routes()`, and the document's unit tests
+//! compare its operations with that table, so a route cannot be added or
+//! dropped without the document following.
 
 mod auth;
 mod error;

@@ -11,7 +11,7 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 
 /// The document, as served.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -21,6 +21,9 @@ pub(crate) async fn document() -> Response {
     let mut res = Response::new(Body::from(OPENAPI));
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // As every admin answer: the document changes with the binary.
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 
