@@ -20,5 +20,6 @@ pub mod tls;
 pub mod admin;
 pub mod server;
 pub mod demo;
+pub mod cli;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Validate a config file without starting anything: one line per problem
+    /// on standard output; exit status 0 when it is valid, 2 when it is not.
+    CheckConfig {
+        /// The TOML config to check.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Call the admin API of a running keygate: `keygate admin orgs list`.
+    /// Exit status 0 on success, 1 when the API refused (its code on stderr),
+    /// 2 for a usage error or when no answer came.
+    Admin(keygate::cli::admin::AdminArgs),
     /// Try keygate: an echo upstream, a demo org and the gateway, on this machine.
     Demo {
         /// Where the demo keeps its token, config and store.
@@ -118,6 +129,8 @@ fn main() -> ExitCode {
             };
             check(&config.store.path)
         }
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Admin(args) => ExitCode::from(keygate::cli::admin::main(args)),
         Command::Demo {
             dir,
             proxy_listen,
@@ -218,6 +231,22 @@ fn export(path: &std::path::Path) -> ExitCode {
         eprintln!("keygate export: {}: {counts}", path.display());
         Ok::<(), keygate::store::ExportError>(())
     })
+}
+
+/// `keygate check-config`: the checks `serve` makes before it binds (the
+/// environment's overrides and the TLS files included), and nothing more.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match keygate::config::Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // A ConfigError is always one line naming the key or file.
+            println!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

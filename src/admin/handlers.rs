@@ -355,7 +355,7 @@ pub(crate) async fn disable(
     who.provider_only()?;
     s.existing(&org)?;
     let DisableBody { reason } = read_json(&headers, body).await?;
-    if reason.trim().is_empty() || reason.len() > 512 {
+    if reason.trim().is_empty() || reason.chars().count() > 512 {
         return Err(AdminError::BadRequest(
             "reason: 1 to 512 characters are required".into(),
         ));
@@ -419,7 +419,7 @@ impl LimitsBody {
         use crate::org::limits_max as max;
         let field = |name: &'static str, v: Option<serde_json::Number>, limit: u32| {
             v.map(|n| {
-                n.as_u64()
+                whole(&n)
                     .and_then(|n| u32::try_from(n).ok())
                     .filter(|n| *n <= limit)
                     .and_then(std::num::NonZeroU32::new)
@@ -445,6 +445,17 @@ impl LimitsBody {
             )?,
         })
     }
+}
+
+/// `n` when it is a whole number at least 0: `959` and `959.0` alike, as JSON
+/// (and JSON Schema's `integer`) does not tell them apart.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        // 2^64 as f64 is exact; below it every whole f64 converts exactly.
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    })
 }
 
 pub(crate) async fn set_limits(
@@ -517,4 +528,40 @@ fn reply_empty(status: StatusCode) -> Response {
         http::HeaderValue::from_static("no-store"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(v: serde_json::Value) -> Result<LimitOverrides, AdminError> {
+        serde_json::from_value::<LimitsBody>(v).unwrap().checked()
+    }
+
+    #[test]
+    fn a_limit_written_as_a_whole_float_is_the_same_limit() {
+        let a = limits(serde_json::json!({ "burst": 959, "threshold_calls": 16159 })).unwrap();
+        let b = limits(serde_json::json!({ "burst": 959.0, "threshold_calls": 16159.0 })).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.burst.map(std::num::NonZeroU32::get), Some(959));
+    }
+
+    #[test]
+    fn fractional_negative_zero_and_huge_limits_are_still_refused() {
+        for bad in [
+            serde_json::json!(1.5),
+            serde_json::json!(-1.0),
+            serde_json::json!(0.0),
+            serde_json::json!(1e30),
+            serde_json::json!(4_294_967_296.0),
+        ] {
+            assert!(
+                matches!(
+                    limits(serde_json::json!({ "rate_per_sec": bad })),
+                    Err(AdminError::Op(OpError::InvalidLimits(_)))
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

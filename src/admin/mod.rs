@@ -9,26 +9,34 @@
 //! Every answer is JSON with `Cache-Control: no-store` (pages carry keys and
 //! token creation carries a token), and every refusal is
 //! `{"code": "...", "message": "..."}` from [`AdminError`].
+//!
+//! `GET /v1/openapi.json` serves the OpenAPI document of all of it
+//! ([`OPENAPI`], the file `openapi.json` beside this module). The router is
+//! built from one route table, `routes()`, and the document's unit tests
+//! compare its operations with that table, so a route cannot be added or
+//! dropped without the document following.
 
 mod auth;
 mod error;
 mod handlers;
 mod json;
+mod openapi;
 mod view;
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use serde::Serialize;
 
 pub use auth::Principal;
 pub use error::AdminError;
 pub use json::MAX_BODY;
+pub use openapi::OPENAPI;
 pub use view::{EventView, KeyView};
 
 use crate::gate::OrgSource;
@@ -83,29 +91,66 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    use handlers::*;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/orgs", get(list).post(provision))
-        .route("/v1/orgs/{org}", axum::routing::delete(delete_org))
-        .route(
-            "/v1/orgs/{org}/key",
-            get(get_key).post(add_key).put(edit_key).delete(delete_key),
-        )
-        .route("/v1/orgs/{org}/key/regenerate", post(regenerate_key))
-        .route("/v1/orgs/{org}/audit", get(audit))
-        .route("/v1/orgs/{org}/disable", post(disable))
-        .route("/v1/orgs/{org}/enable", post(enable))
-        .route("/v1/orgs/{org}/subscription", put(set_subscription))
-        .route("/v1/orgs/{org}/limits", put(set_limits))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/whoami", get(whoami))
-        .route("/v1/orgs/{org}/usage", get(usage))
-        .route("/v1/tokens/{name}", axum::routing::delete(delete_token))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    routes()
+        .router
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)
+}
+
+/// Every admin route, one method and path each. [`router`] is built from this
+/// list and nothing else, so the OpenAPI document's test compares the document
+/// with the routes themselves, not with a copy that could drift.
+fn routes() -> Routes {
+    use handlers::*;
+    use Method as M;
+    Routes::default()
+        .add(M::GET, "/healthz", healthz)
+        .add(M::GET, "/readyz", readyz)
+        .add(M::GET, "/v1/openapi.json", openapi::document)
+        .add(M::GET, "/v1/orgs", list)
+        .add(M::POST, "/v1/orgs", provision)
+        .add(M::DELETE, "/v1/orgs/{org}", delete_org)
+        .add(M::GET, "/v1/orgs/{org}/usage", usage)
+        .add(M::GET, "/v1/orgs/{org}/key", get_key)
+        .add(M::POST, "/v1/orgs/{org}/key", add_key)
+        .add(M::PUT, "/v1/orgs/{org}/key", edit_key)
+        .add(M::DELETE, "/v1/orgs/{org}/key", delete_key)
+        .add(M::POST, "/v1/orgs/{org}/key/regenerate", regenerate_key)
+        .add(M::GET, "/v1/orgs/{org}/audit", audit)
+        .add(M::POST, "/v1/orgs/{org}/disable", disable)
+        .add(M::POST, "/v1/orgs/{org}/enable", enable)
+        .add(M::PUT, "/v1/orgs/{org}/subscription", set_subscription)
+        .add(M::PUT, "/v1/orgs/{org}/limits", set_limits)
+        .add(M::GET, "/v1/tokens", list_tokens)
+        .add(M::POST, "/v1/tokens", create_token)
+        .add(M::GET, "/v1/whoami", whoami)
+        .add(M::DELETE, "/v1/tokens/{name}", delete_token)
+}
+
+/// A router under construction, and the method and path of each route in it.
+#[derive(Default)]
+struct Routes {
+    router: Router<AdminState>,
+    list: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    /// Routes `method` on `path` to `handler`. axum merges the methods of one
+    /// path, so a path may be added once per method.
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, AdminState>,
+        T: 'static,
+    {
+        // routes() names only GET, POST, PUT and DELETE, each of which has a
+        // filter; the route table's unit test builds every route.
+        let filter = MethodFilter::try_from(method.clone())
+            .expect("the admin API routes only standard methods");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path));
+        self
+    }
 }
 
 /// A JSON answer that no cache keeps.
