@@ -1,7 +1,9 @@
 //! Running keygate: the store, the proxy listener and the admin listener, and
 //! their orderly end.
 //!
-//! [`start`] opens the store (refusing a corrupt one before anything binds),
+//! [`start`] opens the store the config names ([`open_backend`]: the embedded
+//! redb file, or in cluster mode the shared Redis), refusing a corrupt or
+//! unreachable one before anything binds, then
 //! binds both listeners and serves them on the current Tokio runtime; the
 //! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
@@ -33,7 +35,7 @@ use tower_layer::Layer;
 use self::listener::Settings;
 use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{default_public_url, Config};
+use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::access::CountedBody;
 use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
@@ -63,7 +65,22 @@ pub enum ServeError {
     /// The upstream URL is unusable.
     #[error("proxy.upstream: {0}")]
     Upstream(#[from] crate::proxy::UpstreamError),
+    /// Cluster mode, and the cluster's Redis could not be joined: unreachable,
+    /// no answer within [`CLUSTER_CONNECT_LIMIT`], or refused (for example
+    /// because it does not fsync every write).
+    #[error("cluster: Redis at {redis}: {reason}")]
+    Cluster {
+        /// The Redis URL without its password.
+        redis: String,
+        /// Why, with the URL's password removed.
+        reason: String,
+    },
 }
+
+/// How long joining the cluster's Redis may take at start before keygate
+/// gives up: well within the contract's 30 s, so an unreachable Redis ends
+/// the process with one clear line rather than a hang.
+pub const CLUSTER_CONNECT_LIMIT: Duration = Duration::from_secs(20);
 
 /// keygate, serving.
 #[derive(Debug)]
@@ -76,7 +93,8 @@ pub struct Running {
     pub store: Store,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    counts: CountFlusher,
+    /// `None` for a node of a cluster, which saves no counts of its own.
+    counts: Option<CountFlusher>,
 }
 
 /// Choices beyond the config, for the command line.
@@ -88,24 +106,146 @@ pub struct ServeOptions {
     pub bare: bool,
 }
 
-/// Opens the store at `config.store.path` and starts serving.
+/// Opens the store the config names and starts serving.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
     start_opened(config, ServeOptions::default()).await
 }
 
 /// [`start`], with options.
 pub async fn start_opened(config: &Config, options: ServeOptions) -> Result<Running, ServeError> {
+    let backend = open_backend(config, Purpose::Serve).await?;
+    start_with_options(config, backend, Arc::new(SystemClock::new()), options).await
+}
+
+/// What a command opens the store for, which decides how the embedded store
+/// is opened; in cluster mode every purpose joins the cluster's Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Purpose {
+    /// `keygate serve`: the store file is created on first start.
+    Serve,
+    /// `keygate import`: as `Serve`, created when missing.
+    Import,
+    /// `keygate export`: the store must exist already; a missing file is an
+    /// error, not an empty export.
+    Export,
+}
+
+/// The one place a command opens the store its config names: the redb file
+/// at `store.path`, or, with a `[cluster]` section, the cluster's Redis
+/// ([`RedisBackend::connect`], at most [`CLUSTER_CONNECT_LIMIT`]).
+pub async fn open_backend(
+    config: &Config,
+    purpose: Purpose,
+) -> Result<Arc<dyn Backend>, ServeError> {
+    if let Some(cluster) = &config.cluster {
+        return connect_cluster(cluster).await;
+    }
     let path = config.store.path.clone();
-    let backend = tokio::task::spawn_blocking(move || RedbBackend::open(&path))
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
-    start_with_options(
-        config,
-        Arc::new(backend),
-        Arc::new(SystemClock::new()),
-        options,
-    )
+    let backend = tokio::task::spawn_blocking(move || match purpose {
+        Purpose::Export => RedbBackend::open_existing(&path),
+        Purpose::Serve | Purpose::Import => RedbBackend::open(&path),
+    })
     .await
+    .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
+    Ok(Arc::new(backend))
+}
+
+/// Joins the cluster's Redis as a node of its own name.
+async fn connect_cluster(cluster: &ClusterConfig) -> Result<Arc<dyn Backend>, ServeError> {
+    let redis = cluster.redis_url_redacted();
+    let node = node_name();
+    tracing::info!(cluster = %cluster.name, node = %node, %redis, "cluster mode: joining");
+    let options = ClusterOptions {
+        redis_url: cluster.redis_url.clone(),
+        name: cluster.name.clone(),
+        lease: cluster.lease,
+        allow_unsafe_durability: cluster.allow_unsafe_durability,
+        node,
+    };
+    let refused = |reason: String| ServeError::Cluster {
+        redis: redis.clone(),
+        // In case a client error quotes the URL: never its password.
+        reason: reason.replace(&cluster.redis_url, &redis),
+    };
+    match tokio::time::timeout(CLUSTER_CONNECT_LIMIT, RedisBackend::connect(options)).await {
+        Ok(Ok(backend)) => Ok(Arc::new(backend)),
+        Ok(Err(e)) => Err(refused(e.to_string())),
+        Err(_) => Err(refused(format!(
+            "unreachable: no answer within {} s",
+            CLUSTER_CONNECT_LIMIT.as_secs()
+        ))),
+    }
+}
+
+/// This process's name among the cluster's nodes, for its lease and the
+/// logs: the host name (or `node`), the process id and 4 random hex digits,
+/// so that a restarted process with a recycled pid is a new node.
+fn node_name() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+// The Redis backend lands in `crate::store` (src/store/redis/); until then
+// this stand-in has its constructor's exact signature and refuses, so the
+// wiring above compiles. Switch on with one line: import `ClusterOptions`
+// and `RedisBackend` from `crate::store` instead, and delete this module.
+use self::redis_standin::{ClusterOptions, RedisBackend};
+
+mod redis_standin {
+    use crate::store::{AuditEvent, Backend, BackendError, BoxFuture, Commit, Seq, Snapshot};
+
+    /// The Redis backend's options, as it will take them.
+    #[allow(dead_code)] // Read by the real backend only.
+    pub struct ClusterOptions {
+        pub redis_url: String,
+        pub name: String,
+        pub lease: std::time::Duration,
+        pub allow_unsafe_durability: bool,
+        pub node: String,
+    }
+
+    /// No value: this build has no Redis backend.
+    pub enum RedisBackend {}
+
+    impl RedisBackend {
+        pub async fn connect(options: ClusterOptions) -> Result<RedisBackend, BackendError> {
+            drop(options);
+            Err(BackendError::Unavailable(
+                "this build of keygate has no Redis backend yet".into(),
+            ))
+        }
+    }
+
+    impl Backend for RedisBackend {
+        fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+            match *self {}
+        }
+        fn commit(&self, _: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
+            match *self {}
+        }
+        fn audit(
+            &self,
+            _: crate::org::OrgId,
+        ) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+            match *self {}
+        }
+    }
 }
 
 /// Starts serving over the given backend and clock.
@@ -130,6 +270,8 @@ pub async fn start_with_options(
         .iter()
         .map(Upstream::new)
         .collect::<Result<Vec<_>, _>>()?;
+    // A backend with a lease is shared by several nodes (cluster mode).
+    let shared = backend.lease().is_some();
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
     if config.admin.has_placeholder_token() {
@@ -153,7 +295,12 @@ pub async fn start_with_options(
     let admin_listener = bind("admin", config.admin.listen).await?;
     let proxy_addr = local_addr("proxy", &proxy_listener, config.proxy.listen)?;
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
-    let counts = CountFlusher::spawn(store.clone(), config.store.count_flush);
+    // A node of a cluster saves no counts of its own: its window is its share
+    // of the cluster's, and a save would overwrite the other nodes' (the
+    // cluster's counts live in the shared backend). With the trait's default
+    // `save_counts`, which persists nothing, a flusher would only scan every
+    // org each period and remember windows it never wrote.
+    let counts = (!shared).then(|| CountFlusher::spawn(store.clone(), config.store.count_flush));
 
     let (stop, stopped) = watch::channel(false);
     // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
@@ -280,7 +427,9 @@ impl Running {
                 tracing::error!(error = %e, "a listener task failed");
             }
         }
-        self.counts.stop().await;
+        if let Some(counts) = self.counts {
+            counts.stop().await;
+        }
         tracing::info!("keygate stopped");
     }
 }
