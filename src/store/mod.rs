@@ -55,6 +55,7 @@ mod import;
 mod lease;
 mod memory;
 mod redb;
+mod redis;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -64,6 +65,7 @@ use std::sync::{Arc, Weak};
 
 use dashmap::DashSet;
 
+pub use self::redis::{ClusterOptions, RedisBackend, FEED_MAXLEN, MIN_LEASE};
 pub use backend::{
     AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Event, Feed, Loading,
     OrgBatches, OrgRecord, Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,

@@ -1,0 +1,82 @@
+-- One or more keygate commits, checked and applied in one atomic step.
+--
+-- KEYS[1] orgs hash, KEYS[2] tokens hash, KEYS[3] seq counter,
+-- KEYS[4] feed stream, KEYS[5] audited set, KEYS[5 + i] commit i's audit stream.
+-- ARGV[1] the feed's approximate length cap, ARGV[2] how many commits,
+-- then six arguments per commit: kind ("org", "put" or "del"), the org id
+-- or token name, the expected org version ("" for none, meaning the org must
+-- not exist), the record as JSON (an org or a token; "" for "del"), the org
+-- the audit event is about, and the audit event as JSON.
+--
+-- Every expectation is checked first, each against the state the commits
+-- before it leave, and nothing is written unless all hold: a script's writes
+-- are not rolled back. Returns {"ok", seq of the last commit}, or
+-- {"conflict", i} for the first commit whose expectation failed.
+
+local orgs, tokens, seq, feed, audited = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local maxlen = ARGV[1]
+local n = tonumber(ARGV[2])
+
+local function field(i, k)
+  return ARGV[2 + (i - 1) * 6 + k]
+end
+
+-- What the earlier commits of this batch leave: org versions and token names.
+local versions = {}
+local taken = {}
+
+for i = 1, n do
+  local kind, name = field(i, 1), field(i, 2)
+  local holds
+  if kind == 'org' then
+    local now = versions[name]
+    if now == nil then
+      local stored = redis.call('HGET', orgs, name)
+      if stored then
+        now = tonumber(cjson.decode(stored).version) or 0
+      else
+        now = false
+      end
+    end
+    local expected = field(i, 3)
+    if expected == '' then
+      holds = (now == false)
+    else
+      holds = (now ~= false) and (now == tonumber(expected))
+    end
+    versions[name] = tonumber(cjson.decode(field(i, 4)).version) or 0
+  else
+    local is_taken = taken[name]
+    if is_taken == nil then
+      is_taken = redis.call('HEXISTS', tokens, name) == 1
+    end
+    if kind == 'put' then
+      holds = not is_taken
+      taken[name] = true
+    else
+      holds = is_taken
+      taken[name] = false
+    end
+  end
+  if not holds then
+    return {'conflict', i}
+  end
+end
+
+local last = 0
+for i = 1, n do
+  local kind, name, value = field(i, 1), field(i, 2), field(i, 4)
+  if kind == 'org' then
+    redis.call('HSET', orgs, name, value)
+  elseif kind == 'put' then
+    redis.call('HSET', tokens, name, value)
+  else
+    redis.call('HDEL', tokens, name)
+    value = name
+  end
+  redis.call('XADD', KEYS[5 + i], '*', 'event', field(i, 6))
+  redis.call('SADD', audited, field(i, 5))
+  last = redis.call('INCR', seq)
+  redis.call('XADD', feed, 'MAXLEN', '~', maxlen, '*', 'seq', last, 'kind', kind, 'payload', value)
+end
+return {'ok', last}

@@ -1,0 +1,101 @@
+//! The lease renewer, and confirm, which waits on the other nodes' leases.
+//! The module docs of [`super`] give the timing argument.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Shared, CONFIRM_POLL, CONFIRM_SLACK};
+use crate::store::backend::{BackendError, Seq};
+
+/// Renews this node's lease every quarter lease, at once whenever the store
+/// applied more of the feed, and when the reader (re)starts reading; stops
+/// and leaves once the store is gone (`applied` closed).
+pub(super) async fn run(shared: Arc<Shared>, mut applied: tokio::sync::watch::Receiver<Seq>) {
+    let period = shared.lease_len / 4;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.reader_ready.notified() => {}
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    shared.leave().await;
+                    return;
+                }
+            }
+        }
+        let at = *applied.borrow_and_update();
+        renew_once(&shared, at).await;
+    }
+}
+
+/// One renewal, reporting `applied`; a renewal that fails changes nothing
+/// here (the deadline runs out by itself).
+async fn renew_once(shared: &Shared, applied: Seq) {
+    let t0 = Instant::now();
+    if !shared.reader_healthy(t0) {
+        // Not following the feed: others must not wait for this node, and it
+        // must not serve.
+        return;
+    }
+    let lease_ms = u64::try_from(shared.lease_len.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let mut conn = shared.conn.clone();
+    let renewed: Result<(u32, Seq), _> = shared
+        .scripts
+        .renew
+        .key(&shared.keys.nodes)
+        .key(&shared.keys.seq)
+        .arg(&shared.keys.lease_prefix)
+        .arg(&shared.node)
+        .arg(lease_ms)
+        .arg(applied)
+        .invoke_async(&mut conn)
+        .await;
+    match renewed {
+        Ok((live, seq)) => {
+            shared.lease.set_live_nodes(live);
+            // A node that lapsed (or starts) serves again only once it has
+            // applied everything committed meanwhile.
+            if shared.lease.serving() || applied >= seq {
+                shared.lease.extend(t0 + shared.lease_len.mul_f64(0.9));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not renew this node's lease"),
+    }
+}
+
+/// Resolves once every node holding a lease has applied `seq`, polling
+/// Redis; fails after a lease and [`CONFIRM_SLACK`], or as soon as this node
+/// stops serving itself.
+pub(super) async fn confirm(shared: Arc<Shared>, seq: Seq) -> Result<(), BackendError> {
+    let give_up = Instant::now() + shared.lease_len + CONFIRM_SLACK;
+    let mut conn = shared.conn.clone();
+    loop {
+        if !shared.lease.serving() {
+            return Err(BackendError::Unavailable(format!(
+                "this node stopped serving while confirming change {seq}"
+            )));
+        }
+        let behind: Result<u32, _> = shared
+            .scripts
+            .confirm
+            .key(&shared.keys.nodes)
+            .arg(&shared.keys.lease_prefix)
+            .arg(seq)
+            .invoke_async(&mut conn)
+            .await;
+        let why = match behind {
+            Ok(0) => return Ok(()),
+            Ok(n) => format!("{n} node(s) still had not applied it"),
+            Err(e) => format!("Redis: {e}"),
+        };
+        if Instant::now() >= give_up {
+            return Err(BackendError::Unavailable(format!(
+                "could not confirm change {seq} on every node within {:?}: {why}",
+                shared.lease_len + CONFIRM_SLACK
+            )));
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
+    }
+}
