@@ -39,7 +39,9 @@ use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::access::CountedBody;
 use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
-use crate::store::{Backend, BackendError, CountFlusher, RedbBackend, Store};
+use crate::store::{
+    Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
+};
 use crate::timeout::TimeoutBody;
 
 /// How long [`Running::stop`] lets requests in flight finish.
@@ -68,11 +70,9 @@ pub enum ServeError {
     /// Cluster mode, and the cluster's Redis could not be joined: unreachable,
     /// no answer within [`CLUSTER_CONNECT_LIMIT`], or refused (for example
     /// because it does not fsync every write).
-    #[error("cluster: Redis at {redis}: {reason}")]
+    #[error("cluster: {reason}")]
     Cluster {
-        /// The Redis URL without its password.
-        redis: String,
-        /// Why, with the URL's password removed.
+        /// Why, naming Redis and its URL without the password.
         reason: String,
     },
 }
@@ -163,13 +163,20 @@ async fn connect_cluster(cluster: &ClusterConfig) -> Result<Arc<dyn Backend>, Se
         allow_unsafe_durability: cluster.allow_unsafe_durability,
         node,
     };
-    let refused = |reason: String| ServeError::Cluster {
-        redis: redis.clone(),
+    let refused = |reason: String| {
         // In case a client error quotes the URL: never its password.
-        reason: reason.replace(&cluster.redis_url, &redis),
+        let reason = reason.replace(&cluster.redis_url, &redis);
+        // The contract: the last line on stderr says it is Redis.
+        let reason = if reason.contains("Redis") {
+            reason
+        } else {
+            format!("Redis at {redis}: {reason}")
+        };
+        ServeError::Cluster { reason }
     };
     match tokio::time::timeout(CLUSTER_CONNECT_LIMIT, RedisBackend::connect(options)).await {
         Ok(Ok(backend)) => Ok(Arc::new(backend)),
+        Ok(Err(BackendError::Unavailable(why))) => Err(refused(why)),
         Ok(Err(e)) => Err(refused(e.to_string())),
         Err(_) => Err(refused(format!(
             "unreachable: no answer within {} s",
@@ -201,50 +208,25 @@ fn node_name() -> String {
     )
 }
 
-// The Redis backend lands in `crate::store` (src/store/redis/); until then
-// this stand-in has its constructor's exact signature and refuses, so the
-// wiring above compiles. Switch on with one line: import `ClusterOptions`
-// and `RedisBackend` from `crate::store` instead, and delete this module.
-use self::redis_standin::{ClusterOptions, RedisBackend};
+/// How long a node waits at start for its first lease before it listens.
+const FIRST_LEASE_LIMIT: Duration = Duration::from_secs(10);
 
-mod redis_standin {
-    use crate::store::{AuditEvent, Backend, BackendError, BoxFuture, Commit, Seq, Snapshot};
-
-    /// The Redis backend's options, as it will take them.
-    #[allow(dead_code)] // Read by the real backend only.
-    pub struct ClusterOptions {
-        pub redis_url: String,
-        pub name: String,
-        pub lease: std::time::Duration,
-        pub allow_unsafe_durability: bool,
-        pub node: String,
-    }
-
-    /// No value: this build has no Redis backend.
-    pub enum RedisBackend {}
-
-    impl RedisBackend {
-        pub async fn connect(options: ClusterOptions) -> Result<RedisBackend, BackendError> {
-            drop(options);
-            Err(BackendError::Unavailable(
-                "this build of keygate has no Redis backend yet".into(),
-            ))
+/// Waits, at most [`FIRST_LEASE_LIMIT`], until this node's first lease is
+/// established (the backend's renewer runs once the node follows the feed),
+/// so that a node that says it listens also serves. Past the limit it
+/// listens anyway, answering 503 `CLUSTER_UNAVAILABLE` until the lease comes.
+async fn await_lease(lease: &crate::store::Lease) {
+    let deadline = tokio::time::Instant::now() + FIRST_LEASE_LIMIT;
+    while !lease.serving() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "no lease in the cluster after {} s; listening, but answering 503 \
+                 CLUSTER_UNAVAILABLE until one is established",
+                FIRST_LEASE_LIMIT.as_secs()
+            );
+            return;
         }
-    }
-
-    impl Backend for RedisBackend {
-        fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
-            match *self {}
-        }
-        fn commit(&self, _: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
-            match *self {}
-        }
-        fn audit(
-            &self,
-            _: crate::org::OrgId,
-        ) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
-            match *self {}
-        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -271,9 +253,13 @@ pub async fn start_with_options(
         .map(Upstream::new)
         .collect::<Result<Vec<_>, _>>()?;
     // A backend with a lease is shared by several nodes (cluster mode).
-    let shared = backend.lease().is_some();
+    let lease = backend.lease();
+    let shared = lease.is_some();
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
+    if let Some(lease) = &lease {
+        await_lease(lease).await;
+    }
     if config.admin.has_placeholder_token() {
         tracing::warn!(
             "admin.provider_token_sha256 is the example's placeholder (all zeros): no token \
