@@ -948,3 +948,36 @@ async fn two_nodes_provisioning_one_org_at_once_get_one_201_and_one_409() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The other commands with a cluster config
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_with_redis_unreachable_exits_2_naming_redis_and_never_its_password() {
+    let world = World::new().await;
+    let port = redis_server::free_port();
+    let config = world.node_config(
+        "a",
+        &format!("redis://:hunter2hunter2@127.0.0.1:{port}/0"),
+        "",
+    );
+    let (status, stdout, stderr) =
+        keygate(&["export".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stdout, "");
+    assert!(last_line(&stderr).contains("Redis"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_a_cluster_config_says_it_checks_the_embedded_store_only() {
+    let world = World::new().await;
+    let config = world.node_config("a", "redis://127.0.0.1:6379/0", "");
+    let (_, _, stderr) =
+        keygate(&["check".as_ref(), "--config".as_ref(), config.as_os_str()]).await;
+    assert!(
+        stderr.contains("checks the embedded store only"),
+        "{stderr}"
+    );
+}
