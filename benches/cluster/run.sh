@@ -367,7 +367,7 @@ main() {
     {
         echo "# keygate cluster mode, $STAMP"
         echo
-        echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(redis-server --version | awk '{ print $3 }'), lease_ms $LEASE_MS, $ORGS orgs, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)"
+        echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), Redis $(redis-server --version | awk '{ sub(/^v=/, "", $3); print $3 }'), lease_ms $LEASE_MS, $ORGS orgs, commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo ?)"
         echo
         echo "| measurement | result |"
         echo "|---|---|"
