@@ -8,14 +8,17 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::AsyncConnectionConfig;
 
-use super::{entry_field, unavailable, Position, Shared, CONNECTION_TIMEOUT};
+use super::read::entry_field;
+use super::{unavailable, Position, Shared, CONNECTION_TIMEOUT};
 use crate::store::backend::{BackendError, Event, Feed, Seq};
 
 /// The longest one `XREAD` blocks: a quarter lease, at most this.
 const BLOCK_MAX: Duration = Duration::from_millis(250);
 
-/// How long the reader waits before connecting again after an error.
+/// How long the reader waits before connecting again after an error,
+/// doubled after each failed attempt up to the second constant.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// How many entries one `XREAD` returns at most.
 const READ_COUNT: usize = 1000;
@@ -41,25 +44,36 @@ pub(super) async fn read(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_response_timeout(Some(block + super::RESPONSE_TIMEOUT));
+    let mut pause = RECONNECT_PAUSE;
     loop {
-        shared.reader_lost();
+        if events.is_closed() {
+            return;
+        }
         let mut conn = match shared
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
         {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                pause = RECONNECT_PAUSE;
+                conn
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot reach Redis for the change feed; trying again");
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                // Said once per outage, not ten times a second.
+                if pause == RECONNECT_PAUSE {
+                    tracing::warn!(error = %e, "cannot reach Redis for the change feed; trying again");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RECONNECT_PAUSE_MAX);
                 continue;
             }
         };
         match follow(&shared, &mut conn, &mut at, block, &events).await {
             Ok(()) => return,
             Err(e) => {
+                shared.reader_lost();
                 tracing::warn!(error = %e, "lost the change feed; reconnecting");
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -93,6 +107,10 @@ async fn follow(
             .query_async(conn)
             .await
             .map_err(|e| unavailable("read the feed", e))?;
+        if events.is_closed() {
+            // The store stopped (or never finished opening).
+            return Ok(());
+        }
         shared.reader_read();
         if !ready {
             ready = true;
@@ -112,13 +130,18 @@ async fn follow(
             let id = entry.id.clone();
             let sent = match parse(entry) {
                 Entry::Event(event) if event.seq <= at.seq => {
-                    // A seq handed out again: Redis lost commits.
+                    // A seq handed out again: Redis lost commits. `lost`
+                    // moves past the stream's end; the rest of this batch
+                    // is covered by the reload.
                     tracing::error!(
                         seq = event.seq,
                         last = at.seq,
                         "the feed went back; Redis lost commits"
                     );
-                    lost(shared, conn, at, events).await?
+                    if !lost(shared, conn, at, events).await? {
+                        return Ok(());
+                    }
+                    break;
                 }
                 Entry::Event(event) => {
                     let mut open = true;

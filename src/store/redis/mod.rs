@@ -60,15 +60,22 @@
 //! stopped serving before Redis forgets its lease, and so before any other
 //! node stops waiting for it in [`Backend::confirm`], which waits for every
 //! node that holds a lease to have applied the change. A node that lapsed
-//! (or starts) renews but serves again only once it has applied every commit
-//! made meanwhile (its applied seq reaches the counter the renewal returned).
+//! (or starts) takes a lease and serves again only once it has applied every
+//! commit made meanwhile: its renewal takes the lease only when the seq it
+//! applied has reached the counter, read in the same script, so every commit
+//! after that waits for it and every commit before it is one it applied;
+//! until then, no one waits for a node that serves nothing (a node starting
+//! with a large store does not hold the others' changes back while it loads).
 //! A process paused past its deadline (a stopped VM, `SIGSTOP`) refuses from
 //! its first request after it wakes: the gate compares the monotonic clock
 //! with the deadline on every request ([`Lease::serving`]), before any timer
 //! of the node has run.
 
+mod connect;
 mod feed;
+mod read;
 mod renew;
+mod write;
 #[cfg(test)]
 mod tests;
 
@@ -79,12 +86,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::streams::StreamRangeReply;
-use redis::{Client, RedisError, Script};
+use redis::{Client, Script};
 
+use self::connect::{
+    check_durability, connect_retrying, position, without_password, CONNECT_BUDGET,
+};
+use self::read::{hscan_page, parse_org, parse_token};
 use super::backend::{
-    AuditEvent, Backend, BackendError, BoxFuture, Change, Commit, Dump, Loading, OrgBatches,
-    OrgRecord, Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,
+    AuditEvent, Backend, BackendError, BoxFuture, Commit, Dump, Loading, OrgBatches, OrgRecord,
+    Restored, Seq, Snapshot, Subscription, FEED_CAPACITY,
 };
 use super::Lease;
 use crate::org::OrgId;
@@ -93,11 +103,12 @@ use crate::token::TokenRecord;
 /// How to reach the cluster's Redis and who this node is.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// The Redis server, as a `redis://` (or `rediss://`) URL; its password
-    /// is never shown in an error.
+    /// The Redis server, as a `redis://[user:password@]host:port[/db]` URL
+    /// (TLS, `rediss://`, is not built in); its password is never shown in
+    /// an error.
     pub redis_url: String,
     /// The cluster's name: every key starts with `kg:{<name>}:`, so several
-    /// clusters can share one Redis.
+    /// clusters can share one Redis. Non-empty, without braces.
     pub name: String,
     /// How long a node may serve after its last renewal (see the module's
     /// timing argument); at least [`MIN_LEASE`].
@@ -118,14 +129,6 @@ pub const FEED_MAXLEN: u64 = 100_000;
 /// The shortest lease [`RedisBackend::connect`] takes: renewals run every
 /// quarter lease, and each is a durable write.
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
-
-/// How long [`RedisBackend::connect`] tries to reach Redis in all.
-const CONNECT_BUDGET: Duration = Duration::from_secs(25);
-
-/// How many times `connect` tries, and the pause before the second try,
-/// doubled for each one after.
-const CONNECT_ATTEMPTS: u32 = 5;
-const CONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// How long one connection attempt may take.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -178,6 +181,9 @@ struct Shared {
     /// Woken when the reader first reads after (re)connecting, so the node
     /// renews at once rather than a period later.
     reader_ready: tokio::sync::Notify,
+    /// Renewals Redis answered, for tests to see that one happened.
+    #[cfg(test)]
+    renewals: AtomicU64,
 }
 
 /// A place on the feed stream.
@@ -261,28 +267,6 @@ fn unavailable(what: &str, e: impl fmt::Display) -> BackendError {
     BackendError::Unavailable(format!("Redis {what}: {e}"))
 }
 
-/// `url` without its password, for messages and logs.
-fn without_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = userinfo.split(':').next().unwrap_or("");
-    let shown_user = if userinfo.contains(':') {
-        format!("{user}:***")
-    } else {
-        // A lone userinfo is the password in Redis URLs (`redis://secret@host`)
-        // when no user is given, so it is hidden too.
-        "***".to_owned()
-    };
-    format!("{}{shown_user}{}", &url[..scheme_end + 3], &rest[at..])
-}
-
 impl RedisBackend {
     /// Connects to the cluster's Redis, checks that it makes every write
     /// durable before replying, and notes where the feed stands (what a
@@ -294,6 +278,12 @@ impl RedisBackend {
     /// `allow_unsafe_durability` is not set (the message names the setting),
     /// or when the lease is shorter than [`MIN_LEASE`].
     pub async fn connect(opts: ClusterOptions) -> Result<RedisBackend, BackendError> {
+        if opts.name.is_empty() || opts.name.contains(['{', '}']) {
+            return Err(BackendError::Unavailable(format!(
+                "the cluster name {:?} cannot name Redis keys: it must be non-empty, without braces",
+                opts.name
+            )));
+        }
         if opts.lease < MIN_LEASE {
             return Err(BackendError::Unavailable(format!(
                 "a lease of {:?} is too short; the cluster needs at least {MIN_LEASE:?}",
@@ -330,6 +320,8 @@ impl RedisBackend {
             reader_ok: AtomicU64::new(0),
             base: Instant::now(),
             reader_ready: tokio::sync::Notify::new(),
+            #[cfg(test)]
+            renewals: AtomicU64::new(0),
         };
         Ok(RedisBackend {
             shared: Arc::new(shared),
@@ -361,216 +353,6 @@ impl RedisBackend {
             task.abort();
         }
     }
-
-    /// Every org, read in batches.
-    async fn read_orgs(&self) -> Result<Vec<OrgRecord>, BackendError> {
-        let mut orgs = Vec::new();
-        let mut conn = self.shared.conn.clone();
-        let mut seen = HashSet::new();
-        let mut cursor = 0;
-        loop {
-            let (next, pairs) = hscan_page(&mut conn, &self.shared.keys.orgs, cursor).await?;
-            for (id, json) in pairs {
-                // HSCAN may return one field twice; the store refuses a
-                // twice-loaded org as corrupt, so only the first counts.
-                if seen.insert(id.clone()) {
-                    orgs.push(parse_org(&id, &json)?);
-                }
-            }
-            if next == 0 {
-                return Ok(orgs);
-            }
-            cursor = next;
-        }
-    }
-
-    /// Every token, read in batches.
-    async fn read_tokens(&self) -> Result<Vec<TokenRecord>, BackendError> {
-        let mut tokens = Vec::new();
-        let mut conn = self.shared.conn.clone();
-        let mut seen = HashSet::new();
-        let mut cursor = 0;
-        loop {
-            let (next, pairs) = hscan_page(&mut conn, &self.shared.keys.tokens, cursor).await?;
-            for (name, json) in pairs {
-                if seen.insert(name.clone()) {
-                    tokens.push(parse_token(&name, &json)?);
-                }
-            }
-            if next == 0 {
-                return Ok(tokens);
-            }
-            cursor = next;
-        }
-    }
-
-    async fn read_audit(&self, org: &str) -> Result<Vec<AuditEvent>, BackendError> {
-        let key = self.shared.keys.audit(org);
-        let mut conn = self.shared.conn.clone();
-        let mut events = Vec::new();
-        let mut from = "-".to_owned();
-        loop {
-            let page: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg(&from)
-                .arg("+")
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| unavailable("read audit", e))?;
-            let n = page.ids.len();
-            for entry in page.ids {
-                let json = entry_field(&entry.map, "event").ok_or_else(|| {
-                    BackendError::Corrupt(format!("audit entry {} of {org} has no event", entry.id))
-                })?;
-                events.push(serde_json::from_str(&json).map_err(|e| {
-                    BackendError::Corrupt(format!("audit entry {} of {org}: {e}", entry.id))
-                })?);
-                from = format!("({}", entry.id);
-            }
-            if n < BATCH {
-                return Ok(events);
-            }
-        }
-    }
-
-    /// Checks and applies `commits` in one script; the last one's seq.
-    async fn commit_many(&self, commits: &[Commit]) -> Result<Seq, BackendError> {
-        let keys = &self.shared.keys;
-        let mut call = self.shared.scripts.commit.prepare_invoke();
-        call.key(&keys.orgs)
-            .key(&keys.tokens)
-            .key(&keys.seq)
-            .key(&keys.feed)
-            .key(&keys.audited);
-        for c in commits {
-            call.key(keys.audit(c.event.org.as_str()));
-        }
-        call.arg(FEED_MAXLEN).arg(commits.len());
-        for c in commits {
-            let event = to_json(&c.event)?;
-            match &c.change {
-                Change::Org { record, expected } => {
-                    call.arg("org")
-                        .arg(record.id.as_str())
-                        .arg(expected.map(|v| v.to_string()).unwrap_or_default())
-                        .arg(to_json(record)?);
-                }
-                Change::PutToken(t) => {
-                    call.arg("put").arg(&t.name).arg("").arg(to_json(t)?);
-                }
-                Change::DeleteToken(name) => {
-                    call.arg("del").arg(name).arg("").arg("");
-                }
-            }
-            call.arg(c.event.org.as_str()).arg(event);
-        }
-        let mut conn = self.shared.conn.clone();
-        let (outcome, n): (String, u64) = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("commit", e))?;
-        match outcome.as_str() {
-            "ok" => Ok(n),
-            "conflict" => {
-                let failed = usize::try_from(n)
-                    .ok()
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| commits.get(i));
-                Err(match failed {
-                    Some(c) => c.change.refused(),
-                    None => BackendError::Corrupt(format!("the commit script refused commit {n}")),
-                })
-            }
-            other => Err(BackendError::Corrupt(format!(
-                "the commit script answered {other:?}"
-            ))),
-        }
-    }
-
-    async fn restore_dump(&self, dump: Dump) -> Result<Restored, BackendError> {
-        let keys = &self.shared.keys;
-        let mut call = self.shared.scripts.restore.prepare_invoke();
-        call.key(&keys.orgs)
-            .key(&keys.tokens)
-            .key(&keys.seq)
-            .key(&keys.feed)
-            .key(&keys.audited);
-        // One KEYS entry per org with events, numbered from 1.
-        let mut streams: std::collections::HashMap<&str, usize> = Default::default();
-        for e in &dump.audit {
-            let next = streams.len() + 1;
-            let k = *streams.entry(e.org.as_str()).or_insert(next);
-            if k == next {
-                call.key(keys.audit(e.org.as_str()));
-            }
-        }
-        call.arg(FEED_MAXLEN)
-            .arg(&keys.audit_prefix)
-            .arg(dump.orgs.len())
-            .arg(dump.tokens.len())
-            .arg(dump.audit.len());
-        for o in &dump.orgs {
-            call.arg(o.id.as_str()).arg(to_json(o)?);
-        }
-        for t in &dump.tokens {
-            call.arg(&t.name).arg(to_json(t)?);
-        }
-        for e in &dump.audit {
-            call.arg(streams[e.org.as_str()])
-                .arg(e.org.as_str())
-                .arg(to_json(e)?);
-        }
-        let mut conn = self.shared.conn.clone();
-        let answer: Vec<redis::Value> = call
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("restore", e))?;
-        let answer: Vec<String> = answer
-            .into_iter()
-            .map(redis::from_redis_value)
-            .collect::<Result<_, _>>()
-            .map_err(|e| BackendError::Corrupt(format!("the restore script answered: {e}")))?;
-        let count = |i: usize| {
-            answer
-                .get(i)
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        match answer.first().map(String::as_str) {
-            Some("done") => Ok(Restored::Done),
-            Some("not_empty") => Ok(Restored::NotEmpty {
-                orgs: count(1),
-                tokens: count(2),
-                audit_events: count(3),
-            }),
-            other => Err(BackendError::Corrupt(format!(
-                "the restore script answered {other:?}"
-            ))),
-        }
-    }
-
-    async fn read_dump(&self) -> Result<Dump, BackendError> {
-        let orgs = self.read_orgs().await?;
-        let tokens = self.read_tokens().await?;
-        let mut conn = self.shared.conn.clone();
-        let mut audited: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&self.shared.keys.audited)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("read audit", e))?;
-        audited.sort();
-        let mut audit = Vec::new();
-        for org in audited {
-            audit.extend(self.read_audit(&org).await?);
-        }
-        Ok(Dump {
-            orgs,
-            tokens,
-            audit,
-        })
-    }
 }
 
 impl Drop for RedisBackend {
@@ -589,167 +371,6 @@ impl Drop for RedisBackend {
             }
         }
     }
-}
-
-/// Connects, trying [`CONNECT_ATTEMPTS`] times with a growing pause.
-async fn connect_retrying(client: &Client) -> Result<ConnectionManager, RedisError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let mut pause = CONNECT_PAUSE;
-    let mut attempt = 1;
-    loop {
-        let tried = async {
-            let mut conn = client
-                .get_connection_manager_with_config(config.clone())
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            Ok(conn)
-        };
-        match tried.await {
-            Ok(conn) => return Ok(conn),
-            Err(e) if attempt >= CONNECT_ATTEMPTS => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, attempt, "cannot reach Redis yet; trying again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-                attempt += 1;
-            }
-        }
-    }
-}
-
-/// Refuses a Redis that may lose an acknowledged write, unless told not to.
-async fn check_durability(
-    conn: &mut ConnectionManager,
-    url: &str,
-    allow_unsafe: bool,
-) -> Result<(), BackendError> {
-    let needs =
-        "keygate needs appendonly yes and appendfsync always (or allow_unsafe_durability = true)";
-    let setting = |name: &'static str| {
-        let mut conn = conn.clone();
-        async move {
-            let pairs: Vec<String> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg(name)
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, RedisError>(pairs.get(1).cloned().unwrap_or_default())
-        }
-    };
-    let read = async {
-        Ok::<_, RedisError>((setting("appendonly").await?, setting("appendfsync").await?))
-    };
-    let problem = match read.await {
-        Ok((appendonly, _)) if appendonly != "yes" => {
-            format!("Redis at {url} has appendonly {appendonly}; {needs}")
-        }
-        Ok((_, appendfsync)) if appendfsync != "always" => {
-            format!("Redis at {url} has appendfsync {appendfsync}; {needs}")
-        }
-        Ok(_) => return Ok(()),
-        Err(e) => format!("could not verify that Redis at {url} fsyncs every write (CONFIG GET failed: {e}); {needs}"),
-    };
-    if allow_unsafe {
-        tracing::warn!(
-            "{problem}; starting anyway: an acknowledged change may be lost if Redis crashes"
-        );
-        Ok(())
-    } else {
-        Err(BackendError::Unavailable(problem))
-    }
-}
-
-/// Where the feed stands now: its last entry and the counter, read in one
-/// step.
-async fn position(conn: &mut ConnectionManager, keys: &Keys) -> Result<Position, BackendError> {
-    let (seq, last): (Option<u64>, StreamRangeReply) = redis::pipe()
-        .atomic()
-        .cmd("GET")
-        .arg(&keys.seq)
-        .cmd("XREVRANGE")
-        .arg(&keys.feed)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
-        .await
-        .map_err(|e| unavailable("read the feed's position", e))?;
-    Ok(Position {
-        id: last
-            .ids
-            .into_iter()
-            .next()
-            .map(|e| e.id)
-            .unwrap_or_else(|| "0-0".to_owned()),
-        seq: seq.unwrap_or(0),
-    })
-}
-
-/// One `HSCAN` page of the hash `key`: the next cursor (0 when done) and
-/// (field, value) pairs.
-async fn hscan_page(
-    conn: &mut ConnectionManager,
-    key: &str,
-    cursor: u64,
-) -> Result<(u64, Vec<(String, String)>), BackendError> {
-    let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-        .arg(key)
-        .arg(cursor)
-        .arg("COUNT")
-        .arg(BATCH)
-        .query_async(conn)
-        .await
-        .map_err(|e| unavailable("read", e))?;
-    let mut pairs = Vec::with_capacity(flat.len() / 2);
-    let mut flat = flat.into_iter();
-    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-        pairs.push((k, v));
-    }
-    Ok((next, pairs))
-}
-
-fn to_json(value: &impl serde::Serialize) -> Result<String, BackendError> {
-    // keygate's records are plain data with string keys: serializing cannot fail.
-    serde_json::to_string(value)
-        .map_err(|e| BackendError::Corrupt(format!("cannot encode a record: {e}")))
-}
-
-fn parse_org(id: &str, json: &str) -> Result<OrgRecord, BackendError> {
-    let record: OrgRecord = serde_json::from_str(json)
-        .map_err(|e| BackendError::Corrupt(format!("org {id} in Redis: {e}")))?;
-    if record.id.as_str() != id {
-        return Err(BackendError::Corrupt(format!(
-            "org {id} in Redis holds the record of {}",
-            record.id
-        )));
-    }
-    Ok(record)
-}
-
-fn parse_token(name: &str, json: &str) -> Result<TokenRecord, BackendError> {
-    let record: TokenRecord = serde_json::from_str(json)
-        .map_err(|e| BackendError::Corrupt(format!("token {name} in Redis: {e}")))?;
-    if record.name != name {
-        return Err(BackendError::Corrupt(format!(
-            "token {name} in Redis holds the record of {}",
-            record.name
-        )));
-    }
-    Ok(record)
-}
-
-/// A stream entry's field as a string.
-fn entry_field(
-    map: &std::collections::HashMap<String, redis::Value>,
-    name: &str,
-) -> Option<String> {
-    map.get(name)
-        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
 }
 
 impl Shared {

@@ -40,8 +40,9 @@ async fn renew_once(shared: &Shared, applied: Seq) {
     let lease_ms = u64::try_from(shared.lease_len.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
+    let serving = shared.lease.serving_at(t0);
     let mut conn = shared.conn.clone();
-    let renewed: Result<(u32, Seq), _> = shared
+    let renewed: Result<(u32, Seq, u8), _> = shared
         .scripts
         .renew
         .key(&shared.keys.nodes)
@@ -50,14 +51,21 @@ async fn renew_once(shared: &Shared, applied: Seq) {
         .arg(&shared.node)
         .arg(lease_ms)
         .arg(applied)
+        .arg(u8::from(serving))
         .invoke_async(&mut conn)
         .await;
     match renewed {
-        Ok((live, seq)) => {
+        Ok((live, seq, held)) => {
+            #[cfg(test)]
+            shared
+                .renewals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.lease.set_live_nodes(live);
-            // A node that lapsed (or starts) serves again only once it has
-            // applied everything committed meanwhile.
-            if shared.lease.serving() || applied >= seq {
+            // A node that lapsed (or starts) holds a lease, and serves,
+            // only once it has applied everything committed meanwhile; one
+            // that served until just now and is behind holds it (others
+            // wait for it) but serves only once it caught up.
+            if held == 1 && (shared.lease.serving() || applied >= seq) {
                 shared.lease.extend(t0 + shared.lease_len.mul_f64(0.9));
             }
         }

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::connect::without_password;
 use super::*;
 use crate::clock::{ManualClock, Timestamp};
 use crate::key::ApiKey;
-use crate::org::{Action, Actor, LimitOverrides, Limits, OrgState};
-use crate::store::{Event, Feed, Store};
+use crate::org::{Action, Actor, LimitOverrides, Limits, OpError, OrgState};
+use crate::store::{Change, Event, Feed, Store};
 use crate::token::{Role, TokenDigest};
 
 const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -32,6 +33,8 @@ pub(crate) struct RedisServer {
     child: Child,
     port: u16,
     dir: TempDir,
+    /// Arguments the test added, kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -39,6 +42,12 @@ impl RedisServer {
     /// installed and this is not CI; under CI (`CI` set) a missing
     /// `redis-server` fails the test.
     pub(crate) async fn start() -> Option<RedisServer> {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// Starts one as [`start`](RedisServer::start) does, with `extra`
+    /// arguments for `redis-server`.
+    pub(crate) async fn start_with(extra: &[&str]) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -53,8 +62,14 @@ impl RedisServer {
         for _ in 0..5 {
             let dir = TempDir::new().expect("a temporary folder");
             let port = free_port();
-            let child = spawn(port, &dir);
-            let mut server = RedisServer { child, port, dir };
+            let extra: Vec<String> = extra.iter().map(|&a| a.to_owned()).collect();
+            let child = spawn(port, &dir, &extra);
+            let mut server = RedisServer {
+                child,
+                port,
+                dir,
+                extra,
+            };
             if server.answers().await {
                 return Some(server);
             }
@@ -73,7 +88,12 @@ impl RedisServer {
     /// same port and folder: it loads its append-only file.
     pub(crate) async fn crash_and_restart(&mut self) {
         self.kill();
-        self.child = spawn(self.port, &self.dir);
+        self.restart().await;
+    }
+
+    /// Starts the server again after [`kill`](RedisServer::kill).
+    pub(crate) async fn restart(&mut self) {
+        self.child = spawn(self.port, &self.dir, &self.extra);
         assert!(self.answers().await, "redis-server did not restart");
     }
 
@@ -120,7 +140,8 @@ impl RedisServer {
         false
     }
 
-    fn kill(&mut self) {
+    /// Kills the server (SIGKILL).
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -132,7 +153,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(port: u16, dir: &TempDir) -> Child {
+fn spawn(port: u16, dir: &TempDir, extra: &[String]) -> Child {
     Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
@@ -145,6 +166,7 @@ fn spawn(port: u16, dir: &TempDir) -> Child {
             "--save",
             "",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -345,6 +367,22 @@ async fn load_into_sends_the_count_first_and_every_org_once_in_batches() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 2500);
+}
+
+#[tokio::test]
+async fn a_large_batch_is_refused_whole_when_its_last_commit_fails() {
+    let server = server!();
+    let b = node(&server, "a").await;
+    b.commit(provision("org-0149")).await.unwrap();
+    // More than a command's worth: sent on a connection of its own.
+    let batch: Vec<Commit> = (0..150)
+        .map(|i| provision(&format!("org-{i:04}")))
+        .collect();
+    let refused = b.commit_all(batch.clone()).await.unwrap_err();
+    assert_eq!(refused, batch[149].change.refused());
+    assert_eq!(b.load().await.unwrap().orgs.len(), 1);
+    b.commit_all(batch[..149].to_vec()).await.unwrap();
+    assert_eq!(b.load().await.unwrap().orgs.len(), 150);
 }
 
 #[tokio::test]
@@ -567,6 +605,43 @@ async fn a_counter_that_went_back_makes_the_reader_resync_and_is_raised_again() 
 }
 
 #[tokio::test]
+async fn seqs_handed_out_again_make_the_reader_resync_once_and_go_on() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let mut feed = a.subscribe().unwrap();
+    a.commit(provision("acme")).await.unwrap();
+    a.commit(provision("globex")).await.unwrap();
+    assert_eq!(next(&mut feed).await.seq, 1);
+    assert_eq!(next(&mut feed).await.seq, 2);
+    // As if a promoted replica had handed out 1 and 2 again: both entries
+    // arrive in one read.
+    let mut conn = server.conn().await;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for seq in [1, 2] {
+        pipe.cmd("XADD")
+            .arg("kg:{test}:feed")
+            .arg("*")
+            .arg("seq")
+            .arg(seq)
+            .arg("kind")
+            .arg("del")
+            .arg("payload")
+            .arg("ops");
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    assert_eq!(
+        next(&mut feed).await,
+        Event {
+            seq: 2,
+            feed: Feed::Resync
+        }
+    );
+    assert_eq!(a.commit(provision("initech")).await.unwrap(), 3);
+    assert_eq!(next(&mut feed).await.seq, 3);
+}
+
+#[tokio::test]
 async fn a_node_serves_once_subscribed_and_counts_the_live_nodes() {
     let server = server!();
     let a = node(&server, "a").await;
@@ -683,6 +758,26 @@ async fn connect_refuses_a_redis_that_does_not_fsync_every_write_unless_allowed(
 }
 
 #[tokio::test]
+async fn connect_refuses_a_redis_whose_persistence_it_cannot_read_unless_allowed() {
+    let server = match RedisServer::start_with(&["--rename-command", "CONFIG", ""]).await {
+        Some(server) => server,
+        None => return,
+    };
+    let refused = RedisBackend::connect(server.options("a", LEASE))
+        .await
+        .unwrap_err();
+    let why = refused.to_string();
+    assert!(why.contains("could not verify"), "{why}");
+    assert!(why.contains("allow_unsafe_durability"), "{why}");
+    RedisBackend::connect(ClusterOptions {
+        allow_unsafe_durability: true,
+        ..server.options("a", LEASE)
+    })
+    .await
+    .expect("allowed");
+}
+
+#[tokio::test]
 async fn connect_to_a_closed_port_fails_within_its_bound_naming_the_url_without_its_password() {
     let port = free_port();
     let started = Instant::now();
@@ -761,12 +856,72 @@ async fn a_subscribed_node_follows_the_feed_across_a_crash_of_redis() {
 }
 
 #[tokio::test]
-async fn connect_refuses_a_lease_too_short_to_renew() {
+async fn a_node_stops_serving_when_redis_is_gone_and_serves_again_once_it_is_back() {
+    let mut server = server!();
+    let (a, _feed) = serving_node(&server, "a", Duration::from_millis(800)).await;
+    let lease = a.lease().unwrap();
+    server.kill();
+    until("A stops serving", || !lease.serving()).await;
+    server.restart().await;
+    until("A serves again", || lease.serving()).await;
+}
+
+#[tokio::test]
+async fn a_node_that_is_behind_takes_no_lease_and_serves_only_once_it_applied_what_was_committed() {
+    let server = server!();
+    let (a, feed_a) = serving_node(&server, "a", LEASE).await;
+    // B's place on the feed is taken before A's commit.
+    let b = node(&server, "b").await;
+    let seq = a.commit(provision("acme")).await.unwrap();
+    feed_a.applied(seq);
+    let feed_b = b.subscribe().unwrap();
+    // B renews twice, but holds no lease: it serves nothing, and A's
+    // changes do not wait for it.
+    let renewed = &b.shared.renewals;
+    until("B renewed twice", || renewed.load(Ordering::Relaxed) >= 2).await;
+    let lease = b.lease().unwrap();
+    assert!(!lease.serving());
+    tokio::time::timeout(PATIENCE, a.confirm(seq))
+        .await
+        .expect("A's change waited for a node that serves nothing")
+        .unwrap();
+    // Once B applied it, it takes the lease and serves, and the next change
+    // waits for it.
+    feed_b.applied(seq);
+    until("B serves", || lease.serving()).await;
+    until("A counts B", || a.lease().unwrap().live_nodes() == 2).await;
+    let next_seq = a.commit(provision("globex")).await.unwrap();
+    feed_a.applied(next_seq);
+    let confirming = tokio::spawn({
+        let a = Arc::new(a);
+        async move { a.confirm(next_seq).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!confirming.is_finished(), "confirmed before B applied it");
+    feed_b.applied(next_seq);
+    tokio::time::timeout(PATIENCE, confirming)
+        .await
+        .expect("confirmed once B applied it")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connect_refuses_a_lease_too_short_to_renew_and_a_name_that_breaks_the_hash_tag() {
     let server = server!();
     let refused = RedisBackend::connect(server.options("a", Duration::from_millis(10)))
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("too short"), "{refused}");
+    for name in ["", "a}b"] {
+        let refused = RedisBackend::connect(ClusterOptions {
+            name: name.into(),
+            ..server.options("a", LEASE)
+        })
+        .await
+        .unwrap_err();
+        assert!(refused.to_string().contains("without braces"), "{refused}");
+    }
 }
 
 /// Whether `store`'s gate would let `key` through for `org`.
@@ -850,4 +1005,131 @@ async fn a_store_reopened_over_redis_holds_what_was_committed() {
     assert!(accepts(&a, "acme", &key));
     assert_eq!(a.version_of("acme"), Some(2));
     assert_eq!(a.audit("acme").await.unwrap().len(), 2);
+}
+
+/// Two stores (two nodes) over one Redis, and the backend the test reads
+/// the stored truth from.
+async fn two_stores(server: &RedisServer) -> (Store, Store, RedisBackend) {
+    let a = store(server, "a").await;
+    let b = store(server, "b").await;
+    let reader = node(server, "reader").await;
+    (a, b, reader)
+}
+
+#[tokio::test]
+async fn a_provision_racing_one_on_the_other_store_answers_org_exists() {
+    let server = server!();
+    let (a, b, _) = two_stores(&server).await;
+    let (ra, rb) = tokio::join!(
+        a.provision(
+            org("acme"),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider
+        ),
+        b.provision(
+            org("acme"),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider
+        ),
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+        other => panic!("expected one provision to win: {other:?}"),
+    };
+    assert!(matches!(lost, OpError::OrgExists), "{lost:?}");
+    // The winner's confirm waited for both: no waiting here.
+    assert_eq!(a.view("acme").unwrap(), won);
+    assert_eq!(b.view("acme").unwrap(), won);
+}
+
+#[tokio::test]
+async fn a_token_name_taken_on_the_other_store_first_answers_token_exists() {
+    let server = server!();
+    let (a, b, _) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    let (ra, rb) = tokio::join!(
+        a.create_token("alice", Role::Admin, "acme"),
+        b.create_token("alice", Role::Admin, "acme"),
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(v), Err(e)) | (Err(e), Ok(v)) => (v, e),
+        other => panic!("expected one create to win: {other:?}"),
+    };
+    assert!(matches!(lost, OpError::TokenExists), "{lost:?}");
+    let digest = TokenDigest::of(&won.1);
+    until("both know the token", || {
+        a.token(&digest).is_some() && b.token(&digest).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_regenerates_on_two_stores_leave_one_key_and_version_everywhere() {
+    let server = server!();
+    let (a, b, reader) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    for round in 0..50u64 {
+        let (ra, rb) = tokio::join!(
+            tokio::spawn({
+                let a = a.clone();
+                async move { a.regenerate("acme", Actor::Provider).await }
+            }),
+            tokio::spawn({
+                let b = b.clone();
+                async move { b.regenerate("acme", Actor::Provider).await }
+            }),
+        );
+        // Both succeed: the one that lost the race decided again and won;
+        // each returned only once both stores served its key.
+        let (ra, rb) = (ra.unwrap().unwrap(), rb.unwrap().unwrap());
+        let stored = reader.org(&org("acme")).await.unwrap().unwrap();
+        assert_eq!(stored.version, 1 + 2 * (round + 1), "round {round}");
+        let key = stored.state.key.unwrap();
+        let (ka, kb) = (ra.state.key.unwrap(), rb.state.key.unwrap());
+        assert!(key.ct_eq(&ka) || key.ct_eq(&kb), "round {round}");
+        for s in [&a, &b] {
+            assert_eq!(s.version_of("acme"), Some(stored.version), "round {round}");
+            assert!(accepts(s, "acme", &key), "round {round}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_import_into_redis_reaches_a_running_store_by_resync() {
+    let server = server!();
+    let running = store(&server, "a").await;
+    let importer = node(&server, "import").await;
+    let imported = state();
+    let dump = Dump {
+        orgs: vec![OrgRecord {
+            id: org("acme"),
+            state: imported.clone(),
+            version: 7,
+        }],
+        tokens: vec![token("ops", "acme")],
+        audit: vec![event("acme", "provisioned")],
+    };
+    assert_eq!(importer.restore(dump).await.unwrap(), Restored::Done);
+    until("the running store reloaded", || {
+        running.version_of("acme") == Some(7) && running.token(&TokenDigest::of("ops")).is_some()
+    })
+    .await;
+    until("it serves again", || running.serving()).await;
+    assert_eq!(running.view("acme").unwrap().state, imported);
 }
