@@ -981,3 +981,46 @@ async fn check_with_a_cluster_config_says_it_checks_the_embedded_store_only() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// No per-node count saving in a cluster
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_saves_no_counts_of_its_own_and_stops_cleanly_on_sigterm() {
+    let Some(redis) = Redis::start() else { return };
+    let world = World::new().await;
+    let config = world.node_config("a", &redis.url(), "");
+    // A single node would save its windows every 10 ms and once more at stop,
+    // logging each save at debug (tests/restart_counts.rs waits for that line).
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[store]\n", "[store]\ncount_flush_ms = 10\n"),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(
+        "node A",
+        serve_command(&config, "info,keygate::store::counts=debug"),
+    );
+    let (proxy, admin) = proc.listening(START_LIMIT).await;
+    let node = Node {
+        name: "node A",
+        proc,
+        proxy,
+        admin,
+        provider: world.provider.clone(),
+        client: http_client(),
+    };
+    let key = node.provision("acme").await;
+    for i in 0..20 {
+        assert_eq!(node.call("acme", &key).await.status, 200, "call {i}");
+    }
+    let mut proc = node.proc;
+    proc.signal("TERM");
+    let status = proc.wait_exit(EXIT_LIMIT).await;
+    assert!(status.success(), "{status}: {}", proc.stderr());
+    let stderr = proc.stderr();
+    assert!(stderr.contains("keygate stopped"), "{stderr}");
+    assert!(!stderr.contains("call counts persisted"), "{stderr}");
+}
