@@ -120,13 +120,20 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logs();
-            export(&config.store.path)
+            export(&config)
         }
         Command::Check { config } => {
             let config = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if config.cluster.is_some() {
+                eprintln!(
+                    "keygate check: checks the embedded store only ({}); in cluster mode \
+                     the state is in Redis, which this does not check",
+                    config.store.path.display()
+                );
+            }
             check(&config.store.path)
         }
         Command::CheckConfig { config } => check_config(&config),
@@ -210,26 +217,55 @@ async fn import_from(
 ) -> anyhow::Result<keygate::store::Imported> {
     use keygate::clock::Clock;
     let input = keygate::store::read_input(input)?;
-    let backend = keygate::store::RedbBackend::open(&config.store.path)?;
+    let backend = keygate::server::open_backend(config, keygate::server::Purpose::Import).await?;
     let now = keygate::clock::SystemClock::new().now();
-    Ok(input.load_into(&backend, now).await?)
+    Ok(input.load_into(&*backend, now).await?)
 }
 
 /// `keygate export`: exit 2 when the store cannot be opened (missing, in use,
-/// refused), 1 when reading or writing failed partway.
-fn export(path: &std::path::Path) -> ExitCode {
-    let backend = match keygate::store::RedbBackend::open_existing(path) {
-        Ok(b) => b,
+/// refused; or the cluster's Redis unreachable), 1 when reading or writing
+/// failed partway.
+fn export(config: &keygate::config::Config) -> ExitCode {
+    let source = match &config.cluster {
+        Some(cluster) => format!(
+            "cluster {} at {}",
+            cluster.name,
+            cluster.redis_url_redacted()
+        ),
+        None => config.store.path.display().to_string(),
+    };
+    // One runtime for the open and the export: a cluster backend's tasks
+    // (lease, feed) live on the runtime it was opened on.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("keygate export: {e}");
-            return ExitCode::from(2);
+            eprintln!("keygate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    run(async move {
+    runtime.block_on(async {
+        let backend =
+            match keygate::server::open_backend(config, keygate::server::Purpose::Export).await {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("keygate export: {e}");
+                    return ExitCode::from(2);
+                }
+            };
         let mut out = std::io::BufWriter::new(std::io::stdout());
-        let counts = keygate::store::export(&backend, &mut out).await?;
-        eprintln!("keygate export: {}: {counts}", path.display());
-        Ok::<(), keygate::store::ExportError>(())
+        match keygate::store::export(&*backend, &mut out).await {
+            Ok(counts) => {
+                eprintln!("keygate export: {source}: {counts}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keygate: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

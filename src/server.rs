@@ -1,7 +1,9 @@
 //! Running keygate: the store, the proxy listener and the admin listener, and
 //! their orderly end.
 //!
-//! [`start`] opens the store (refusing a corrupt one before anything binds),
+//! [`start`] opens the store the config names ([`open_backend`]: the embedded
+//! redb file, or in cluster mode the shared Redis), refusing a corrupt or
+//! unreachable one before anything binds, then
 //! binds both listeners and serves them on the current Tokio runtime; the
 //! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
@@ -33,11 +35,13 @@ use tower_layer::Layer;
 use self::listener::Settings;
 use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{default_public_url, Config};
+use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::access::CountedBody;
 use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
-use crate::store::{Backend, BackendError, CountFlusher, RedbBackend, Store};
+use crate::store::{
+    Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
+};
 use crate::timeout::TimeoutBody;
 
 /// How long [`Running::stop`] lets requests in flight finish.
@@ -63,7 +67,21 @@ pub enum ServeError {
     /// The upstream URL is unusable.
     #[error("proxy.upstream: {0}")]
     Upstream(#[from] crate::proxy::UpstreamError),
+    /// Cluster mode, and the cluster's Redis could not be joined: unreachable,
+    /// no answer within [`CLUSTER_CONNECT_LIMIT`], or refused (for example
+    /// because it does not fsync every write).
+    #[error("cluster: {reason}")]
+    Cluster {
+        /// Why, naming Redis and its URL without the password.
+        reason: String,
+    },
 }
+
+/// How long joining the cluster's Redis may take at start before keygate
+/// gives up: a backstop over the backend's own budget (about 25 s of tries,
+/// which names why it failed), within the contract's 30 s, so an unreachable
+/// or silent Redis ends the process with one clear line rather than a hang.
+pub const CLUSTER_CONNECT_LIMIT: Duration = Duration::from_secs(27);
 
 /// keygate, serving.
 #[derive(Debug)]
@@ -76,7 +94,9 @@ pub struct Running {
     pub store: Store,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    counts: CountFlusher,
+    /// Saves the counts (a single node) or hands back unspent calls (a
+    /// cluster's node) every `store.count_flush_ms`, and once more at stop.
+    counts: Option<CountFlusher>,
 }
 
 /// Choices beyond the config, for the command line.
@@ -88,24 +108,128 @@ pub struct ServeOptions {
     pub bare: bool,
 }
 
-/// Opens the store at `config.store.path` and starts serving.
+/// Opens the store the config names and starts serving.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
     start_opened(config, ServeOptions::default()).await
 }
 
 /// [`start`], with options.
 pub async fn start_opened(config: &Config, options: ServeOptions) -> Result<Running, ServeError> {
+    let backend = open_backend(config, Purpose::Serve).await?;
+    start_with_options(config, backend, Arc::new(SystemClock::new()), options).await
+}
+
+/// What a command opens the store for, which decides how the embedded store
+/// is opened; in cluster mode every purpose joins the cluster's Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Purpose {
+    /// `keygate serve`: the store file is created on first start.
+    Serve,
+    /// `keygate import`: as `Serve`, created when missing.
+    Import,
+    /// `keygate export`: the store must exist already; a missing file is an
+    /// error, not an empty export.
+    Export,
+}
+
+/// The one place a command opens the store its config names: the redb file
+/// at `store.path`, or, with a `[cluster]` section, the cluster's Redis
+/// ([`RedisBackend::connect`], at most [`CLUSTER_CONNECT_LIMIT`]).
+pub async fn open_backend(
+    config: &Config,
+    purpose: Purpose,
+) -> Result<Arc<dyn Backend>, ServeError> {
+    if let Some(cluster) = &config.cluster {
+        return connect_cluster(cluster).await;
+    }
     let path = config.store.path.clone();
-    let backend = tokio::task::spawn_blocking(move || RedbBackend::open(&path))
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
-    start_with_options(
-        config,
-        Arc::new(backend),
-        Arc::new(SystemClock::new()),
-        options,
-    )
+    let backend = tokio::task::spawn_blocking(move || match purpose {
+        Purpose::Export => RedbBackend::open_existing(&path),
+        Purpose::Serve | Purpose::Import => RedbBackend::open(&path),
+    })
     .await
+    .map_err(|e| BackendError::Unavailable(format!("opening the store: {e}")))??;
+    Ok(Arc::new(backend))
+}
+
+/// Joins the cluster's Redis as a node of its own name.
+async fn connect_cluster(cluster: &ClusterConfig) -> Result<Arc<dyn Backend>, ServeError> {
+    let redis = cluster.redis_url_redacted();
+    let node = node_name();
+    tracing::info!(cluster = %cluster.name, node = %node, %redis, "cluster mode: joining");
+    let options = ClusterOptions {
+        redis_url: cluster.redis_url.clone(),
+        name: cluster.name.clone(),
+        lease: cluster.lease,
+        allow_unsafe_durability: cluster.allow_unsafe_durability,
+        node,
+    };
+    let refused = |reason: String| {
+        // In case a client error quotes the URL: never its password.
+        let reason = reason.replace(&cluster.redis_url, &redis);
+        // The contract: the last line on stderr says it is Redis.
+        let reason = if reason.contains("Redis") {
+            reason
+        } else {
+            format!("Redis at {redis}: {reason}")
+        };
+        ServeError::Cluster { reason }
+    };
+    match tokio::time::timeout(CLUSTER_CONNECT_LIMIT, RedisBackend::connect(options)).await {
+        Ok(Ok(backend)) => Ok(Arc::new(backend)),
+        Ok(Err(BackendError::Unavailable(why))) => Err(refused(why)),
+        Ok(Err(e)) => Err(refused(e.to_string())),
+        Err(_) => Err(refused(format!(
+            "unreachable: no answer within {} s",
+            CLUSTER_CONNECT_LIMIT.as_secs()
+        ))),
+    }
+}
+
+/// This process's name among the cluster's nodes, for its lease and the
+/// logs: the host name (or `node`), the process id and 4 random hex digits,
+/// so that a restarted process with a recycled pid is a new node.
+fn node_name() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// How long a node waits at start for its first lease before it listens.
+const FIRST_LEASE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits, at most [`FIRST_LEASE_LIMIT`], until this node's first lease is
+/// established (the backend's renewer runs once the node follows the feed),
+/// so that a node that says it listens also serves. Past the limit it
+/// listens anyway, answering 503 `CLUSTER_UNAVAILABLE` until the lease comes.
+async fn await_lease(lease: &crate::store::Lease) {
+    let deadline = tokio::time::Instant::now() + FIRST_LEASE_LIMIT;
+    while !lease.serving() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "no lease in the cluster after {} s; listening, but answering 503 \
+                 CLUSTER_UNAVAILABLE until one is established",
+                FIRST_LEASE_LIMIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Starts serving over the given backend and clock.
@@ -130,8 +254,13 @@ pub async fn start_with_options(
         .iter()
         .map(Upstream::new)
         .collect::<Result<Vec<_>, _>>()?;
+    // A backend with a lease is shared by several nodes (cluster mode).
+    let lease = backend.lease();
     let store = Store::open(backend, clock, config.limits).await?;
     tracing::info!(orgs = store.len(), "store loaded");
+    if let Some(lease) = &lease {
+        await_lease(lease).await;
+    }
     if config.admin.has_placeholder_token() {
         tracing::warn!(
             "admin.provider_token_sha256 is the example's placeholder (all zeros): no token \
@@ -153,7 +282,11 @@ pub async fn start_with_options(
     let admin_listener = bind("admin", config.admin.listen).await?;
     let proxy_addr = local_addr("proxy", &proxy_listener, config.proxy.listen)?;
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
-    let counts = CountFlusher::spawn(store.clone(), config.store.count_flush);
+    // A single node saves its threshold windows every period; a node of a
+    // cluster saves none of its own (the cluster's windows live in the shared
+    // backend) but hands back, every period, the calls granted to it that it
+    // left unspent for a whole period (`Store::flush_counts`).
+    let counts = Some(CountFlusher::spawn(store.clone(), config.store.count_flush));
 
     let (stop, stopped) = watch::channel(false);
     // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
@@ -280,7 +413,9 @@ impl Running {
                 tracing::error!(error = %e, "a listener task failed");
             }
         }
-        self.counts.stop().await;
+        if let Some(counts) = self.counts {
+            counts.stop().await;
+        }
         tracing::info!("keygate stopped");
     }
 }

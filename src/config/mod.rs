@@ -54,7 +54,9 @@ use http::uri::Uri;
 use http::{HeaderName, Method};
 
 pub use error::ConfigError;
-pub use raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream};
+pub use raw::{
+    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
+};
 
 use crate::gate::{GateConfig, OrgSource};
 use crate::org::Limits;
@@ -80,6 +82,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// Every org's default limits, each within `1..=`[`limits_max`](crate::org::limits_max).
     pub limits: Limits,
+    /// Cluster mode (`[cluster]`): several nodes on one Redis. `None`: one
+    /// node over the embedded store at `store.path`.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The checked `[proxy]` section.
@@ -176,6 +181,83 @@ pub struct StoreConfig {
     /// How often the call counts are saved (`count_flush_ms`): the most a
     /// crash can lose of them is what was counted in one period.
     pub count_flush: Duration,
+}
+
+/// The checked `[cluster]` section.
+///
+/// `Debug` shows the URL without its password; so does
+/// [`redis_url_redacted`](ClusterConfig::redis_url_redacted), for logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The Redis URL as written (`redis://`, `rediss://` or `unix://`),
+    /// checked to be one; it may carry a password, so never log it as is.
+    pub redis_url: String,
+    /// The prefix of every Redis key: 1 to 64 of `A-Z a-z 0-9 _ - .`.
+    pub name: String,
+    /// How long a node that cannot renew its lease keeps serving, 500 ms to 60 s.
+    pub lease: Duration,
+    /// Start against a Redis that does not fsync every write.
+    pub allow_unsafe_durability: bool,
+}
+
+impl ClusterConfig {
+    /// The Redis URL with any password replaced by `***`, for logs and errors.
+    pub fn redis_url_redacted(&self) -> String {
+        redacted_url(&self.redis_url)
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redis_url_redacted())
+            .field("name", &self.name)
+            .field("lease", &self.lease)
+            .field("allow_unsafe_durability", &self.allow_unsafe_durability)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user part (`redis://user:secret@host`)
+/// and of its `pass` / `password` query parameters (`unix:///sock?pass=secret`)
+/// replaced by `***`; everything else as written.
+pub fn redacted_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            // The user part ends at the last `@` before the path.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{name}:***@{host}"),
+                    None => format!("***@{host}"),
+                },
+                None => authority.to_owned(),
+            };
+            format!("{scheme}://{authority}{path}")
+        }
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 impl Config {

@@ -19,6 +19,9 @@ pub struct RawConfig {
     pub store: RawStore,
     /// The limits every org has unless the provider overrides them.
     pub limits: RawLimits,
+    /// `[cluster]`: several nodes on one Redis; absent, keygate is one node
+    /// over its embedded store.
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[proxy]`: how clients reach keygate and how keygate reaches the upstream.
@@ -282,6 +285,54 @@ impl Default for RawStore {
             path: "data/keygate.redb".to_owned(),
             count_flush_ms: 1_000,
         }
+    }
+}
+
+/// `[cluster]`: the Redis that several keygate nodes share, and how long a
+/// node that lost it may keep serving. Its presence turns cluster mode on.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCluster {
+    /// The Redis every node of the cluster uses (`redis://`, `rediss://` or
+    /// `unix://`); required in the section, since it is the cluster's one
+    /// truth. May carry a password, so it is never echoed in an error.
+    pub redis_url: Option<String>,
+    /// The prefix of every Redis key: nodes with one name share one state, so
+    /// one Redis can hold several clusters.
+    pub name: String,
+    /// How long, in milliseconds, a node that cannot renew its lease in Redis
+    /// keeps serving; it bounds how long a change waits for a node that went
+    /// silent.
+    pub lease_ms: i64,
+    /// Start even against a Redis that does not fsync every write, giving up
+    /// "no acknowledged change lost" (for tests and trials only).
+    pub allow_unsafe_durability: bool,
+}
+
+impl Default for RawCluster {
+    /// The contract's defaults; `redis_url` has none.
+    fn default() -> Self {
+        RawCluster {
+            redis_url: None,
+            name: "keygate".to_owned(),
+            lease_ms: 3_000,
+            allow_unsafe_durability: false,
+        }
+    }
+}
+
+/// By hand: the URL may carry a password.
+impl std::fmt::Debug for RawCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCluster")
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(super::redacted_url),
+            )
+            .field("name", &self.name)
+            .field("lease_ms", &self.lease_ms)
+            .field("allow_unsafe_durability", &self.allow_unsafe_durability)
+            .finish()
     }
 }
 

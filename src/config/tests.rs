@@ -107,6 +107,10 @@ fn known_keys() -> Vec<String> {
     };
     raw.proxy.tls = Some(both.clone());
     raw.admin.tls = Some(both);
+    raw.cluster = Some(RawCluster {
+        redis_url: Some(String::new()),
+        ..RawCluster::default()
+    });
     doc_keys(&toml::Table::try_from(&raw).unwrap())
 }
 
@@ -136,9 +140,13 @@ fn the_example_file_sets_every_known_key() {
     let doc: toml::Table = EXAMPLE.parse().unwrap();
     let set = doc_keys(&doc);
     for key in known_keys() {
+        // And `[cluster]`, whose presence turns cluster mode on: the
+        // example shows it commented out.
         if key.ends_with(".tls.cert_path")
             || key.ends_with(".tls.key_path")
             || key == "proxy.upstream_ca_path"
+            || key == "cluster"
+            || key.starts_with("cluster.")
         {
             continue;
         }
@@ -900,4 +908,179 @@ fn the_shipped_all_zeros_digest_is_known_as_the_placeholder() {
         .unwrap()
         .admin
         .has_placeholder_token());
+}
+
+#[test]
+fn without_a_cluster_section_keygate_is_one_node() {
+    assert_eq!(Config::from_toml(&with("")).unwrap().cluster, None);
+}
+
+#[test]
+fn a_cluster_section_has_the_contracts_defaults() {
+    let c =
+        Config::from_toml(&with("[cluster]\nredis_url = \"redis://127.0.0.1:6379/0\"")).unwrap();
+    assert_eq!(
+        c.cluster,
+        Some(ClusterConfig {
+            redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            name: "keygate".to_owned(),
+            lease: Duration::from_millis(3_000),
+            allow_unsafe_durability: false,
+        })
+    );
+}
+
+#[test]
+fn every_cluster_key_is_read() {
+    let c = Config::from_toml(&with(
+        "[cluster]\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\n\
+         name = \"eu-1.prod_A\"\nlease_ms = 1000\nallow_unsafe_durability = true",
+    ))
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(c.redis_url, "rediss://:pw@redis.internal:6380/2");
+    assert_eq!(c.name, "eu-1.prod_A");
+    assert_eq!(c.lease, Duration::from_millis(1_000));
+    assert!(c.allow_unsafe_durability);
+}
+
+#[test]
+fn a_cluster_section_without_a_redis_url_is_refused_naming_the_key() {
+    let e = error(&with("[cluster]\nname = \"x\""));
+    assert!(e.starts_with("config: cluster.redis_url: required"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn each_accepted_redis_url_shape_passes() {
+    for url in [
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1",
+        "redis://localhost:6379",
+        "redis://user:secret@10.0.0.5:6379/15",
+        "redis://:secret@[::1]:6379/0",
+        "rediss://redis.example.com:6380/0?protocol=resp3",
+        "unix:///run/redis/redis.sock",
+        "redis+unix:///run/redis/redis.sock?db=1",
+    ] {
+        let text = with(&format!("[cluster]\nredis_url = \"{url}\""));
+        assert!(Config::from_toml(&text).is_ok(), "{url}: {}", error(&text));
+    }
+}
+
+#[test]
+fn a_bad_redis_url_is_refused_naming_the_key_and_never_its_password() {
+    for url in [
+        "http://:hunter2hunter2@127.0.0.1:6379",
+        "hunter2hunter2",
+        "redis://:hunter2hunter2@",
+        "redis://:hunter2hunter2@127.0.0.1:99999/0",
+        "redis://:hunter2hunter2@127.0.0.1:0/0",
+        "redis://:hunter2hunter2@127.0.0.1:6379/zero",
+        "redis://:hunter2hunter2@127.0.0.1:6379/0#frag",
+        "unix://relative/hunter2hunter2.sock",
+        "",
+    ] {
+        let e = error(&with(&format!("[cluster]\nredis_url = \"{url}\"")));
+        assert!(e.starts_with("config: cluster.redis_url: "), "{url}: {e}");
+        assert!(!e.contains("hunter2"), "{url}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn a_cluster_name_outside_its_alphabet_or_length_is_refused() {
+    let long = "n".repeat(65);
+    for name in ["", "has space", "a/b", "k:1", "é", long.as_str()] {
+        let e = error(&with(&format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1\"\nname = \"{name}\""
+        )));
+        assert_eq!(
+            e, "config: cluster.name: must be 1 to 64 characters of A-Z a-z 0-9 _ - .",
+            "{name:?}"
+        );
+    }
+    let c = with(&format!(
+        "[cluster]\nredis_url = \"redis://127.0.0.1\"\nname = \"{}\"",
+        "n".repeat(64)
+    ));
+    assert!(Config::from_toml(&c).is_ok());
+}
+
+#[test]
+fn a_lease_outside_half_a_second_to_a_minute_is_refused() {
+    for (ms, ok) in [
+        (499, false),
+        (500, true),
+        (60_000, true),
+        (60_001, false),
+        (-1, false),
+    ] {
+        let text = with(&format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1\"\nlease_ms = {ms}"
+        ));
+        match Config::from_toml(&text) {
+            Ok(c) => {
+                assert!(ok, "{ms}");
+                assert_eq!(c.cluster.unwrap().lease, Duration::from_millis(ms as u64));
+            }
+            Err(e) => {
+                assert!(!ok, "{ms}: {e}");
+                assert_eq!(
+                    e.to_string(),
+                    "config: cluster.lease_ms: must be between 500 and 60000"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_or_mistyped_cluster_keys_are_named_in_full() {
+    let base = "[cluster]\nredis_url = \"redis://127.0.0.1\"\n";
+    assert_eq!(
+        error(&with(&format!("{base}lease = 1000"))),
+        "config: cluster.lease: unknown key"
+    );
+    assert_eq!(
+        error(&with(&format!("{base}allow_unsafe_durability = \"yes\""))),
+        "config: cluster.allow_unsafe_durability: expected true or false"
+    );
+    assert_eq!(
+        error(&with("[cluster]\nredis_url = 6379")),
+        "config: cluster.redis_url: expected a string"
+    );
+}
+
+#[test]
+fn the_cluster_config_never_shows_its_password_in_debug() {
+    let text = with(
+        "[cluster]\nredis_url = \"redis://admin:hunter2hunter2@127.0.0.1:6379/0?pass=other-secret\"",
+    );
+    let raw = RawConfig::from_toml(&text).unwrap();
+    let c = raw.clone().validate().unwrap();
+    for shown in [format!("{c:?}"), format!("{raw:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("other-secret"), "{shown}");
+        assert!(
+            shown.contains("redis://admin:***@127.0.0.1:6379/0?pass=***"),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn a_redacted_url_keeps_everything_but_the_passwords() {
+    assert_eq!(
+        redacted_url("redis://127.0.0.1:6379/0"),
+        "redis://127.0.0.1:6379/0"
+    );
+    assert_eq!(redacted_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+    assert_eq!(redacted_url("redis://u:p@w@h/0"), "redis://u:***@h/0");
+    assert_eq!(redacted_url("rediss://token@h"), "rediss://***@h");
+    assert_eq!(
+        redacted_url("unix:///s.sock?db=1&password=x"),
+        "unix:///s.sock?db=1&password=***"
+    );
 }

@@ -10,8 +10,10 @@ use http::uri::{Authority, Uri};
 use http::{HeaderName, Method};
 
 use super::error::{invalid, ConfigError};
-use super::raw::{RawAdmin, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream};
-use super::{default_public_url, AdminConfig, Config, ProxyConfig, StoreConfig};
+use super::raw::{
+    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
+};
+use super::{default_public_url, AdminConfig, ClusterConfig, Config, ProxyConfig, StoreConfig};
 use crate::gate::OrgSource;
 use crate::org::Limits;
 use crate::server::ConnectionLimits;
@@ -26,11 +28,13 @@ impl RawConfig {
         let admin = self.admin.validate()?;
         let store = self.store.validate()?;
         let limits = self.limits.validate()?;
+        let cluster = self.cluster.map(RawCluster::validate).transpose()?;
         Ok(Config {
             proxy,
             admin,
             store,
             limits,
+            cluster,
         })
     }
 }
@@ -67,6 +71,14 @@ mod max {
     pub const BODY_TIMEOUT_MS: u64 = 3_600_000;
     /// `store.count_flush_ms`: an hour. Longer only widens what a crash loses.
     pub const COUNT_FLUSH_MS: u64 = 3_600_000;
+    /// `cluster.lease_ms`, least: a node renews several times per lease, and
+    /// below half a second one slow Redis reply would stop it serving.
+    pub const MIN_LEASE_MS: u64 = 500;
+    /// `cluster.lease_ms`, most: a minute is already a long time for a
+    /// change to wait on a node that went silent.
+    pub const LEASE_MS: u64 = 60_000;
+    /// `cluster.name`: Redis keys stay short.
+    pub const CLUSTER_NAME: usize = 64;
 }
 
 impl RawProxy {
@@ -316,6 +328,96 @@ impl RawStore {
                 max::COUNT_FLUSH_MS,
             )?),
         })
+    }
+}
+
+impl RawCluster {
+    fn validate(self) -> Result<ClusterConfig, ConfigError> {
+        let Some(redis_url) = self.redis_url else {
+            return Err(invalid(
+                "cluster.redis_url",
+                "required in [cluster] (for example redis://127.0.0.1:6379/0)",
+            ));
+        };
+        redis_url_shape(&redis_url).map_err(|why| invalid("cluster.redis_url", why))?;
+        let name_ok = (1..=max::CLUSTER_NAME).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            return Err(invalid(
+                "cluster.name",
+                format!(
+                    "must be 1 to {} characters of A-Z a-z 0-9 _ - .",
+                    max::CLUSTER_NAME
+                ),
+            ));
+        }
+        let lease = Duration::from_millis(ranged_from(
+            "cluster.lease_ms",
+            self.lease_ms,
+            max::MIN_LEASE_MS,
+            max::LEASE_MS,
+        )?);
+        Ok(ClusterConfig {
+            redis_url,
+            name: self.name,
+            lease,
+            allow_unsafe_durability: self.allow_unsafe_durability,
+        })
+    }
+}
+
+/// Whether `url` is a Redis URL the client can use: `redis://` or
+/// `rediss://` with a host, a port if any that reads, and a database number
+/// if any; or `unix://` (also `redis+unix://`) with an absolute socket path.
+/// The reason never quotes the URL, which may hold a password.
+fn redis_url_shape(url: &str) -> Result<(), &'static str> {
+    const NOT_REDIS: &str = "not a redis://, rediss:// or unix:// URL";
+    if url.contains(char::is_whitespace) {
+        return Err(NOT_REDIS);
+    }
+    let (scheme, rest) = url.split_once("://").ok_or(NOT_REDIS)?;
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    if rest.contains('#') {
+        return Err("must not have a fragment");
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "redis" | "rediss" => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let (host, port) = match host_port.strip_prefix('[') {
+                // An IPv6 literal: `[::1]:6379`.
+                Some(v6) => {
+                    let (host, after) = v6.split_once(']').ok_or(NOT_REDIS)?;
+                    (host, after.strip_prefix(':'))
+                }
+                None => match host_port.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (host_port, None),
+                },
+            };
+            if host.is_empty() {
+                return Err("has no host");
+            }
+            if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+                return Err("has a port that is not 1 to 65535");
+            }
+            let db = path.trim_start_matches('/');
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                return Err("the path must be a database number (redis://host:6379/0)");
+            }
+            Ok(())
+        }
+        "unix" | "redis+unix" => {
+            if rest.starts_with('/') && rest.len() > 1 {
+                Ok(())
+            } else {
+                Err("must name an absolute socket path (unix:///run/redis.sock)")
+            }
+        }
+        _ => Err(NOT_REDIS),
     }
 }
 

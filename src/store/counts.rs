@@ -108,7 +108,7 @@ impl Store {
     /// windows written, for the log line that tests wait for.
     async fn flush_counts_summed(&self) -> Result<(usize, u64), BackendError> {
         if self.inner.shares_calls {
-            return self.hand_back_idle().await;
+            return self.hand_back(false).await;
         }
         let mut flushed = self.inner.counts.lock().await;
         // One load per org; an org is only cloned out when its window changed.
@@ -149,10 +149,11 @@ impl Store {
 
     /// Cluster mode's flush: the counts are the cluster's, so nothing is
     /// saved, but calls this node was granted and has left unspent for a
-    /// whole period are handed back, so that an org's traffic moving to
-    /// other nodes does not leave part of its threshold stranded here (and
-    /// fire the threshold early). Returns the orgs and calls handed back.
-    async fn hand_back_idle(&self) -> Result<(usize, u64), BackendError> {
+    /// whole period are handed back (every one, when `all`: at a graceful
+    /// stop), so that an org's traffic moving to other nodes does not leave
+    /// part of its threshold stranded here (and fire the threshold early).
+    /// Returns the orgs and calls handed back.
+    async fn hand_back(&self, all: bool) -> Result<(usize, u64), BackendError> {
         let mut seen = self.inner.counts.lock().await;
         let mut idle = Vec::new();
         for e in self.inner.orgs.iter() {
@@ -161,7 +162,7 @@ impl Store {
             let Some(now) = org.calls().window() else {
                 continue;
             };
-            if seen.last(org) == Some(now) {
+            if all || seen.last(org) == Some(now) {
                 idle.push(Arc::clone(org));
             } else {
                 seen.saved(org, Some(now));
@@ -170,7 +171,7 @@ impl Store {
         let (mut orgs, mut calls) = (0, 0);
         for org in idle {
             seen.saved(&org, None);
-            let handed = self.hand_back(&org).await?;
+            let handed = self.hand_back_org(&org).await?;
             if handed > 0 {
                 orgs += 1;
                 calls += u64::from(handed);
@@ -218,7 +219,22 @@ impl CountFlusher {
                     _ = stopped.changed() => break,
                 }
             }
-            flush(&store, " at stop").await;
+            if store.shares_calls() {
+                // A node that stops keeps nothing: every unspent call goes back.
+                match store.hand_back(true).await {
+                    Ok((0, _)) => {}
+                    Ok((orgs, calls)) => tracing::debug!(
+                        orgs,
+                        calls,
+                        "unspent calls handed back to the cluster at stop"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not hand back unspent calls at stop")
+                    }
+                }
+            } else {
+                flush(&store, " at stop").await;
+            }
         });
         CountFlusher { stop, task }
     }
@@ -238,6 +254,13 @@ impl CountFlusher {
 async fn flush(store: &Store, when: &str) {
     match store.flush_counts_summed().await {
         Ok((0, _)) => {}
+        Ok((orgs, calls)) if store.shares_calls() => {
+            tracing::debug!(
+                orgs,
+                calls,
+                "unspent calls handed back to the cluster{when}"
+            )
+        }
         // `calls`: the calls counted in the windows written, summed.
         Ok((orgs, calls)) => tracing::debug!(orgs, calls, "call counts persisted{when}"),
         Err(e) => tracing::error!(

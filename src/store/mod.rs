@@ -490,7 +490,7 @@ impl Store {
 
     /// Hands back to the cluster every call of `org` granted here and not
     /// spent.
-    pub(crate) async fn hand_back(&self, org: &Org) -> Result<u32, BackendError> {
+    pub(crate) async fn hand_back_org(&self, org: &Org) -> Result<u32, BackendError> {
         let Some(returned) = org.calls().reclaim() else {
             return Ok(0);
         };
@@ -1176,7 +1176,7 @@ impl Store {
             }
             Feed::Reclaim(id) => {
                 if let Some(org) = self.get(id.as_bytes()) {
-                    self.hand_back(&org).await?;
+                    self.hand_back_org(&org).await?;
                 }
             }
             Feed::Resync => {}
