@@ -34,8 +34,9 @@ pub(super) fn without_password(url: &str) -> String {
     let shown_user = if userinfo.contains(':') {
         format!("{user}:***")
     } else {
-        // A lone userinfo is the password in Redis URLs (`redis://secret@host`)
-        // when no user is given, so it is hidden too.
+        // A lone userinfo is a user name to the client, but it is where a
+        // password ends up when the colon is forgotten (`redis://secret@host`):
+        // hidden too.
         "***".to_owned()
     };
     format!("{}{shown_user}{}", &url[..scheme_end + 3], &rest[at..])

@@ -3,8 +3,9 @@
 //! # Data model
 //!
 //! Every key starts with `kg:{<name>}:`, the cluster's name in a hash tag,
-//! so a Redis Cluster keeps all of them in one slot and every script below
-//! runs on one server:
+//! which would keep all of them in one slot of a Redis Cluster, so every
+//! script below could run on one server there too (the backend talks to one
+//! Redis server: it has no Redis Cluster client yet):
 //!
 //! * `orgs`: a hash, org id -> the [`OrgRecord`] as JSON (with its version);
 //! * `tokens`: a hash, token name -> the [`TokenRecord`] as JSON (a digest,

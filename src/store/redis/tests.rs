@@ -686,7 +686,7 @@ async fn confirm_waits_until_every_node_reports_it_applied_the_commit() {
 #[tokio::test]
 async fn confirm_stops_waiting_for_a_node_whose_lease_ran_out() {
     let server = server!();
-    let lease = Duration::from_millis(800);
+    let lease = Duration::from_millis(1500);
     let (a, feed_a) = serving_node(&server, "a", lease).await;
     let (b, _feed_b) = serving_node(&server, "b", lease).await;
     let seq = a.commit(provision("acme")).await.unwrap();
