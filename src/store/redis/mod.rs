@@ -72,6 +72,7 @@
 //! with the deadline on every request ([`Lease::serving`]), before any timer
 //! of the node has run.
 
+mod acks;
 mod connect;
 mod feed;
 mod read;
@@ -146,8 +147,6 @@ const BATCH: usize = 1000;
 /// behind: a lease renewed just before the wait began still runs.
 const CONFIRM_SLACK: Duration = Duration::from_secs(5);
 
-/// How often [`Backend::confirm`] asks which nodes are still behind.
-const CONFIRM_POLL: Duration = Duration::from_millis(2);
 
 /// The [`Backend`] several keygate nodes share: one Redis server. See the
 /// module docs for the data model, the durability rule and the leases.
@@ -164,6 +163,7 @@ pub struct RedisBackend {
 struct Tasks {
     reader: Option<tokio::task::AbortHandle>,
     renewer: Option<tokio::task::AbortHandle>,
+    acks: Option<tokio::task::AbortHandle>,
 }
 
 /// What the backend's tasks share with it.
@@ -184,6 +184,8 @@ struct Shared {
     /// Woken when the reader first reads after (re)connecting, so the node
     /// renews at once rather than a period later.
     reader_ready: tokio::sync::Notify,
+    /// Every node's acknowledged seq, as heard on the channel.
+    acks: acks::Acks,
     /// Renewals Redis answered, for tests to see that one happened.
     #[cfg(test)]
     renewals: AtomicU64,
@@ -212,6 +214,8 @@ struct Keys {
     lease_prefix: String,
     /// What precedes an org id in its threshold window's key.
     calls_prefix: String,
+    /// The channel nodes acknowledge applied seqs on.
+    acks: String,
 }
 
 impl Keys {
@@ -228,6 +232,7 @@ impl Keys {
             audit_prefix: key("audit:"),
             lease_prefix: key("lease:"),
             calls_prefix: key("calls:"),
+            acks: key("acks"),
         }
     }
 
@@ -336,13 +341,19 @@ impl RedisBackend {
             reader_ok: AtomicU64::new(0),
             base: Instant::now(),
             reader_ready: tokio::sync::Notify::new(),
+            acks: acks::Acks::default(),
             #[cfg(test)]
             renewals: AtomicU64::new(0),
         };
+        let shared = Arc::new(shared);
+        let listener = tokio::spawn(acks::listen(Arc::downgrade(&shared)));
         Ok(RedisBackend {
-            shared: Arc::new(shared),
+            shared,
             start: Mutex::new(Some(start)),
-            tasks: Mutex::new(Tasks::default()),
+            tasks: Mutex::new(Tasks {
+                acks: Some(listener.abort_handle()),
+                ..Tasks::default()
+            }),
         })
     }
 
@@ -375,7 +386,10 @@ impl Drop for RedisBackend {
     fn drop(&mut self) {
         let tasks = std::mem::take(&mut *self.tasks());
         let started = tasks.renewer.is_some();
-        for task in [tasks.reader, tasks.renewer].into_iter().flatten() {
+        for task in [tasks.reader, tasks.renewer, tasks.acks]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
         // A node that stops leaves at once, so no one waits for its lease to

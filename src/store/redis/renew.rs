@@ -4,27 +4,37 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Shared, CONFIRM_POLL, CONFIRM_SLACK};
+use super::{Shared, CONFIRM_SLACK};
 use crate::store::backend::{BackendError, Seq};
 
-/// Renews this node's lease every quarter lease, at once whenever the store
-/// applied more of the feed, and when the reader (re)starts reading; stops
-/// and leaves once the store is gone (`applied` closed).
+/// Renews this node's lease every quarter lease and when the reader
+/// (re)starts reading, and acknowledges at once, without a durable write,
+/// whenever the store applied more of the feed ([`acks`](super::acks));
+/// stops and leaves once the store is gone (`applied` closed).
 pub(super) async fn run(shared: Arc<Shared>, mut applied: tokio::sync::watch::Receiver<Seq>) {
     let period = shared.lease_len / 4;
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = shared.reader_ready.notified() => {}
             changed = applied.changed() => {
                 if changed.is_err() {
                     shared.leave().await;
                     return;
                 }
+                let at = *applied.borrow_and_update();
+                if shared.lease.serving() {
+                    super::acks::publish(&shared, at).await;
+                    continue;
+                }
+                // Not serving: a node that lapsed renews as soon as it has
+                // caught up, not a quarter lease later.
             }
         }
         let at = *applied.borrow_and_update();
         renew_once(&shared, at).await;
+        next = tokio::time::Instant::now() + period;
     }
 }
 
@@ -73,9 +83,12 @@ async fn renew_once(shared: &Shared, applied: Seq) {
     }
 }
 
-/// Resolves once every node holding a lease has applied `seq`, polling
-/// Redis; fails after a lease and [`CONFIRM_SLACK`], or as soon as this node
-/// stops serving itself.
+/// Resolves once every node holding a lease has applied `seq`: asks Redis
+/// which leased nodes are behind by the durable `nodes` hash, then waits for
+/// their acknowledgements ([`acks`](super::acks)), asking Redis again every
+/// [`RECHECK`](super::acks::RECHECK) (a lost message, a lease that ran out).
+/// Fails after a lease and [`CONFIRM_SLACK`], or as soon as this node stops
+/// serving itself.
 pub(super) async fn confirm(shared: Arc<Shared>, seq: Seq) -> Result<(), BackendError> {
     let give_up = Instant::now() + shared.lease_len + CONFIRM_SLACK;
     let mut conn = shared.conn.clone();
@@ -85,7 +98,7 @@ pub(super) async fn confirm(shared: Arc<Shared>, seq: Seq) -> Result<(), Backend
                 "this node stopped serving while confirming change {seq}"
             )));
         }
-        let behind: Result<u32, _> = shared
+        let behind: Result<Vec<String>, _> = shared
             .scripts
             .confirm
             .key(&shared.keys.nodes)
@@ -94,8 +107,23 @@ pub(super) async fn confirm(shared: Arc<Shared>, seq: Seq) -> Result<(), Backend
             .invoke_async(&mut conn)
             .await;
         let why = match behind {
-            Ok(0) => return Ok(()),
-            Ok(n) => format!("{n} node(s) still had not applied it"),
+            Ok(behind) if behind.is_empty() => return Ok(()),
+            Ok(behind) => {
+                let recheck = tokio::time::Instant::now() + super::acks::RECHECK;
+                loop {
+                    // Registered before the check, so an acknowledgement
+                    // that lands in between still wakes this wait.
+                    let heard = shared.acks.heard.notified();
+                    if shared.acks.all_at(&behind, seq) {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        () = heard => {}
+                        () = tokio::time::sleep_until(recheck) => break,
+                    }
+                }
+                format!("{} node(s) still had not applied it", behind.len())
+            }
             Err(e) => format!("Redis: {e}"),
         };
         if Instant::now() >= give_up {
@@ -104,6 +132,5 @@ pub(super) async fn confirm(shared: Arc<Shared>, seq: Seq) -> Result<(), Backend
                 shared.lease_len + CONFIRM_SLACK
             )));
         }
-        tokio::time::sleep(CONFIRM_POLL).await;
     }
 }
