@@ -189,7 +189,7 @@ pub struct StoreConfig {
 /// [`redis_url_redacted`](ClusterConfig::redis_url_redacted), for logs.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// The Redis URL as written (`redis://`, `rediss://` or `unix://`),
+    /// The Redis URL as written (`redis://` or `unix://`; no TLS),
     /// checked to be one; it may carry a password, so never log it as is.
     pub redis_url: String,
     /// The prefix of every Redis key: 1 to 64 of `A-Z a-z 0-9 _ - .`.

@@ -293,8 +293,8 @@ impl Default for RawStore {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawCluster {
-    /// The Redis every node of the cluster uses (`redis://`, `rediss://` or
-    /// `unix://`); required in the section, since it is the cluster's one
+    /// The Redis every node of the cluster uses (`redis://` or `unix://`; no
+    /// TLS); required in the section, since it is the cluster's one
     /// truth. May carry a password, so it is never echoed in an error.
     pub redis_url: Option<String>,
     /// The prefix of every Redis key: nodes with one name share one state, so

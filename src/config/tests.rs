@@ -933,13 +933,13 @@ fn a_cluster_section_has_the_contracts_defaults() {
 #[test]
 fn every_cluster_key_is_read() {
     let c = Config::from_toml(&with(
-        "[cluster]\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\n\
+        "[cluster]\nredis_url = \"redis://:pw@redis.internal:6380/2\"\n\
          name = \"eu-1.prod_A\"\nlease_ms = 1000\nallow_unsafe_durability = true",
     ))
     .unwrap()
     .cluster
     .unwrap();
-    assert_eq!(c.redis_url, "rediss://:pw@redis.internal:6380/2");
+    assert_eq!(c.redis_url, "redis://:pw@redis.internal:6380/2");
     assert_eq!(c.name, "eu-1.prod_A");
     assert_eq!(c.lease, Duration::from_millis(1_000));
     assert!(c.allow_unsafe_durability);
@@ -960,13 +960,23 @@ fn each_accepted_redis_url_shape_passes() {
         "redis://localhost:6379",
         "redis://user:secret@10.0.0.5:6379/15",
         "redis://:secret@[::1]:6379/0",
-        "rediss://redis.example.com:6380/0?protocol=resp3",
+        "redis://redis.example.com:6380/0?protocol=resp3",
         "unix:///run/redis/redis.sock",
         "redis+unix:///run/redis/redis.sock?db=1",
     ] {
         let text = with(&format!("[cluster]\nredis_url = \"{url}\""));
         assert!(Config::from_toml(&text).is_ok(), "{url}: {}", error(&text));
     }
+}
+
+#[test]
+fn a_tls_redis_url_is_refused_saying_tls_is_not_built_in() {
+    let e = error(&with(
+        "[cluster]\nredis_url = \"rediss://:hunter2hunter2@redis.example.com:6380/0\"",
+    ));
+    assert!(e.starts_with("config: cluster.redis_url: rediss://"), "{e}");
+    assert!(e.contains("not built in"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
 }
 
 #[test]

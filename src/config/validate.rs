@@ -369,12 +369,13 @@ impl RawCluster {
     }
 }
 
-/// Whether `url` is a Redis URL the client can use: `redis://` or
-/// `rediss://` with a host, a port if any that reads, and a database number
-/// if any; or `unix://` (also `redis+unix://`) with an absolute socket path.
-/// The reason never quotes the URL, which may hold a password.
+/// Whether `url` is a Redis URL the client can use: `redis://` with a host,
+/// a port if any that reads, and a database number if any; or `unix://`
+/// (also `redis+unix://`) with an absolute socket path. `rediss://` (TLS) is
+/// refused: keygate's Redis client is built without TLS. The reason never
+/// quotes the URL, which may hold a password.
 fn redis_url_shape(url: &str) -> Result<(), &'static str> {
-    const NOT_REDIS: &str = "not a redis://, rediss:// or unix:// URL";
+    const NOT_REDIS: &str = "not a redis:// or unix:// URL";
     if url.contains(char::is_whitespace) {
         return Err(NOT_REDIS);
     }
@@ -384,7 +385,8 @@ fn redis_url_shape(url: &str) -> Result<(), &'static str> {
         return Err("must not have a fragment");
     }
     match scheme.to_ascii_lowercase().as_str() {
-        "redis" | "rediss" => {
+        "rediss" => Err("rediss:// (TLS to Redis) is not built in: reach Redis over a private network, a Unix socket or a TLS tunnel, with redis:// or unix://"),
+        "redis" => {
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
             let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
             let (host, port) = match host_port.strip_prefix('[') {

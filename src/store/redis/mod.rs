@@ -147,7 +147,6 @@ const BATCH: usize = 1000;
 /// behind: a lease renewed just before the wait began still runs.
 const CONFIRM_SLACK: Duration = Duration::from_secs(5);
 
-
 /// The [`Backend`] several keygate nodes share: one Redis server. See the
 /// module docs for the data model, the durability rule and the leases.
 pub struct RedisBackend {
