@@ -6,11 +6,13 @@
 //! and orgs are checked before a body is read, and a token of one org gets the
 //! same `403 FORBIDDEN` for every other org, existing or not.
 //!
-//! Every answer is JSON with `Cache-Control: no-store` (pages carry keys and
+//! `GET /` and `/console/...` serve the web console ([`console`]), the one
+//! part that is not JSON. Every other answer is JSON with `Cache-Control: no-store` (pages carry keys and
 //! token creation carries a token), and every refusal is
 //! `{"code": "...", "message": "..."}` from [`AdminError`].
 
 mod auth;
+pub mod console;
 mod error;
 mod handlers;
 mod json;
@@ -85,6 +87,10 @@ impl AdminState {
 pub fn router(state: AdminState) -> Router {
     use handlers::*;
     Router::new()
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
+        .route("/console/icon.svg", get(console::icon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/orgs", get(list).post(provision))
