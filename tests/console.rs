@@ -1212,3 +1212,146 @@ fn the_key_page_fits_a_360_px_wide_screen_without_scrolling_sideways() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Accessibility
+// ---------------------------------------------------------------------------
+
+/// axe-core's script, which `scripts/test` installs from the npm registry
+/// (pinned) into `target/axe`; `AXE_CORE_JS` names another copy. `None`
+/// (after a note) when it is missing, except under `CI=true`.
+fn axe_source() -> Option<String> {
+    let path = std::env::var_os("AXE_CORE_JS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/axe/node_modules/axe-core/axe.min.js")
+        });
+    match std::fs::read_to_string(&path) {
+        Ok(source) => Some(source),
+        Err(e) => {
+            let note = format!(
+                "the accessibility test needs axe-core at {} ({e}); scripts/test installs it",
+                path.display()
+            );
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{note}");
+            }
+            eprintln!("SKIPPED: {note}");
+            None
+        }
+    }
+}
+
+impl Browser {
+    /// Runs axe-core over the page as it is now and returns its violations
+    /// as `[id, impact, targets]`, having printed them all.
+    async fn axe(&self, axe: &str, state: &str) -> Vec<(String, String, String)> {
+        // Scripts sent over WebDriver are not the page's: the page's CSP
+        // still allows only its own script.
+        self.c
+            .execute(&format!("{axe}\n;return typeof axe;"), vec![])
+            .await
+            .unwrap();
+        let found = self
+            .c
+            .execute_async(
+                "const done = arguments[arguments.length - 1];
+                 axe.run(document)
+                    .then(r => done({ passed: r.passes.length, violations: r.violations.map(v =>
+                        [v.id, v.impact || '', v.nodes.map(n => n.target.join(' ')).join(', ')]) }))
+                    .catch(e => done({ passed: 0, violations: [['axe-failed', 'critical', String(e)]] }));",
+                vec![],
+            )
+            .await
+            .unwrap();
+        // A run that checked nothing proves nothing.
+        assert!(
+            found["passed"].as_u64().unwrap() > 0,
+            "axe checked nothing: {found}"
+        );
+        let found: Vec<(String, String, String)> =
+            serde_json::from_value(found["violations"].clone()).unwrap();
+        println!(
+            "axe, {state}: {} violations{}",
+            found.len(),
+            found
+                .iter()
+                .map(|(id, impact, at)| format!("\n  {impact} {id} at {at}"))
+                .collect::<String>()
+        );
+        found
+    }
+}
+
+#[test]
+fn no_state_of_the_console_has_a_serious_or_critical_accessibility_violation() {
+    let Some(axe) = axe_source() else { return };
+    browser_test(|b| async move {
+        let a = acme().await;
+        let gw = &a.gw;
+        gw.provision("globex").await;
+        gw.disable("globex", "abuse").await;
+        let mut serious = Vec::new();
+        let mut check = |state: &str, found: Vec<(String, String, String)>| {
+            serious.extend(
+                found
+                    .into_iter()
+                    .filter(|(_, impact, _)| impact == "serious" || impact == "critical")
+                    .map(|v| format!("{state}: {v:?}")),
+            );
+        };
+
+        b.open(gw).await;
+        b.until_shown("signin-token", true).await;
+        check("sign-in", b.axe(&axe, "sign-in").await);
+
+        b.sign_in(gw, PROVIDER).await;
+        b.until_shown("orgs-table", true).await;
+        check("org list", b.axe(&axe, "org list").await);
+        b.click_link("globex").await;
+        b.until_text("status-value", "Disabled").await;
+        check(
+            "provider's key page, disabled",
+            b.axe(&axe, "provider's key page, disabled").await,
+        );
+        b.click("nav-tokens").await;
+        b.until_shown("view-tokens", true).await;
+        b.type_into("token-name", "bob").await;
+        b.type_into("token-org", "acme").await;
+        b.click("token-create").await;
+        b.until_shown("token-created", true).await;
+        check("tokens", b.axe(&axe, "tokens").await);
+        b.click("signout").await;
+
+        b.sign_in(gw, &a.admin).await;
+        b.until_text("modified-by", "provider").await;
+        check("admin's key page", b.axe(&axe, "admin's key page").await);
+        b.click("edit-key").await;
+        b.until_shown("edit-dialog", true).await;
+        b.type_into("edit-input", "bad-key").await;
+        b.until_contains("edit-problem", "Only A-Z").await;
+        check("edit dialog", b.axe(&axe, "edit dialog").await);
+        b.keys(&Key::Escape).await;
+        b.click("delete-key").await;
+        b.until_shown("confirm-dialog", true).await;
+        check("confirm dialog", b.axe(&axe, "confirm dialog").await);
+        b.click("confirm-cancel").await;
+        b.click("tab-audit").await;
+        b.until_shown("audit-table", true).await;
+        check("audit", b.axe(&axe, "audit").await);
+
+        assert!(serious.is_empty(), "axe found:\n{}", serious.join("\n"));
+
+        // The check itself can fail: an input without a label is found.
+        b.js("document.getElementById('main').append(document.createElement('input'));")
+            .await;
+        let found = b.axe(&axe, "with an unlabelled input added").await;
+        assert!(
+            found
+                .iter()
+                .any(|(id, impact, _)| id == "label" && impact == "critical"),
+            "{found:?}"
+        );
+    });
+}

@@ -238,6 +238,14 @@
     return me.role === 'provider' ? '#/orgs' : '#/org/' + me.org;
   }
 
+  const ORG_HASH = /^#\/org\/([a-z0-9][a-z0-9-]{0,63})(\/audit)?$/;
+
+  // The org whose page the location names, if it names one.
+  function hashOrg() {
+    const m = ORG_HASH.exec(location.hash || '');
+    return m ? m[1] : null;
+  }
+
   async function route() {
     if (!me) {
       showSignIn('');
@@ -249,7 +257,7 @@
       await openOrgs();
     } else if (me.role === 'provider' && hash === '#/tokens') {
       await openTokens();
-    } else if ((m = /^#\/org\/([a-z0-9][a-z0-9-]{0,63})(\/audit)?$/.exec(hash)) &&
+    } else if ((m = ORG_HASH.exec(hash)) &&
                (me.role === 'provider' || m[1] === me.org)) {
       await openOrg(m[1], m[2] ? 'audit' : 'key');
     } else if (hash !== home()) {
@@ -461,6 +469,8 @@
         api('GET', orgPath(org) + '/key'),
         api('GET', orgPath(org) + '/usage'),
       ]);
+      // The user may have gone elsewhere while this was on its way.
+      if (hashOrg() !== org) return;
       current = view;
       renderOrg(view, usage);
       if (!$('panel-audit').hidden) await loadAudit(org);
@@ -976,6 +986,12 @@
   // ------------------------------------------------------------------
   // Start
   // ------------------------------------------------------------------
+
+  // The hash names views, so the skip link moves the focus itself.
+  $('skip').addEventListener('click', (ev) => {
+    ev.preventDefault();
+    $('main').focus();
+  });
 
   window.addEventListener('hashchange', () => {
     route();
