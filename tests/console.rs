@@ -1040,7 +1040,7 @@ fn the_provider_provisions_disables_enables_sets_subscription_and_limits_and_del
                 .assert_status(StatusCode::OK);
         }
         b.key_page(&gw, "globex").await;
-        b.until_contains("usage-text", "3 of 500 calls in this window (0%)")
+        b.until_contains("usage-text", "3 of 500 calls in this window (under 1%)")
             .await;
         let meter = b
             .js("const m = document.getElementById('usage-meter'); return [m.value, m.max];")

@@ -564,7 +564,8 @@
     meter.optimum = 0;
     meter.value = Math.min(calls, threshold);
     const pct = Math.min(100, Math.floor((calls * 100) / threshold));
-    const text = number(calls) + ' of ' + number(threshold) + ' calls in this window (' + pct + '%)';
+    const share = calls > 0 && pct === 0 ? 'under 1%' : pct + '%';
+    const text = number(calls) + ' of ' + number(threshold) + ' calls in this window (' + share + ')';
     say('usage-text', text + '. Past the threshold the key is disabled until the provider enables it.');
     meter.setAttribute('aria-valuetext', text);
     const parts = [];
