@@ -565,6 +565,38 @@ fn an_admin_adds_edits_regenerates_and_deletes_the_key_and_the_api_agrees() {
         b.until_text("key-value", &masked(&a.key)).await;
         b.screenshot("key-page").await;
 
+        // Copy puts the whole key on the clipboard, masked or not: pasted
+        // into the Edit dialog's field, it is the key.
+        b.click("copy-key").await;
+        b.until_text("copy-status", "Copied to the clipboard.")
+            .await;
+        b.click("edit-key").await;
+        b.until_shown("edit-dialog", true).await;
+        b.keys(&format!("{}v{}", &*Key::Control, &*Key::Control))
+            .await;
+        let pasted = b
+            .js("return document.getElementById('edit-input').value;")
+            .await;
+        assert_eq!(pasted, json!(a.key));
+        b.until_text(
+            "edit-problem",
+            "The new key must differ from the current key.",
+        )
+        .await;
+        b.keys(&Key::Escape).await;
+        b.until_shown("edit-dialog", false).await;
+        b.click("copy-base-url").await;
+        b.click("edit-key").await;
+        b.until_shown("edit-dialog", true).await;
+        b.keys(&format!("{}v{}", &*Key::Control, &*Key::Control))
+            .await;
+        let pasted = b
+            .js("return document.getElementById('edit-input').value;")
+            .await;
+        assert_eq!(pasted, page["base_url"]);
+        b.keys(&Key::Escape).await;
+        b.until_shown("edit-dialog", false).await;
+
         // Edit: each refusal as typed, then a good key by keyboard.
         b.click("edit-key").await;
         b.until_shown("edit-dialog", true).await;
@@ -822,6 +854,18 @@ fn a_viewer_sees_the_key_masked_and_no_way_to_change_it() {
         b.click("tab-audit").await;
         b.until_shown("audit-table", true).await;
         b.screenshot("viewer").await;
+
+        // The token deleted meanwhile: the next call signs the tab out, in words.
+        a.gw.delete("/v1/tokens/victor", Some(PROVIDER))
+            .await
+            .assert_status(StatusCode::NO_CONTENT);
+        b.click("tab-key").await;
+        b.until_shown("view-signin", true).await;
+        assert_eq!(
+            b.text("signin-error").await,
+            "This token is not accepted (it may have been deleted). Sign in again with a valid token."
+        );
+        assert_eq!(b.js("return sessionStorage.length;").await, json!(0));
     });
 }
 
