@@ -1037,6 +1037,12 @@ fn the_provider_provisions_disables_enables_sets_subscription_and_limits_and_del
         let page = gw.page("globex").await;
         assert_eq!(page["status"], "disabled");
         assert_eq!(page["disabled_reason"], "unpaid invoice");
+        let notice = b.text("notice-disabled").await;
+        assert!(notice.contains("(unpaid invoice)"), "{notice}");
+        assert!(
+            notice.ends_with("Enable it under Provider controls below."),
+            "{notice}"
+        );
         assert!(b.shown("enable-key").await);
         assert!(!b.shown("disable-form").await);
 

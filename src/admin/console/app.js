@@ -511,17 +511,20 @@
     badge.className = 'badge ' + (disabled ? 'disabled' : 'enabled');
     say('status-reason', disabled && v.disabled_reason ? 'Reason: ' + v.disabled_reason : '');
 
+    // The provider is the one to contact: it is told where to act instead.
+    const isProvider = me.role === 'provider';
     $('notice-disabled').hidden = !disabled;
     say('notice-disabled', disabled
       ? 'This key is disabled' + (v.disabled_reason ? ' (' + v.disabled_reason + ')' : '') +
         '. Calls with it are refused, and it cannot be added, edited, regenerated or deleted. ' +
-        'Contact your provider to re-enable it.'
+        (isProvider ? 'Enable it under Provider controls below.' : 'Contact your provider to re-enable it.')
       : '');
     $('notice-expired').hidden = !expired;
     say('notice-expired', expired
       ? 'The subscription expired on ' + when(v.subscription_expires_at) +
         '. This page is read-only: the key cannot be added, edited, regenerated or deleted ' +
-        'until the subscription is renewed. Contact your provider to renew it.'
+        'until the subscription is renewed. ' +
+        (isProvider ? 'Set a later end, or No end, under Provider controls below.' : 'Contact your provider to renew it.')
       : '');
 
     say('subscription-value', subscriptionText(v));
@@ -992,6 +995,15 @@
   $('skip').addEventListener('click', (ev) => {
     ev.preventDefault();
     $('main').focus();
+  });
+
+  // Coming back to the tab shows the server's state as it is now: the
+  // provider may have changed it meanwhile.
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && me && current && !$('view-org').hidden &&
+        !document.querySelector('dialog[open]')) {
+      reloadOrg(current.org);
+    }
   });
 
   window.addEventListener('hashchange', () => {
