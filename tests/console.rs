@@ -1489,3 +1489,53 @@ fn the_org_list_shows_a_first_page_and_a_search_of_100_000_imported_orgs() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Cluster mode
+// ---------------------------------------------------------------------------
+
+#[test]
+fn any_node_of_a_cluster_serves_the_console_with_the_clusters_state() {
+    browser_test(|b| async move {
+        // Two keygates over one shared backend: an in-process cluster.
+        let backend = std::sync::Arc::new(keygate::store::MemoryBackend::shared());
+        let one = Gateway::builder()
+            .memory_backend(backend.clone())
+            .start()
+            .await;
+        let two = Gateway::builder().memory_backend(backend).start().await;
+        let key = one.provision("acme").await;
+        let admin = one.token("alice", "admin", "acme").await;
+
+        // Signed in on the other node with a token made on the first.
+        b.sign_in(&two, &admin).await;
+        b.until_text("key-value", &masked(&key)).await;
+        b.click("edit-key").await;
+        b.until_shown("edit-dialog", true).await;
+        b.type_into("edit-input", "NewKey123456").await;
+        b.until_text("edit-problem", "").await;
+        b.keys(&Key::Enter).await;
+        b.until_text(
+            "org-message",
+            "The key was changed. The old key no longer works.",
+        )
+        .await;
+        // Both nodes serve the new key and refuse the old one.
+        for node in [&one, &two] {
+            assert_eq!(node.page("acme").await["key"], "NewKey123456");
+            node.get_with("/acme/x", &key)
+                .await
+                .assert_refused(StatusCode::UNAUTHORIZED, "INVALID_KEY");
+            node.get_with("/acme/x", "NewKey123456")
+                .await
+                .assert_status(StatusCode::OK);
+        }
+
+        // Disabled through the first node: the page on the second says so.
+        one.disable("acme", "abuse").await;
+        b.key_page(&two, "acme").await;
+        b.until_text("status-value", "Disabled").await;
+        assert!(b.text("notice-disabled").await.contains("(abuse)"));
+        assert!(!b.shown("key-actions").await);
+    });
+}
