@@ -3,9 +3,9 @@
 //! `127.0.0.1:0` started by the shared helpers. Each step asserts what the
 //! page shows and, by asking the admin API directly, what the server holds.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`scripts/test` installs
-//! them). Without them the browser tests fail when `CI=true` and are skipped,
-//! with a note, otherwise. One chromedriver serves the whole test binary; the
+//! Needs Debian's `chromium` and `chromium-driver`, and axe-core for the
+//! accessibility test (`scripts/test` installs them). Without them the browser
+//! tests fail when `CI=true` and are skipped, with a note, otherwise. One chromedriver serves the whole test binary; the
 //! browser tests take turns (one browser at a time, so a small machine keeps
 //! up). Screenshots of each state go to `target/tmp/console-screenshots/`.
 
