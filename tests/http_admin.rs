@@ -1653,6 +1653,67 @@ async fn the_org_list_pages_in_id_order_with_after_and_q_and_says_what_comes_nex
 }
 
 #[tokio::test]
+async fn the_org_list_filters_by_status_with_q_and_paging_alike() {
+    let gw = Gateway::start().await;
+    for org in ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"] {
+        gw.provision(org).await;
+    }
+    for org in ["bravo", "delta", "foxtrot"] {
+        gw.disable(org, "abuse").await;
+    }
+    let ids = |r: &Reply| -> Vec<String> {
+        r.assert_status(StatusCode::OK);
+        r.json["orgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["org"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let disabled = gw.get("/v1/orgs?status=disabled", Some(PROVIDER)).await;
+    assert_eq!(ids(&disabled), ["bravo", "delta", "foxtrot"]);
+    assert!(disabled.json["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["status"] == "disabled"));
+    let enabled = gw.get("/v1/orgs?status=enabled", Some(PROVIDER)).await;
+    assert_eq!(ids(&enabled), ["alpha", "charlie", "echo"]);
+
+    // Paging walks the filtered list: `next` is the last id shown.
+    let first = gw
+        .get("/v1/orgs?status=disabled&limit=2", Some(PROVIDER))
+        .await;
+    assert_eq!(ids(&first), ["bravo", "delta"]);
+    assert_eq!(first.json["next"], "delta");
+    let second = gw
+        .get(
+            "/v1/orgs?status=disabled&limit=2&after=delta",
+            Some(PROVIDER),
+        )
+        .await;
+    assert_eq!(ids(&second), ["foxtrot"]);
+    assert_eq!(second.json["next"], Value::Null);
+    // With q, both must hold.
+    let both = gw.get("/v1/orgs?status=enabled&q=ar", Some(PROVIDER)).await;
+    assert_eq!(ids(&both), ["charlie"]);
+
+    // An enable moves the org back into the enabled list.
+    gw.post("/v1/orgs/bravo/enable", Some(PROVIDER), None)
+        .await
+        .assert_status(StatusCode::OK);
+    let enabled = gw.get("/v1/orgs?status=enabled", Some(PROVIDER)).await;
+    assert_eq!(ids(&enabled), ["alpha", "bravo", "charlie", "echo"]);
+
+    for bad in ["status=", "status=Disabled", "status=expired"] {
+        gw.get(&format!("/v1/orgs?{bad}"), Some(PROVIDER))
+            .await
+            .assert_refused(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+}
+
+#[tokio::test]
 async fn the_token_list_shows_names_roles_and_orgs_but_never_a_token_or_digest() {
     let gw = Gateway::start().await;
     gw.provision("acme").await;

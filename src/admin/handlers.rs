@@ -172,16 +172,24 @@ pub(crate) async fn provision(
     Ok(s.page(StatusCode::CREATED, &v, &who))
 }
 
-/// `GET /v1/orgs?limit=N&after=ORG&q=TEXT`: one page of orgs, ordered by id.
+/// `GET /v1/orgs?limit=N&after=ORG&q=TEXT&status=enabled|disabled`: one page
+/// of orgs, ordered by id.
 pub(crate) async fn list(
     State(s): State<AdminState>,
     who: Principal,
     RawQuery(query): RawQuery,
 ) -> Reply {
     who.provider_only()?;
-    let ListQuery { limit, after, q } = ListQuery::parse(query.as_deref())?;
+    let ListQuery {
+        limit,
+        after,
+        q,
+        disabled,
+    } = ListQuery::parse(query.as_deref())?;
     let now = s.store.clock().now();
-    let (views, next) = s.store.page(after.as_deref(), q.as_deref(), limit);
+    let (views, next) = s
+        .store
+        .page(after.as_deref(), q.as_deref(), disabled, limit);
     let pages: Vec<KeyView<'_>> = views
         .iter()
         .map(|v| KeyView::new(v, s.base_url(&v.id), &who, now))
@@ -193,11 +201,13 @@ pub(crate) async fn list(
 }
 
 /// The org list's query: at most `limit` orgs (100 unless given, 1 to
-/// 1,000), after the org `after`, whose id contains `q`.
+/// 1,000), after the org `after`, whose id contains `q`, and whose key is
+/// disabled or enabled when `status` says which (`disabled`).
 struct ListQuery {
     limit: usize,
     after: Option<String>,
     q: Option<String>,
+    disabled: Option<bool>,
 }
 
 impl ListQuery {
@@ -209,6 +219,7 @@ impl ListQuery {
             limit: ListQuery::DEFAULT_LIMIT,
             after: None,
             q: None,
+            disabled: None,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -230,10 +241,22 @@ impl ListQuery {
                 }
                 "after" => list.after = Some(value),
                 "q" => list.q = Some(value),
+                "status" => {
+                    list.disabled = Some(match value.as_str() {
+                        "enabled" => false,
+                        "disabled" => true,
+                        _ => {
+                            return Err(AdminError::BadRequest(
+                                "status: expected `enabled` or `disabled`".into(),
+                            ))
+                        }
+                    });
+                }
                 // Named without echoing what the client sent.
                 _ => {
                     return Err(AdminError::BadRequest(
-                        "unknown query parameter; expected one of `limit`, `after`, `q`".into(),
+                        "unknown query parameter; expected one of `limit`, `after`, `q`, `status`"
+                            .into(),
                     ))
                 }
             }

@@ -6,7 +6,8 @@
 //! and orgs are checked before a body is read, and a token of one org gets the
 //! same `403 FORBIDDEN` for every other org, existing or not.
 //!
-//! Every answer is JSON with `Cache-Control: no-store` (pages carry keys and
+//! `GET /` and `/console/...` serve the web console ([`console`]), the one
+//! part that is not JSON. Every other answer is JSON with `Cache-Control: no-store` (pages carry keys and
 //! token creation carries a token), and every refusal is
 //! `{"code": "...", "message": "..."}` from [`AdminError`].
 //!
@@ -17,6 +18,7 @@
 //! dropped without the document following.
 
 mod auth;
+pub mod console;
 mod error;
 mod handlers;
 mod json;
@@ -91,8 +93,14 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
+    // The console's files are not API calls: outside the route table the
+    // OpenAPI document is checked against.
     routes()
         .router
+        .route("/", axum::routing::get(console::index))
+        .route("/console/app.js", axum::routing::get(console::script))
+        .route("/console/app.css", axum::routing::get(console::style))
+        .route("/console/icon.svg", axum::routing::get(console::icon))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state)

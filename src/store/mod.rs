@@ -540,14 +540,17 @@ impl Store {
     }
 
     /// One page of orgs, ordered by id: at most `limit` of those whose id
-    /// comes after `after` and contains `q`, and the id to ask for the next
-    /// page after, if there are more. One pass over the map keeping the
-    /// `limit + 1` smallest ids that qualify (a heap), so a page costs
-    /// `n log limit` at `n` orgs and nothing is held per org between pages.
+    /// comes after `after` and contains `q` and, when `disabled` is given,
+    /// whose key is disabled (`Some(true)`) or enabled (`Some(false)`), and
+    /// the id to ask for the next page after, if there are more. One pass
+    /// over the map keeping the `limit + 1` smallest ids that qualify (a
+    /// heap), so a page costs `n log limit` at `n` orgs and nothing is held
+    /// per org between pages.
     pub fn page(
         &self,
         after: Option<&str>,
         q: Option<&str>,
+        disabled: Option<bool>,
         limit: usize,
     ) -> (Vec<OrgView>, Option<OrgId>) {
         let limit = limit.max(1);
@@ -562,15 +565,22 @@ impl Store {
             if q.is_some_and(|q| !contains(id, q.as_bytes())) {
                 continue;
             }
-            if smallest.len() <= limit {
-                smallest.push(e.0.id());
-            } else if smallest
-                .peek()
-                .is_some_and(|largest| id < largest.as_bytes())
+            let full = smallest.len() > limit;
+            if full
+                && smallest
+                    .peek()
+                    .is_some_and(|largest| id >= largest.as_bytes())
             {
-                smallest.pop();
-                smallest.push(e.0.id());
+                continue;
             }
+            // The state's read lock only for ids that would make the page.
+            if disabled.is_some_and(|want| e.0.read(|c| c.state.is_disabled()) != want) {
+                continue;
+            }
+            if full {
+                smallest.pop();
+            }
+            smallest.push(e.0.id());
         }
         let mut ids = smallest.into_sorted_vec();
         let more = ids.len() > limit;

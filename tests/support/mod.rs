@@ -312,9 +312,17 @@ pub struct Builder {
     redb: bool,
     upstream_toml: Option<String>,
     proxy_keys: String,
+    backend: Option<Arc<MemoryBackend>>,
 }
 
 impl Builder {
+    /// Over `backend` instead of a fresh memory store: gateways started over
+    /// one [`MemoryBackend::shared`] are the nodes of an in-process cluster.
+    pub fn memory_backend(mut self, backend: Arc<MemoryBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// `proxy.upstream` written as given (a quoted URL or a TOML array),
     /// instead of the recording upstream's URL.
     pub fn upstream_toml(mut self, value: &str) -> Self {
@@ -403,7 +411,11 @@ impl Builder {
         );
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let clock = Arc::new(ManualClock::new(T0));
-        let memory = (!self.redb).then(|| Arc::new(MemoryBackend::new()));
+        let memory = (!self.redb).then(|| {
+            self.backend
+                .clone()
+                .unwrap_or_else(|| Arc::new(MemoryBackend::new()))
+        });
         let running = launch(&config, memory.as_ref(), &store_path, &clock).await;
         Gateway {
             proxy_addr: running.proxy_addr,
@@ -472,6 +484,7 @@ impl Gateway {
             redb: false,
             upstream_toml: None,
             proxy_keys: String::new(),
+            backend: None,
         }
     }
 
