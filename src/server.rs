@@ -38,7 +38,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::proxy::access::CountedBody;
-use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
+use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, Upstream};
 use crate::store::{
     Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
 };
@@ -317,19 +317,22 @@ pub async fn start_with_options(
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
     }
     // Four stacks, each its own type: the access log is either in the stack
-    // or not there at all. Outermost first: access log, hop-by-hop, gate.
+    // or not there at all. Outermost first: access log, readiness probe,
+    // hop-by-hop, gate.
     let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
     let access = access_log.then(|| {
         let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
         AccessLogLayer::new(org_from, config.proxy.access_log_query)
     });
+    // `GET /_keygate/ready`, answered inside the access log, before the gate.
+    let ready = store.clone();
     let proxy = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| HopByHop::new(forward.for_client(ip)),
+                move |ip| Ready::new(HopByHop::new(forward.for_client(ip)), ready.clone()),
                 stopped.clone(),
             ))
         }
@@ -338,7 +341,12 @@ pub async fn start_with_options(
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| log.layer(HopByHop::new(forward.for_client(ip))),
+                move |ip| {
+                    log.layer(Ready::new(
+                        HopByHop::new(forward.for_client(ip)),
+                        ready.clone(),
+                    ))
+                },
                 stopped.clone(),
             ))
         }
@@ -347,7 +355,12 @@ pub async fn start_with_options(
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
+                move |ip| {
+                    Ready::new(
+                        HopByHop::new(layer.layer(forward.for_client(ip))),
+                        ready.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
@@ -356,7 +369,12 @@ pub async fn start_with_options(
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| log.layer(HopByHop::new(layer.layer(forward.for_client(ip)))),
+                move |ip| {
+                    log.layer(Ready::new(
+                        HopByHop::new(layer.layer(forward.for_client(ip))),
+                        ready.clone(),
+                    ))
+                },
                 stopped.clone(),
             ))
         }

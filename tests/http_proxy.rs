@@ -818,3 +818,34 @@ async fn concurrent_requests_of_one_client_connection_do_not_wait_for_each_other
     assert_eq!(slow.count(), 2);
     assert_eq!(slow.connections(), 2);
 }
+
+#[tokio::test]
+async fn the_ready_probe_answers_200_without_a_key_and_reaches_no_upstream() {
+    let gw = Gateway::start().await;
+
+    for method in [Method::GET, Method::HEAD] {
+        let r = gw.call(method.clone(), "/_keygate/ready", None).await;
+        r.assert_status(StatusCode::OK);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        if method == Method::GET {
+            assert_eq!(r.json, json!({ "status": "ready" }));
+        }
+    }
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn the_ready_probe_is_keygates_in_header_mode_too_and_other_paths_still_need_a_key() {
+    let gw = Gateway::builder().header_mode().start().await;
+
+    gw.call(Method::GET, "/_keygate/ready", None)
+        .await
+        .assert_status(StatusCode::OK);
+    gw.call(Method::GET, "/_keygate/ready/more", None)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "MISSING_KEY");
+    gw.call(Method::POST, "/_keygate/ready", None)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "MISSING_KEY");
+    assert_eq!(gw.upstream.count(), 0);
+}
