@@ -512,6 +512,26 @@ pub(crate) async fn delete_token(
     Ok(reply_empty(StatusCode::NO_CONTENT))
 }
 
+/// A new secret for a token; the old one is refused once this answers.
+pub(crate) async fn rotate_token(
+    State(s): State<AdminState>,
+    who: Principal,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(name) = name?;
+    who.provider_only()?;
+    let (record, token) = s.store.rotate_token(&name).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": record.name,
+            "role": record.role,
+            "org": record.org,
+            "token": token,
+        }),
+    ))
+}
+
 pub(crate) async fn not_found() -> AdminError {
     AdminError::NotFound
 }

@@ -126,6 +126,7 @@ fn routes() -> Routes {
         .add(M::POST, "/v1/tokens", create_token)
         .add(M::GET, "/v1/whoami", whoami)
         .add(M::DELETE, "/v1/tokens/{name}", delete_token)
+        .add(M::POST, "/v1/tokens/{name}/rotate", rotate_token)
 }
 
 /// A router under construction, and the method and path of each route in it.

@@ -916,6 +916,99 @@ impl Store {
         .await
     }
 
+    /// Gives the token `name` a new secret, in one conditional commit: the
+    /// old secret is refused on this node before this returns, and on every
+    /// node once the change is confirmed (as every change is). Returns the
+    /// new record (its `created_at` the rotation's time) and the new token,
+    /// which is never available again.
+    pub async fn rotate_token(&self, name: &str) -> Result<(TokenRecord, String), OpError> {
+        let name = name.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.token_writer.lock().await;
+            let mut known = {
+                let tokens = store.read_tokens();
+                tokens
+                    .by_name
+                    .get(&name)
+                    .and_then(|digest| tokens.by_digest.get(digest))
+                    .cloned()
+            };
+            // Each conflict means another node changed the token first; a
+            // few tries settle it, and a token rotated that often in a row
+            // is refused as the store's failure rather than looped on.
+            for _ in 0..COMMIT_TRIES {
+                let old = match known.take() {
+                    Some(record) => record,
+                    // Created elsewhere, with the feed not here yet?
+                    None if store.inner.shared => {
+                        let theirs = store
+                            .inner
+                            .backend
+                            .token(&name)
+                            .await?
+                            .ok_or(OpError::TokenNotFound)?;
+                        store.write_tokens().insert(theirs.clone());
+                        theirs
+                    }
+                    None => return Err(OpError::TokenNotFound),
+                };
+                let secret = token::generate();
+                let now = store.inner.clock.now();
+                let record = TokenRecord {
+                    name: old.name.clone(),
+                    role: old.role,
+                    org: old.org.clone(),
+                    digest: TokenDigest::of(&secret),
+                    created_at: now,
+                };
+                let event = AuditEvent {
+                    org: record.org.clone(),
+                    at: now,
+                    actor: Actor::Provider,
+                    action: Action::RotateToken,
+                    detail: format!("{} token {} rotated", role_name(record.role), record.name),
+                };
+                let committed = store
+                    .inner
+                    .backend
+                    .commit(Commit {
+                        change: Change::RotateToken {
+                            record: record.clone(),
+                            expected: old.digest,
+                        },
+                        event,
+                    })
+                    .await;
+                let seq = match committed {
+                    Ok(seq) => seq,
+                    Err(BackendError::Conflict(why)) => {
+                        // Deleted or rotated elsewhere first: learn which.
+                        tracing::debug!(token = %record.name, %why, "token rotation lost a race");
+                        match store.inner.backend.token(&record.name).await? {
+                            Some(theirs) => {
+                                store.write_tokens().insert(theirs.clone());
+                                known = Some(theirs);
+                                continue;
+                            }
+                            None => {
+                                store.write_tokens().remove(&record.name);
+                                return Err(OpError::TokenNotFound);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                store.write_tokens().insert(record.clone());
+                drop(writer);
+                store.confirm(seq).await?;
+                return Ok((record, secret));
+            }
+            Err(BackendError::Conflict(format!("the token {name} kept changing")).into())
+        })
+        .await
+    }
+
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
         // Writers only insert and remove; a poisoned lock still holds whole maps.
         self.inner.tokens.read().unwrap_or_else(|e| e.into_inner())
