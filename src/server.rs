@@ -37,6 +37,7 @@ use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
+use crate::metrics::{Listener as MetricsListener, Measured, Metrics};
 use crate::proxy::access::CountedBody;
 use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, Upstream};
 use crate::store::{
@@ -306,9 +307,12 @@ pub async fn start_with_options(
         preserve_host: config.proxy.preserve_host,
         upstream_tls: config.proxy.upstream_tls.clone(),
         https: config.proxy.tls.is_some(),
-        upstream_time: access_log,
+        // The metrics time the upstream on every request.
+        upstream_time: true,
     };
+    let metrics = Metrics::new();
     let proxy_settings = Settings {
+        metrics: (Arc::clone(&metrics), MetricsListener::Proxy),
         name: "proxy",
         limits: config.proxy.connections,
         tls: config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
@@ -326,24 +330,32 @@ pub async fn start_with_options(
     });
     // `GET /_keygate/ready`, answered inside the access log, before the gate.
     let ready = store.clone();
+    let m = Arc::clone(&metrics);
     let proxy = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| Ready::new(HopByHop::new(forward.for_client(ip)), ready.clone()),
+                move |ip| {
+                    Ready::new(
+                        Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
+                        ready.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
         (None, Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
                     log.layer(Ready::new(
-                        HopByHop::new(forward.for_client(ip)),
+                        Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
                         ready.clone(),
                     ))
                 },
@@ -352,12 +364,16 @@ pub async fn start_with_options(
         }
         (Some(layer), None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
                     Ready::new(
-                        HopByHop::new(layer.layer(forward.for_client(ip))),
+                        Measured::new(
+                            HopByHop::new(layer.layer(forward.for_client(ip))),
+                            m.clone(),
+                        ),
                         ready.clone(),
                     )
                 },
@@ -366,12 +382,16 @@ pub async fn start_with_options(
         }
         (Some(layer), Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
                     log.layer(Ready::new(
-                        HopByHop::new(layer.layer(forward.for_client(ip))),
+                        Measured::new(
+                            HopByHop::new(layer.layer(forward.for_client(ip))),
+                            m.clone(),
+                        ),
                         ready.clone(),
                     ))
                 },
@@ -394,9 +414,11 @@ pub async fn start_with_options(
         config.admin.provider_token,
         &public_url,
         &config.proxy.org_from,
-    );
+    )
+    .with_metrics(Arc::clone(&metrics));
     let router = admin::router(state);
     let admin_settings = Settings {
+        metrics: (Arc::clone(&metrics), MetricsListener::Admin),
         name: "admin",
         limits: config.admin.connections,
         tls: config.admin.tls.as_ref().map(|tls| tls.acceptor()),

@@ -48,6 +48,21 @@ pub(crate) async fn readyz(State(s): State<AdminState>) -> Reply {
     ))
 }
 
+/// Prometheus's text format; no token (a scraper asks, and no figure names
+/// an org).
+pub(crate) async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut res = Response::new(Body::from(s.metrics.render(&s.store)));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
 pub(crate) async fn get_key(
     State(s): State<AdminState>,
     who: Principal,

@@ -196,6 +196,15 @@ where
         }
     }
 
+    /// A reader of how many upstream connections are open now, for metrics.
+    pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static
+    where
+        B: Send + 'static,
+    {
+        let upstreams = Arc::downgrade(&self.shared.upstreams);
+        move || upstreams.upgrade().map_or(0, |u| u.open_count())
+    }
+
     /// This forwarder for one client connection from `ip`: its own upstream
     /// connection, and its address turned into a header value once per
     /// connection, not once per request.

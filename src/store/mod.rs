@@ -149,6 +149,8 @@ struct Inner {
     tokens: std::sync::RwLock<Tokens>,
     /// Serializes token creation and deletion, so a name is taken once.
     token_writer: tokio::sync::Mutex<()>,
+    /// Committed changes by action, and commit latency, for `GET /metrics`.
+    metrics: crate::metrics::StoreMetrics,
     /// Where provisioning keeps new orgs' ids; dropped with the store, and the
     /// ids' pages with their last org.
     id_pages: std::sync::Mutex<IdPages>,
@@ -328,6 +330,7 @@ impl Store {
                 stripe_hasher: Default::default(),
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
+                metrics: Default::default(),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
                 shared: feed.is_some(),
@@ -827,9 +830,7 @@ impl Store {
                 detail: format!("{} token {} created", role_name(role), record.name),
             };
             let committed = store
-                .inner
-                .backend
-                .commit(Commit {
+                .commit_measured(Commit {
                     change: Change::PutToken(record.clone()),
                     event,
                 })
@@ -891,9 +892,7 @@ impl Store {
                 detail: format!("{} token {} deleted", role_name(record.role), record.name),
             };
             let committed = store
-                .inner
-                .backend
-                .commit(Commit {
+                .commit_measured(Commit {
                     change: Change::DeleteToken(record.name.clone()),
                     event,
                 })
@@ -970,9 +969,7 @@ impl Store {
                     detail: format!("{} token {} rotated", role_name(record.role), record.name),
                 };
                 let committed = store
-                    .inner
-                    .backend
-                    .commit(Commit {
+                    .commit_measured(Commit {
                         change: Change::RotateToken {
                             record: record.clone(),
                             expected: old.digest,
@@ -1007,6 +1004,22 @@ impl Store {
             Err(BackendError::Conflict(format!("the token {name} kept changing")).into())
         })
         .await
+    }
+
+    /// What the store counts: committed changes by action, commit latency.
+    pub fn metrics(&self) -> &crate::metrics::StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Commits through the backend, counting the change and timing it.
+    async fn commit_measured(&self, commit: Commit) -> Result<Seq, BackendError> {
+        let action = commit.event.action;
+        let start = std::time::Instant::now();
+        let committed = self.inner.backend.commit(commit).await;
+        self.inner
+            .metrics
+            .commit(committed.is_ok().then_some(action), start.elapsed());
+        committed
     }
 
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
@@ -1182,7 +1195,7 @@ impl Store {
                 detail: t.detail.clone(),
             },
         };
-        self.inner.backend.commit(commit).await
+        self.commit_measured(commit).await
     }
 
     /// A new live org, its id kept on the store's pages.
@@ -1364,7 +1377,7 @@ impl Store {
                     action: Action::DeleteOrg,
                     detail: "org deleted, with its key and its tokens".to_owned(),
                 };
-                match store.inner.backend.commit(Commit { change, event }).await {
+                match store.commit_measured(Commit { change, event }).await {
                     Ok(seq) => break seq,
                     Err(BackendError::Conflict(why)) if tries < COMMIT_TRIES => {
                         tracing::debug!(org = %id, %why, tries, "org delete lost a race");
