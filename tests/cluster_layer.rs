@@ -183,6 +183,9 @@ impl Backend for Leased {
     fn lease(&self) -> Option<Arc<Lease>> {
         Some(self.lease.clone())
     }
+    fn feed_seen(&self) -> Option<Seq> {
+        self.shared.feed_seen()
+    }
 }
 
 #[tokio::test]
@@ -310,4 +313,54 @@ async fn the_proxy_ready_probe_answers_503_not_ready_while_the_node_has_no_lease
     lease.revoke();
     assert_eq!(ask().await.0, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(c.forwarded.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn metrics_show_the_lease_the_live_nodes_and_no_feed_lag_once_a_change_returns() {
+    use keygate::metrics::Metrics;
+
+    let shared = Arc::new(MemoryBackend::shared());
+    let lease = Arc::new(Lease::new());
+    let backend = Arc::new(Leased {
+        shared: shared.clone(),
+        lease: lease.clone(),
+    });
+    let store = Store::open(backend, Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let other = Store::open(shared.clone(), Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let read = |name: &str| -> Option<f64> {
+        let text = metrics.render(&store);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                ref other => panic!("{name} is {other:?}"),
+            })
+    };
+
+    assert_eq!(read("keygate_cluster_lease"), Some(0.0));
+    lease.extend(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    lease.set_live_nodes(3);
+    assert_eq!(read("keygate_cluster_lease"), Some(1.0));
+    assert_eq!(read("keygate_cluster_live_nodes"), Some(3.0));
+    // A change made on the other node returns once this one applied it.
+    other
+        .provision(
+            OrgId::parse("acme").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read("keygate_cluster_feed_lag"), Some(0.0));
+    assert_eq!(read("keygate_orgs"), Some(1.0));
 }

@@ -247,6 +247,15 @@ impl Metrics {
                 "Live nodes of the cluster, as this node last learned.",
             );
             let _ = writeln!(o, "keygate_cluster_live_nodes {}", lease.live_nodes());
+            if let Some(lag) = store.feed_lag() {
+                header(
+                    o,
+                    "keygate_cluster_feed_lag",
+                    "gauge",
+                    "Changes on the cluster's feed this node has read but not applied yet.",
+                );
+                let _ = writeln!(o, "keygate_cluster_feed_lag {lag}");
+            }
         }
         out
     }
@@ -257,6 +266,8 @@ impl Metrics {
 pub struct StoreMetrics {
     changes: Counters<{ ACTIONS.len() }>,
     commits: Histogram<{ SLOW_BOUNDS.len() + 2 }>,
+    /// The last feed seq the store applied.
+    applied: AtomicU64,
 }
 
 impl Default for StoreMetrics {
@@ -264,6 +275,7 @@ impl Default for StoreMetrics {
         StoreMetrics {
             changes: Counters::default(),
             commits: Histogram::new(&SLOW_BOUNDS),
+            applied: AtomicU64::new(0),
         }
     }
 }
@@ -295,6 +307,16 @@ impl StoreMetrics {
                 self.changes.add(i, 1);
             }
         }
+    }
+
+    /// The store applied the feed up to `seq`.
+    pub fn applied(&self, seq: u64) {
+        self.applied.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The last feed seq the store applied.
+    pub fn last_applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
     }
 
     /// Changes committed with `action`.

@@ -118,6 +118,13 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The last place on the change feed this node's reader has seen, for
+    /// the feed lag in `GET /metrics` (it less the store's last applied).
+    /// `None` for a backend without a feed.
+    fn feed_seen(&self) -> Option<Seq> {
+        None
+    }
+
     /// The org `id` as last committed, if it exists: what the store reads after
     /// a [`BackendError::Conflict`] to re-decide on the newest state. The
     /// default reads everything with [`load`](Backend::load), which is correct

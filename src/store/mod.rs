@@ -1011,6 +1011,14 @@ impl Store {
         &self.inner.metrics
     }
 
+    /// How far this node's store is behind the change feed: the last seq
+    /// its backend's reader saw, less the last it applied. `None` without a
+    /// feed.
+    pub fn feed_lag(&self) -> Option<u64> {
+        let seen = self.inner.backend.feed_seen()?;
+        Some(seen.saturating_sub(self.inner.metrics.last_applied()))
+    }
+
     /// Commits through the backend, counting the change and timing it.
     async fn commit_measured(&self, commit: Commit) -> Result<Seq, BackendError> {
         let action = commit.event.action;
@@ -1455,6 +1463,7 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
         }
         // Now serving it: what another node's confirm waits for.
         feed.applied(seq);
+        store.inner.metrics.applied(seq);
     }
 }
 
