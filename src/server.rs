@@ -39,7 +39,9 @@ use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::metrics::{Listener as MetricsListener, Measured, Metrics};
 use crate::proxy::access::CountedBody;
-use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, Upstream};
+use crate::proxy::{
+    AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, RequestId, RequestIds, Upstream,
+};
 use crate::store::{
     Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
 };
@@ -321,8 +323,8 @@ pub async fn start_with_options(
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
     }
     // Four stacks, each its own type: the access log is either in the stack
-    // or not there at all. Outermost first: access log, readiness probe,
-    // hop-by-hop, gate.
+    // or not there at all. Outermost first: request id, access log,
+    // readiness probe, metrics, hop-by-hop, gate.
     let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
     let access = access_log.then(|| {
         let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
@@ -331,6 +333,8 @@ pub async fn start_with_options(
     // `GET /_keygate/ready`, answered inside the access log, before the gate.
     let ready = store.clone();
     let m = Arc::clone(&metrics);
+    // Outermost: every answer carries the request's id.
+    let ids = RequestIds::new();
     let proxy = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
@@ -339,9 +343,12 @@ pub async fn start_with_options(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
-                    Ready::new(
-                        Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
-                        ready.clone(),
+                    RequestId::new(
+                        Ready::new(
+                            Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
+                            ready.clone(),
+                        ),
+                        ids.clone(),
                     )
                 },
                 stopped.clone(),
@@ -354,10 +361,13 @@ pub async fn start_with_options(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
-                    log.layer(Ready::new(
-                        Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
-                        ready.clone(),
-                    ))
+                    RequestId::new(
+                        log.layer(Ready::new(
+                            Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
+                            ready.clone(),
+                        )),
+                        ids.clone(),
+                    )
                 },
                 stopped.clone(),
             ))
@@ -369,12 +379,15 @@ pub async fn start_with_options(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
-                    Ready::new(
-                        Measured::new(
-                            HopByHop::new(layer.layer(forward.for_client(ip))),
-                            m.clone(),
+                    RequestId::new(
+                        Ready::new(
+                            Measured::new(
+                                HopByHop::new(layer.layer(forward.for_client(ip))),
+                                m.clone(),
+                            ),
+                            ready.clone(),
                         ),
-                        ready.clone(),
+                        ids.clone(),
                     )
                 },
                 stopped.clone(),
@@ -387,13 +400,16 @@ pub async fn start_with_options(
                 proxy_listener,
                 proxy_settings,
                 move |ip| {
-                    log.layer(Ready::new(
-                        Measured::new(
-                            HopByHop::new(layer.layer(forward.for_client(ip))),
-                            m.clone(),
-                        ),
-                        ready.clone(),
-                    ))
+                    RequestId::new(
+                        log.layer(Ready::new(
+                            Measured::new(
+                                HopByHop::new(layer.layer(forward.for_client(ip))),
+                                m.clone(),
+                            ),
+                            ready.clone(),
+                        )),
+                        ids.clone(),
+                    )
                 },
                 stopped.clone(),
             ))
