@@ -371,3 +371,31 @@ async fn with_log_format_json_every_line_is_json_and_the_access_line_has_the_req
     assert_eq!(access["fields"]["code"], "MISSING_KEY", "{access}");
     proc.kill();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_format_flag_overrides_the_config() {
+    let env = Env::new("[log]\nformat = \"text\"\n").await;
+    let mut cmd = serve_command(&env.config, "info");
+    cmd.args(["--log-format", "json"]);
+    let mut proc = Proc::spawn("keygate serve", cmd);
+    let deadline = Instant::now() + START_LIMIT;
+    let line = loop {
+        if let Some(line) = proc
+            .stderr()
+            .lines()
+            .find(|l| l.contains("keygate listening"))
+        {
+            break line.to_owned();
+        }
+        assert!(proc.exited().is_none(), "exited:\n{}", proc.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "not listening:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["fields"]["message"], "keygate listening", "{v}");
+    proc.kill();
+}

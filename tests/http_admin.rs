@@ -93,8 +93,8 @@ fn provider_calls(org: &str) -> Vec<Call> {
             "/v1/tokens".into(),
             Some(json!({ "name": "mallory", "role": "admin", "org": org })),
         ),
-        (Method::DELETE, "/v1/tokens/alice".into(), None),
         (Method::POST, "/v1/tokens/alice/rotate".into(), None),
+        (Method::DELETE, "/v1/tokens/alice".into(), None),
     ]
 }
 

@@ -97,7 +97,9 @@ pub struct ForwardConfig {
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
     /// Measure how long the upstream takes to answer, for the access log
-    /// ([`UpstreamBody::upstream_time`]); off, no clock is read.
+    /// and the metrics ([`UpstreamBody::upstream_time`]); off, no clock is
+    /// read. keygate's server always turns it on (`GET /metrics` has the
+    /// upstream's histogram).
     pub upstream_time: bool,
 }
 
