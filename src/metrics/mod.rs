@@ -43,8 +43,8 @@ pub const OUTCOMES: [&str; 11] = [
 ];
 
 /// The index in [`OUTCOMES`] of keygate's own answer's contract code, or of
-/// `forwarded` for `None`. An unknown code counts as forwarded's neighbour
-/// would be wrong, so it gets no index.
+/// `forwarded` for `None`; `None` for a code that is not a proxied request's
+/// outcome (the readiness probe's, which is not counted).
 #[inline]
 fn outcome(code: Option<&'static str>) -> Option<usize> {
     Some(match code {
@@ -358,5 +358,59 @@ mod tests {
             assert_eq!(OUTCOMES[i], code.to_ascii_lowercase());
         }
         assert_eq!(OUTCOMES[outcome(None).unwrap()], "forwarded");
+    }
+
+    #[test]
+    fn every_audit_action_has_its_label() {
+        use crate::org::Action;
+        // Exhaustive inside the crate: a new action fails to compile here
+        // until it is listed, and then this test until ACTIONS has it.
+        let all = |a: Action| match a {
+            Action::Provision
+            | Action::AddKey
+            | Action::EditKey
+            | Action::RegenerateKey
+            | Action::DeleteKey
+            | Action::Disable
+            | Action::AutoDisable
+            | Action::Enable
+            | Action::SetSubscription
+            | Action::SetLimits
+            | Action::CreateToken
+            | Action::DeleteToken
+            | Action::RotateToken
+            | Action::DeleteOrg => a.as_str(),
+        };
+        for a in [
+            Action::Provision,
+            Action::AddKey,
+            Action::EditKey,
+            Action::RegenerateKey,
+            Action::DeleteKey,
+            Action::Disable,
+            Action::AutoDisable,
+            Action::Enable,
+            Action::SetSubscription,
+            Action::SetLimits,
+            Action::CreateToken,
+            Action::DeleteToken,
+            Action::RotateToken,
+            Action::DeleteOrg,
+        ] {
+            assert!(ACTIONS.contains(&all(a)), "{a:?}");
+        }
+        assert_eq!(ACTIONS.len(), 14);
+    }
+
+    #[test]
+    fn a_counted_change_shows_under_its_action() {
+        let m = StoreMetrics::default();
+        m.commit(
+            Some(crate::org::Action::RotateToken),
+            Duration::from_millis(3),
+        );
+        m.commit(None, Duration::from_millis(3));
+        assert_eq!(m.changes("rotate_token"), 1);
+        assert_eq!(m.changes("provision"), 0);
     }
 }
