@@ -15,6 +15,7 @@ pub mod answer;
 pub mod gate;
 pub mod config;
 pub mod proxy;
+pub mod metrics;
 pub mod timeout;
 pub mod tls;
 pub mod admin;

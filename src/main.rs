@@ -30,6 +30,10 @@ enum Command {
         /// measure what the checks cost.
         #[arg(long, hide = true)]
         bare: bool,
+        /// `text` or `json` (one JSON object per line); overrides the config's
+        /// `log.format`.
+        #[arg(long, value_enum)]
+        log_format: Option<keygate::config::LogFormat>,
     },
     /// Load a stopped keygate's store in bulk from FILE (or standard input):
     /// either an org list, one per line, `org` or `org<TAB>key`, or a whole
@@ -95,12 +99,13 @@ fn main() -> ExitCode {
             config,
             workers,
             bare,
+            log_format,
         } => {
             let config = match load_config(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logs();
+            init_logs_as(log_format.unwrap_or(config.log_format));
             let options = keygate::server::ServeOptions { bare };
             run_on(workers, async {
                 keygate::server::serve_with(&config, options).await
@@ -177,18 +182,33 @@ fn load_config(path: &std::path::Path) -> Result<keygate::config::Config, ExitCo
     })
 }
 
-/// Logs to stderr; `KEYGATE_LOG` (or `RUST_LOG`) sets the level, `info` by default.
+/// Logs to stderr as text; `KEYGATE_LOG` (or `RUST_LOG`) sets the level,
+/// `info` by default.
 fn init_logs() {
+    init_logs_as(keygate::config::LogFormat::Text);
+}
+
+/// Logs to stderr in `format`: text lines, or one JSON object per line with
+/// the current span's fields (the request id) in `span`.
+fn init_logs_as(format: keygate::config::LogFormat) {
     let filter = std::env::var("KEYGATE_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        keygate::config::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        keygate::config::LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 async fn import(config: &keygate::config::Config, file: &std::path::Path) -> anyhow::Result<()> {

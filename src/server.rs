@@ -37,8 +37,11 @@ use crate::admin::{self, AdminState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
+use crate::metrics::{Listener as MetricsListener, Measured, Metrics};
 use crate::proxy::access::CountedBody;
-use crate::proxy::{AccessLogLayer, Forward, ForwardConfig, HopByHop, Upstream};
+use crate::proxy::{
+    AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, RequestId, RequestIds, Upstream,
+};
 use crate::store::{
     Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
 };
@@ -306,9 +309,12 @@ pub async fn start_with_options(
         preserve_host: config.proxy.preserve_host,
         upstream_tls: config.proxy.upstream_tls.clone(),
         https: config.proxy.tls.is_some(),
-        upstream_time: access_log,
+        // The metrics time the upstream on every request.
+        upstream_time: true,
     };
+    let metrics = Metrics::new();
     let proxy_settings = Settings {
+        metrics: (Arc::clone(&metrics), MetricsListener::Proxy),
         name: "proxy",
         limits: config.proxy.connections,
         tls: config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
@@ -317,46 +323,94 @@ pub async fn start_with_options(
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
     }
     // Four stacks, each its own type: the access log is either in the stack
-    // or not there at all. Outermost first: access log, hop-by-hop, gate.
+    // or not there at all. Outermost first: request id, access log,
+    // readiness probe, metrics, hop-by-hop, gate.
     let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
     let access = access_log.then(|| {
         let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
         AccessLogLayer::new(org_from, config.proxy.access_log_query)
     });
+    // `GET /_keygate/ready`, answered inside the access log, before the gate.
+    let ready = store.clone();
+    let m = Arc::clone(&metrics);
+    // Outermost: every answer carries the request's id.
+    let ids = RequestIds::new();
     let proxy = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| HopByHop::new(forward.for_client(ip)),
+                move |ip| {
+                    RequestId::new(
+                        Ready::new(
+                            Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
+                            ready.clone(),
+                        ),
+                        ids.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
         (None, Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| log.layer(HopByHop::new(forward.for_client(ip))),
+                move |ip| {
+                    RequestId::new(
+                        log.layer(Ready::new(
+                            Measured::new(HopByHop::new(forward.for_client(ip)), m.clone()),
+                            ready.clone(),
+                        )),
+                        ids.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
         (Some(layer), None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| HopByHop::new(layer.layer(forward.for_client(ip))),
+                move |ip| {
+                    RequestId::new(
+                        Ready::new(
+                            Measured::new(
+                                HopByHop::new(layer.layer(forward.for_client(ip))),
+                                m.clone(),
+                            ),
+                            ready.clone(),
+                        ),
+                        ids.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
         (Some(layer), Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
+            metrics.upstream_connections(forward.open_connections());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
-                move |ip| log.layer(HopByHop::new(layer.layer(forward.for_client(ip)))),
+                move |ip| {
+                    RequestId::new(
+                        log.layer(Ready::new(
+                            Measured::new(
+                                HopByHop::new(layer.layer(forward.for_client(ip))),
+                                m.clone(),
+                            ),
+                            ready.clone(),
+                        )),
+                        ids.clone(),
+                    )
+                },
                 stopped.clone(),
             ))
         }
@@ -376,9 +430,11 @@ pub async fn start_with_options(
         config.admin.provider_token,
         &public_url,
         &config.proxy.org_from,
-    );
+    )
+    .with_metrics(Arc::clone(&metrics));
     let router = admin::router(state);
     let admin_settings = Settings {
+        metrics: (Arc::clone(&metrics), MetricsListener::Admin),
         name: "admin",
         limits: config.admin.connections,
         tls: config.admin.tls.as_ref().map(|tls| tls.acceptor()),

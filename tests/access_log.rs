@@ -283,3 +283,119 @@ async fn a_client_that_hangs_up_mid_body_still_gets_a_line_marked_incomplete() {
     assert_eq!(field(line, "bytes_out"), "10", "{line}");
     assert_eq!(field(line, "complete"), "false", "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_line_names_the_request_id_the_client_got() {
+    let env = Env::new("").await;
+    let gw = Gateway::start(&env, "", None).await;
+    let key = gw.provision(&env, "acme").await;
+
+    let mut got = Vec::new();
+    for id in [Some("trace-me-1"), None] {
+        let mut req =
+            Request::get(format!("http://{}/acme/v1/users", gw.proxy)).header("x-api-key", &key);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        let res = gw
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        got.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
+        res.into_body().collect().await.unwrap();
+    }
+
+    assert_eq!(got[0], "trace-me-1");
+    let lines = gw.wait_lines(2).await;
+    for (line, id) in lines.iter().zip(&got) {
+        assert_eq!(field(line, "request_id"), id, "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_log_format_json_every_line_is_json_and_the_access_line_has_the_request_id() {
+    let env = Env::new("[log]\nformat = \"json\"\n").await;
+    let mut proc = Proc::spawn("keygate serve", serve_command(&env.config, "info"));
+    let deadline = Instant::now() + START_LIMIT;
+    let listening: Value = loop {
+        if let Some(line) = proc
+            .stderr()
+            .lines()
+            .find(|l| l.contains("keygate listening"))
+        {
+            break serde_json::from_str(line).expect("a JSON line");
+        }
+        assert!(proc.exited().is_none(), "exited:\n{}", proc.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "not listening:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let addr =
+        |name: &str| -> SocketAddr { listening["fields"][name].as_str().unwrap().parse().unwrap() };
+    let (proxy, _admin) = (addr("proxy_addr"), addr("admin_addr"));
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let res = client
+        .request(
+            Request::get(format!("http://{proxy}/acme/v1/users"))
+                .header("x-request-id", "json-req-9")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    res.into_body().collect().await.unwrap();
+
+    let deadline = Instant::now() + LIMIT;
+    let access: Value = loop {
+        let found = proc
+            .stderr()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .find(|v| v["target"] == "keygate::access");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access line:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(access["fields"]["request_id"], "json-req-9", "{access}");
+    assert_eq!(access["fields"]["code"], "MISSING_KEY", "{access}");
+    proc.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_format_flag_overrides_the_config() {
+    let env = Env::new("[log]\nformat = \"text\"\n").await;
+    let mut cmd = serve_command(&env.config, "info");
+    cmd.args(["--log-format", "json"]);
+    let mut proc = Proc::spawn("keygate serve", cmd);
+    let deadline = Instant::now() + START_LIMIT;
+    let line = loop {
+        if let Some(line) = proc
+            .stderr()
+            .lines()
+            .find(|l| l.contains("keygate listening"))
+        {
+            break line.to_owned();
+        }
+        assert!(proc.exited().is_none(), "exited:\n{}", proc.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "not listening:\n{}",
+            proc.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["fields"]["message"], "keygate listening", "{v}");
+    proc.kill();
+}

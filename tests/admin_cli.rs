@@ -199,6 +199,20 @@ async fn every_subcommand_makes_its_call_and_prints_its_answer() {
         "{}",
         shown.stdout
     );
+    // tokens rotate: a new token, shown once; the old one is refused.
+    let out = cli(&gw, PROVIDER, &["tokens", "rotate", "acme-view"]).await;
+    let old = token;
+    let token = out
+        .ok()
+        .lines()
+        .find_map(|l| l.strip_prefix("token  "))
+        .unwrap_or_else(|| panic!("no token line: {}", out.stdout))
+        .to_owned();
+    assert_ne!(token, old);
+    cli(&gw, &old, &["key", "show", "acme"])
+        .await
+        .refused("UNAUTHENTICATED");
+    cli(&gw, &token, &["key", "show", "acme"]).await.ok();
     let out = cli(&gw, PROVIDER, &["tokens", "delete", "acme-view"]).await;
     assert_eq!(out.ok(), "acme-view: token deleted\n");
     cli(&gw, &token, &["key", "show", "acme"])
@@ -227,6 +241,7 @@ async fn every_subcommand_makes_its_call_and_prints_its_answer() {
             "set_subscription",
             "set_limits",
             "create_token",
+            "rotate_token",
             "delete_token"
         ]
     );

@@ -13,6 +13,7 @@ use http_body_util::Full;
 use keygate::clock::SystemClock;
 use keygate::gate::{GateConfig, KeyGate};
 use keygate::org::{Actor, LimitOverrides, Limits, OrgId};
+use keygate::proxy::Ready;
 use keygate::store::{
     AuditEvent, Backend, BackendError, BoxFuture, Commit, Lease, MemoryBackend, Seq, Snapshot,
     Store, Subscription,
@@ -182,6 +183,9 @@ impl Backend for Leased {
     fn lease(&self) -> Option<Arc<Lease>> {
         Some(self.lease.clone())
     }
+    fn feed_seen(&self) -> Option<Seq> {
+        self.shared.feed_seen()
+    }
 }
 
 #[tokio::test]
@@ -266,4 +270,97 @@ async fn a_node_without_a_lease_answers_503_on_the_proxy_and_the_admin_api_until
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(admin_call("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_proxy_ready_probe_answers_503_not_ready_while_the_node_has_no_lease() {
+    use http_body_util::BodyExt;
+
+    let c = cluster(1, 1_000).await;
+    let lease = Arc::new(Lease::new());
+    let backend = Arc::new(Leased {
+        shared: Arc::new(MemoryBackend::shared()),
+        lease: lease.clone(),
+    });
+    let store = Store::open(backend, Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let gate = KeyGate::new(
+        upstream(c.forwarded.clone()),
+        store.clone(),
+        GateConfig::default(),
+    );
+    let probe = Ready::new(gate, store);
+    let ask = || {
+        let probe = probe.clone();
+        async move {
+            let req = Request::get("/_keygate/ready")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let res = probe.oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            (status, json)
+        }
+    };
+
+    let (status, json) = ask().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json["code"], "NOT_READY");
+    lease.extend(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    assert_eq!(ask().await.0, StatusCode::OK);
+    lease.revoke();
+    assert_eq!(ask().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(c.forwarded.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn metrics_show_the_lease_the_live_nodes_and_no_feed_lag_once_a_change_returns() {
+    use keygate::metrics::Metrics;
+
+    let shared = Arc::new(MemoryBackend::shared());
+    let lease = Arc::new(Lease::new());
+    let backend = Arc::new(Leased {
+        shared: shared.clone(),
+        lease: lease.clone(),
+    });
+    let store = Store::open(backend, Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let other = Store::open(shared.clone(), Arc::new(SystemClock::new()), limits(1_000))
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let read = |name: &str| -> Option<f64> {
+        let text = metrics.render(&store);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                ref other => panic!("{name} is {other:?}"),
+            })
+    };
+
+    assert_eq!(read("keygate_cluster_lease"), Some(0.0));
+    lease.extend(std::time::Instant::now() + std::time::Duration::from_secs(60));
+    lease.set_live_nodes(3);
+    assert_eq!(read("keygate_cluster_lease"), Some(1.0));
+    assert_eq!(read("keygate_cluster_live_nodes"), Some(3.0));
+    // A change made on the other node returns once this one applied it.
+    other
+        .provision(
+            OrgId::parse("acme").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read("keygate_cluster_feed_lag"), Some(0.0));
+    assert_eq!(read("keygate_orgs"), Some(1.0));
 }

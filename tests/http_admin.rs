@@ -93,6 +93,7 @@ fn provider_calls(org: &str) -> Vec<Call> {
             "/v1/tokens".into(),
             Some(json!({ "name": "mallory", "role": "admin", "org": org })),
         ),
+        (Method::POST, "/v1/tokens/alice/rotate".into(), None),
         (Method::DELETE, "/v1/tokens/alice".into(), None),
     ]
 }
@@ -239,6 +240,91 @@ async fn a_token_made_again_under_a_deleted_name_does_not_revive_the_old_one() {
     gw.get("/v1/orgs/acme/key", Some(&new))
         .await
         .assert_status(StatusCode::OK);
+}
+
+async fn rotation_refuses_the_old_token_and_admits_the_new_one(gw: Gateway) {
+    gw.provision("acme").await;
+    let old = gw.token("alice", "viewer", "acme").await;
+
+    let r = gw
+        .post("/v1/tokens/alice/rotate", Some(PROVIDER), None)
+        .await;
+
+    r.assert_status(StatusCode::OK);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let new = r.json["token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(r.json["name"], "alice");
+    assert_eq!(r.json["role"], "viewer");
+    assert_eq!(r.json["org"], "acme");
+    assert_eq!(r.json.as_object().unwrap().len(), 4);
+    gw.get("/v1/orgs/acme/key", Some(&old))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    gw.get("/v1/orgs/acme/key", Some(&new))
+        .await
+        .assert_status(StatusCode::OK);
+    let listed = gw.get("/v1/tokens", Some(PROVIDER)).await;
+    let names: Vec<&str> = listed.json["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice"]);
+    assert!(!listed.text().contains(&new));
+    let audit = gw.get("/v1/orgs/acme/audit", Some(PROVIDER)).await;
+    let last = audit.json["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "rotate_token");
+    assert!(!audit.text().contains(&new) && !audit.text().contains(&old));
+}
+
+#[tokio::test]
+async fn rotating_a_token_refuses_the_old_one_at_once_in_memory() {
+    rotation_refuses_the_old_token_and_admits_the_new_one(Gateway::start().await).await;
+}
+
+#[tokio::test]
+async fn rotating_a_token_refuses_the_old_one_at_once_on_redb_and_after_a_restart() {
+    let mut gw = Gateway::builder().redb().start().await;
+    gw.provision("acme").await;
+    let old = gw.token("alice", "admin", "acme").await;
+    let r = gw
+        .post("/v1/tokens/alice/rotate", Some(PROVIDER), None)
+        .await;
+    r.assert_status(StatusCode::OK);
+    let new = r.json["token"].as_str().unwrap().to_owned();
+
+    gw.restart().await;
+
+    gw.get("/v1/orgs/acme/key", Some(&old))
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+    gw.get("/v1/orgs/acme/key", Some(&new))
+        .await
+        .assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rotating_a_token_on_redb_answers_like_memory() {
+    rotation_refuses_the_old_token_and_admits_the_new_one(Gateway::builder().redb().start().await)
+        .await;
+}
+
+#[tokio::test]
+async fn rotating_an_unknown_token_is_404() {
+    let gw = Gateway::start().await;
+
+    let r = gw
+        .post("/v1/tokens/nobody/rotate", Some(PROVIDER), None)
+        .await;
+
+    r.assert_refused(StatusCode::NOT_FOUND, "TOKEN_NOT_FOUND");
 }
 
 #[tokio::test]

@@ -818,3 +818,122 @@ async fn concurrent_requests_of_one_client_connection_do_not_wait_for_each_other
     assert_eq!(slow.count(), 2);
     assert_eq!(slow.connections(), 2);
 }
+
+#[tokio::test]
+async fn the_ready_probe_answers_200_without_a_key_and_reaches_no_upstream() {
+    let gw = Gateway::start().await;
+
+    for method in [Method::GET, Method::HEAD] {
+        let r = gw.call(method.clone(), "/_keygate/ready", None).await;
+        r.assert_status(StatusCode::OK);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        if method == Method::GET {
+            assert_eq!(r.json, json!({ "status": "ready" }));
+        }
+    }
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn the_ready_probe_is_keygates_in_header_mode_too_and_other_paths_still_need_a_key() {
+    let gw = Gateway::builder().header_mode().start().await;
+
+    gw.call(Method::GET, "/_keygate/ready", None)
+        .await
+        .assert_status(StatusCode::OK);
+    gw.call(Method::GET, "/_keygate/ready/more", None)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "MISSING_KEY");
+    gw.call(Method::POST, "/_keygate/ready", None)
+        .await
+        .assert_refused(StatusCode::UNAUTHORIZED, "MISSING_KEY");
+    assert_eq!(gw.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn a_clients_request_id_is_kept_forwarded_and_returned() {
+    let gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+    let id = "client-id_42:/.=+~!";
+
+    let req = gw
+        .proxy_request(Method::GET, "/acme/v1/users")
+        .header("x-api-key", &key)
+        .header("x-request-id", id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = gw.send(req).await;
+
+    r.assert_status(StatusCode::OK);
+    assert_eq!(r.header("x-request-id"), Some(id));
+    let seen = gw.upstream.only();
+    let upstream: Vec<_> = seen.headers.get_all("x-request-id").iter().collect();
+    assert_eq!(upstream, [id]);
+}
+
+#[tokio::test]
+async fn a_missing_or_unacceptable_request_id_is_replaced_by_a_fresh_one_upstream_and_back() {
+    let gw = Gateway::start().await;
+    let key = gw.provision("acme").await;
+    let too_long = "a".repeat(129);
+    let mut answered = Vec::new();
+    for sent in [None, Some(too_long.as_str()), Some("has space"), Some("")] {
+        let mut req = gw
+            .proxy_request(Method::GET, "/acme/v1/users")
+            .header("x-api-key", &key);
+        if let Some(v) = sent {
+            req = req.header("x-request-id", v);
+        }
+        let r = gw.send(req.body(Full::new(Bytes::new())).unwrap()).await;
+        r.assert_status(StatusCode::OK);
+        let id = r.header("x-request-id").expect("an id").to_owned();
+        assert!(Some(id.as_str()) != sent, "{sent:?} kept");
+        assert!(
+            !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{id:?}"
+        );
+        answered.push(id);
+    }
+    let seen: Vec<String> = gw
+        .upstream
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-request-id"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, answered);
+    let mut unique = answered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), answered.len(), "{answered:?}");
+}
+
+#[tokio::test]
+async fn refusals_and_the_ready_probe_carry_the_request_id_too() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+
+    for (path, key, status) in [
+        ("/acme/v1/users", None, StatusCode::UNAUTHORIZED),
+        (
+            "/acme/v1/users",
+            Some("WrongKey1234"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("/_keygate/ready", None, StatusCode::OK),
+    ] {
+        let mut req = gw
+            .proxy_request(Method::GET, path)
+            .header("x-request-id", "probe-7");
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let r = gw.send(req.body(Full::new(Bytes::new())).unwrap()).await;
+        r.assert_status(status);
+        assert_eq!(r.header("x-request-id"), Some("probe-7"), "{path}");
+        let fresh = gw.call(Method::GET, path, key).await;
+        assert!(fresh
+            .header("x-request-id")
+            .is_some_and(|v| v.starts_with("kg-")));
+    }
+    assert_eq!(gw.upstream.count(), 0);
+}

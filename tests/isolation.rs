@@ -38,6 +38,7 @@ enum Endpoint {
     Limits,
     CreateToken,
     DeleteToken,
+    RotateToken,
     DeleteOrg,
     Usage,
     ListTokens,
@@ -131,7 +132,7 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
             return match endpoint {
                 Provision => (201, ""),
                 List | ListTokens => (200, ""),
-                DeleteToken => (404, "TOKEN_NOT_FOUND"),
+                DeleteToken | RotateToken => (404, "TOKEN_NOT_FOUND"),
                 _ => (404, "ORG_NOT_FOUND"),
             }
         }
@@ -144,7 +145,7 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
         GetKey | Audit | Usage => false,
         AddKey | EditKey | Regenerate | DeleteKey => true,
         Provision | List | Disable | Enable | Subscription | Limits | CreateToken | DeleteToken
-        | DeleteOrg | ListTokens => return (403, "FORBIDDEN"),
+        | RotateToken | DeleteOrg | ListTokens => return (403, "FORBIDDEN"),
     };
     if target != own || (changes_key && !may_change) {
         return (403, "FORBIDDEN");
@@ -157,7 +158,7 @@ fn on_an_existing_org(endpoint: Endpoint) -> (u16, &'static str) {
     use Endpoint::*;
     match endpoint {
         GetKey | EditKey | Regenerate | Audit | List | Disable | Enable | Subscription | Limits
-        | Usage | ListTokens => (200, ""),
+        | Usage | ListTokens | RotateToken => (200, ""),
         AddKey => (409, "KEY_EXISTS"),
         DeleteKey | DeleteToken | DeleteOrg => (204, ""),
         Provision => (409, "ORG_EXISTS"),
@@ -304,6 +305,11 @@ fn call(endpoint: Endpoint, target: Target) -> (Method, String, Option<Value>) {
         DeleteToken => (
             Method::DELETE,
             format!("/v1/tokens/{}", target.spare_token()),
+            None,
+        ),
+        RotateToken => (
+            Method::POST,
+            format!("/v1/tokens/{}/rotate", target.spare_token()),
             None,
         ),
         DeleteOrg => (Method::DELETE, format!("/v1/orgs/{org}"), None),
@@ -495,6 +501,11 @@ async fn delete_token_is_isolated_for_every_caller_and_target() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_token_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::RotateToken).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_org_is_isolated_for_every_caller_and_target() {
     run_matrix(Endpoint::DeleteOrg).await;
 }
@@ -536,6 +547,9 @@ fn the_table_says_what_the_contract_says() {
         (CreateToken, AdminOfA, A, (403, "FORBIDDEN")),
         (DeleteToken, Provider, Missing, (404, "TOKEN_NOT_FOUND")),
         (DeleteToken, AdminOfB, B, (403, "FORBIDDEN")),
+        (RotateToken, Provider, Missing, (404, "TOKEN_NOT_FOUND")),
+        (RotateToken, Provider, A, (200, "")),
+        (RotateToken, AdminOfA, A, (403, "FORBIDDEN")),
         (DeleteOrg, AdminOfA, A, (403, "FORBIDDEN")),
         (DeleteOrg, Provider, A, (204, "")),
         (DeleteOrg, Provider, Missing, (404, "ORG_NOT_FOUND")),

@@ -48,6 +48,21 @@ pub(crate) async fn readyz(State(s): State<AdminState>) -> Reply {
     ))
 }
 
+/// Prometheus's text format; no token (a scraper asks, and no figure names
+/// an org).
+pub(crate) async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut res = Response::new(Body::from(s.metrics.render(&s.store)));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
 pub(crate) async fn get_key(
     State(s): State<AdminState>,
     who: Principal,
@@ -533,6 +548,26 @@ pub(crate) async fn delete_token(
     who.provider_only()?;
     s.store.delete_token(&name).await?;
     Ok(reply_empty(StatusCode::NO_CONTENT))
+}
+
+/// A new secret for a token; the old one is refused once this answers.
+pub(crate) async fn rotate_token(
+    State(s): State<AdminState>,
+    who: Principal,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(name) = name?;
+    who.provider_only()?;
+    let (record, token) = s.store.rotate_token(&name).await?;
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": record.name,
+            "role": record.role,
+            "org": record.org,
+            "token": token,
+        }),
+    ))
 }
 
 pub(crate) async fn not_found() -> AdminError {

@@ -50,6 +50,8 @@ use crate::token::TokenDigest;
 #[derive(Clone)]
 pub struct AdminState {
     store: Store,
+    /// What `GET /metrics` renders besides the store's own figures.
+    metrics: Arc<crate::metrics::Metrics>,
     provider: TokenDigest,
     public_url: Arc<str>,
     org_in_path: bool,
@@ -73,11 +75,19 @@ impl AdminState {
         org_from: &OrgSource,
     ) -> Self {
         AdminState {
+            metrics: crate::metrics::Metrics::new(),
             store,
             provider,
             public_url: public_url.trim_end_matches('/').into(),
             org_in_path: *org_from == OrgSource::Path,
         }
+    }
+
+    /// The same, rendering `metrics` at `GET /metrics` (by default, fresh
+    /// metrics that only the store's figures move).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The URL an org's clients call: `public_url/org` in path mode, else
@@ -115,6 +125,7 @@ fn routes() -> Routes {
     Routes::default()
         .add(M::GET, "/healthz", healthz)
         .add(M::GET, "/readyz", readyz)
+        .add(M::GET, "/metrics", metrics)
         .add(M::GET, "/v1/openapi.json", openapi::document)
         .add(M::GET, "/v1/orgs", list)
         .add(M::POST, "/v1/orgs", provision)
@@ -134,6 +145,7 @@ fn routes() -> Routes {
         .add(M::POST, "/v1/tokens", create_token)
         .add(M::GET, "/v1/whoami", whoami)
         .add(M::DELETE, "/v1/tokens/{name}", delete_token)
+        .add(M::POST, "/v1/tokens/{name}/rotate", rotate_token)
 }
 
 /// A router under construction, and the method and path of each route in it.

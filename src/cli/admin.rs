@@ -175,6 +175,12 @@ pub enum TokensCall {
         /// Its name.
         name: String,
     },
+    /// Give a token a new secret, printed this once; the old one is refused
+    /// from then on.
+    Rotate {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// The four limits, each optional.
@@ -360,6 +366,12 @@ fn request(call: &Call) -> (Method, String, Option<Value>, Shape) {
             format!("/v1/tokens/{}", segment(name)),
             None,
             Shape::Done("token deleted"),
+        ),
+        Call::Tokens(TokensCall::Rotate { name }) => (
+            Method::POST,
+            format!("/v1/tokens/{}/rotate", segment(name)),
+            None,
+            Shape::Token,
         ),
         Call::Audit { org: o } => (Method::GET, org(o, "/audit"), None, Shape::Events),
     }

@@ -85,6 +85,18 @@ pub struct Config {
     /// Cluster mode (`[cluster]`): several nodes on one Redis. `None`: one
     /// node over the embedded store at `store.path`.
     pub cluster: Option<ClusterConfig>,
+    /// `log.format`: how the log is written.
+    pub log_format: LogFormat,
+}
+
+/// How keygate writes its log: `log.format`, or `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, with the request span's fields.
+    Json,
 }
 
 /// The checked `[proxy]` section.

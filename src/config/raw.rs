@@ -22,6 +22,25 @@ pub struct RawConfig {
     /// `[cluster]`: several nodes on one Redis; absent, keygate is one node
     /// over its embedded store.
     pub cluster: Option<RawCluster>,
+    /// `[log]`: how keygate writes its log.
+    pub log: RawLog,
+}
+
+/// `[log]`: how keygate writes its log (to stderr; the level is `KEYGATE_LOG`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (one human line per event) or `json` (one JSON object per
+    /// line, for log shippers); `--log-format` overrides it.
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".to_owned(),
+        }
+    }
 }
 
 /// `[proxy]`: how clients reach keygate and how keygate reaches the upstream.

@@ -1094,3 +1094,22 @@ fn a_redacted_url_keeps_everything_but_the_passwords() {
         "unix:///s.sock?db=1&password=***"
     );
 }
+
+#[test]
+fn log_format_is_text_by_default_json_when_asked_and_nothing_else() {
+    assert_eq!(
+        Config::from_toml(&with("")).unwrap().log_format,
+        LogFormat::Text
+    );
+    assert_eq!(
+        Config::from_toml(&with("log.format = \"json\""))
+            .unwrap()
+            .log_format,
+        LogFormat::Json
+    );
+    assert!(
+        error(&with("log.format = \"yaml\"")).contains("log.format"),
+        "{}",
+        error(&with("log.format = \"yaml\""))
+    );
+}

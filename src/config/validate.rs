@@ -13,7 +13,9 @@ use super::error::{invalid, ConfigError};
 use super::raw::{
     RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
 };
-use super::{default_public_url, AdminConfig, ClusterConfig, Config, ProxyConfig, StoreConfig};
+use super::{
+    default_public_url, AdminConfig, ClusterConfig, Config, LogFormat, ProxyConfig, StoreConfig,
+};
 use crate::gate::OrgSource;
 use crate::org::Limits;
 use crate::server::ConnectionLimits;
@@ -29,12 +31,18 @@ impl RawConfig {
         let store = self.store.validate()?;
         let limits = self.limits.validate()?;
         let cluster = self.cluster.map(RawCluster::validate).transpose()?;
+        let log_format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(invalid("log.format", "must be \"text\" or \"json\"")),
+        };
         Ok(Config {
             proxy,
             admin,
             store,
             limits,
             cluster,
+            log_format,
         })
     }
 }

@@ -136,6 +136,9 @@ pub enum Action {
     CreateToken,
     /// An admin or viewer token of the org was deleted.
     DeleteToken,
+    /// An admin or viewer token of the org was given a new secret; the old
+    /// one no longer works.
+    RotateToken,
     /// The org was deleted, with its key and its tokens; its audit log stays.
     DeleteOrg,
 }
@@ -156,6 +159,7 @@ impl Action {
             Action::SetLimits => "set_limits",
             Action::CreateToken => "create_token",
             Action::DeleteToken => "delete_token",
+            Action::RotateToken => "rotate_token",
             Action::DeleteOrg => "delete_org",
         }
     }

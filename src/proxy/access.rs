@@ -11,7 +11,7 @@
 //! A line reads (the time is the log's own, taken when the line is written):
 //!
 //! ```text
-//! 2026-11-30T07:00:00.000000Z  INFO keygate::access: org=acme method=GET path=/acme/v1/users status=200 code=forwarded bytes_in=0 bytes_out=512 keygate_us=41 upstream_us=880 complete=true
+//! 2026-11-30T07:00:00.000000Z  INFO keygate::access: org=acme method=GET path=/acme/v1/users status=200 code=forwarded bytes_in=0 bytes_out=512 keygate_us=41 upstream_us=880 complete=true request_id=kg-3f9a1c0e5b7d2468-1a
 //! ```
 //!
 //! - `org`: the org whose key the request presented, or `-` when it presented
@@ -24,13 +24,15 @@
 //! - `bytes_in`, `bytes_out`: body bytes (request body read, answer body sent);
 //! - `keygate_us`: microseconds from the request's head to its answer's head,
 //!   less `upstream_us`, the time from sending the request upstream to the
-//!   upstream's answer's head (`-` when keygate answered itself).
+//!   upstream's answer's head (`-` when keygate answered itself);
+//! - `request_id`: the request's `x-request-id` ([`RequestId`](super::RequestId)).
+//!   The line is written when the answer's body ends, after the request's
+//!   `request` span is left, so the id is a field of its own.
 //!
 //! What each answer is comes from the answer itself, not from state shared
 //! with the inner services: the code from the body of keygate's own answers
 //! ([`OwnAnswer`]), the upstream time from the forwarder's
-//! [`UpstreamBody`](super::UpstreamBody), which carries it (only when the
-//! access log is on; a marker in the answer's extensions would cost `http`
+//! [`UpstreamBody`](super::UpstreamBody), which carries it (a marker in the answer's extensions would cost `http`
 //! three allocations per answer). With the access log off,
 //! or its lines filtered out by the log level at start, the layer is not in
 //! the stack at all.
@@ -191,6 +193,8 @@ where
             method: req.method().clone(),
             uri: req.uri().clone(),
             org_header,
+            // A reference count: the value shares the request's bytes.
+            request_id: req.headers().get(super::X_REQUEST_ID).cloned(),
             bytes_in: bytes_in.clone(),
         };
         let req = req.map(|inner| CountedBody {
@@ -250,6 +254,8 @@ struct Entry {
     uri: Uri,
     /// The org header's value, in header mode.
     org_header: Option<HeaderValue>,
+    /// The request's `x-request-id`, as [`RequestId`](super::RequestId) set it.
+    request_id: Option<HeaderValue>,
     bytes_in: Option<Arc<AtomicU64>>,
 }
 
@@ -318,7 +324,21 @@ impl Entry {
             keygate_us = micros(keygate),
             upstream_us = %Dash(upstream.map(micros)),
             complete,
+            request_id = %RequestIdField(self.request_id.as_ref()),
         );
+    }
+}
+
+/// The request id as text, or `-`. An id keygate kept is visible ASCII; any
+/// other byte is shown escaped, never raw into the log.
+struct RequestIdField<'a>(Option<&'a HeaderValue>);
+
+impl fmt::Display for RequestIdField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{}", v.as_bytes().escape_ascii()),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -338,6 +338,14 @@ where
     /// The client for `servers` (at least one). Within a Tokio runtime it
     /// starts a task that closes connections idle past the idle timeout; the
     /// task ends when the last handle is dropped.
+    /// How many upstream connections are open now (each holds a permit).
+    pub(crate) fn open_count(&self) -> usize {
+        self.settings
+            .max_connections
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.permits.available_permits())
+    }
+
     pub(crate) fn new(servers: Vec<Upstream>, settings: Settings) -> Arc<Upstreams<B>> {
         let this = Arc::new(Upstreams {
             servers: servers

@@ -97,7 +97,9 @@ pub struct ForwardConfig {
     /// Clients reach keygate over TLS: sets `X-Forwarded-Proto: https`.
     pub https: bool,
     /// Measure how long the upstream takes to answer, for the access log
-    /// ([`UpstreamBody::upstream_time`]); off, no clock is read.
+    /// and the metrics ([`UpstreamBody::upstream_time`]); off, no clock is
+    /// read. keygate's server always turns it on (`GET /metrics` has the
+    /// upstream's histogram).
     pub upstream_time: bool,
 }
 
@@ -194,6 +196,15 @@ where
             }),
             client_ip: HeaderValue::from_static("unknown"),
         }
+    }
+
+    /// A reader of how many upstream connections are open now, for metrics.
+    pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static
+    where
+        B: Send + 'static,
+    {
+        let upstreams = Arc::downgrade(&self.shared.upstreams);
+        move || upstreams.upgrade().map_or(0, |u| u.open_count())
     }
 
     /// This forwarder for one client connection from `ip`: its own upstream

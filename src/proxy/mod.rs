@@ -15,16 +15,21 @@
 //! upstream does not answer in time, and 408 `REQUEST_TIMEOUT` when the
 //! client's body stops arriving. keygate's listener runs
 //! [`KeyGate`](crate::gate::KeyGate) in front of it, and, unless
-//! `proxy.access_log` is off, [`AccessLog`] around both.
+//! `proxy.access_log` is off, [`AccessLog`] around both; [`Ready`] answers the
+//! load balancers' `GET /_keygate/ready` inside the access log, before the gate.
 
 pub mod access;
 mod client;
 mod connect;
 mod forward;
 mod headers;
+mod ready;
+mod request_id;
 mod upstream;
 
 pub use access::{AccessLog, AccessLogLayer};
 pub use forward::{Forward, ForwardConfig, ForwardFuture, UpstreamBody};
 pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+pub use ready::{Ready, ReadyFuture, READY_PATH};
+pub use request_id::{RequestId, RequestIdFuture, RequestIds, X_REQUEST_ID};
 pub use upstream::{Upstream, UpstreamError};

@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::metrics::{Listener as MetricsListener, Metrics};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -50,6 +52,25 @@ pub(super) struct Settings {
     pub(super) limits: ConnectionLimits,
     /// Present when the listener serves HTTPS.
     pub(super) tls: Option<TlsAcceptor>,
+    /// Where its open connections are counted, and as which listener.
+    pub(super) metrics: (Arc<Metrics>, MetricsListener),
+}
+
+/// Counts a connection open from its accept until its task ends, however it
+/// ends.
+struct OpenConnection<'a>(&'a (Arc<Metrics>, MetricsListener));
+
+impl<'a> OpenConnection<'a> {
+    fn new(m: &'a (Arc<Metrics>, MetricsListener)) -> Self {
+        m.0.opened(m.1);
+        OpenConnection(m)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0 .0.closed(self.0 .1);
+    }
 }
 
 /// What every connection of one listener shares.
@@ -199,6 +220,7 @@ async fn connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let accepted = Instant::now();
+    let _open = OpenConnection::new(&shared.settings.metrics);
     let activity = Activity::new(accepted, &shared.settings.limits);
     let name = shared.settings.name;
     let Some(acceptor) = &shared.settings.tls else {

@@ -33,7 +33,7 @@ use super::counts::CallCount;
 use crate::clock::Timestamp;
 use crate::limit::Window;
 use crate::org::{Action, Actor, OrgId, OrgState};
-use crate::token::TokenRecord;
+use crate::token::{TokenDigest, TokenRecord};
 
 /// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
 /// backend behind one `dyn` without making every type in keygate generic over it.
@@ -115,6 +115,13 @@ pub trait Backend: Send + Sync + 'static {
     /// how many nodes are live. `None` for a backend one node owns, which
     /// always serves.
     fn lease(&self) -> Option<std::sync::Arc<super::Lease>> {
+        None
+    }
+
+    /// The last place on the change feed this node's reader has seen, for
+    /// the feed lag in `GET /metrics` (it less the store's last applied).
+    /// `None` for a backend without a feed.
+    fn feed_seen(&self) -> Option<Seq> {
         None
     }
 
@@ -420,6 +427,16 @@ pub enum Change {
     PutToken(TokenRecord),
     /// Delete the token of this name; expects it to exist.
     DeleteToken(String),
+    /// Replace the token named `record.name` with `record` (a new secret's
+    /// digest), in one step; expects the stored token of that name to have
+    /// the digest `expected`, so the old secret is refused once this commits
+    /// and two rotations of one token cannot both succeed.
+    RotateToken {
+        /// The token's new record.
+        record: TokenRecord,
+        /// The digest the stored token must still have.
+        expected: TokenDigest,
+    },
     /// Delete an org, every token of it and its threshold window, in the
     /// same step; expects the org at version `expected`. Its audit log stays.
     DeleteOrg {
@@ -472,6 +489,9 @@ impl Change {
             } => format!("org {} is no longer at version {v}", record.id),
             Change::PutToken(t) => format!("a token named {} exists", t.name),
             Change::DeleteToken(name) => format!("no token named {name}"),
+            Change::RotateToken { record, .. } => {
+                format!("the token {} is gone or was rotated", record.name)
+            }
             Change::DeleteOrg { id, expected } => {
                 format!("org {id} is gone or no longer at version {expected}")
             }
@@ -485,7 +505,7 @@ impl Change {
 pub enum Feed {
     /// An org as just committed (new, or a newer version).
     Org(OrgRecord),
-    /// A token just created.
+    /// A token just created, or rotated: it replaces any of its name.
     PutToken(TokenRecord),
     /// The token of this name was just deleted.
     DeleteToken(String),
@@ -507,6 +527,7 @@ impl Feed {
             Change::Org { record, .. } => Feed::Org(record.clone()),
             Change::PutToken(t) => Feed::PutToken(t.clone()),
             Change::DeleteToken(name) => Feed::DeleteToken(name.clone()),
+            Change::RotateToken { record, .. } => Feed::PutToken(record.clone()),
             Change::DeleteOrg { id, .. } => Feed::DeleteOrg(id.clone()),
         }
     }

@@ -125,6 +125,67 @@ async fn when_a_change_returns_every_open_node_already_serves_it() {
 }
 
 #[tokio::test]
+async fn a_token_rotated_on_one_node_is_refused_on_the_other_when_the_call_returns() {
+    let n = nodes().await.provisioned().await;
+    let (_, first) = n.a.create_token("ops", Role::Viewer, "acme").await.unwrap();
+    let mut old = first;
+    for i in 0..20 {
+        // Alternate the node that rotates: each must learn the other's.
+        let (rotating, other) = if i % 2 == 0 {
+            (&n.b, &n.a)
+        } else {
+            (&n.a, &n.b)
+        };
+        let (record, new) = rotating.rotate_token("ops").await.unwrap();
+        // No waiting here: the rotation's confirmation waited for the other.
+        for node in [other, rotating] {
+            assert!(node.token(&TokenDigest::of(&old)).is_none(), "round {i}");
+            assert_eq!(node.token(&TokenDigest::of(&new)), Some(record.clone()));
+        }
+        assert_eq!((record.role, record.org.as_str()), (Role::Viewer, "acme"));
+        old = new;
+    }
+}
+
+#[tokio::test]
+async fn a_rotation_of_a_token_deleted_on_the_other_node_is_404_and_writes_nothing() {
+    let n = nodes().await.provisioned().await;
+    n.a.create_token("ops", Role::Admin, "acme").await.unwrap();
+    until(|| n.b.read_tokens().by_name.contains_key("ops")).await;
+    let audit = n.backend.all_audit().len();
+    // Deleted on A: the rotation on B finds no token, and writes neither a
+    // token nor an audit event.
+    n.a.delete_token("ops").await.unwrap();
+
+    assert!(matches!(
+        n.b.rotate_token("ops").await,
+        Err(OpError::TokenNotFound)
+    ));
+    assert!(n.backend.token("ops").await.unwrap().is_none());
+    assert_eq!(n.backend.all_audit().len(), audit + 1);
+}
+
+#[tokio::test]
+async fn two_rotations_of_one_token_at_once_leave_one_secret_that_works() {
+    let n = nodes().await.provisioned().await;
+    n.a.create_token("ops", Role::Admin, "acme").await.unwrap();
+    until(|| n.b.read_tokens().by_name.contains_key("ops")).await;
+
+    let (ra, rb) = tokio::join!(n.a.rotate_token("ops"), n.b.rotate_token("ops"));
+    let (ra, sa) = ra.unwrap();
+    let (rb, sb) = rb.unwrap();
+
+    // Both succeed, one after the other: the later one's secret is the token.
+    let stored = n.backend.token("ops").await.unwrap().unwrap();
+    assert!(stored == ra || stored == rb);
+    let (live, dead) = if stored == ra { (sa, sb) } else { (sb, sa) };
+    for node in [&n.a, &n.b] {
+        until(|| node.token(&TokenDigest::of(&live)).is_some()).await;
+        assert!(node.token(&TokenDigest::of(&dead)).is_none());
+    }
+}
+
+#[tokio::test]
 async fn an_org_deleted_on_one_node_is_gone_with_its_tokens_on_the_other_when_the_call_returns() {
     let n = nodes().await.provisioned().await;
     let (_, secret) = n.a.create_token("ops", Role::Admin, "acme").await.unwrap();

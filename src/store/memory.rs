@@ -12,7 +12,7 @@ use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
-use crate::token::TokenRecord;
+use crate::token::{TokenDigest, TokenRecord};
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
 /// and reopened over it, which is how tests model a restart; fails commits on
@@ -119,6 +119,9 @@ impl Data {
             Change::DeleteToken(name) => {
                 self.tokens.remove(&name);
             }
+            Change::RotateToken { record, .. } => {
+                self.tokens.insert(record.name.clone(), record);
+            }
             Change::DeleteOrg { id, .. } => {
                 self.orgs.remove(&id);
                 self.tokens.retain(|_, t| t.org != id);
@@ -142,7 +145,8 @@ impl Data {
 /// ones before it leave: a batch may provision an org and then change it.
 fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
     let mut orgs: BTreeMap<&OrgId, Option<u64>> = BTreeMap::new();
-    let mut tokens: BTreeMap<&str, bool> = BTreeMap::new();
+    // Each token name's digest, `None` once it is gone.
+    let mut tokens: BTreeMap<&str, Option<TokenDigest>> = BTreeMap::new();
     for commit in commits {
         let holds = match &commit.change {
             Change::Org { record, expected } => {
@@ -154,19 +158,27 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
                 holds
             }
             Change::PutToken(t) => {
-                let taken = tokens
+                let now = tokens
                     .entry(&t.name)
-                    .or_insert_with(|| data.tokens.contains_key(&t.name));
-                let holds = !*taken;
-                *taken = true;
+                    .or_insert_with(|| data.tokens.get(&t.name).map(|t| t.digest));
+                let holds = now.is_none();
+                *now = Some(t.digest);
                 holds
             }
             Change::DeleteToken(name) => {
-                let taken = tokens
+                let now = tokens
                     .entry(name)
-                    .or_insert_with(|| data.tokens.contains_key(name));
-                let holds = *taken;
-                *taken = false;
+                    .or_insert_with(|| data.tokens.get(name).map(|t| t.digest));
+                let holds = now.is_some();
+                *now = None;
+                holds
+            }
+            Change::RotateToken { record, expected } => {
+                let now = tokens
+                    .entry(&record.name)
+                    .or_insert_with(|| data.tokens.get(&record.name).map(|t| t.digest));
+                let holds = *now == Some(*expected);
+                *now = Some(record.digest);
                 holds
             }
             Change::DeleteOrg { id, expected } => {
@@ -186,6 +198,12 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
 }
 
 impl Backend for MemoryBackend {
+    fn feed_seen(&self) -> Option<Seq> {
+        // In one process every commit is on the feed as it is made.
+        let data = self.lock();
+        data.feed.as_ref().map(|_| data.seq)
+    }
+
     fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
         let data = self.lock();
         let orgs = data

@@ -149,6 +149,8 @@ struct Inner {
     tokens: std::sync::RwLock<Tokens>,
     /// Serializes token creation and deletion, so a name is taken once.
     token_writer: tokio::sync::Mutex<()>,
+    /// Committed changes by action, and commit latency, for `GET /metrics`.
+    metrics: crate::metrics::StoreMetrics,
     /// Where provisioning keeps new orgs' ids; dropped with the store, and the
     /// ids' pages with their last org.
     id_pages: std::sync::Mutex<IdPages>,
@@ -328,6 +330,7 @@ impl Store {
                 stripe_hasher: Default::default(),
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
+                metrics: Default::default(),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
                 shared: feed.is_some(),
@@ -837,9 +840,7 @@ impl Store {
                 detail: format!("{} token {} created", role_name(role), record.name),
             };
             let committed = store
-                .inner
-                .backend
-                .commit(Commit {
+                .commit_measured(Commit {
                     change: Change::PutToken(record.clone()),
                     event,
                 })
@@ -901,9 +902,7 @@ impl Store {
                 detail: format!("{} token {} deleted", role_name(record.role), record.name),
             };
             let committed = store
-                .inner
-                .backend
-                .commit(Commit {
+                .commit_measured(Commit {
                     change: Change::DeleteToken(record.name.clone()),
                     event,
                 })
@@ -924,6 +923,121 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Gives the token `name` a new secret, in one conditional commit: the
+    /// old secret is refused on this node before this returns, and on every
+    /// node once the change is confirmed (as every change is). Returns the
+    /// new record (its `created_at` the rotation's time) and the new token,
+    /// which is never available again.
+    pub async fn rotate_token(&self, name: &str) -> Result<(TokenRecord, String), OpError> {
+        let name = name.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.token_writer.lock().await;
+            let mut known = {
+                let tokens = store.read_tokens();
+                tokens
+                    .by_name
+                    .get(&name)
+                    .and_then(|digest| tokens.by_digest.get(digest))
+                    .cloned()
+            };
+            // Each conflict means another node changed the token first; a
+            // few tries settle it, and a token rotated that often in a row
+            // is refused as the store's failure rather than looped on.
+            for _ in 0..COMMIT_TRIES {
+                let old = match known.take() {
+                    Some(record) => record,
+                    // Created elsewhere, with the feed not here yet?
+                    None if store.inner.shared => {
+                        let theirs = store
+                            .inner
+                            .backend
+                            .token(&name)
+                            .await?
+                            .ok_or(OpError::TokenNotFound)?;
+                        store.write_tokens().insert(theirs.clone());
+                        theirs
+                    }
+                    None => return Err(OpError::TokenNotFound),
+                };
+                let secret = token::generate();
+                let now = store.inner.clock.now();
+                let record = TokenRecord {
+                    name: old.name.clone(),
+                    role: old.role,
+                    org: old.org.clone(),
+                    digest: TokenDigest::of(&secret),
+                    created_at: now,
+                };
+                let event = AuditEvent {
+                    org: record.org.clone(),
+                    at: now,
+                    actor: Actor::Provider,
+                    action: Action::RotateToken,
+                    detail: format!("{} token {} rotated", role_name(record.role), record.name),
+                };
+                let committed = store
+                    .commit_measured(Commit {
+                        change: Change::RotateToken {
+                            record: record.clone(),
+                            expected: old.digest,
+                        },
+                        event,
+                    })
+                    .await;
+                let seq = match committed {
+                    Ok(seq) => seq,
+                    Err(BackendError::Conflict(why)) => {
+                        // Deleted or rotated elsewhere first: learn which.
+                        tracing::debug!(token = %record.name, %why, "token rotation lost a race");
+                        match store.inner.backend.token(&record.name).await? {
+                            Some(theirs) => {
+                                store.write_tokens().insert(theirs.clone());
+                                known = Some(theirs);
+                                continue;
+                            }
+                            None => {
+                                store.write_tokens().remove(&record.name);
+                                return Err(OpError::TokenNotFound);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                store.write_tokens().insert(record.clone());
+                drop(writer);
+                store.confirm(seq).await?;
+                return Ok((record, secret));
+            }
+            Err(BackendError::Conflict(format!("the token {name} kept changing")).into())
+        })
+        .await
+    }
+
+    /// What the store counts: committed changes by action, commit latency.
+    pub fn metrics(&self) -> &crate::metrics::StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// How far this node's store is behind the change feed: the last seq
+    /// its backend's reader saw, less the last it applied. `None` without a
+    /// feed.
+    pub fn feed_lag(&self) -> Option<u64> {
+        let seen = self.inner.backend.feed_seen()?;
+        Some(seen.saturating_sub(self.inner.metrics.last_applied()))
+    }
+
+    /// Commits through the backend, counting the change and timing it.
+    async fn commit_measured(&self, commit: Commit) -> Result<Seq, BackendError> {
+        let action = commit.event.action;
+        let start = std::time::Instant::now();
+        let committed = self.inner.backend.commit(commit).await;
+        self.inner
+            .metrics
+            .commit(committed.is_ok().then_some(action), start.elapsed());
+        committed
     }
 
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
@@ -1099,7 +1213,7 @@ impl Store {
                 detail: t.detail.clone(),
             },
         };
-        self.inner.backend.commit(commit).await
+        self.commit_measured(commit).await
     }
 
     /// A new live org, its id kept on the store's pages.
@@ -1281,7 +1395,7 @@ impl Store {
                     action: Action::DeleteOrg,
                     detail: "org deleted, with its key and its tokens".to_owned(),
                 };
-                match store.inner.backend.commit(Commit { change, event }).await {
+                match store.commit_measured(Commit { change, event }).await {
                     Ok(seq) => break seq,
                     Err(BackendError::Conflict(why)) if tries < COMMIT_TRIES => {
                         tracing::debug!(org = %id, %why, tries, "org delete lost a race");
@@ -1359,6 +1473,7 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
         }
         // Now serving it: what another node's confirm waits for.
         feed.applied(seq);
+        store.inner.metrics.applied(seq);
     }
 }
 

@@ -558,6 +558,23 @@ impl Inner {
                         return Err(refused());
                     }
                 }
+                Change::RotateToken { record, expected } => {
+                    let value = encode(record, "token").map_err(|e| fail(&e))?;
+                    let mut table = txn.open_table(TOKENS).map_err(|e| fail(&e))?;
+                    let name = record.name.as_str();
+                    let stored = match table.get(name).map_err(|e| fail(&e))? {
+                        None => None,
+                        Some(old) => {
+                            let old: TokenRecord =
+                                self.decode("tokens", format_args!("{name:?}"), old.value())?;
+                            Some(old.digest)
+                        }
+                    };
+                    if stored != Some(*expected) {
+                        return Err(refused());
+                    }
+                    table.insert(name, value.as_slice()).map_err(|e| fail(&e))?;
+                }
                 Change::DeleteOrg { id, expected } => {
                     let id = id.as_str();
                     {

@@ -4,12 +4,14 @@
 -- KEYS[4] feed stream, KEYS[5] audited set, KEYS[5 + i] commit i's audit stream,
 -- KEYS[5 + n + i] the threshold window hash of commit i's org.
 -- ARGV[1] the feed's approximate length cap, ARGV[2] how many commits,
--- then six arguments per commit: kind ("org", "put", "del" or "delorg"), the
--- org id or token name, the expected org version ("" for none, meaning the
--- org must not exist), the record as JSON (an org or a token; "" for "del"
--- and "delorg"), the org the audit event is about, and the audit event as
--- JSON. "delorg" removes the org, every token of it and its threshold
--- window; its audit stream stays.
+-- then six arguments per commit: kind ("org", "put", "del", "rotate" or
+-- "delorg"), the org id or token name, the expectation (an org's version, ""
+-- for none, meaning the org must not exist; for "rotate", the hex digest the
+-- stored token must have), the record as JSON (an org or a token; "" for
+-- "del" and "delorg"), the org the audit event is about, and the audit event
+-- as JSON. "delorg" removes the org, every token of it and its threshold
+-- window; its audit stream stays. "rotate" replaces a token's record and goes
+-- on the feed as a "put", which replaces any token of its name.
 --
 -- Every expectation is checked first, each against the state the commits
 -- before it leave, and nothing is written unless all hold: a script's writes
@@ -24,9 +26,10 @@ local function field(i, k)
   return ARGV[2 + (i - 1) * 6 + k]
 end
 
--- What the earlier commits of this batch leave: org versions and token names.
+-- What the earlier commits of this batch leave: org versions, and each token
+-- name's digest (false once gone).
 local versions = {}
-local taken = {}
+local digests = {}
 
 for i = 1, n do
   local kind, name = field(i, 1), field(i, 2)
@@ -53,16 +56,24 @@ for i = 1, n do
       versions[name] = false
     end
   else
-    local is_taken = taken[name]
-    if is_taken == nil then
-      is_taken = redis.call('HEXISTS', tokens, name) == 1
+    local now = digests[name]
+    if now == nil then
+      local stored = redis.call('HGET', tokens, name)
+      if stored then
+        now = cjson.decode(stored).digest
+      else
+        now = false
+      end
     end
     if kind == 'put' then
-      holds = not is_taken
-      taken[name] = true
+      holds = (now == false)
+      digests[name] = cjson.decode(field(i, 4)).digest
+    elseif kind == 'rotate' then
+      holds = (now ~= false) and (now == field(i, 3))
+      digests[name] = cjson.decode(field(i, 4)).digest
     else
-      holds = is_taken
-      taken[name] = false
+      holds = (now ~= false)
+      digests[name] = false
     end
   end
   if not holds then
@@ -85,8 +96,9 @@ for i = 1, n do
     end
     redis.call('DEL', KEYS[5 + n + i])
     value = name
-  elseif kind == 'put' then
+  elseif kind == 'put' or kind == 'rotate' then
     redis.call('HSET', tokens, name, value)
+    kind = 'put'
   else
     redis.call('HDEL', tokens, name)
     value = name

@@ -155,6 +155,9 @@ async fn follow(
                         open = send(events, event.seq - 1, Feed::Resync).await;
                     }
                     let seq = event.seq;
+                    shared
+                        .feed_seen
+                        .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
                     open = open && events.send(event).await.is_ok();
                     at.seq = seq;
                     open

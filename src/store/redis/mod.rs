@@ -179,6 +179,8 @@ struct Shared {
     /// When the feed reader's last `XREAD` returned, in nanoseconds after
     /// `base`; 0: not since it (re)connected.
     reader_ok: AtomicU64,
+    /// The last seq the feed reader read from Redis, for the feed lag.
+    feed_seen: AtomicU64,
     base: Instant,
     /// Woken when the reader first reads after (re)connecting, so the node
     /// renews at once rather than a period later.
@@ -338,6 +340,7 @@ impl RedisBackend {
             node: opts.node,
             shown_url,
             reader_ok: AtomicU64::new(0),
+            feed_seen: AtomicU64::new(0),
             base: Instant::now(),
             reader_ready: tokio::sync::Notify::new(),
             acks: acks::Acks::default(),
@@ -507,6 +510,14 @@ impl Backend for RedisBackend {
 
     fn confirm(&self, seq: Seq) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(renew::confirm(Arc::clone(&self.shared), seq))
+    }
+
+    fn feed_seen(&self) -> Option<Seq> {
+        Some(
+            self.shared
+                .feed_seen
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn lease(&self) -> Option<Arc<Lease>> {

@@ -436,6 +436,72 @@ async fn a_token_is_created_only_when_its_name_is_free_and_deleted_only_when_tak
     assert_eq!(b.load().await.unwrap().tokens, [token("ops", "acme")]);
 }
 
+fn rotate_token(name: &str, from: &str, to: &str) -> Commit {
+    let mut record = token(name, "acme");
+    record.digest = TokenDigest::of(to);
+    Commit {
+        change: Change::RotateToken {
+            record,
+            expected: TokenDigest::of(from),
+        },
+        event: event("acme", "token rotated"),
+    }
+}
+
+#[tokio::test]
+async fn a_token_is_rotated_only_from_the_digest_it_still_has_and_the_feed_says_put() {
+    let server = server!();
+    let b = node(&server, "a").await;
+    let mut feed = b.subscribe().unwrap();
+    b.commit(put_token("ops")).await.unwrap();
+    // `token("ops")` has the digest of "ops".
+    let rotated = rotate_token("ops", "ops", "second");
+    let seq = b.commit(rotated.clone()).await.unwrap();
+    assert_eq!(
+        b.token("ops").await.unwrap().map(|t| t.digest),
+        Some(TokenDigest::of("second"))
+    );
+    // From the old digest again: refused, nothing written.
+    let stale = rotate_token("ops", "ops", "third");
+    assert_eq!(
+        b.commit(stale.clone()).await.unwrap_err(),
+        stale.change.refused()
+    );
+    assert_eq!(
+        b.token("ops").await.unwrap().map(|t| t.digest),
+        Some(TokenDigest::of("second"))
+    );
+    // A token that is not there cannot be rotated.
+    let missing = rotate_token("nobody", "nobody", "x");
+    assert_eq!(
+        b.commit(missing.clone()).await.unwrap_err(),
+        missing.change.refused()
+    );
+    // Within one batch, the second rotation sees the first's digest.
+    b.commit_all(vec![
+        rotate_token("ops", "second", "fourth"),
+        rotate_token("ops", "fourth", "fifth"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.token("ops").await.unwrap().map(|t| t.digest),
+        Some(TokenDigest::of("fifth"))
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(next(&mut feed).await);
+    }
+    assert_eq!(
+        seen[1],
+        Event {
+            seq,
+            feed: Feed::of(&rotated.change)
+        }
+    );
+    assert!(matches!(&seen[1].feed, Feed::PutToken(t) if t.digest == TokenDigest::of("second")));
+}
+
 #[tokio::test]
 async fn commit_all_checks_each_commit_against_the_ones_before_it_and_applies_all_or_none() {
     let server = server!();
@@ -1042,6 +1108,29 @@ async fn a_provision_racing_one_on_the_other_store_answers_org_exists() {
     // The winner's confirm waited for both: no waiting here.
     assert_eq!(a.view("acme").unwrap(), won);
     assert_eq!(b.view("acme").unwrap(), won);
+}
+
+#[tokio::test]
+async fn a_token_rotated_on_one_store_is_refused_on_the_other_when_the_call_returns() {
+    let server = server!();
+    let (a, b, _) = two_stores(&server).await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    let (_, old) = a.create_token("alice", Role::Admin, "acme").await.unwrap();
+
+    let (record, new) = b.rotate_token("alice").await.unwrap();
+
+    // No waiting: the rotation's confirm waited for both stores.
+    for s in [&a, &b] {
+        assert!(s.token(&TokenDigest::of(&old)).is_none());
+        assert_eq!(s.token(&TokenDigest::of(&new)), Some(record.clone()));
+    }
 }
 
 #[tokio::test]

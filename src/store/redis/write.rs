@@ -43,6 +43,12 @@ impl RedisBackend {
                 Change::DeleteToken(name) => {
                     call.arg("del").arg(name).arg("").arg("");
                 }
+                Change::RotateToken { record, expected } => {
+                    call.arg("rotate")
+                        .arg(&record.name)
+                        .arg(expected.to_hex())
+                        .arg(to_json(record)?);
+                }
                 Change::DeleteOrg { id, expected } => {
                     call.arg("delorg")
                         .arg(id.as_str())
