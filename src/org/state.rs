@@ -138,6 +138,10 @@ pub enum Action {
     DeleteToken,
     /// The org was deleted, with its key and its tokens; its audit log stays.
     DeleteOrg,
+    /// An API user (session login) was created for the org.
+    CreateApiUser,
+    /// An API user of the org was deleted; its sessions ended.
+    DeleteApiUser,
 }
 
 impl Action {
@@ -157,6 +161,8 @@ impl Action {
             Action::CreateToken => "create_token",
             Action::DeleteToken => "delete_token",
             Action::DeleteOrg => "delete_org",
+            Action::CreateApiUser => "create_api_user",
+            Action::DeleteApiUser => "delete_api_user",
         }
     }
 }

@@ -33,6 +33,7 @@ use super::counts::CallCount;
 use crate::clock::Timestamp;
 use crate::limit::Window;
 use crate::org::{Action, Actor, OrgId, OrgState};
+use crate::session::ApiUser;
 use crate::token::TokenRecord;
 
 /// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
@@ -83,7 +84,9 @@ pub trait Backend: Send + Sync + 'static {
     /// reports itself); the backend may stop too.
     fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs: all, tokens } = self.load().await?;
+            let Snapshot {
+                orgs: all, tokens, ..
+            } = self.load().await?;
             // Closed: the store stopped reading and reports why itself.
             let _ = orgs.send(Loading::Orgs(all)).await;
             Ok(tokens)
@@ -153,6 +156,13 @@ pub trait Backend: Send + Sync + 'static {
     /// ignores by version, instead of never.
     fn subscribe(&self) -> Option<Subscription> {
         None
+    }
+
+    /// Every API user (session login), as last committed: what the store
+    /// reads at start, after [`load_into`](Backend::load_into). The default
+    /// reads everything with [`load`](Backend::load).
+    fn users(&self) -> BoxFuture<'_, Result<Vec<ApiUser>, BackendError>> {
+        Box::pin(async move { Ok(self.load().await?.users) })
     }
 
     /// The audit events of `org`, oldest first.
@@ -251,7 +261,7 @@ pub trait Backend: Send + Sync + 'static {
     /// backend that can read everything at one point in time overrides it.
     fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs, tokens } = self.load().await?;
+            let Snapshot { orgs, tokens, .. } = self.load().await?;
             let mut audit = Vec::new();
             for org in &orgs {
                 audit.extend(self.audit(org.id.clone()).await?);
@@ -372,6 +382,8 @@ pub struct Snapshot {
     pub orgs: Vec<OrgRecord>,
     /// Every admin and viewer token.
     pub tokens: Vec<TokenRecord>,
+    /// Every API user (session login).
+    pub users: Vec<ApiUser>,
 }
 
 /// One org as persisted.
@@ -420,8 +432,18 @@ pub enum Change {
     PutToken(TokenRecord),
     /// Delete the token of this name; expects it to exist.
     DeleteToken(String),
-    /// Delete an org, every token of it and its threshold window, in the
-    /// same step; expects the org at version `expected`. Its audit log stays.
+    /// Create an API user; expects no user of its (org, username).
+    PutUser(ApiUser),
+    /// Delete an API user; expects it to exist.
+    DeleteUser {
+        /// Its org.
+        org: OrgId,
+        /// Its username.
+        username: String,
+    },
+    /// Delete an org, every token and API user of it and its threshold
+    /// window, in the same step; expects the org at version `expected`. Its
+    /// audit log stays.
     DeleteOrg {
         /// The org.
         id: OrgId,
@@ -472,6 +494,10 @@ impl Change {
             } => format!("org {} is no longer at version {v}", record.id),
             Change::PutToken(t) => format!("a token named {} exists", t.name),
             Change::DeleteToken(name) => format!("no token named {name}"),
+            Change::PutUser(u) => format!("org {} has an API user {}", u.org, u.username),
+            Change::DeleteUser { org, username } => {
+                format!("org {org} has no API user {username}")
+            }
             Change::DeleteOrg { id, expected } => {
                 format!("org {id} is gone or no longer at version {expected}")
             }
@@ -489,7 +515,16 @@ pub enum Feed {
     PutToken(TokenRecord),
     /// The token of this name was just deleted.
     DeleteToken(String),
-    /// The org was just deleted, with every token of it.
+    /// An API user just created.
+    PutUser(ApiUser),
+    /// The API user was just deleted.
+    DeleteUser {
+        /// Its org.
+        org: OrgId,
+        /// Its username.
+        username: String,
+    },
+    /// The org was just deleted, with every token and API user of it.
     DeleteOrg(OrgId),
     /// Not a commit: a node asks every node to hand back the calls of this
     /// org's threshold window it holds unspent ([`Backend::reclaim_calls`]).
@@ -507,6 +542,11 @@ impl Feed {
             Change::Org { record, .. } => Feed::Org(record.clone()),
             Change::PutToken(t) => Feed::PutToken(t.clone()),
             Change::DeleteToken(name) => Feed::DeleteToken(name.clone()),
+            Change::PutUser(u) => Feed::PutUser(u.clone()),
+            Change::DeleteUser { org, username } => Feed::DeleteUser {
+                org: org.clone(),
+                username: username.clone(),
+            },
             Change::DeleteOrg { id, .. } => Feed::DeleteOrg(id.clone()),
         }
     }

@@ -12,6 +12,7 @@ use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
+use crate::session::ApiUser;
 use crate::token::TokenRecord;
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
@@ -33,6 +34,7 @@ struct Data {
     /// Each org's version and state.
     orgs: BTreeMap<OrgId, (u64, OrgState)>,
     tokens: BTreeMap<String, TokenRecord>,
+    users: BTreeMap<(OrgId, String), ApiUser>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
     /// The feed of a shared backend; sent to under the lock, so every
@@ -119,9 +121,16 @@ impl Data {
             Change::DeleteToken(name) => {
                 self.tokens.remove(&name);
             }
+            Change::PutUser(u) => {
+                self.users.insert((u.org.clone(), u.username.clone()), u);
+            }
+            Change::DeleteUser { org, username } => {
+                self.users.remove(&(org, username));
+            }
             Change::DeleteOrg { id, .. } => {
                 self.orgs.remove(&id);
                 self.tokens.retain(|_, t| t.org != id);
+                self.users.retain(|(org, _), _| *org != id);
                 self.counts.remove(&id);
                 self.granted.remove(&id);
             }
@@ -143,6 +152,7 @@ impl Data {
 fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
     let mut orgs: BTreeMap<&OrgId, Option<u64>> = BTreeMap::new();
     let mut tokens: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut users: BTreeMap<(&OrgId, &str), bool> = BTreeMap::new();
     for commit in commits {
         let holds = match &commit.change {
             Change::Org { record, expected } => {
@@ -169,7 +179,25 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
                 *taken = false;
                 holds
             }
+            Change::PutUser(u) => {
+                let taken = users.entry((&u.org, &u.username)).or_insert_with(|| {
+                    data.users
+                        .contains_key(&(u.org.clone(), u.username.clone()))
+                });
+                let holds = !*taken;
+                *taken = true;
+                holds
+            }
+            Change::DeleteUser { org, username } => {
+                let taken = users
+                    .entry((org, username))
+                    .or_insert_with(|| data.users.contains_key(&(org.clone(), username.clone())));
+                let holds = *taken;
+                *taken = false;
+                holds
+            }
             Change::DeleteOrg { id, expected } => {
+                users.retain(|(org, _), _| *org != id);
                 let now = orgs
                     .entry(id)
                     .or_insert_with(|| data.orgs.get(id).map(|(v, _)| *v));
@@ -198,7 +226,12 @@ impl Backend for MemoryBackend {
             })
             .collect();
         let tokens = data.tokens.values().cloned().collect();
-        Box::pin(std::future::ready(Ok(Snapshot { orgs, tokens })))
+        let users = data.users.values().cloned().collect();
+        Box::pin(std::future::ready(Ok(Snapshot {
+            orgs,
+            tokens,
+            users,
+        })))
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {

@@ -84,6 +84,7 @@ use crate::org::{
     Action, Actor, IdPages, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState,
     Transition,
 };
+use crate::session::{ApiUser, PasswordPool, Sessions};
 use crate::token::{self, Role, TokenDigest, TokenRecord};
 
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
@@ -149,6 +150,15 @@ struct Inner {
     tokens: std::sync::RwLock<Tokens>,
     /// Serializes token creation and deletion, so a name is taken once.
     token_writer: tokio::sync::Mutex<()>,
+    /// Every API user, by org and username.
+    users: std::sync::RwLock<HashMap<OrgId, HashMap<String, ApiUser>>>,
+    /// Serializes API user creation and deletion.
+    user_writer: tokio::sync::Mutex<()>,
+    /// The live sessions this node knows; ended here as the changes that
+    /// kill them are applied.
+    sessions: Sessions,
+    /// Where passwords are hashed and verified.
+    passwords: PasswordPool,
     /// Where provisioning keeps new orgs' ids; dropped with the store, and the
     /// ids' pages with their last org.
     id_pages: std::sync::Mutex<IdPages>,
@@ -316,6 +326,13 @@ impl Store {
         for t in loaded {
             tokens.insert(t);
         }
+        let mut users: HashMap<OrgId, HashMap<String, ApiUser>> = HashMap::new();
+        for u in backend.users().await? {
+            users
+                .entry(u.org.clone())
+                .or_default()
+                .insert(u.username.clone(), u);
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 orgs,
@@ -328,6 +345,10 @@ impl Store {
                 stripe_hasher: Default::default(),
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
+                users: std::sync::RwLock::new(users),
+                user_writer: tokio::sync::Mutex::new(()),
+                sessions: Sessions::default(),
+                passwords: PasswordPool::default(),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
                 shared: feed.is_some(),
@@ -916,6 +937,196 @@ impl Store {
         .await
     }
 
+    /// The live sessions this node knows.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// Where passwords are hashed and verified.
+    pub fn passwords(&self) -> &PasswordPool {
+        &self.inner.passwords
+    }
+
+    /// The usernames of `org`'s API users, sorted.
+    pub fn users(&self, org: &str) -> Result<Vec<String>, OpError> {
+        let id = OrgId::parse(org).map_err(|_| OpError::OrgNotFound)?;
+        if self.get(id.as_bytes()).is_none() {
+            return Err(OpError::OrgNotFound);
+        }
+        let mut names: Vec<String> = self
+            .read_users()
+            .get(&id)
+            .map(|theirs| theirs.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The password digest of `org`'s API user `username`, if it exists.
+    pub fn user_digest(&self, org: &OrgId, username: &str) -> Option<String> {
+        self.read_users()
+            .get(org)
+            .and_then(|theirs| theirs.get(username))
+            .map(|u| u.password_digest.clone())
+    }
+
+    /// Whether `org` has the API user `username`.
+    pub fn has_user(&self, org: &OrgId, username: &str) -> bool {
+        self.read_users()
+            .get(org)
+            .is_some_and(|theirs| theirs.contains_key(username))
+    }
+
+    /// Creates an API user of `org`, its password kept only as an argon2id
+    /// digest (computed on the password pool).
+    pub async fn create_user(
+        &self,
+        org: &str,
+        username: &str,
+        password: String,
+        actor: Actor,
+    ) -> Result<(), OpError> {
+        if !crate::session::user::valid_username(username) {
+            return Err(OpError::InvalidUsername);
+        }
+        if !crate::session::user::acceptable_password(&password) {
+            return Err(OpError::WeakPassword);
+        }
+        let org = self.find(org).await?;
+        let id = org.id();
+        if self.has_user(&id, username) {
+            return Err(OpError::ApiUserExists);
+        }
+        let digest = self.inner.passwords.hash(password).await.ok_or_else(|| {
+            OpError::Store(BackendError::Unavailable("password hashing failed".into()))
+        })?;
+        let username = username.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.user_writer.lock().await;
+            if store.has_user(&id, &username) {
+                return Err(OpError::ApiUserExists);
+            }
+            let now = store.inner.clock.now();
+            let user = ApiUser {
+                org: id.clone(),
+                username,
+                password_digest: digest,
+                created_at: now,
+            };
+            let event = AuditEvent {
+                org: id.clone(),
+                at: now,
+                actor,
+                action: Action::CreateApiUser,
+                detail: format!("API user {} created", user.username),
+            };
+            let committed = store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::PutUser(user.clone()),
+                    event,
+                })
+                .await;
+            let seq = match committed {
+                Ok(seq) => seq,
+                Err(BackendError::Conflict(why)) => {
+                    tracing::debug!(org = %id, %why, "API user create lost a race");
+                    return Err(OpError::ApiUserExists);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            store.insert_user(user);
+            drop(writer);
+            store.confirm(seq).await
+        })
+        .await
+    }
+
+    /// Deletes `org`'s API user `username`; its sessions end on every node
+    /// before this returns.
+    pub async fn delete_user(
+        &self,
+        org: &str,
+        username: &str,
+        actor: Actor,
+    ) -> Result<(), OpError> {
+        let org = self.find(org).await?;
+        let id = org.id();
+        let username = username.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.user_writer.lock().await;
+            if !store.has_user(&id, &username) && !store.inner.shared {
+                return Err(OpError::ApiUserNotFound);
+            }
+            let event = AuditEvent {
+                org: id.clone(),
+                at: store.inner.clock.now(),
+                actor,
+                action: Action::DeleteApiUser,
+                detail: format!("API user {username} deleted, with its sessions"),
+            };
+            let committed = store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::DeleteUser {
+                        org: id.clone(),
+                        username: username.clone(),
+                    },
+                    event,
+                })
+                .await;
+            let seq = match committed {
+                Ok(seq) => seq,
+                Err(BackendError::Conflict(_)) => {
+                    store.remove_user(&id, &username);
+                    return Err(OpError::ApiUserNotFound);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            store.remove_user(&id, &username);
+            drop(writer);
+            store.confirm(seq).await
+        })
+        .await
+    }
+
+    fn insert_user(&self, user: ApiUser) {
+        self.write_users()
+            .entry(user.org.clone())
+            .or_default()
+            .insert(user.username.clone(), user);
+    }
+
+    /// Forgets the user and ends its sessions.
+    fn remove_user(&self, org: &OrgId, username: &str) {
+        let mut users = self.write_users();
+        if let Some(theirs) = users.get_mut(org) {
+            theirs.remove(username);
+            if theirs.is_empty() {
+                users.remove(org);
+            }
+        }
+        drop(users);
+        self.inner.sessions.remove_user(org, username);
+    }
+
+    fn read_users(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<OrgId, HashMap<String, ApiUser>>> {
+        // Writers only insert and remove; a poisoned lock still holds whole maps.
+        self.inner.users.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_users(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<OrgId, HashMap<String, ApiUser>>> {
+        self.inner.users.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
         // Writers only insert and remove; a poisoned lock still holds whole maps.
         self.inner.tokens.read().unwrap_or_else(|e| e.into_inner())
@@ -1061,6 +1272,7 @@ impl Store {
             org.calls().reset();
         }
         let defaults = self.inner.defaults;
+        self.end_dead_sessions(&id, &t.next);
         // False only if the feed already brought a newer version still.
         org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
         drop(counts);
@@ -1117,7 +1329,21 @@ impl Store {
         if was_disabled && enabled && org.version() < record.version {
             org.calls().reset();
         }
+        self.end_dead_sessions(&record.id, &record.state);
         org.replace_if_newer(record.state, record.version, self.inner.defaults);
+    }
+
+    /// Ends the sessions of `id` that `state` kills: all of them when its key
+    /// is gone or disabled, those of another key generation otherwise.
+    fn end_dead_sessions(&self, id: &OrgId, state: &OrgState) {
+        if self.inner.sessions.is_empty() {
+            return;
+        }
+        if state.key.is_none() || state.is_disabled() {
+            self.inner.sessions.remove_org(id);
+        } else {
+            self.inner.sessions.remove_stale(id, state.generation);
+        }
     }
 
     /// Installs `record`: into its org if this store knows it, as a new org
@@ -1170,6 +1396,14 @@ impl Store {
                 let _writer = self.inner.token_writer.lock().await;
                 self.write_tokens().remove(&name);
             }
+            Feed::PutUser(u) => {
+                let _writer = self.inner.user_writer.lock().await;
+                self.insert_user(u);
+            }
+            Feed::DeleteUser { org, username } => {
+                let _writer = self.inner.user_writer.lock().await;
+                self.remove_user(&org, &username);
+            }
             Feed::DeleteOrg(id) => {
                 let _writer = self.writer(&id).lock().await;
                 self.remove_org(&id).await;
@@ -1194,7 +1428,12 @@ impl Store {
     /// before then, since this store had not reported it applied.
     async fn resync(&self) -> Result<(), BackendError> {
         let _writer = self.inner.token_writer.lock().await;
-        let Snapshot { orgs, tokens } = self.inner.backend.load().await?;
+        let _users_writer = self.inner.user_writer.lock().await;
+        let Snapshot {
+            orgs,
+            tokens,
+            users,
+        } = self.inner.backend.load().await?;
         let mut stored = std::collections::HashSet::with_capacity(orgs.len());
         for record in orgs {
             stored.insert(record.id.clone());
@@ -1224,6 +1463,29 @@ impl Store {
             fresh.insert(t);
         }
         *self.write_tokens() = fresh;
+        let mut fresh: HashMap<OrgId, HashMap<String, ApiUser>> = HashMap::new();
+        for u in users {
+            fresh
+                .entry(u.org.clone())
+                .or_default()
+                .insert(u.username.clone(), u);
+        }
+        // Sessions of users gone meanwhile end with them.
+        let gone: Vec<(OrgId, String)> = self
+            .read_users()
+            .iter()
+            .flat_map(|(org, theirs)| {
+                theirs
+                    .keys()
+                    .filter(|name| !fresh.get(org).is_some_and(|f| f.contains_key(*name)))
+                    .map(|name| (org.clone(), name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        *self.write_users() = fresh;
+        for (org, name) in gone {
+            self.inner.sessions.remove_user(&org, &name);
+        }
         Ok(())
     }
 
@@ -1246,6 +1508,9 @@ impl Store {
         for name in theirs {
             tokens.remove(&name);
         }
+        drop(tokens);
+        self.write_users().remove(id);
+        self.inner.sessions.remove_org(id);
     }
 
     /// Deletes an org with its key and its tokens; they stop working on

@@ -253,6 +253,22 @@ fn parse(entry: StreamId) -> Entry {
         "org" => serde_json::from_str(&payload).map(Feed::Org),
         "put" => serde_json::from_str(&payload).map(Feed::PutToken),
         "del" => Ok(Feed::DeleteToken(payload)),
+        "putuser" => serde_json::from_str(&payload).map(Feed::PutUser),
+        "deluser" => match payload
+            .split_once('/')
+            .and_then(|(org, username)| Some((OrgId::parse(org).ok()?, username)))
+        {
+            Some((org, username)) => Ok(Feed::DeleteUser {
+                org,
+                username: username.to_owned(),
+            }),
+            None => {
+                return Entry::Unreadable {
+                    seq: Some(seq),
+                    why: "deluser names no org/user".into(),
+                }
+            }
+        },
         "delorg" | "reclaim" => match OrgId::parse(&payload) {
             Ok(id) if kind == "delorg" => Ok(Feed::DeleteOrg(id)),
             Ok(id) => Ok(Feed::Reclaim(id)),

@@ -202,6 +202,8 @@ struct Position {
 struct Keys {
     orgs: String,
     tokens: String,
+    /// API users: `org/username` -> JSON.
+    users: String,
     seq: String,
     feed: String,
     audited: String,
@@ -221,6 +223,7 @@ impl Keys {
         Keys {
             orgs: key("orgs"),
             tokens: key("tokens"),
+            users: key("users"),
             seq: key("seq"),
             feed: key("feed"),
             audited: key("audited"),
@@ -436,8 +439,17 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let orgs = self.read_orgs().await?;
             let tokens = self.read_tokens().await?;
-            Ok(Snapshot { orgs, tokens })
+            let users = self.read_users().await?;
+            Ok(Snapshot {
+                orgs,
+                tokens,
+                users,
+            })
         })
+    }
+
+    fn users(&self) -> BoxFuture<'_, Result<Vec<crate::session::ApiUser>, BackendError>> {
+        Box::pin(self.read_users())
     }
 
     fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
