@@ -85,6 +85,9 @@ pub struct Config {
     /// Cluster mode (`[cluster]`): several nodes on one Redis. `None`: one
     /// node over the embedded store at `store.path`.
     pub cluster: Option<ClusterConfig>,
+    /// Session login (`[session]`); `None`: off. Its `secure_cookie` is set
+    /// when the proxy listener serves TLS.
+    pub session: Option<crate::session::SessionConfig>,
 }
 
 /// The checked `[proxy]` section.

@@ -33,7 +33,7 @@ use super::counts::CallCount;
 use crate::clock::Timestamp;
 use crate::limit::Window;
 use crate::org::{Action, Actor, OrgId, OrgState};
-use crate::session::ApiUser;
+use crate::session::{ApiUser, SessionDigest, SessionRecord};
 use crate::token::TokenRecord;
 
 /// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
@@ -163,6 +163,29 @@ pub trait Backend: Send + Sync + 'static {
     /// reads everything with [`load`](Backend::load).
     fn users(&self) -> BoxFuture<'_, Result<Vec<ApiUser>, BackendError>> {
         Box::pin(async move { Ok(self.load().await?.users) })
+    }
+
+    /// Makes a new session known to every node sharing this backend: kept
+    /// in the backend and sent on the feed ([`Feed::PutSession`]), without
+    /// an audit event; the store then [`confirm`](Backend::confirm)s it
+    /// before the login is answered. Returns its place on the feed. The
+    /// default keeps nothing and answers 0: a backend one node owns has no
+    /// one else to tell, and sessions live in that node's memory.
+    fn put_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        drop(record);
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Ends a session on every node sharing this backend, as
+    /// [`put_session`](Backend::put_session) makes one ([`Feed::EndSession`]).
+    fn end_session(&self, digest: SessionDigest) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        let _ = digest;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Every session the backend keeps, for a store that opens or reloads.
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
     /// The audit events of `org`, oldest first.
@@ -526,6 +549,10 @@ pub enum Feed {
     },
     /// The org was just deleted, with every token and API user of it.
     DeleteOrg(OrgId),
+    /// Not an audited commit: a session was just made (a login on some node).
+    PutSession(SessionRecord),
+    /// Not an audited commit: a session was just ended (a logout).
+    EndSession(SessionDigest),
     /// Not a commit: a node asks every node to hand back the calls of this
     /// org's threshold window it holds unspent ([`Backend::reclaim_calls`]).
     Reclaim(OrgId),

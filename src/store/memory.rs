@@ -12,7 +12,7 @@ use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
-use crate::session::ApiUser;
+use crate::session::{ApiUser, SessionDigest, SessionRecord};
 use crate::token::TokenRecord;
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
@@ -35,6 +35,8 @@ struct Data {
     orgs: BTreeMap<OrgId, (u64, OrgState)>,
     tokens: BTreeMap<String, TokenRecord>,
     users: BTreeMap<(OrgId, String), ApiUser>,
+    /// Sessions of a shared backend, by digest.
+    sessions: std::collections::HashMap<SessionDigest, SessionRecord>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
     /// The feed of a shared backend; sent to under the lock, so every
@@ -103,6 +105,27 @@ impl MemoryBackend {
         Ok(data.seq)
     }
 
+    /// Sends `feed` to every store of a shared backend, as a commit does;
+    /// its place on the feed.
+    fn publish(&self, change: impl FnOnce(&mut Data) -> Feed) -> Result<Seq, BackendError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ));
+        }
+        let mut data = self.lock();
+        let feed = change(&mut data);
+        if data.feed.is_none() {
+            return Ok(0);
+        }
+        data.seq += 1;
+        let seq = data.seq;
+        if let Some(sender) = &data.feed {
+            let _ = sender.send(Event { seq, feed });
+        }
+        Ok(seq)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
         // Nothing panics while holding the lock, so a poisoned one is whole.
         self.data.lock().unwrap_or_else(|e| e.into_inner())
@@ -125,12 +148,15 @@ impl Data {
                 self.users.insert((u.org.clone(), u.username.clone()), u);
             }
             Change::DeleteUser { org, username } => {
+                self.sessions
+                    .retain(|_, s| !(s.org == org && s.username == username));
                 self.users.remove(&(org, username));
             }
             Change::DeleteOrg { id, .. } => {
                 self.orgs.remove(&id);
                 self.tokens.retain(|_, t| t.org != id);
                 self.users.retain(|(org, _), _| *org != id);
+                self.sessions.retain(|_, s| s.org != id);
                 self.counts.remove(&id);
                 self.granted.remove(&id);
             }
@@ -308,6 +334,27 @@ impl Backend for MemoryBackend {
             .tokens
             .get(name)
             .cloned())))
+    }
+
+    fn put_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(std::future::ready(self.publish(|data| {
+            if data.feed.is_some() {
+                data.sessions.insert(record.digest, record.clone());
+            }
+            Feed::PutSession(record)
+        })))
+    }
+
+    fn end_session(&self, digest: SessionDigest) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(std::future::ready(self.publish(|data| {
+            data.sessions.remove(&digest);
+            Feed::EndSession(digest)
+        })))
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
+        let all = self.lock().sessions.values().cloned().collect();
+        Box::pin(std::future::ready(Ok(all)))
     }
 
     fn subscribe(&self) -> Option<Subscription> {

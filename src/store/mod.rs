@@ -360,6 +360,10 @@ impl Store {
                     .collect(),
             }),
         };
+        for record in store.inner.backend.sessions().await? {
+            let until = replay_until(&record);
+            store.inner.sessions.insert(record, until);
+        }
         if let Some(feed) = feed {
             let task = tokio::spawn(follow(Arc::downgrade(&store.inner), feed));
             *store
@@ -942,6 +946,53 @@ impl Store {
         &self.inner.sessions
     }
 
+    /// Makes a new session live on every node before it returns (on a
+    /// single node, in this node's memory only). `replay_until` is when its
+    /// login leaves the timestamp window.
+    pub async fn put_session(
+        &self,
+        record: crate::session::SessionRecord,
+        replay_until: Timestamp,
+    ) -> Result<(), crate::answer::Refusal> {
+        if !self.inner.shared {
+            self.inner.sessions.insert(record, replay_until);
+            return Ok(());
+        }
+        let seq = self
+            .inner
+            .backend
+            .put_session(record.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a session could not be made");
+                crate::answer::Refusal::ClusterUnavailable
+            })?;
+        // The feed brings it here too; inserted now so this node's answer
+        // never outruns its own copy.
+        self.inner.sessions.insert(record, replay_until);
+        self.confirm(seq)
+            .await
+            .map_err(|_| crate::answer::Refusal::ClusterUnavailable)
+    }
+
+    /// Ends a session on every node before it returns.
+    pub async fn end_session(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> Result<(), crate::answer::Refusal> {
+        self.inner.sessions.remove(&digest);
+        if !self.inner.shared {
+            return Ok(());
+        }
+        let seq = self.inner.backend.end_session(digest).await.map_err(|e| {
+            tracing::warn!(error = %e, "a session could not be ended");
+            crate::answer::Refusal::ClusterUnavailable
+        })?;
+        self.confirm(seq)
+            .await
+            .map_err(|_| crate::answer::Refusal::ClusterUnavailable)
+    }
+
     /// Where passwords are hashed and verified.
     pub fn passwords(&self) -> &PasswordPool {
         &self.inner.passwords
@@ -1408,6 +1459,13 @@ impl Store {
                 let _writer = self.writer(&id).lock().await;
                 self.remove_org(&id).await;
             }
+            Feed::PutSession(record) => {
+                let until = replay_until(&record);
+                self.inner.sessions.insert(record, until);
+            }
+            Feed::EndSession(digest) => {
+                self.inner.sessions.remove(&digest);
+            }
             Feed::Reclaim(id) => {
                 if let Some(org) = self.get(id.as_bytes()) {
                     self.hand_back_org(&org).await?;
@@ -1486,6 +1544,8 @@ impl Store {
         for (org, name) in gone {
             self.inner.sessions.remove_user(&org, &name);
         }
+        let sessions = self.inner.backend.sessions().await?;
+        self.inner.sessions.replace_all(sessions, replay_until);
         Ok(())
     }
 
@@ -1615,6 +1675,14 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
         // Now serving it: what another node's confirm waits for.
         feed.applied(seq);
     }
+}
+
+/// When a session's login leaves the timestamp window, for a node that
+/// learns of it from the feed: replay is judged against the login's own
+/// timestamp, so an hour's margin covers any configured window.
+fn replay_until(record: &crate::session::SessionRecord) -> Timestamp {
+    Timestamp::from_nanos(record.login_timestamp_ms.saturating_mul(1_000_000))
+        .saturating_add(std::time::Duration::from_secs(3600))
 }
 
 /// Runs `fut` in its own task and waits for it, so that dropping the caller does

@@ -1216,10 +1216,12 @@ async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_
         for _ in 0..4 {
             let upstream = {
                 let forwarded = forwarded.clone();
-                tower::service_fn(move |_req: http::Request<()>| {
-                    forwarded.fetch_add(1, Ordering::SeqCst);
-                    async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
-                })
+                tower::service_fn(
+                    move |_req: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+                        forwarded.fetch_add(1, Ordering::SeqCst);
+                        async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+                    },
+                )
             };
             let mut gate = crate::gate::KeyGate::new(
                 upstream,
@@ -1232,7 +1234,7 @@ async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_
                 for _ in 0..40 {
                     let req = http::Request::get("/acme/v1")
                         .header("x-api-key", &key)
-                        .body(())
+                        .body(http_body_util::Empty::new())
                         .unwrap();
                     let status = gate.call(req).await.unwrap().status();
                     ok += usize::from(status == http::StatusCode::OK);
