@@ -337,7 +337,7 @@ impl RawStore {
 }
 
 /// The longest a session's timeouts and window may be: a week.
-const MAX_SESSION_SECS: i64 = 7 * 24 * 3600;
+const MAX_SESSION_SECS: i64 = crate::session::MAX_AGE_LIMIT_SECS as i64;
 
 impl RawSession {
     fn validate(self) -> Result<crate::session::SessionConfig, ConfigError> {

@@ -26,6 +26,10 @@ use std::time::Duration;
 pub use table::{new_session_value, Session, SessionDigest, SessionRecord, Sessions};
 pub use user::{ApiUser, PasswordPool};
 
+/// The longest `max_age_secs` (and idle timeout and timestamp window) the
+/// config accepts: a week. A shared backend drops sessions older than this.
+pub const MAX_AGE_LIMIT_SECS: u64 = 7 * 24 * 3600;
+
 /// The cookie the vendor's clients carry their session in.
 pub const COOKIE_NAME: &str = "JSESSIONID";
 

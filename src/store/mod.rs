@@ -361,8 +361,11 @@ impl Store {
             }),
         };
         for record in store.inner.backend.sessions().await? {
-            let until = replay_until(&record);
-            store.inner.sessions.insert(record, until);
+            // A session whose user is gone died with it.
+            if store.has_user(&record.org, &record.username) {
+                let until = replay_until(&record);
+                store.inner.sessions.insert(record, until);
+            }
         }
         if let Some(feed) = feed {
             let task = tokio::spawn(follow(Arc::downgrade(&store.inner), feed));
@@ -1544,7 +1547,9 @@ impl Store {
         for (org, name) in gone {
             self.inner.sessions.remove_user(&org, &name);
         }
-        let sessions = self.inner.backend.sessions().await?;
+        let mut sessions = self.inner.backend.sessions().await?;
+        // A session whose user is gone died with it.
+        sessions.retain(|r| self.has_user(&r.org, &r.username));
         self.inner.sessions.replace_all(sessions, replay_until);
         Ok(())
     }

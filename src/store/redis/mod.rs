@@ -204,6 +204,10 @@ struct Keys {
     tokens: String,
     /// API users: `org/username` -> JSON.
     users: String,
+    /// Live sessions: digest (hex) -> JSON.
+    sessions: String,
+    /// Sessions by creation (a sorted set), to drop the oldest.
+    sessions_by_time: String,
     seq: String,
     feed: String,
     audited: String,
@@ -224,6 +228,8 @@ impl Keys {
             orgs: key("orgs"),
             tokens: key("tokens"),
             users: key("users"),
+            sessions: key("sessions"),
+            sessions_by_time: key("sessions_by_time"),
             seq: key("seq"),
             feed: key("feed"),
             audited: key("audited"),
@@ -246,6 +252,8 @@ impl Keys {
 }
 
 struct Scripts {
+    /// Puts or ends a session, with its feed entry.
+    session: Script,
     commit: Script,
     restore: Script,
     renew: Script,
@@ -267,6 +275,7 @@ impl Scripts {
             raise_seq: Script::new(include_str!("raise_seq.lua")),
             take_calls: Script::new(include_str!("take_calls.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
+            session: Script::new(include_str!("session.lua")),
         }
     }
 }
@@ -430,6 +439,35 @@ impl Shared {
     }
 }
 
+impl RedisBackend {
+    async fn session_script(
+        &self,
+        kind: &str,
+        digest: &crate::session::SessionDigest,
+        json: &str,
+        created: u64,
+        oldest: u64,
+    ) -> Result<Seq, BackendError> {
+        let keys = &self.shared.keys;
+        self.shared
+            .scripts
+            .session
+            .key(&keys.sessions)
+            .key(&keys.sessions_by_time)
+            .key(&keys.seq)
+            .key(&keys.feed)
+            .arg(FEED_MAXLEN)
+            .arg(kind)
+            .arg(hex::encode(digest.0))
+            .arg(json)
+            .arg(created)
+            .arg(oldest)
+            .invoke_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| unavailable("session", e))
+    }
+}
+
 fn nanos_of(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -555,6 +593,32 @@ impl Backend for RedisBackend {
                 calls: granted.unwrap_or(0),
             }))
         })
+    }
+
+    fn put_session(
+        &self,
+        record: crate::session::SessionRecord,
+    ) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record)
+                .map_err(|e| BackendError::Corrupt(format!("session: {e}")))?;
+            let created = record.created_at.as_secs();
+            // No session lives longer than the longest maximum age accepted.
+            let oldest = created.saturating_sub(crate::session::MAX_AGE_LIMIT_SECS);
+            self.session_script("putsession", &record.digest, &json, created, oldest)
+                .await
+        })
+    }
+
+    fn end_session(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(async move { self.session_script("endsession", &digest, "", 0, 0).await })
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<crate::session::SessionRecord>, BackendError>> {
+        Box::pin(self.read_sessions())
     }
 
     fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {
