@@ -55,7 +55,7 @@ use http::{HeaderName, Method};
 
 pub use error::ConfigError;
 pub use raw::{
-    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawSession, RawStore, RawTls, RawUpstream,
 };
 
 use crate::gate::{GateConfig, OrgSource};
