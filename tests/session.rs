@@ -595,3 +595,23 @@ async fn every_killing_event_on_one_node_kills_the_session_on_the_other() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_session_used_only_on_one_node_is_not_idle_on_the_other() {
+    let (a, b, clock) = pair().await;
+    let cookie = login(&a, &clock).await;
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(200));
+        assert_eq!(call(&a, &cookie).await.status, StatusCode::OK);
+    }
+    // What the once-a-second task does.
+    a.store.tell_session_uses().await.unwrap();
+    clock.advance(Duration::from_secs(200));
+    // 800 s after the login, 200 s after the last use (on node A).
+    assert_eq!(call(&b, &cookie).await.status, StatusCode::OK);
+    assert_eq!(check(&b, &cookie).await.status, StatusCode::OK);
+    b.store.tell_session_uses().await.unwrap();
+    clock.advance(Duration::from_secs(301));
+    assert_dead(&call(&a, &cookie).await);
+    assert_dead(&call(&b, &cookie).await);
+}

@@ -151,6 +151,63 @@ where
                     async move { Next::Answer(gate.logout(digest).await) },
                 ))
             }
+            Admission::Session(SessionPath::Recheck(digest)) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let gate = Arc::clone(&self.gate);
+                ResponseFuture::taking(Box::pin(async move {
+                    if !Arc::clone(&gate).recheck(digest).await {
+                        return Next::Answer(Answer::not_valid());
+                    }
+                    // Touched with the other node's use: decided again.
+                    let admission = gate.admit(req.method(), req.uri(), req.headers());
+                    let admission = match admission {
+                        Admission::Take {
+                            org,
+                            prefix_len,
+                            session,
+                        } => {
+                            match gate.store.take_calls(Arc::clone(&org)).await {
+                                Taken::Within => {}
+                                Taken::Crossed => {
+                                    return Next::Disable(Box::pin(
+                                        gate.store.disable_over_threshold(org),
+                                    ))
+                                }
+                                Taken::Unavailable => {
+                                    return Next::Refuse(Refusal::ClusterUnavailable)
+                                }
+                            }
+                            gate.finish(&org, req.method(), req.headers(), prefix_len, session)
+                        }
+                        other => other,
+                    };
+                    match admission {
+                        Admission::Allow { org, prefix_len } => {
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::AllowSession { org, prefix_len } => {
+                            crate::session::strip_session(req.headers_mut());
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::Refuse(r @ Refusal::RateLimited(_)) => {
+                            Next::Answer(Answer::refused(r))
+                        }
+                        Admission::Refuse(refusal) => Next::Refuse(refusal),
+                        Admission::Answer(answer) => Next::Answer(answer),
+                        Admission::Disable(org) => {
+                            Next::Disable(Box::pin(gate.store.disable_over_threshold(org)))
+                        }
+                        // Decided once more only: a session idle again, a
+                        // login or logout here, is not valid.
+                        Admission::Take { .. } | Admission::Session(_) => {
+                            Next::Answer(Answer::not_valid())
+                        }
+                    }
+                }))
+            }
             Admission::Disable(org) => {
                 ResponseFuture::disabling(Box::pin(self.gate.store.disable_over_threshold(org)))
             }

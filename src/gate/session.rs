@@ -177,6 +177,17 @@ pub(crate) enum SessionPath {
     Login(OrgId),
     /// A logout of this live session: ended on every node, then answered.
     Logout(SessionDigest),
+    /// Cluster mode: a session idle by this node's own record; ask when
+    /// another node last saw it used, then decide again.
+    Recheck(SessionDigest),
+}
+
+/// Whether a session lives, as this node sees it.
+enum Liveness {
+    Live(Arc<Session>),
+    /// Idle by this node's record only; cluster mode asks the others.
+    IdleHere,
+    Dead,
 }
 
 /// The login's body. Not `Debug`: it holds the password.
@@ -253,11 +264,12 @@ impl Gate {
             return Admission::Answer(Answer::not_valid());
         }
         let session = match self.live_session(config, &digest, named.org, now) {
-            Some(s) => s,
-            None => return Admission::Answer(Answer::not_valid()),
+            Liveness::Live(s) => s,
+            Liveness::IdleHere => return Admission::Session(SessionPath::Recheck(digest)),
+            Liveness::Dead => return Admission::Answer(Answer::not_valid()),
         };
         if on_login_path && method == Method::GET {
-            session.touch(now);
+            self.store.touch_session(&session, now);
             return Admission::Answer(Answer::status());
         }
         let admitted = self
@@ -289,11 +301,11 @@ impl Gate {
         match admitted {
             // The vendor's shape: Retry-After in the body too.
             Some(Admission::Refuse(r @ Refusal::RateLimited(_))) => {
-                session.touch(now);
+                self.store.touch_session(&session, now);
                 Admission::Answer(Answer::refused(r))
             }
             Some(a) => {
-                session.touch(now);
+                self.store.touch_session(&session, now);
                 a
             }
             None => {
@@ -305,22 +317,28 @@ impl Gate {
 
     /// The session of `digest` if it lives and belongs to `org`: not idle
     /// past the timeout, not older than the maximum age, its org's key of
-    /// its generation, enabled. A dead one is forgotten.
+    /// its generation, enabled. A dead one is forgotten; one idle by this
+    /// node's own record is, in cluster mode, asked about first.
     fn live_session(
         &self,
         config: &SessionConfig,
         digest: &SessionDigest,
         org: &[u8],
         now: Timestamp,
-    ) -> Option<Arc<Session>> {
+    ) -> Liveness {
         let sessions = self.store.sessions();
-        let session = sessions.get(digest)?;
+        let Some(session) = sessions.get(digest) else {
+            return Liveness::Dead;
+        };
         if session.record.org.as_bytes() != org {
             // Another org's session: not this org's to end.
-            return None;
+            return Liveness::Dead;
         }
         let too_old = now > session.record.created_at.saturating_add(config.max_age);
         let idle = now > session.last_used().saturating_add(config.idle_timeout);
+        if idle && !too_old && self.store.is_shared() {
+            return Liveness::IdleHere;
+        }
         let alive = !too_old
             && !idle
             && self
@@ -335,9 +353,35 @@ impl Gate {
                 .unwrap_or(false);
         if !alive {
             sessions.remove(digest);
-            return None;
+            return Liveness::Dead;
         }
-        Some(session)
+        Liveness::Live(session)
+    }
+
+    /// A session this node found idle by its own record: alive if another
+    /// node saw it used within the idle timeout (it is then touched here).
+    pub(crate) async fn recheck(self: Arc<Self>, digest: SessionDigest) -> bool {
+        let Some(config) = self.session.as_ref() else {
+            return false;
+        };
+        let Some(session) = self.store.sessions().get(&digest) else {
+            return false;
+        };
+        let now = self.store.clock().now();
+        match self.store.session_used(digest).await {
+            Ok(Some(at)) if at.saturating_add(config.idle_timeout) >= now => {
+                session.touch(at);
+                true
+            }
+            Ok(_) => {
+                self.store.sessions().remove(&digest);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask when a session was last used");
+                false
+            }
+        }
     }
 
     /// A login, once its body is read: every wrong part one 401; then the

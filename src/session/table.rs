@@ -77,6 +77,8 @@ pub struct Session {
     /// What was recorded at login.
     pub record: SessionRecord,
     last_used: AtomicU64,
+    /// When a use was last queued for the shared backend (nanoseconds).
+    published: AtomicU64,
 }
 
 impl Session {
@@ -89,7 +91,22 @@ impl Session {
     pub fn touch(&self, now: Timestamp) {
         self.last_used.fetch_max(now.as_nanos(), Ordering::Relaxed);
     }
+
+    /// Whether a use at `now` should be told to the other nodes: the first
+    /// in each second since the last one told.
+    pub fn publish(&self, now: Timestamp) -> bool {
+        let last = self.published.load(Ordering::Relaxed);
+        now.as_nanos() >= last.saturating_add(PUBLISH_EVERY_NANOS)
+            && self
+                .published
+                .compare_exchange(last, now.as_nanos(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
+
+/// A node tells the others of a session's use at most once per this many
+/// nanoseconds (a second).
+const PUBLISH_EVERY_NANOS: u64 = 1_000_000_000;
 
 /// How failed logins are limited: at most [`USER_FAILURES`] per (org,
 /// username) and [`ORG_FAILURES`] per org within a fixed window of
@@ -117,6 +134,8 @@ pub struct Sessions {
     /// Failed logins: per org (username `None`) and per (org, username), the
     /// window's start and its count.
     failures: Mutex<Failures>,
+    /// Uses to tell the other nodes, in cluster mode.
+    uses: Mutex<Vec<(SessionDigest, Timestamp)>>,
 }
 
 impl Sessions {
@@ -137,9 +156,23 @@ impl Sessions {
         self.lock_seen().insert(key, replay_until);
         let session = Session {
             last_used: AtomicU64::new(record.created_at.as_nanos()),
+            published: AtomicU64::new(record.created_at.as_nanos()),
             record,
         };
         self.live.insert(session.record.digest, Arc::new(session));
+    }
+
+    /// Queues a use of `digest` at `at` for the other nodes.
+    pub fn queue_use(&self, digest: SessionDigest, at: Timestamp) {
+        self.uses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((digest, at));
+    }
+
+    /// Takes the queued uses.
+    pub fn take_uses(&self) -> Vec<(SessionDigest, Timestamp)> {
+        std::mem::take(&mut *self.uses.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Ends the session of `digest`; whether it was live here.

@@ -183,6 +183,29 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(0)))
     }
 
+    /// Records when sessions were last used on this node, for the other
+    /// nodes' idle checks ([`session_used`](Backend::session_used)); a
+    /// node sends at most one use per session per second, in batches. The
+    /// default keeps nothing.
+    fn touch_sessions(
+        &self,
+        uses: Vec<(SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        drop(uses);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// When a session was last used on any node, as far as
+    /// [`touch_sessions`](Backend::touch_sessions) recorded it: what a node
+    /// that finds a session idle by its own calls asks before it refuses.
+    fn session_used(
+        &self,
+        digest: SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        let _ = digest;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Every session the backend keeps, for a store that opens or reloads.
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
         Box::pin(std::future::ready(Ok(Vec::new())))

@@ -37,6 +37,8 @@ struct Data {
     users: BTreeMap<(OrgId, String), ApiUser>,
     /// Sessions of a shared backend, by digest.
     sessions: std::collections::HashMap<SessionDigest, SessionRecord>,
+    /// When each session was last used, as the nodes reported it.
+    session_uses: std::collections::HashMap<SessionDigest, crate::clock::Timestamp>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
     /// The feed of a shared backend; sent to under the lock, so every
@@ -350,6 +352,26 @@ impl Backend for MemoryBackend {
             data.sessions.remove(&digest);
             Feed::EndSession(digest)
         })))
+    }
+
+    fn touch_sessions(
+        &self,
+        uses: Vec<(SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut data = self.lock();
+        for (digest, at) in uses {
+            let last = data.session_uses.entry(digest).or_default();
+            *last = (*last).max(at);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn session_used(
+        &self,
+        digest: SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        let at = self.lock().session_uses.get(&digest).copied();
+        Box::pin(std::future::ready(Ok(at)))
     }
 
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {

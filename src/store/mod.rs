@@ -368,6 +368,7 @@ impl Store {
             }
         }
         if let Some(feed) = feed {
+            tokio::spawn(tell_session_uses(Arc::downgrade(&store.inner)));
             let task = tokio::spawn(follow(Arc::downgrade(&store.inner), feed));
             *store
                 .inner
@@ -994,6 +995,42 @@ impl Store {
         self.confirm(seq)
             .await
             .map_err(|_| crate::answer::Refusal::ClusterUnavailable)
+    }
+
+    /// Records a use of `session` at `now`; in cluster mode, the first use
+    /// in each second is queued for the other nodes' idle checks.
+    pub fn touch_session(&self, session: &crate::session::Session, now: Timestamp) {
+        session.touch(now);
+        if self.inner.shared && session.publish(now) {
+            self.inner.sessions.queue_use(session.record.digest, now);
+        }
+    }
+
+    /// Whether other stores (nodes) share this store's backend.
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    /// Sends the session uses queued here to the backend now (a task does
+    /// it every second in cluster mode).
+    pub async fn tell_session_uses(&self) -> Result<(), BackendError> {
+        let uses = self.inner.sessions.take_uses();
+        if uses.is_empty() {
+            return Ok(());
+        }
+        self.inner.backend.touch_sessions(uses).await
+    }
+
+    /// When the session of `digest` was last used on any node, as the
+    /// backend knows it (cluster mode; `None` on a single node).
+    pub async fn session_used(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> Result<Option<Timestamp>, BackendError> {
+        if !self.inner.shared {
+            return Ok(None);
+        }
+        self.inner.backend.session_used(digest).await
     }
 
     /// Where passwords are hashed and verified.
@@ -1679,6 +1716,21 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
         }
         // Now serving it: what another node's confirm waits for.
         feed.applied(seq);
+    }
+}
+
+/// Tells the backend, once a second, the session uses this node queued,
+/// until the store is gone.
+async fn tell_session_uses(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let store = Store { inner };
+        if let Err(e) = store.tell_session_uses().await {
+            tracing::warn!(error = %e, "could not record session uses; other nodes may find them idle sooner");
+        }
     }
 }
 

@@ -208,6 +208,8 @@ struct Keys {
     sessions: String,
     /// Sessions by creation (a sorted set), to drop the oldest.
     sessions_by_time: String,
+    /// When each session was last used: digest (hex) -> nanoseconds.
+    session_uses: String,
     seq: String,
     feed: String,
     audited: String,
@@ -230,6 +232,7 @@ impl Keys {
             users: key("users"),
             sessions: key("sessions"),
             sessions_by_time: key("sessions_by_time"),
+            session_uses: key("session_uses"),
             seq: key("seq"),
             feed: key("feed"),
             audited: key("audited"),
@@ -456,6 +459,7 @@ impl RedisBackend {
             .key(&keys.sessions_by_time)
             .key(&keys.seq)
             .key(&keys.feed)
+            .key(&keys.session_uses)
             .arg(FEED_MAXLEN)
             .arg(kind)
             .arg(hex::encode(digest.0))
@@ -615,6 +619,43 @@ impl Backend for RedisBackend {
         digest: crate::session::SessionDigest,
     ) -> BoxFuture<'_, Result<Seq, BackendError>> {
         Box::pin(async move { self.session_script("endsession", &digest, "", 0, 0).await })
+    }
+
+    fn touch_sessions(
+        &self,
+        uses: Vec<(crate::session::SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            if uses.is_empty() {
+                return Ok(());
+            }
+            // Each node sends only uses of the last second or so: a newer
+            // one overwritten by a slightly older one moves idleness by
+            // about that second, never more.
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&self.shared.keys.session_uses);
+            for (digest, at) in uses {
+                cmd.arg(hex::encode(digest.0)).arg(at.as_nanos());
+            }
+            cmd.query_async::<()>(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("session uses", e))
+        })
+    }
+
+    fn session_used(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        Box::pin(async move {
+            let at: Option<u64> = redis::cmd("HGET")
+                .arg(&self.shared.keys.session_uses)
+                .arg(hex::encode(digest.0))
+                .query_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("session uses", e))?;
+            Ok(at.map(crate::clock::Timestamp::from_nanos))
+        })
     }
 
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<crate::session::SessionRecord>, BackendError>> {

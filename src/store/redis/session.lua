@@ -4,13 +4,14 @@
 -- audit event: a login is not a change to the org.
 --
 -- KEYS[1] sessions hash (digest -> JSON), KEYS[2] sessions by creation
--- (sorted set, seconds), KEYS[3] seq counter, KEYS[4] feed stream.
+-- (sorted set, seconds), KEYS[3] seq counter, KEYS[4] feed stream, KEYS[5]
+-- last uses (digest -> nanoseconds).
 -- ARGV[1] the feed's approximate length cap, ARGV[2] kind ("putsession" or
 -- "endsession"), ARGV[3] the digest (hex), ARGV[4] the record as JSON (""
 -- for "endsession"), ARGV[5] its creation (seconds), ARGV[6] the oldest
 -- creation a session may have and live (older ones are dropped here: no
 -- session outlives the longest maximum age keygate accepts).
-local sessions, by_time, seq, feed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sessions, by_time, seq, feed, uses = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local kind, digest = ARGV[2], ARGV[3]
 local payload = digest
 if kind == 'putsession' then
@@ -20,10 +21,12 @@ if kind == 'putsession' then
   local old = redis.call('ZRANGEBYSCORE', by_time, '-inf', '(' .. ARGV[6], 'LIMIT', 0, 100)
   for i = 1, #old do
     redis.call('HDEL', sessions, old[i])
+    redis.call('HDEL', uses, old[i])
     redis.call('ZREM', by_time, old[i])
   end
 else
   redis.call('HDEL', sessions, digest)
+  redis.call('HDEL', uses, digest)
   redis.call('ZREM', by_time, digest)
 end
 local last = redis.call('INCR', seq)
