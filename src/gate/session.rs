@@ -29,9 +29,13 @@ pub(crate) const MAX_LOGIN_BODY: usize = 64 * 1024;
 const AUTH_BODY: &[u8] = br#"{"authType":"ADMIN_LOGIN","obfuscateApiKey":true,"passwordExpiryTime":0,"passwordExpiryDays":0}"#;
 
 /// An answer the gate makes itself on the session path, beyond the
-/// contract's [`Refusal`]s.
+/// contract's [`Refusal`]s. Boxed: it travels in [`Admission`] and the
+/// response future, which keyed calls return too, so it keeps them small.
 #[derive(Debug, Clone)]
-pub(crate) struct Answer {
+pub(crate) struct Answer(Box<Parts>);
+
+#[derive(Debug, Clone)]
+struct Parts {
     status: StatusCode,
     code: &'static str,
     body: Bytes,
@@ -43,14 +47,14 @@ pub(crate) struct Answer {
 
 impl Answer {
     fn json(status: StatusCode, code: &'static str, body: Bytes) -> Answer {
-        Answer {
+        Answer(Box::new(Parts {
             status,
             code,
             body,
             cookie: None,
             retry_after: None,
             refusal: None,
-        }
+        }))
     }
 
     /// 401 `INVALID_USERNAME_OR_PASSWORD`: every wrong part of a login.
@@ -76,14 +80,13 @@ impl Answer {
     }
 
     fn logged_in(cookie: HeaderValue) -> Answer {
-        Answer {
-            cookie: Some(cookie),
-            ..Answer::json(
-                StatusCode::OK,
-                "SESSION_LOGIN",
-                Bytes::from_static(AUTH_BODY),
-            )
-        }
+        let mut a = Answer::json(
+            StatusCode::OK,
+            "SESSION_LOGIN",
+            Bytes::from_static(AUTH_BODY),
+        );
+        a.0.cookie = Some(cookie);
+        a
     }
 
     fn status() -> Answer {
@@ -106,29 +109,28 @@ impl Answer {
     /// the vendor's clients read it, in the body.
     fn locked_out(secs: u64) -> Answer {
         let secs = secs.max(1);
-        Answer {
-            retry_after: Some(secs),
-            ..Answer::json(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
-                Bytes::from(format!(
-                    r#"{{"code":"RATE_LIMITED","message":"too many failed logins; retry later","Retry-After":"{secs} seconds"}}"#
-                )),
-            )
-        }
+        let mut a = Answer::json(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            Bytes::from(format!(
+                r#"{{"code":"RATE_LIMITED","message":"too many failed logins; retry later","Retry-After":"{secs} seconds"}}"#
+            )),
+        );
+        a.0.retry_after = Some(secs);
+        a
     }
 
     /// A contract refusal on the session path.
     pub(crate) fn refused(refusal: Refusal) -> Answer {
-        Answer {
-            refusal: Some(refusal),
-            ..Answer::json(refusal_status(&refusal), "", Bytes::new())
-        }
+        let mut a = Answer::json(refusal.status(), "", Bytes::new());
+        a.0.refusal = Some(refusal);
+        a
     }
 
     /// The whole answer.
     pub(crate) fn into_response<B>(self) -> Response<AnswerBody<B>> {
-        if let Some(refusal) = self.refusal {
+        let this = *self.0;
+        if let Some(refusal) = this.refusal {
             let limited = match &refusal {
                 Refusal::RateLimited(l) => Some(l.retry_after),
                 _ => None,
@@ -146,8 +148,8 @@ impl Answer {
             }
             return res;
         }
-        let mut res = Response::new(AnswerBody::refusal(self.code, self.body));
-        *res.status_mut() = self.status;
+        let mut res = Response::new(AnswerBody::refusal(this.code, this.body));
+        *res.status_mut() = this.status;
         let h = res.headers_mut();
         h.insert(
             http::header::CONTENT_TYPE,
@@ -157,18 +159,14 @@ impl Answer {
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
-        if let Some(cookie) = self.cookie {
+        if let Some(cookie) = this.cookie {
             h.insert(http::header::SET_COOKIE, cookie);
         }
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = this.retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
-}
-
-fn refusal_status(r: &Refusal) -> StatusCode {
-    r.status()
 }
 
 /// What the session path decided before any body is read.
@@ -530,5 +528,31 @@ impl Gate {
             Admission::Answer(a) => Err(a),
             Admission::Session(_) => Err(Answer::bad_login()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_answer_is_one_pointer_so_keyed_calls_carry_nothing_more() {
+        assert_eq!(std::mem::size_of::<Answer>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn a_timestamp_is_a_number_or_a_string_of_digits() {
+        assert_eq!(
+            timestamp_ms(&serde_json::json!(1_700_000_000_123u64)),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            timestamp_ms(&serde_json::json!("1700000000123")),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(timestamp_ms(&serde_json::json!("17e5")), None);
+        assert_eq!(timestamp_ms(&serde_json::json!(-1)), None);
+        assert_eq!(timestamp_ms(&serde_json::json!(1.5)), None);
+        assert_eq!(timestamp_ms(&serde_json::json!("")), None);
     }
 }
