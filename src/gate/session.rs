@@ -111,7 +111,9 @@ impl Answer {
         let secs = secs.max(1);
         let mut a = Answer::json(
             StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
+            // The access log's code; the body says RATE_LIMITED, as the
+            // vendor's clients expect of a 429.
+            "LOGIN_LOCKED_OUT",
             Bytes::from(format!(
                 r#"{{"code":"RATE_LIMITED","message":"too many failed logins; retry later","Retry-After":"{secs} seconds"}}"#
             )),
