@@ -473,9 +473,30 @@ impl Gate {
             created_at: now,
             login_timestamp_ms: ts,
         };
+        let digest = record.digest;
         match store.put_session(record, until).await {
             Ok(()) => {}
             Err(refusal) => return Answer::refused(refusal),
+        }
+        // A user deletion, key change or disable that raced the login: once
+        // the session is on every node, each node has also applied every
+        // change committed before it, so what this node holds now says
+        // whether the session was born dead; a later change ends it itself.
+        let still = store.has_user(&org, &login.username)
+            && store
+                .with_org(org.as_bytes(), |o| {
+                    o.read(|c| {
+                        c.state.key.is_some()
+                            && !c.state.is_disabled()
+                            && c.state.generation == generation
+                    })
+                })
+                .unwrap_or(false);
+        if !still {
+            // Best effort: a session that stays is refused at use anyway,
+            // unless only a disable raced it.
+            let _ = store.end_session(digest).await;
+            return Answer::bad_login();
         }
         tracing::info!(org = %org, "session login");
         match HeaderValue::from_str(&set_cookie(&value, config.secure_cookie)) {
