@@ -615,3 +615,29 @@ async fn a_session_used_only_on_one_node_is_not_idle_on_the_other() {
     assert_dead(&call(&a, &cookie).await);
     assert_dead(&call(&b, &cookie).await);
 }
+
+#[tokio::test]
+async fn a_node_that_starts_after_a_disable_and_an_enable_does_not_bring_the_session_back() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let backend = Arc::new(MemoryBackend::shared());
+    let a = node(backend.clone(), clock.clone(), Limits::default()).await;
+    provision(&a.store).await;
+    let cookie = login(&a, &clock).await;
+    a.store
+        .disable("acme", "test", Actor::Provider)
+        .await
+        .unwrap();
+    a.store.enable("acme", Actor::Provider).await.unwrap();
+    // The shared store forgets the ended session in the background.
+    use keygate::store::Backend;
+    for _ in 0..1000 {
+        if backend.sessions().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(backend.sessions().await.unwrap().is_empty());
+    let c = node(backend, clock.clone(), Limits::default()).await;
+    assert_dead(&call(&c, &cookie).await);
+    assert_dead(&call(&a, &cookie).await);
+}

@@ -180,9 +180,17 @@ impl Sessions {
         self.live.remove(digest).is_some()
     }
 
-    /// Ends every session of `org`.
-    pub fn remove_org(&self, org: &OrgId) {
-        self.live.retain(|_, s| s.record.org != *org);
+    /// Ends every session of `org`; the digests of those it ended.
+    pub fn remove_org(&self, org: &OrgId) -> Vec<SessionDigest> {
+        let mut gone = Vec::new();
+        self.live.retain(|d, s| {
+            let keep = s.record.org != *org;
+            if !keep {
+                gone.push(*d);
+            }
+            keep
+        });
+        gone
     }
 
     /// Ends every session of `username` in `org`.
@@ -191,10 +199,18 @@ impl Sessions {
             .retain(|_, s| !(s.record.org == *org && s.record.username == username));
     }
 
-    /// Ends every session of `org` made under another key generation.
-    pub fn remove_stale(&self, org: &OrgId, generation: u64) {
-        self.live
-            .retain(|_, s| !(s.record.org == *org && s.record.generation != generation));
+    /// Ends every session of `org` made under another key generation; the
+    /// digests of those it ended.
+    pub fn remove_stale(&self, org: &OrgId, generation: u64) -> Vec<SessionDigest> {
+        let mut gone = Vec::new();
+        self.live.retain(|d, s| {
+            let keep = !(s.record.org == *org && s.record.generation != generation);
+            if !keep {
+                gone.push(*d);
+            }
+            keep
+        });
+        gone
     }
 
     /// How many sessions this node holds.

@@ -1363,7 +1363,8 @@ impl Store {
             org.calls().reset();
         }
         let defaults = self.inner.defaults;
-        self.end_dead_sessions(&id, &t.next);
+        let dead = self.end_dead_sessions(&id, &t.next);
+        self.forget_sessions(dead);
         // False only if the feed already brought a newer version still.
         org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
         drop(counts);
@@ -1420,21 +1421,45 @@ impl Store {
         if was_disabled && enabled && org.version() < record.version {
             org.calls().reset();
         }
-        self.end_dead_sessions(&record.id, &record.state);
+        let _ = self.end_dead_sessions(&record.id, &record.state);
         org.replace_if_newer(record.state, record.version, self.inner.defaults);
     }
 
     /// Ends the sessions of `id` that `state` kills: all of them when its key
     /// is gone or disabled, those of another key generation otherwise.
-    fn end_dead_sessions(&self, id: &OrgId, state: &OrgState) {
+    fn end_dead_sessions(
+        &self,
+        id: &OrgId,
+        state: &OrgState,
+    ) -> Vec<crate::session::SessionDigest> {
         if self.inner.sessions.is_empty() {
-            return;
+            return Vec::new();
         }
         if state.key.is_none() || state.is_disabled() {
-            self.inner.sessions.remove_org(id);
+            self.inner.sessions.remove_org(id)
         } else {
-            self.inner.sessions.remove_stale(id, state.generation);
+            self.inner.sessions.remove_stale(id, state.generation)
         }
+    }
+
+    /// Removes the sessions a change this store committed killed from a
+    /// shared backend too, so a node that reloads later (a restart, a lost
+    /// feed) does not bring them back after, say, an enable. The change
+    /// itself already ended them on every node; this is housekeeping, in
+    /// the background.
+    fn forget_sessions(&self, dead: Vec<crate::session::SessionDigest>) {
+        if dead.is_empty() || !self.inner.shared {
+            return;
+        }
+        let backend = Arc::clone(&self.inner.backend);
+        tokio::spawn(async move {
+            for digest in dead {
+                if let Err(e) = backend.end_session(digest).await {
+                    tracing::warn!(error = %e, "could not remove an ended session from the shared store");
+                    return;
+                }
+            }
+        });
     }
 
     /// Installs `record`: into its org if this store knows it, as a new org
