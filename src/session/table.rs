@@ -122,6 +122,9 @@ pub const ORG_FAILURES: u32 = 30;
 /// window's start (seconds) and its count.
 type Failures = HashMap<(String, Option<String>), (u64, u32)>;
 
+/// The most (org) and (org, username) failure counts kept at once.
+const MAX_FAILURE_ENTRIES: usize = 100_000;
+
 /// The most failure and replay entries kept before expired ones are swept.
 const SWEEP_AT: usize = 4096;
 
@@ -134,6 +137,8 @@ pub struct Sessions {
     /// Failed logins: per org (username `None`) and per (org, username), the
     /// window's start and its count.
     failures: Mutex<Failures>,
+    /// The second of the last sweep of `failures`.
+    swept: AtomicU64,
     /// Uses to tell the other nodes, in cluster mode.
     uses: Mutex<Vec<(SessionDigest, Timestamp)>>,
 }
@@ -297,13 +302,20 @@ impl Sessions {
     pub fn failed(&self, org: &str, username: &str, now: Timestamp) {
         let mut failures = self.lock_failures();
         let now = now.as_secs();
-        if failures.len() >= SWEEP_AT {
+        // At most once a second: a sweep reads every entry.
+        if failures.len() >= SWEEP_AT && self.swept.swap(now, Ordering::Relaxed) != now {
             failures.retain(|_, (start, _)| now < *start + FAILURE_WINDOW_SECS);
         }
         for key in [
             (org.to_owned(), None),
             (org.to_owned(), Some(username.to_owned())),
         ] {
+            // A flood of made-up orgs and usernames within one window must
+            // not grow the map without bound: past the cap only the names
+            // already counted are counted further.
+            if failures.len() >= MAX_FAILURE_ENTRIES && !failures.contains_key(&key) {
+                continue;
+            }
             let entry = failures.entry(key).or_insert((now, 0));
             if now >= entry.0 + FAILURE_WINDOW_SECS {
                 *entry = (now, 0);
