@@ -793,6 +793,14 @@ fn main() {
             ..GateConfig::default()
         },
     );
+    // Issue 14: the same keyed calls with session login on, which they must
+    // not pay for (the session path is reached only without a key header).
+    let mut gate_path_sessions = KeyGate::with_sessions(
+        identity(),
+        hot.clone(),
+        GateConfig::default(),
+        keygate::session::SessionConfig::default(),
+    );
     let mut gate_limited = KeyGate::new(identity(), limited, GateConfig::default());
     assert_eq!(
         call_now(&mut gate_limited, limited_target[0].build()).status(),
@@ -904,6 +912,17 @@ fn main() {
         &hot_path,
         ok,
     );
+    // Sessions off as the baseline, sessions on as the layered: the ratio is
+    // what turning `[session]` on costs a keyed call, in one run.
+    compare(
+        &mut out,
+        "keyed_sessions_on_vs_off",
+        &scale,
+        &mut gate_path,
+        &mut gate_path_sessions,
+        &hot_path,
+        ok,
+    );
     compare(
         &mut out,
         "allowed_1org_header_mode",
@@ -954,6 +973,13 @@ fn main() {
     let mut g = c.benchmark_group("allowed_1org");
     bench_calls(&mut g, "bare_path_request", &mut bare, &hot_path, ok);
     bench_calls(&mut g, "layered_path_mode", &mut gate_path, &hot_path, ok);
+    bench_calls(
+        &mut g,
+        "layered_path_mode_sessions_on",
+        &mut gate_path_sessions,
+        &hot_path,
+        ok,
+    );
     bench_calls(&mut g, "bare_header_request", &mut bare, &hot_header, ok);
     bench_calls(
         &mut g,

@@ -11,6 +11,7 @@ pub mod org;
 pub mod limit;
 pub mod token;
 pub mod store;
+pub mod session;
 pub mod answer;
 pub mod gate;
 pub mod config;

@@ -325,7 +325,13 @@ pub async fn start_with_options(
     // Four stacks, each its own type: the access log is either in the stack
     // or not there at all. Outermost first: request id, access log,
     // readiness probe, metrics, hop-by-hop, gate.
-    let gate = (!options.bare).then(|| KeyGateLayer::new(store.clone(), config.gate()));
+    let gate = (!options.bare).then(|| {
+        let layer = KeyGateLayer::new(store.clone(), config.gate());
+        match &config.session {
+            Some(session) => layer.with_sessions(session.clone()),
+            None => layer,
+        }
+    });
     let access = access_log.then(|| {
         let org_from = gate.as_ref().map(|_| config.proxy.org_from.clone());
         AccessLogLayer::new(org_from, config.proxy.access_log_query)

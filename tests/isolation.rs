@@ -42,6 +42,9 @@ enum Endpoint {
     DeleteOrg,
     Usage,
     ListTokens,
+    ListUsers,
+    CreateUser,
+    DeleteUser,
 }
 
 /// Who calls.
@@ -84,6 +87,8 @@ const TARGETS: [Target; 3] = [Target::A, Target::B, Target::Missing];
 const ORG_A: &str = "acme";
 const ORG_B: &str = "globex";
 const ORG_MISSING: &str = "nobody";
+/// An API user each org has, for `DELETE .../api-users/{username}`.
+const SPARE_USER: &str = "spare@example.com";
 
 impl Target {
     fn org(self) -> &'static str {
@@ -142,8 +147,8 @@ fn expected(endpoint: Endpoint, caller: Caller, target: Target) -> (u16, &'stati
         Caller::AdminOfB => (Target::B, true),
     };
     let changes_key = match endpoint {
-        GetKey | Audit | Usage => false,
-        AddKey | EditKey | Regenerate | DeleteKey => true,
+        GetKey | Audit | Usage | ListUsers => false,
+        AddKey | EditKey | Regenerate | DeleteKey | CreateUser | DeleteUser => true,
         Provision | List | Disable | Enable | Subscription | Limits | CreateToken | DeleteToken
         | RotateToken | DeleteOrg | ListTokens => return (403, "FORBIDDEN"),
     };
@@ -158,11 +163,11 @@ fn on_an_existing_org(endpoint: Endpoint) -> (u16, &'static str) {
     use Endpoint::*;
     match endpoint {
         GetKey | EditKey | Regenerate | Audit | List | Disable | Enable | Subscription | Limits
-        | Usage | ListTokens | RotateToken => (200, ""),
+        | Usage | ListTokens | RotateToken | ListUsers => (200, ""),
         AddKey => (409, "KEY_EXISTS"),
-        DeleteKey | DeleteToken | DeleteOrg => (204, ""),
+        DeleteKey | DeleteToken | DeleteOrg | DeleteUser => (204, ""),
         Provision => (409, "ORG_EXISTS"),
-        CreateToken => (201, ""),
+        CreateToken | CreateUser => (201, ""),
     }
 }
 
@@ -191,6 +196,17 @@ async fn world() -> World {
     let admin_b = gw.token("b-admin", "admin", ORG_B).await;
     let spare_a = gw.token(Target::A.spare_token(), "viewer", ORG_A).await;
     let spare_b = gw.token(Target::B.spare_token(), "viewer", ORG_B).await;
+    for org in [ORG_A, ORG_B] {
+        let r = gw
+            .admin(
+                Method::POST,
+                &format!("/v1/orgs/{org}/api-users"),
+                Some(PROVIDER),
+                Some(&json!({ "username": SPARE_USER, "password": "a long enough password" })),
+            )
+            .await;
+        r.assert_status(StatusCode::CREATED);
+    }
     let tokens = vec![
         (admin_a.clone(), ORG_A),
         (viewer_a.clone(), ORG_A),
@@ -315,6 +331,17 @@ fn call(endpoint: Endpoint, target: Target) -> (Method, String, Option<Value>) {
         DeleteOrg => (Method::DELETE, format!("/v1/orgs/{org}"), None),
         Usage => (Method::GET, format!("/v1/orgs/{org}/usage"), None),
         ListTokens => (Method::GET, "/v1/tokens".into(), None),
+        ListUsers => (Method::GET, format!("/v1/orgs/{org}/api-users"), None),
+        CreateUser => (
+            Method::POST,
+            format!("/v1/orgs/{org}/api-users"),
+            Some(json!({ "username": "newcomer", "password": "a long enough password" })),
+        ),
+        DeleteUser => (
+            Method::DELETE,
+            format!("/v1/orgs/{org}/api-users/{SPARE_USER}"),
+            None,
+        ),
     }
 }
 
@@ -520,6 +547,21 @@ async fn the_token_list_is_isolated_for_every_caller_and_target() {
     run_matrix(Endpoint::ListTokens).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_api_users_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::ListUsers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_an_api_user_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::CreateUser).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_api_user_is_isolated_for_every_caller_and_target() {
+    run_matrix(Endpoint::DeleteUser).await;
+}
+
 /// The table itself, read back: a few cells spelled out, so a slip in
 /// [`expected`] cannot make the matrix agree with a wrong keygate.
 #[test]
@@ -556,6 +598,11 @@ fn the_table_says_what_the_contract_says() {
         (Regenerate, ApiKeyOfA, A, (401, "UNAUTHENTICATED")),
         (Enable, NoToken, Missing, (401, "UNAUTHENTICATED")),
         (Limits, BadToken, B, (401, "UNAUTHENTICATED")),
+        (ListUsers, ViewerOfA, A, (200, "")),
+        (CreateUser, ViewerOfA, A, (403, "FORBIDDEN")),
+        (CreateUser, AdminOfA, A, (201, "")),
+        (DeleteUser, AdminOfB, A, (403, "FORBIDDEN")),
+        (DeleteUser, Provider, Missing, (404, "ORG_NOT_FOUND")),
     ];
     for (e, c, t, want) in cases {
         assert_eq!(expected(e, c, t), want, "{e:?} by {c:?} about {t:?}");

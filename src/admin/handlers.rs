@@ -570,6 +570,68 @@ pub(crate) async fn rotate_token(
     ))
 }
 
+/// `GET /v1/orgs/{org}/api-users`: the org's API users' names (every role).
+pub(crate) async fn list_users(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::Read, &org)?;
+    let names = s.store.users(&org)?;
+    let users: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|username| serde_json::json!({ "username": username }))
+        .collect();
+    Ok(reply(
+        StatusCode::OK,
+        &serde_json::json!({ "api_users": users }),
+    ))
+}
+
+/// The body of `POST /v1/orgs/{org}/api-users`. Never logged: no `Debug`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    username: String,
+    password: String,
+}
+
+/// `POST /v1/orgs/{org}/api-users`: a new API user (provider, admin).
+pub(crate) async fn create_user(
+    State(s): State<AdminState>,
+    who: Principal,
+    org: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let Path(org) = org?;
+    who.allow(Need::ChangeKey, &org)?;
+    s.existing(&org)?;
+    let UserBody { username, password } = read_json(&headers, body).await?;
+    s.store
+        .create_user(&org, &username, password, who.actor())
+        .await?;
+    Ok(reply(
+        StatusCode::CREATED,
+        &serde_json::json!({ "org": org, "username": username }),
+    ))
+}
+
+/// `DELETE /v1/orgs/{org}/api-users/{username}`: the user and its sessions
+/// go at once (provider, admin).
+pub(crate) async fn delete_user(
+    State(s): State<AdminState>,
+    who: Principal,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Reply {
+    let Path((org, username)) = path?;
+    who.allow(Need::ChangeKey, &org)?;
+    s.existing(&org)?;
+    s.store.delete_user(&org, &username, who.actor()).await?;
+    Ok(reply_empty(StatusCode::NO_CONTENT))
+}
+
 pub(crate) async fn not_found() -> AdminError {
     AdminError::NotFound
 }

@@ -141,6 +141,13 @@ fn routes() -> Routes {
         .add(M::POST, "/v1/orgs/{org}/enable", enable)
         .add(M::PUT, "/v1/orgs/{org}/subscription", set_subscription)
         .add(M::PUT, "/v1/orgs/{org}/limits", set_limits)
+        .add(M::GET, "/v1/orgs/{org}/api-users", list_users)
+        .add(M::POST, "/v1/orgs/{org}/api-users", create_user)
+        .add(
+            M::DELETE,
+            "/v1/orgs/{org}/api-users/{username}",
+            delete_user,
+        )
         .add(M::GET, "/v1/tokens", list_tokens)
         .add(M::POST, "/v1/tokens", create_token)
         .add(M::GET, "/v1/whoami", whoami)

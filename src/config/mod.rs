@@ -55,7 +55,7 @@ use http::{HeaderName, Method};
 
 pub use error::ConfigError;
 pub use raw::{
-    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawSession, RawStore, RawTls, RawUpstream,
 };
 
 use crate::gate::{GateConfig, OrgSource};
@@ -85,6 +85,9 @@ pub struct Config {
     /// Cluster mode (`[cluster]`): several nodes on one Redis. `None`: one
     /// node over the embedded store at `store.path`.
     pub cluster: Option<ClusterConfig>,
+    /// Session login (`[session]`); `None`: off. Its `secure_cookie` is set
+    /// when the proxy listener serves TLS.
+    pub session: Option<crate::session::SessionConfig>,
     /// `log.format`: how the log is written.
     pub log_format: LogFormat,
 }

@@ -22,8 +22,37 @@ pub struct RawConfig {
     /// `[cluster]`: several nodes on one Redis; absent, keygate is one node
     /// over its embedded store.
     pub cluster: Option<RawCluster>,
+    /// `[session]`: ZIA-compatible session login; absent, it is off.
+    pub session: Option<RawSession>,
     /// `[log]`: how keygate writes its log.
     pub log: RawLog,
+}
+
+/// `[session]`: session login for the vendor's clients (contract section 8).
+/// Its presence turns it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSession {
+    /// The login path under an org's base URL (path mode: after `/{org}`).
+    pub path: String,
+    /// Seconds without a call after which a session ends (the vendor's default, 300).
+    pub idle_timeout_secs: i64,
+    /// Seconds after login at which a session ends, used or not.
+    pub max_age_secs: i64,
+    /// How far, in seconds, a login's timestamp may be from this node's clock.
+    pub timestamp_window_secs: i64,
+}
+
+impl Default for RawSession {
+    /// The contract's defaults.
+    fn default() -> Self {
+        RawSession {
+            path: "/api/v1/authenticatedSession".to_owned(),
+            idle_timeout_secs: 300,
+            max_age_secs: 43_200,
+            timestamp_window_secs: 300,
+        }
+    }
 }
 
 /// `[log]`: how keygate writes its log (to stderr; the level is `KEYGATE_LOG`).

@@ -111,6 +111,7 @@ fn known_keys() -> Vec<String> {
         redis_url: Some(String::new()),
         ..RawCluster::default()
     });
+    raw.session = Some(RawSession::default());
     doc_keys(&toml::Table::try_from(&raw).unwrap())
 }
 
@@ -147,6 +148,8 @@ fn the_example_file_sets_every_known_key() {
             || key == "proxy.upstream_ca_path"
             || key == "cluster"
             || key.starts_with("cluster.")
+            || key == "session"
+            || key.starts_with("session.")
         {
             continue;
         }
@@ -1112,4 +1115,57 @@ fn log_format_is_text_by_default_json_when_asked_and_nothing_else() {
         "{}",
         error(&with("log.format = \"yaml\""))
     );
+}
+
+#[test]
+fn without_a_session_section_session_login_is_off() {
+    assert_eq!(Config::from_toml(&with("")).unwrap().session, None);
+}
+
+#[test]
+fn a_session_section_has_the_contracts_defaults() {
+    let c = Config::from_toml(&with("[session]")).unwrap();
+    assert_eq!(
+        c.session,
+        Some(crate::session::SessionConfig {
+            path: "/api/v1/authenticatedSession".to_owned(),
+            idle_timeout: Duration::from_secs(300),
+            max_age: Duration::from_secs(43_200),
+            timestamp_window: Duration::from_secs(300),
+            secure_cookie: false,
+        })
+    );
+}
+
+#[test]
+fn every_session_key_is_read() {
+    let c = Config::from_toml(&with(
+        "[session]\npath = \"/login\"\nidle_timeout_secs = 60\n\
+         max_age_secs = 600\ntimestamp_window_secs = 30",
+    ))
+    .unwrap()
+    .session
+    .unwrap();
+    assert_eq!(c.path, "/login");
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.max_age, Duration::from_secs(600));
+    assert_eq!(c.timestamp_window, Duration::from_secs(30));
+}
+
+#[test]
+fn bad_session_values_are_refused_naming_the_key() {
+    for (text, key) in [
+        ("path = \"login\"", "session.path"),
+        ("path = \"/login/\"", "session.path"),
+        ("path = \"/a?b\"", "session.path"),
+        ("idle_timeout_secs = 0", "session.idle_timeout_secs"),
+        ("max_age_secs = 604801", "session.max_age_secs"),
+        (
+            "timestamp_window_secs = -1",
+            "session.timestamp_window_secs",
+        ),
+    ] {
+        let e = error(&with(&format!("[session]\n{text}")));
+        assert!(e.starts_with(&format!("config: {key}:")), "{text}: {e}");
+    }
 }

@@ -11,7 +11,7 @@ use http::{HeaderName, Method};
 
 use super::error::{invalid, ConfigError};
 use super::raw::{
-    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawStore, RawTls, RawUpstream,
+    RawAdmin, RawCluster, RawConfig, RawLimits, RawProxy, RawSession, RawStore, RawTls, RawUpstream,
 };
 use super::{
     default_public_url, AdminConfig, ClusterConfig, Config, LogFormat, ProxyConfig, StoreConfig,
@@ -36,6 +36,10 @@ impl RawConfig {
             "json" => LogFormat::Json,
             _ => return Err(invalid("log.format", "must be \"text\" or \"json\"")),
         };
+        let mut session = self.session.map(RawSession::validate).transpose()?;
+        if let Some(s) = &mut session {
+            s.secure_cookie = proxy.tls.is_some();
+        }
         Ok(Config {
             proxy,
             admin,
@@ -43,6 +47,7 @@ impl RawConfig {
             limits,
             cluster,
             log_format,
+            session,
         })
     }
 }
@@ -335,6 +340,41 @@ impl RawStore {
                 10,
                 max::COUNT_FLUSH_MS,
             )?),
+        })
+    }
+}
+
+/// The longest a session's timeouts and window may be: a week.
+const MAX_SESSION_SECS: i64 = crate::session::MAX_AGE_LIMIT_SECS as i64;
+
+impl RawSession {
+    fn validate(self) -> Result<crate::session::SessionConfig, ConfigError> {
+        let path_ok = self.path.starts_with('/')
+            && self.path.len() > 1
+            && !self.path.ends_with('/')
+            && self
+                .path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !path_ok {
+            return Err(invalid(
+                "session.path",
+                "a path starting with '/', not ending with '/', of visible ASCII without '?' or '#'",
+            ));
+        }
+        let secs = |name: &'static str, v: i64| {
+            if (1..=MAX_SESSION_SECS).contains(&v) {
+                Ok(Duration::from_secs(v.unsigned_abs()))
+            } else {
+                Err(invalid(name, "between 1 and 604800 seconds"))
+            }
+        };
+        Ok(crate::session::SessionConfig {
+            idle_timeout: secs("session.idle_timeout_secs", self.idle_timeout_secs)?,
+            max_age: secs("session.max_age_secs", self.max_age_secs)?,
+            timestamp_window: secs("session.timestamp_window_secs", self.timestamp_window_secs)?,
+            path: self.path,
+            secure_cookie: false,
         })
     }
 }

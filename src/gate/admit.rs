@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method};
 
 use super::resolve::{named_org, presented_key};
+use super::session::{Answer, SessionPath};
 use super::Gate;
 use crate::answer::Refusal;
 use crate::key::ApiKey;
@@ -24,6 +25,18 @@ pub(crate) enum Admission {
     },
     /// Answer it with this refusal now.
     Refuse(Refusal),
+    /// A call with a session: forward it as [`Allow`](Admission::Allow)
+    /// does, and without the session cookie.
+    AllowSession {
+        /// The org.
+        org: OrgId,
+        /// See [`Named::prefix_len`](super::resolve::Named).
+        prefix_len: usize,
+    },
+    /// The session path's own answer (login, check, logout, or a dead session).
+    Answer(Answer),
+    /// A login: its body is read before it is decided.
+    Session(SessionPath),
     /// This call took the org past its threshold: disable the key, then refuse.
     Disable(Arc<Org>),
     /// Cluster mode, and no call of the org's threshold is granted to this
@@ -34,6 +47,8 @@ pub(crate) enum Admission {
         org: Arc<Org>,
         /// See [`Named::prefix_len`](super::resolve::Named).
         prefix_len: usize,
+        /// Whether the call came with a session rather than a key.
+        session: bool,
     },
 }
 
@@ -61,6 +76,13 @@ impl Gate {
         }
         let presented = match presented_key(headers, &self.config.key_header) {
             Ok(v) => v,
+            // Sessions: off the keyed path, which never gets here.
+            Err(Refusal::MissingKey) if self.session.is_some() => {
+                return match self.session_config() {
+                    Some(config) => self.admit_session(config, method, uri, headers),
+                    None => Admission::Refuse(Refusal::MissingKey),
+                };
+            }
             Err(refusal) => return Admission::Refuse(refusal),
         };
         // From here on every refusal about the key or the org is the same
@@ -93,38 +115,65 @@ impl Gate {
                     Ok(v) => v,
                     Err(refusal) => return Admission::Refuse(refusal),
                 };
-                if self.store.shares_calls() {
-                    match org.calls().spend(now, window_secs) {
-                        Spent::Left(left) => {
-                            if PREFETCH_AT.contains(&left) {
-                                self.store.prefetch_calls(org);
-                            }
-                        }
-                        Spent::Empty => {
-                            return Admission::Take {
-                                org: Arc::clone(org),
-                                prefix_len: named.prefix_len,
-                            }
-                        }
-                    }
-                } else {
-                    let (count, opened) =
-                        org.calls().count_opening(now, threshold_calls, window_secs);
-                    if opened {
-                        org.window_opened();
-                    }
-                    match count {
-                        Count::Within => {}
-                        // Over, too, disables: the provider may have lowered the
-                        // threshold below this window's count, and a key that is
-                        // refused must also be durably disabled. A disable that
-                        // finds the key disabled already commits nothing.
-                        Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
-                    }
-                }
-                self.after_count(org, method, headers, now, expired, rate, named.prefix_len)
+                self.counted(
+                    org,
+                    method,
+                    headers,
+                    now,
+                    (threshold_calls, window_secs, rate, expired),
+                    named.prefix_len,
+                    false,
+                )
             })
             .unwrap_or(Admission::Refuse(Refusal::InvalidKey))
+    }
+
+    /// Step 3 and on, once the key (or session) is found good and the key
+    /// enabled: the threshold count, then [`after_count`](Gate::after_count).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn counted(
+        &self,
+        org: &Arc<Org>,
+        method: &Method,
+        headers: &HeaderMap,
+        now: crate::clock::Timestamp,
+        (threshold_calls, window_secs, rate, expired): (u32, u32, crate::limit::Rate, bool),
+        prefix_len: usize,
+        session: bool,
+    ) -> Admission {
+        if self.store.shares_calls() {
+            match org.calls().spend(now, window_secs) {
+                Spent::Left(left) => {
+                    if PREFETCH_AT.contains(&left) {
+                        self.store.prefetch_calls(org);
+                    }
+                }
+                Spent::Empty => {
+                    return Admission::Take {
+                        org: Arc::clone(org),
+                        prefix_len,
+                        session,
+                    }
+                }
+            }
+        } else {
+            let (count, opened) = org.calls().count_opening(now, threshold_calls, window_secs);
+            if opened {
+                org.window_opened();
+            }
+            match count {
+                Count::Within => {}
+                // Over, too, disables: the provider may have lowered the
+                // threshold below this window's count, and a key that is
+                // refused must also be durably disabled. A disable that
+                // finds the key disabled already commits nothing.
+                Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
+            }
+        }
+        self.after_count(
+            org, method, headers, now, expired, rate, prefix_len, session,
+        )
     }
 
     /// The checks after the count, for a call whose count a grant from the
@@ -135,16 +184,19 @@ impl Gate {
         method: &Method,
         headers: &HeaderMap,
         prefix_len: usize,
+        session: bool,
     ) -> Admission {
         let now = self.store.clock().now();
         let (rate, expired) = org.read(|c| (c.rate, c.state.subscription_expired(now)));
-        self.after_count(org, method, headers, now, expired, rate, prefix_len)
+        self.after_count(
+            org, method, headers, now, expired, rate, prefix_len, session,
+        )
     }
 
     /// Steps 4 and 5: the subscription, then the rate (in cluster mode, this
     /// node's share of it).
     #[allow(clippy::too_many_arguments)]
-    fn after_count(
+    pub(crate) fn after_count(
         &self,
         org: &Arc<Org>,
         method: &Method,
@@ -153,6 +205,7 @@ impl Gate {
         expired: bool,
         rate: crate::limit::Rate,
         prefix_len: usize,
+        session: bool,
     ) -> Admission {
         org.touch(now);
         if expired && self.blocked_while_expired(method, headers) {
@@ -165,6 +218,12 @@ impl Gate {
         if let Err(limited) = org.rate_limiter().check(now, &rate) {
             org.note_limited();
             return Admission::Refuse(Refusal::RateLimited(limited));
+        }
+        if session {
+            return Admission::AllowSession {
+                org: org.id(),
+                prefix_len,
+            };
         }
         Admission::Allow {
             org: org.id(),

@@ -7,6 +7,7 @@ use std::task::{ready, Context, Poll};
 use http::Response;
 use pin_project_lite::pin_project;
 
+use super::session::Answer;
 use crate::answer::{AnswerBody, Refusal};
 use crate::store::BoxFuture;
 
@@ -23,6 +24,7 @@ pin_project! {
     enum Kind<F> {
         Inner { #[pin] fut: F },
         Refused { refusal: Refusal },
+        Answered { answer: Option<Answer> },
         // The boxed futures, off the common path: the call that crossed the
         // threshold waits until the disable is durable (once per window per
         // org), and, in cluster mode, a call that found no call of its org's
@@ -40,6 +42,8 @@ pub(crate) enum Next<F> {
     Refuse(Refusal),
     /// It crossed the threshold: this disables the key.
     Disable(BoxFuture<'static, ()>),
+    /// The session path's own answer.
+    Answer(Answer),
 }
 
 impl<F> ResponseFuture<F> {
@@ -52,6 +56,14 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn refused(refusal: Refusal) -> Self {
         ResponseFuture {
             kind: Kind::Refused { refusal },
+        }
+    }
+
+    pub(crate) fn answered(answer: Answer) -> Self {
+        ResponseFuture {
+            kind: Kind::Answered {
+                answer: Some(answer),
+            },
         }
     }
 
@@ -89,6 +101,11 @@ where
                     return Poll::Ready(Ok(res.map(AnswerBody::inner)));
                 }
                 KindProj::Refused { refusal } => return Poll::Ready(Ok(refusal.into_response())),
+                KindProj::Answered { answer } => {
+                    // Polled once more after Ready only by a broken caller.
+                    let answer = answer.take().unwrap_or_else(Answer::not_valid);
+                    return Poll::Ready(Ok(answer.into_response()));
+                }
                 KindProj::Disabling { fut } => {
                     ready!(fut.as_mut().poll(cx));
                     return Poll::Ready(Ok(Refusal::ThresholdExceeded.into_response()));
@@ -99,6 +116,9 @@ where
                 Next::Call(fut) => Kind::Inner { fut },
                 Next::Refuse(refusal) => Kind::Refused { refusal },
                 Next::Disable(fut) => Kind::Disabling { fut },
+                Next::Answer(answer) => Kind::Answered {
+                    answer: Some(answer),
+                },
             });
         }
     }

@@ -17,7 +17,25 @@ impl KeyGateLayer {
     /// A layer that checks requests against `store` as `config` says.
     pub fn new(store: Store, config: GateConfig) -> Self {
         KeyGateLayer {
-            gate: Arc::new(Gate { store, config }),
+            gate: Arc::new(Gate {
+                store,
+                config,
+                session: None,
+            }),
+        }
+    }
+
+    /// The same layer with ZIA-compatible session login on
+    /// ([`crate::session`]): the gate answers `{base_url}{config.path}`
+    /// itself, and calls with a live session's `JSESSIONID` cookie and no
+    /// key header are checked as keyed calls are.
+    pub fn with_sessions(self, config: crate::session::SessionConfig) -> Self {
+        KeyGateLayer {
+            gate: Arc::new(Gate {
+                store: self.gate.store.clone(),
+                config: self.gate.config.clone(),
+                session: Some(config),
+            }),
         }
     }
 }

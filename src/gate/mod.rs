@@ -46,6 +46,7 @@ mod future;
 mod layer;
 mod resolve;
 mod service;
+mod session;
 
 use http::{HeaderName, Method};
 
@@ -100,4 +101,6 @@ impl Default for GateConfig {
 pub(crate) struct Gate {
     pub(crate) store: Store,
     pub(crate) config: GateConfig,
+    /// Session login (contract section 8), when configured.
+    pub(crate) session: Option<crate::session::SessionConfig>,
 }

@@ -11,6 +11,7 @@ use tower_service::Service;
 
 use super::admit::Admission;
 use super::future::Next;
+use super::session::{Answer, SessionPath, MAX_LOGIN_BODY};
 use super::{Gate, GateConfig, KeyGateLayer, ResponseFuture};
 use crate::answer::Refusal;
 use crate::org::OrgId;
@@ -33,7 +34,29 @@ impl<S> KeyGate<S> {
     pub fn new(inner: S, store: Store, config: GateConfig) -> Self {
         KeyGate {
             inner,
-            gate: Arc::new(Gate { store, config }),
+            gate: Arc::new(Gate {
+                store,
+                config,
+                session: None,
+            }),
+        }
+    }
+
+    /// Gates `inner` with `store` and `config`, with ZIA-compatible session
+    /// login on ([`KeyGateLayer::with_sessions`]).
+    pub fn with_sessions(
+        inner: S,
+        store: Store,
+        config: GateConfig,
+        session: crate::session::SessionConfig,
+    ) -> Self {
+        KeyGate {
+            inner,
+            gate: Arc::new(Gate {
+                store,
+                config,
+                session: Some(session),
+            }),
         }
     }
 
@@ -80,7 +103,9 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for KeyGate<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = Response<crate::answer::AnswerBody<ResBody>>;
     type Error = S::Error;
@@ -99,10 +124,98 @@ where
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
+            Admission::AllowSession { org, prefix_len } => {
+                crate::session::strip_session(req.headers_mut());
+                forward(&mut req, &self.gate.config, org, prefix_len);
+                ResponseFuture::inner(self.inner.call(req))
+            }
+            Admission::Answer(answer) => ResponseFuture::answered(answer),
+            Admission::Session(SessionPath::Login(org)) => {
+                let gate = Arc::clone(&self.gate);
+                let body = req.into_body();
+                ResponseFuture::taking(Box::pin(async move {
+                    use http_body_util::BodyExt;
+                    let read = http_body_util::Limited::new(body, MAX_LOGIN_BODY)
+                        .collect()
+                        .await;
+                    let answer = match read {
+                        Ok(collected) => gate.login(org, collected.to_bytes()).await,
+                        Err(_) => Answer::bad_login(),
+                    };
+                    Next::Answer(answer)
+                }))
+            }
+            Admission::Session(SessionPath::Logout(digest)) => {
+                let gate = Arc::clone(&self.gate);
+                ResponseFuture::taking(Box::pin(
+                    async move { Next::Answer(gate.logout(digest).await) },
+                ))
+            }
+            Admission::Session(SessionPath::Recheck(digest)) => {
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let gate = Arc::clone(&self.gate);
+                ResponseFuture::taking(Box::pin(async move {
+                    if !Arc::clone(&gate).recheck(digest).await {
+                        return Next::Answer(Answer::not_valid());
+                    }
+                    // Touched with the other node's use: decided again.
+                    let admission = gate.admit(req.method(), req.uri(), req.headers());
+                    let admission = match admission {
+                        Admission::Take {
+                            org,
+                            prefix_len,
+                            session,
+                        } => {
+                            match gate.store.take_calls(Arc::clone(&org)).await {
+                                Taken::Within => {}
+                                Taken::Crossed => {
+                                    return Next::Disable(Box::pin(
+                                        gate.store.disable_over_threshold(org),
+                                    ))
+                                }
+                                Taken::Unavailable => {
+                                    return Next::Refuse(Refusal::ClusterUnavailable)
+                                }
+                            }
+                            gate.finish(&org, req.method(), req.headers(), prefix_len, session)
+                        }
+                        other => other,
+                    };
+                    match admission {
+                        Admission::Allow { org, prefix_len } => {
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::AllowSession { org, prefix_len } => {
+                            crate::session::strip_session(req.headers_mut());
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::Refuse(r @ Refusal::RateLimited(_)) => {
+                            Next::Answer(Answer::refused(r))
+                        }
+                        Admission::Refuse(refusal) => Next::Refuse(refusal),
+                        Admission::Answer(answer) => Next::Answer(answer),
+                        Admission::Disable(org) => {
+                            Next::Disable(Box::pin(gate.store.disable_over_threshold(org)))
+                        }
+                        // Decided once more only: a session idle again, a
+                        // login or logout here, is not valid.
+                        Admission::Take { .. } | Admission::Session(_) => {
+                            Next::Answer(Answer::not_valid())
+                        }
+                    }
+                }))
+            }
             Admission::Disable(org) => {
                 ResponseFuture::disabling(Box::pin(self.gate.store.disable_over_threshold(org)))
             }
-            Admission::Take { org, prefix_len } => {
+            Admission::Take {
+                org,
+                prefix_len,
+                session,
+            } => {
                 // The service polled ready is the one that takes the call.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -115,14 +228,23 @@ where
                         }
                         Taken::Unavailable => return Next::Refuse(Refusal::ClusterUnavailable),
                     }
-                    match gate.finish(&org, req.method(), req.headers(), prefix_len) {
+                    match gate.finish(&org, req.method(), req.headers(), prefix_len, session) {
                         Admission::Allow { org, prefix_len } => {
                             forward(&mut req, &gate.config, org, prefix_len);
                             Next::Call(inner.call(req))
                         }
+                        Admission::AllowSession { org, prefix_len } => {
+                            crate::session::strip_session(req.headers_mut());
+                            forward(&mut req, &gate.config, org, prefix_len);
+                            Next::Call(inner.call(req))
+                        }
+                        Admission::Refuse(r @ Refusal::RateLimited(_)) if session => {
+                            Next::Answer(Answer::refused(r))
+                        }
                         Admission::Refuse(refusal) => Next::Refuse(refusal),
+                        Admission::Answer(answer) => Next::Answer(answer),
                         // `finish` only allows or refuses.
-                        Admission::Disable(_) | Admission::Take { .. } => {
+                        Admission::Disable(_) | Admission::Take { .. } | Admission::Session(_) => {
                             Next::Refuse(Refusal::ClusterUnavailable)
                         }
                     }

@@ -281,7 +281,7 @@ impl Default for StoreMetrics {
 }
 
 /// Every audit action, the `action` label of `keygate_key_changes_total`.
-pub const ACTIONS: [&str; 14] = [
+pub const ACTIONS: [&str; 16] = [
     "provision",
     "add_key",
     "edit_key",
@@ -296,6 +296,8 @@ pub const ACTIONS: [&str; 14] = [
     "delete_token",
     "rotate_token",
     "delete_org",
+    "create_api_user",
+    "delete_api_user",
 ];
 
 impl StoreMetrics {
@@ -379,7 +381,9 @@ mod tests {
             | Action::CreateToken
             | Action::DeleteToken
             | Action::RotateToken
-            | Action::DeleteOrg => a.as_str(),
+            | Action::DeleteOrg
+            | Action::CreateApiUser
+            | Action::DeleteApiUser => a.as_str(),
         };
         for a in [
             Action::Provision,
@@ -396,10 +400,12 @@ mod tests {
             Action::DeleteToken,
             Action::RotateToken,
             Action::DeleteOrg,
+            Action::CreateApiUser,
+            Action::DeleteApiUser,
         ] {
             assert!(ACTIONS.contains(&all(a)), "{a:?}");
         }
-        assert_eq!(ACTIONS.len(), 14);
+        assert_eq!(ACTIONS.len(), 16);
     }
 
     #[test]

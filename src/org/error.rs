@@ -49,6 +49,18 @@ pub enum OpError {
     /// A limit out of range.
     #[error(transparent)]
     InvalidLimits(#[from] LimitsError),
+    /// Creating an API user under a username the org already has.
+    #[error("the organization has an API user of that username")]
+    ApiUserExists,
+    /// Deleting an API user the org does not have.
+    #[error("no such API user")]
+    ApiUserNotFound,
+    /// A password under 12 characters (or over 1024 bytes).
+    #[error("a password is at least 12 characters (and at most 1024 bytes)")]
+    WeakPassword,
+    /// A username that is not 1 to 128 visible ASCII characters.
+    #[error("a username is 1 to 128 visible ASCII characters")]
+    InvalidUsername,
     /// Cluster mode, and this node cannot vouch for its state (its lease ran
     /// out, or it is reloading), or a change it made could not be confirmed
     /// on every node: the change may have been made, and the client reads
@@ -64,8 +76,15 @@ impl OpError {
     /// The HTTP status the contract gives this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            OpError::KeyExists | OpError::OrgExists | OpError::TokenExists => StatusCode::CONFLICT,
-            OpError::NoKey | OpError::OrgNotFound | OpError::TokenNotFound => StatusCode::NOT_FOUND,
+            OpError::KeyExists
+            | OpError::OrgExists
+            | OpError::TokenExists
+            | OpError::ApiUserExists => StatusCode::CONFLICT,
+            OpError::NoKey
+            | OpError::OrgNotFound
+            | OpError::TokenNotFound
+            | OpError::ApiUserNotFound => StatusCode::NOT_FOUND,
+            OpError::WeakPassword | OpError::InvalidUsername => StatusCode::UNPROCESSABLE_ENTITY,
             OpError::KeyUnchanged
             | OpError::InvalidKeyFormat
             | OpError::InvalidTokenName
@@ -93,6 +112,10 @@ impl OpError {
             OpError::TokenExists => "TOKEN_EXISTS",
             OpError::TokenNotFound => "TOKEN_NOT_FOUND",
             OpError::InvalidTokenName => "INVALID_TOKEN_NAME",
+            OpError::ApiUserExists => "API_USER_EXISTS",
+            OpError::ApiUserNotFound => "API_USER_NOT_FOUND",
+            OpError::WeakPassword => "WEAK_PASSWORD",
+            OpError::InvalidUsername => "INVALID_USERNAME",
             OpError::ClusterUnavailable => "CLUSTER_UNAVAILABLE",
             OpError::Store(_) => "INTERNAL",
         }

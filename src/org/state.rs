@@ -141,6 +141,10 @@ pub enum Action {
     RotateToken,
     /// The org was deleted, with its key and its tokens; its audit log stays.
     DeleteOrg,
+    /// An API user (session login) was created for the org.
+    CreateApiUser,
+    /// An API user of the org was deleted; its sessions ended.
+    DeleteApiUser,
 }
 
 impl Action {
@@ -161,6 +165,8 @@ impl Action {
             Action::DeleteToken => "delete_token",
             Action::RotateToken => "rotate_token",
             Action::DeleteOrg => "delete_org",
+            Action::CreateApiUser => "create_api_user",
+            Action::DeleteApiUser => "delete_api_user",
         }
     }
 }

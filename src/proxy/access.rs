@@ -273,10 +273,20 @@ struct Answered {
 impl Entry {
     /// The org, when the answer shows its key matched.
     fn org(&self, answered: Option<&Answered>) -> Option<&[u8]> {
-        // Only these two are answered before the key is found to match: for
-        // them the org named is only what the client typed.
-        let vouched =
-            answered.is_some_and(|a| !matches!(a.code, Some("MISSING_KEY" | "INVALID_KEY")));
+        // Only these are answered before the key (or a session) is found to
+        // match: for them the org named is only what the client typed.
+        let vouched = answered.is_some_and(|a| {
+            !matches!(
+                a.code,
+                Some(
+                    "MISSING_KEY"
+                        | "INVALID_KEY"
+                        | "INVALID_USERNAME_OR_PASSWORD"
+                        | "SESSION_NOT_VALID"
+                        | "LOGIN_LOCKED_OUT"
+                )
+            )
+        });
         if !vouched {
             return None;
         }

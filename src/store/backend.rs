@@ -33,6 +33,7 @@ use super::counts::CallCount;
 use crate::clock::Timestamp;
 use crate::limit::Window;
 use crate::org::{Action, Actor, OrgId, OrgState};
+use crate::session::{ApiUser, SessionDigest, SessionRecord};
 use crate::token::{TokenDigest, TokenRecord};
 
 /// A boxed, sendable future: what a [`Backend`] returns, so the store can hold any
@@ -83,7 +84,9 @@ pub trait Backend: Send + Sync + 'static {
     /// reports itself); the backend may stop too.
     fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs: all, tokens } = self.load().await?;
+            let Snapshot {
+                orgs: all, tokens, ..
+            } = self.load().await?;
             // Closed: the store stopped reading and reports why itself.
             let _ = orgs.send(Loading::Orgs(all)).await;
             Ok(tokens)
@@ -160,6 +163,59 @@ pub trait Backend: Send + Sync + 'static {
     /// ignores by version, instead of never.
     fn subscribe(&self) -> Option<Subscription> {
         None
+    }
+
+    /// Every API user (session login), as last committed: what the store
+    /// reads at start, after [`load_into`](Backend::load_into). The default
+    /// reads everything with [`load`](Backend::load).
+    fn users(&self) -> BoxFuture<'_, Result<Vec<ApiUser>, BackendError>> {
+        Box::pin(async move { Ok(self.load().await?.users) })
+    }
+
+    /// Makes a new session known to every node sharing this backend: kept
+    /// in the backend and sent on the feed ([`Feed::PutSession`]), without
+    /// an audit event; the store then [`confirm`](Backend::confirm)s it
+    /// before the login is answered. Returns its place on the feed. The
+    /// default keeps nothing and answers 0: a backend one node owns has no
+    /// one else to tell, and sessions live in that node's memory.
+    fn put_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        drop(record);
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Ends a session on every node sharing this backend, as
+    /// [`put_session`](Backend::put_session) makes one ([`Feed::EndSession`]).
+    fn end_session(&self, digest: SessionDigest) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        let _ = digest;
+        Box::pin(std::future::ready(Ok(0)))
+    }
+
+    /// Records when sessions were last used on this node, for the other
+    /// nodes' idle checks ([`session_used`](Backend::session_used)); a
+    /// node sends at most one use per session per second, in batches. The
+    /// default keeps nothing.
+    fn touch_sessions(
+        &self,
+        uses: Vec<(SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        drop(uses);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// When a session was last used on any node, as far as
+    /// [`touch_sessions`](Backend::touch_sessions) recorded it: what a node
+    /// that finds a session idle by its own calls asks before it refuses.
+    fn session_used(
+        &self,
+        digest: SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        let _ = digest;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Every session the backend keeps, for a store that opens or reloads.
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
     /// The audit events of `org`, oldest first.
@@ -258,7 +314,7 @@ pub trait Backend: Send + Sync + 'static {
     /// backend that can read everything at one point in time overrides it.
     fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs, tokens } = self.load().await?;
+            let Snapshot { orgs, tokens, .. } = self.load().await?;
             let mut audit = Vec::new();
             for org in &orgs {
                 audit.extend(self.audit(org.id.clone()).await?);
@@ -379,6 +435,8 @@ pub struct Snapshot {
     pub orgs: Vec<OrgRecord>,
     /// Every admin and viewer token.
     pub tokens: Vec<TokenRecord>,
+    /// Every API user (session login).
+    pub users: Vec<ApiUser>,
 }
 
 /// One org as persisted.
@@ -437,8 +495,18 @@ pub enum Change {
         /// The digest the stored token must still have.
         expected: TokenDigest,
     },
-    /// Delete an org, every token of it and its threshold window, in the
-    /// same step; expects the org at version `expected`. Its audit log stays.
+    /// Create an API user; expects no user of its (org, username).
+    PutUser(ApiUser),
+    /// Delete an API user; expects it to exist.
+    DeleteUser {
+        /// Its org.
+        org: OrgId,
+        /// Its username.
+        username: String,
+    },
+    /// Delete an org, every token and API user of it and its threshold
+    /// window, in the same step; expects the org at version `expected`. Its
+    /// audit log stays.
     DeleteOrg {
         /// The org.
         id: OrgId,
@@ -492,6 +560,10 @@ impl Change {
             Change::RotateToken { record, .. } => {
                 format!("the token {} is gone or was rotated", record.name)
             }
+            Change::PutUser(u) => format!("org {} has an API user {}", u.org, u.username),
+            Change::DeleteUser { org, username } => {
+                format!("org {org} has no API user {username}")
+            }
             Change::DeleteOrg { id, expected } => {
                 format!("org {id} is gone or no longer at version {expected}")
             }
@@ -509,8 +581,21 @@ pub enum Feed {
     PutToken(TokenRecord),
     /// The token of this name was just deleted.
     DeleteToken(String),
-    /// The org was just deleted, with every token of it.
+    /// An API user just created.
+    PutUser(ApiUser),
+    /// The API user was just deleted.
+    DeleteUser {
+        /// Its org.
+        org: OrgId,
+        /// Its username.
+        username: String,
+    },
+    /// The org was just deleted, with every token and API user of it.
     DeleteOrg(OrgId),
+    /// Not an audited commit: a session was just made (a login on some node).
+    PutSession(SessionRecord),
+    /// Not an audited commit: a session was just ended (a logout).
+    EndSession(SessionDigest),
     /// Not a commit: a node asks every node to hand back the calls of this
     /// org's threshold window it holds unspent ([`Backend::reclaim_calls`]).
     Reclaim(OrgId),
@@ -528,6 +613,11 @@ impl Feed {
             Change::PutToken(t) => Feed::PutToken(t.clone()),
             Change::DeleteToken(name) => Feed::DeleteToken(name.clone()),
             Change::RotateToken { record, .. } => Feed::PutToken(record.clone()),
+            Change::PutUser(u) => Feed::PutUser(u.clone()),
+            Change::DeleteUser { org, username } => Feed::DeleteUser {
+                org: org.clone(),
+                username: username.clone(),
+            },
             Change::DeleteOrg { id, .. } => Feed::DeleteOrg(id.clone()),
         }
     }

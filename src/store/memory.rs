@@ -12,6 +12,7 @@ use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
+use crate::session::{ApiUser, SessionDigest, SessionRecord};
 use crate::token::{TokenDigest, TokenRecord};
 
 /// Keeps every commit in memory. Survives a [`Store`](super::Store) being dropped
@@ -33,6 +34,11 @@ struct Data {
     /// Each org's version and state.
     orgs: BTreeMap<OrgId, (u64, OrgState)>,
     tokens: BTreeMap<String, TokenRecord>,
+    users: BTreeMap<(OrgId, String), ApiUser>,
+    /// Sessions of a shared backend, by digest.
+    sessions: std::collections::HashMap<SessionDigest, SessionRecord>,
+    /// When each session was last used, as the nodes reported it.
+    session_uses: std::collections::HashMap<SessionDigest, crate::clock::Timestamp>,
     audit: Vec<AuditEvent>,
     counts: BTreeMap<OrgId, Window>,
     /// The feed of a shared backend; sent to under the lock, so every
@@ -101,6 +107,27 @@ impl MemoryBackend {
         Ok(data.seq)
     }
 
+    /// Sends `feed` to every store of a shared backend, as a commit does;
+    /// its place on the feed.
+    fn publish(&self, change: impl FnOnce(&mut Data) -> Feed) -> Result<Seq, BackendError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable(
+                "commits are failing (test)".into(),
+            ));
+        }
+        let mut data = self.lock();
+        let feed = change(&mut data);
+        if data.feed.is_none() {
+            return Ok(0);
+        }
+        data.seq += 1;
+        let seq = data.seq;
+        if let Some(sender) = &data.feed {
+            let _ = sender.send(Event { seq, feed });
+        }
+        Ok(seq)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
         // Nothing panics while holding the lock, so a poisoned one is whole.
         self.data.lock().unwrap_or_else(|e| e.into_inner())
@@ -122,9 +149,19 @@ impl Data {
             Change::RotateToken { record, .. } => {
                 self.tokens.insert(record.name.clone(), record);
             }
+            Change::PutUser(u) => {
+                self.users.insert((u.org.clone(), u.username.clone()), u);
+            }
+            Change::DeleteUser { org, username } => {
+                self.sessions
+                    .retain(|_, s| !(s.org == org && s.username == username));
+                self.users.remove(&(org, username));
+            }
             Change::DeleteOrg { id, .. } => {
                 self.orgs.remove(&id);
                 self.tokens.retain(|_, t| t.org != id);
+                self.users.retain(|(org, _), _| *org != id);
+                self.sessions.retain(|_, s| s.org != id);
                 self.counts.remove(&id);
                 self.granted.remove(&id);
             }
@@ -147,6 +184,7 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
     let mut orgs: BTreeMap<&OrgId, Option<u64>> = BTreeMap::new();
     // Each token name's digest, `None` once it is gone.
     let mut tokens: BTreeMap<&str, Option<TokenDigest>> = BTreeMap::new();
+    let mut users: BTreeMap<(&OrgId, &str), bool> = BTreeMap::new();
     for commit in commits {
         let holds = match &commit.change {
             Change::Org { record, expected } => {
@@ -181,7 +219,25 @@ fn check_all(data: &Data, commits: &[Commit]) -> Result<(), BackendError> {
                 *now = Some(record.digest);
                 holds
             }
+            Change::PutUser(u) => {
+                let taken = users.entry((&u.org, &u.username)).or_insert_with(|| {
+                    data.users
+                        .contains_key(&(u.org.clone(), u.username.clone()))
+                });
+                let holds = !*taken;
+                *taken = true;
+                holds
+            }
+            Change::DeleteUser { org, username } => {
+                let taken = users
+                    .entry((org, username))
+                    .or_insert_with(|| data.users.contains_key(&(org.clone(), username.clone())));
+                let holds = *taken;
+                *taken = false;
+                holds
+            }
             Change::DeleteOrg { id, expected } => {
+                users.retain(|(org, _), _| *org != id);
                 let now = orgs
                     .entry(id)
                     .or_insert_with(|| data.orgs.get(id).map(|(v, _)| *v));
@@ -216,7 +272,12 @@ impl Backend for MemoryBackend {
             })
             .collect();
         let tokens = data.tokens.values().cloned().collect();
-        Box::pin(std::future::ready(Ok(Snapshot { orgs, tokens })))
+        let users = data.users.values().cloned().collect();
+        Box::pin(std::future::ready(Ok(Snapshot {
+            orgs,
+            tokens,
+            users,
+        })))
     }
 
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<Seq, BackendError>> {
@@ -293,6 +354,47 @@ impl Backend for MemoryBackend {
             .tokens
             .get(name)
             .cloned())))
+    }
+
+    fn put_session(&self, record: SessionRecord) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(std::future::ready(self.publish(|data| {
+            if data.feed.is_some() {
+                data.sessions.insert(record.digest, record.clone());
+            }
+            Feed::PutSession(record)
+        })))
+    }
+
+    fn end_session(&self, digest: SessionDigest) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(std::future::ready(self.publish(|data| {
+            data.sessions.remove(&digest);
+            Feed::EndSession(digest)
+        })))
+    }
+
+    fn touch_sessions(
+        &self,
+        uses: Vec<(SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        let mut data = self.lock();
+        for (digest, at) in uses {
+            let last = data.session_uses.entry(digest).or_default();
+            *last = (*last).max(at);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn session_used(
+        &self,
+        digest: SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        let at = self.lock().session_uses.get(&digest).copied();
+        Box::pin(std::future::ready(Ok(at)))
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
+        let all = self.lock().sessions.values().cloned().collect();
+        Box::pin(std::future::ready(Ok(all)))
     }
 
     fn subscribe(&self) -> Option<Subscription> {

@@ -84,6 +84,7 @@ use crate::org::{
     Action, Actor, IdPages, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState,
     Transition,
 };
+use crate::session::{ApiUser, PasswordPool, Sessions};
 use crate::token::{self, Role, TokenDigest, TokenRecord};
 
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
@@ -151,6 +152,15 @@ struct Inner {
     token_writer: tokio::sync::Mutex<()>,
     /// Committed changes by action, and commit latency, for `GET /metrics`.
     metrics: crate::metrics::StoreMetrics,
+    /// Every API user, by org and username.
+    users: std::sync::RwLock<HashMap<OrgId, HashMap<String, ApiUser>>>,
+    /// Serializes API user creation and deletion.
+    user_writer: tokio::sync::Mutex<()>,
+    /// The live sessions this node knows; ended here as the changes that
+    /// kill them are applied.
+    sessions: Sessions,
+    /// Where passwords are hashed and verified.
+    passwords: PasswordPool,
     /// Where provisioning keeps new orgs' ids; dropped with the store, and the
     /// ids' pages with their last org.
     id_pages: std::sync::Mutex<IdPages>,
@@ -318,6 +328,13 @@ impl Store {
         for t in loaded {
             tokens.insert(t);
         }
+        let mut users: HashMap<OrgId, HashMap<String, ApiUser>> = HashMap::new();
+        for u in backend.users().await? {
+            users
+                .entry(u.org.clone())
+                .or_default()
+                .insert(u.username.clone(), u);
+        }
         let store = Store {
             inner: Arc::new(Inner {
                 orgs,
@@ -331,6 +348,10 @@ impl Store {
                 tokens: std::sync::RwLock::new(tokens),
                 token_writer: tokio::sync::Mutex::new(()),
                 metrics: Default::default(),
+                users: std::sync::RwLock::new(users),
+                user_writer: tokio::sync::Mutex::new(()),
+                sessions: Sessions::default(),
+                passwords: PasswordPool::default(),
                 id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
                 shared: feed.is_some(),
@@ -342,7 +363,15 @@ impl Store {
                     .collect(),
             }),
         };
+        for record in store.inner.backend.sessions().await? {
+            // A session whose user is gone died with it.
+            if store.has_user(&record.org, &record.username) {
+                let until = replay_until(&record);
+                store.inner.sessions.insert(record, until);
+            }
+        }
         if let Some(feed) = feed {
+            tokio::spawn(tell_session_uses(Arc::downgrade(&store.inner)));
             let task = tokio::spawn(follow(Arc::downgrade(&store.inner), feed));
             *store
                 .inner
@@ -1016,6 +1045,196 @@ impl Store {
         .await
     }
 
+    /// The live sessions this node knows.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// Makes a new session live on every node before it returns (on a
+    /// single node, in this node's memory only). `replay_until` is when its
+    /// login leaves the timestamp window.
+    pub async fn put_session(
+        &self,
+        record: crate::session::SessionRecord,
+        replay_until: Timestamp,
+    ) -> Result<(), crate::answer::Refusal> {
+        if !self.inner.shared {
+            self.inner.sessions.insert(record, replay_until);
+            return Ok(());
+        }
+        let seq = self
+            .inner
+            .backend
+            .put_session(record.clone())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "a session could not be made");
+                crate::answer::Refusal::ClusterUnavailable
+            })?;
+        // The feed brings it here too; inserted now so this node's answer
+        // never outruns its own copy.
+        self.inner.sessions.insert(record, replay_until);
+        self.confirm(seq)
+            .await
+            .map_err(|_| crate::answer::Refusal::ClusterUnavailable)
+    }
+
+    /// Ends a session on every node before it returns.
+    pub async fn end_session(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> Result<(), crate::answer::Refusal> {
+        self.inner.sessions.remove(&digest);
+        if !self.inner.shared {
+            return Ok(());
+        }
+        let seq = self.inner.backend.end_session(digest).await.map_err(|e| {
+            tracing::warn!(error = %e, "a session could not be ended");
+            crate::answer::Refusal::ClusterUnavailable
+        })?;
+        self.confirm(seq)
+            .await
+            .map_err(|_| crate::answer::Refusal::ClusterUnavailable)
+    }
+
+    /// Records a use of `session` at `now`; in cluster mode, the first use
+    /// in each second is queued for the other nodes' idle checks.
+    pub fn touch_session(&self, session: &crate::session::Session, now: Timestamp) {
+        session.touch(now);
+        if self.inner.shared && session.publish(now) {
+            self.inner.sessions.queue_use(session.record.digest, now);
+        }
+    }
+
+    /// Whether other stores (nodes) share this store's backend.
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
+    }
+
+    /// Sends the session uses queued here to the backend now (a task does
+    /// it every second in cluster mode).
+    pub async fn tell_session_uses(&self) -> Result<(), BackendError> {
+        let uses = self.inner.sessions.take_uses();
+        if uses.is_empty() {
+            return Ok(());
+        }
+        self.inner.backend.touch_sessions(uses).await
+    }
+
+    /// When the session of `digest` was last used on any node, as the
+    /// backend knows it (cluster mode; `None` on a single node).
+    pub async fn session_used(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> Result<Option<Timestamp>, BackendError> {
+        if !self.inner.shared {
+            return Ok(None);
+        }
+        self.inner.backend.session_used(digest).await
+    }
+
+    /// Where passwords are hashed and verified.
+    pub fn passwords(&self) -> &PasswordPool {
+        &self.inner.passwords
+    }
+
+    /// The usernames of `org`'s API users, sorted.
+    pub fn users(&self, org: &str) -> Result<Vec<String>, OpError> {
+        let id = OrgId::parse(org).map_err(|_| OpError::OrgNotFound)?;
+        if self.get(id.as_bytes()).is_none() {
+            return Err(OpError::OrgNotFound);
+        }
+        let mut names: Vec<String> = self
+            .read_users()
+            .get(&id)
+            .map(|theirs| theirs.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The password digest of `org`'s API user `username`, if it exists.
+    pub fn user_digest(&self, org: &OrgId, username: &str) -> Option<String> {
+        self.read_users()
+            .get(org)
+            .and_then(|theirs| theirs.get(username))
+            .map(|u| u.password_digest.clone())
+    }
+
+    /// Whether `org` has the API user `username`.
+    pub fn has_user(&self, org: &OrgId, username: &str) -> bool {
+        self.read_users()
+            .get(org)
+            .is_some_and(|theirs| theirs.contains_key(username))
+    }
+
+    /// Creates an API user of `org`, its password kept only as an argon2id
+    /// digest (computed on the password pool).
+    pub async fn create_user(
+        &self,
+        org: &str,
+        username: &str,
+        password: String,
+        actor: Actor,
+    ) -> Result<(), OpError> {
+        if !crate::session::user::valid_username(username) {
+            return Err(OpError::InvalidUsername);
+        }
+        if !crate::session::user::acceptable_password(&password) {
+            return Err(OpError::WeakPassword);
+        }
+        let org = self.find(org).await?;
+        let id = org.id();
+        if self.has_user(&id, username) {
+            return Err(OpError::ApiUserExists);
+        }
+        let digest = self.inner.passwords.hash(password).await.ok_or_else(|| {
+            OpError::Store(BackendError::Unavailable("password hashing failed".into()))
+        })?;
+        let username = username.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.user_writer.lock().await;
+            if store.has_user(&id, &username) {
+                return Err(OpError::ApiUserExists);
+            }
+            let now = store.inner.clock.now();
+            let user = ApiUser {
+                org: id.clone(),
+                username,
+                password_digest: digest,
+                created_at: now,
+            };
+            let event = AuditEvent {
+                org: id.clone(),
+                at: now,
+                actor,
+                action: Action::CreateApiUser,
+                detail: format!("API user {} created", user.username),
+            };
+            let committed = store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::PutUser(user.clone()),
+                    event,
+                })
+                .await;
+            let seq = match committed {
+                Ok(seq) => seq,
+                Err(BackendError::Conflict(why)) => {
+                    tracing::debug!(org = %id, %why, "API user create lost a race");
+                    return Err(OpError::ApiUserExists);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            store.insert_user(user);
+            drop(writer);
+            store.confirm(seq).await
+        })
+        .await
+    }
+
     /// What the store counts: committed changes by action, commit latency.
     pub fn metrics(&self) -> &crate::metrics::StoreMetrics {
         &self.inner.metrics
@@ -1038,6 +1257,89 @@ impl Store {
             .metrics
             .commit(committed.is_ok().then_some(action), start.elapsed());
         committed
+    }
+
+    /// Deletes `org`'s API user `username`; its sessions end on every node
+    /// before this returns.
+    pub async fn delete_user(
+        &self,
+        org: &str,
+        username: &str,
+        actor: Actor,
+    ) -> Result<(), OpError> {
+        let org = self.find(org).await?;
+        let id = org.id();
+        let username = username.to_owned();
+        let store = self.clone();
+        self.run(async move {
+            let writer = store.inner.user_writer.lock().await;
+            if !store.has_user(&id, &username) && !store.inner.shared {
+                return Err(OpError::ApiUserNotFound);
+            }
+            let event = AuditEvent {
+                org: id.clone(),
+                at: store.inner.clock.now(),
+                actor,
+                action: Action::DeleteApiUser,
+                detail: format!("API user {username} deleted, with its sessions"),
+            };
+            let committed = store
+                .inner
+                .backend
+                .commit(Commit {
+                    change: Change::DeleteUser {
+                        org: id.clone(),
+                        username: username.clone(),
+                    },
+                    event,
+                })
+                .await;
+            let seq = match committed {
+                Ok(seq) => seq,
+                Err(BackendError::Conflict(_)) => {
+                    store.remove_user(&id, &username);
+                    return Err(OpError::ApiUserNotFound);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            store.remove_user(&id, &username);
+            drop(writer);
+            store.confirm(seq).await
+        })
+        .await
+    }
+
+    fn insert_user(&self, user: ApiUser) {
+        self.write_users()
+            .entry(user.org.clone())
+            .or_default()
+            .insert(user.username.clone(), user);
+    }
+
+    /// Forgets the user and ends its sessions.
+    fn remove_user(&self, org: &OrgId, username: &str) {
+        let mut users = self.write_users();
+        if let Some(theirs) = users.get_mut(org) {
+            theirs.remove(username);
+            if theirs.is_empty() {
+                users.remove(org);
+            }
+        }
+        drop(users);
+        self.inner.sessions.remove_user(org, username);
+    }
+
+    fn read_users(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<OrgId, HashMap<String, ApiUser>>> {
+        // Writers only insert and remove; a poisoned lock still holds whole maps.
+        self.inner.users.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_users(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<OrgId, HashMap<String, ApiUser>>> {
+        self.inner.users.write().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
@@ -1185,6 +1487,8 @@ impl Store {
             org.calls().reset();
         }
         let defaults = self.inner.defaults;
+        let dead = self.end_dead_sessions(&id, &t.next);
+        self.forget_sessions(dead);
         // False only if the feed already brought a newer version still.
         org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
         drop(counts);
@@ -1241,7 +1545,45 @@ impl Store {
         if was_disabled && enabled && org.version() < record.version {
             org.calls().reset();
         }
+        let _ = self.end_dead_sessions(&record.id, &record.state);
         org.replace_if_newer(record.state, record.version, self.inner.defaults);
+    }
+
+    /// Ends the sessions of `id` that `state` kills: all of them when its key
+    /// is gone or disabled, those of another key generation otherwise.
+    fn end_dead_sessions(
+        &self,
+        id: &OrgId,
+        state: &OrgState,
+    ) -> Vec<crate::session::SessionDigest> {
+        if self.inner.sessions.is_empty() {
+            return Vec::new();
+        }
+        if state.key.is_none() || state.is_disabled() {
+            self.inner.sessions.remove_org(id)
+        } else {
+            self.inner.sessions.remove_stale(id, state.generation)
+        }
+    }
+
+    /// Removes the sessions a change this store committed killed from a
+    /// shared backend too, so a node that reloads later (a restart, a lost
+    /// feed) does not bring them back after, say, an enable. The change
+    /// itself already ended them on every node; this is housekeeping, in
+    /// the background.
+    fn forget_sessions(&self, dead: Vec<crate::session::SessionDigest>) {
+        if dead.is_empty() || !self.inner.shared {
+            return;
+        }
+        let backend = Arc::clone(&self.inner.backend);
+        tokio::spawn(async move {
+            for digest in dead {
+                if let Err(e) = backend.end_session(digest).await {
+                    tracing::warn!(error = %e, "could not remove an ended session from the shared store");
+                    return;
+                }
+            }
+        });
     }
 
     /// Installs `record`: into its org if this store knows it, as a new org
@@ -1294,9 +1636,24 @@ impl Store {
                 let _writer = self.inner.token_writer.lock().await;
                 self.write_tokens().remove(&name);
             }
+            Feed::PutUser(u) => {
+                let _writer = self.inner.user_writer.lock().await;
+                self.insert_user(u);
+            }
+            Feed::DeleteUser { org, username } => {
+                let _writer = self.inner.user_writer.lock().await;
+                self.remove_user(&org, &username);
+            }
             Feed::DeleteOrg(id) => {
                 let _writer = self.writer(&id).lock().await;
                 self.remove_org(&id).await;
+            }
+            Feed::PutSession(record) => {
+                let until = replay_until(&record);
+                self.inner.sessions.insert(record, until);
+            }
+            Feed::EndSession(digest) => {
+                self.inner.sessions.remove(&digest);
             }
             Feed::Reclaim(id) => {
                 if let Some(org) = self.get(id.as_bytes()) {
@@ -1318,7 +1675,12 @@ impl Store {
     /// before then, since this store had not reported it applied.
     async fn resync(&self) -> Result<(), BackendError> {
         let _writer = self.inner.token_writer.lock().await;
-        let Snapshot { orgs, tokens } = self.inner.backend.load().await?;
+        let _users_writer = self.inner.user_writer.lock().await;
+        let Snapshot {
+            orgs,
+            tokens,
+            users,
+        } = self.inner.backend.load().await?;
         let mut stored = std::collections::HashSet::with_capacity(orgs.len());
         for record in orgs {
             stored.insert(record.id.clone());
@@ -1348,6 +1710,33 @@ impl Store {
             fresh.insert(t);
         }
         *self.write_tokens() = fresh;
+        let mut fresh: HashMap<OrgId, HashMap<String, ApiUser>> = HashMap::new();
+        for u in users {
+            fresh
+                .entry(u.org.clone())
+                .or_default()
+                .insert(u.username.clone(), u);
+        }
+        // Sessions of users gone meanwhile end with them.
+        let gone: Vec<(OrgId, String)> = self
+            .read_users()
+            .iter()
+            .flat_map(|(org, theirs)| {
+                theirs
+                    .keys()
+                    .filter(|name| !fresh.get(org).is_some_and(|f| f.contains_key(*name)))
+                    .map(|name| (org.clone(), name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        *self.write_users() = fresh;
+        for (org, name) in gone {
+            self.inner.sessions.remove_user(&org, &name);
+        }
+        let mut sessions = self.inner.backend.sessions().await?;
+        // A session whose user is gone died with it.
+        sessions.retain(|r| self.has_user(&r.org, &r.username));
+        self.inner.sessions.replace_all(sessions, replay_until);
         Ok(())
     }
 
@@ -1370,6 +1759,9 @@ impl Store {
         for name in theirs {
             tokens.remove(&name);
         }
+        drop(tokens);
+        self.write_users().remove(id);
+        self.inner.sessions.remove_org(id);
     }
 
     /// Deletes an org with its key and its tokens; they stop working on
@@ -1475,6 +1867,29 @@ async fn follow(weak: Weak<Inner>, mut feed: Subscription) {
         feed.applied(seq);
         store.inner.metrics.applied(seq);
     }
+}
+
+/// Tells the backend, once a second, the session uses this node queued,
+/// until the store is gone.
+async fn tell_session_uses(weak: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let store = Store { inner };
+        if let Err(e) = store.tell_session_uses().await {
+            tracing::warn!(error = %e, "could not record session uses; other nodes may find them idle sooner");
+        }
+    }
+}
+
+/// When a session's login leaves the timestamp window, for a node that
+/// learns of it from the feed: replay is judged against the login's own
+/// timestamp, so an hour's margin covers any configured window.
+fn replay_until(record: &crate::session::SessionRecord) -> Timestamp {
+    Timestamp::from_nanos(record.login_timestamp_ms.saturating_mul(1_000_000))
+        .saturating_add(std::time::Duration::from_secs(3600))
 }
 
 /// Runs `fut` in its own task and waits for it, so that dropping the caller does

@@ -59,7 +59,13 @@ use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
 use crate::org::{OrgId, OrgState};
+use crate::session::ApiUser;
 use crate::token::TokenRecord;
+
+/// The `api_users` key of a user: org ids hold no `/`, so it is unambiguous.
+fn user_key(org: &OrgId, username: &str) -> String {
+    format!("{org}/{username}")
+}
 
 /// Org id → JSON of its [`OrgState`] and version ([`StoredOrg`]).
 pub(super) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs");
@@ -67,6 +73,9 @@ pub(super) const ORGS: TableDefinition<&str, &[u8]> = TableDefinition::new("orgs
 pub(super) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 /// (Org id, sequence number) → JSON of an [`AuditEvent`].
 pub(super) const AUDIT: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("audit");
+/// `org/username` → JSON of an [`ApiUser`](crate::session::ApiUser). Made by
+/// the first user's commit; a file without it has no API users.
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_users");
 /// Org id → (window start, whole seconds since the epoch; calls counted in it).
 pub(super) const COUNTS: TableDefinition<&str, (u32, u32)> = TableDefinition::new("counts");
 /// Facts about the file itself.
@@ -287,6 +296,12 @@ impl Backend for RedbBackend {
         Box::pin(blocking("audit read", path, move || inner.audit(&org)))
     }
 
+    fn users(&self) -> BoxFuture<'_, Result<Vec<ApiUser>, BackendError>> {
+        let inner = Arc::clone(&self.inner);
+        let path = self.inner.path.clone();
+        Box::pin(blocking("read", path, move || inner.users()))
+    }
+
     /// One write transaction: all or none, with one fsync.
     fn commit_all(&self, commits: Vec<Commit>) -> BoxFuture<'_, Result<(), BackendError>> {
         let inner = Arc::clone(&self.inner);
@@ -335,7 +350,42 @@ impl Inner {
                 Ok(())
             },
         )?;
-        Ok(Snapshot { orgs, tokens })
+        let users = self.users()?;
+        Ok(Snapshot {
+            orgs,
+            tokens,
+            users,
+        })
+    }
+
+    /// Every API user.
+    fn users(&self) -> Result<Vec<ApiUser>, BackendError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable("read", e))?;
+        let table = match txn.open_table(USERS) {
+            Ok(table) => table,
+            // Made by the first user's commit.
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.table_error(e)),
+        };
+        let mut users = Vec::new();
+        for entry in table
+            .iter()
+            .map_err(|e| self.unavailable("read users", e))?
+        {
+            let (key, value) = entry.map_err(|e| self.unavailable("read users", e))?;
+            let key = key.value();
+            let user: ApiUser = self.decode("api_users", format_args!("{key:?}"), value.value())?;
+            if user_key(&user.org, &user.username) != key {
+                return Err(self.corrupt(format_args!(
+                    "table api_users: record {key:?} is another user"
+                )));
+            }
+            users.push(user);
+        }
+        Ok(users)
     }
 
     /// [`load`](Inner::load), sending the orgs in batches of [`LOAD_BATCH`].
@@ -575,7 +625,44 @@ impl Inner {
                     }
                     table.insert(name, value.as_slice()).map_err(|e| fail(&e))?;
                 }
+                Change::PutUser(user) => {
+                    let record = encode(user, "API user").map_err(|e| fail(&e))?;
+                    let mut table = txn.open_table(USERS).map_err(|e| fail(&e))?;
+                    let old = table
+                        .insert(
+                            user_key(&user.org, &user.username).as_str(),
+                            record.as_slice(),
+                        )
+                        .map_err(|e| fail(&e))?;
+                    if old.is_some() {
+                        return Err(refused());
+                    }
+                }
+                Change::DeleteUser { org, username } => {
+                    let mut table = txn.open_table(USERS).map_err(|e| fail(&e))?;
+                    let old = table
+                        .remove(user_key(org, username).as_str())
+                        .map_err(|e| fail(&e))?;
+                    if old.is_none() {
+                        return Err(refused());
+                    }
+                }
                 Change::DeleteOrg { id, expected } => {
+                    {
+                        let mut users = txn.open_table(USERS).map_err(|e| fail(&e))?;
+                        let prefix = format!("{id}/");
+                        // '/' + 1 is '0': every key of the org sorts in [prefix, id0).
+                        let end = format!("{id}0");
+                        let theirs: Vec<String> = users
+                            .range(prefix.as_str()..end.as_str())
+                            .map_err(|e| fail(&e))?
+                            .map(|row| row.map(|(k, _)| k.value().to_owned()))
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| fail(&e))?;
+                        for key in theirs {
+                            users.remove(key.as_str()).map_err(|e| fail(&e))?;
+                        }
+                    }
                     let id = id.as_str();
                     {
                         let mut table = txn.open_table(ORGS).map_err(|e| fail(&e))?;

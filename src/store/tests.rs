@@ -381,6 +381,7 @@ impl Backend for Fixed {
         Box::pin(std::future::ready(Ok(Snapshot {
             orgs,
             tokens: Vec::new(),
+            users: Vec::new(),
         })))
     }
 

@@ -1,24 +1,26 @@
 -- One or more keygate commits, checked and applied in one atomic step.
 --
 -- KEYS[1] orgs hash, KEYS[2] tokens hash, KEYS[3] seq counter,
--- KEYS[4] feed stream, KEYS[5] audited set, KEYS[5 + i] commit i's audit stream,
--- KEYS[5 + n + i] the threshold window hash of commit i's org.
+-- KEYS[4] feed stream, KEYS[5] audited set, KEYS[6] API users hash,
+-- KEYS[6 + i] commit i's audit stream,
+-- KEYS[6 + n + i] the threshold window hash of commit i's org.
 -- ARGV[1] the feed's approximate length cap, ARGV[2] how many commits,
--- then six arguments per commit: kind ("org", "put", "del", "rotate" or
--- "delorg"), the org id or token name, the expectation (an org's version, ""
--- for none, meaning the org must not exist; for "rotate", the hex digest the
--- stored token must have), the record as JSON (an org or a token; "" for
--- "del" and "delorg"), the org the audit event is about, and the audit event
--- as JSON. "delorg" removes the org, every token of it and its threshold
--- window; its audit stream stays. "rotate" replaces a token's record and goes
--- on the feed as a "put", which replaces any token of its name.
+-- then six arguments per commit: kind ("org", "put", "del", "rotate",
+-- "delorg", "putuser" or "deluser"), the org id, token name or
+-- "org/username", the expectation (an org's version, "" for none, meaning the
+-- org must not exist; for "rotate", the hex digest the stored token must
+-- have), the record as JSON (an org, a token or an API user; "" for "del",
+-- "deluser" and "delorg"), the org the audit event is about, and the audit
+-- event as JSON. "delorg" removes the org, every token and API user of it and
+-- its threshold window; its audit stream stays. "rotate" replaces a token's
+-- record and goes on the feed as a "put", which replaces any token of its name.
 --
 -- Every expectation is checked first, each against the state the commits
 -- before it leave, and nothing is written unless all hold: a script's writes
 -- are not rolled back. Returns {"ok", seq of the last commit}, or
 -- {"conflict", i} for the first commit whose expectation failed.
 
-local orgs, tokens, seq, feed, audited = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local orgs, tokens, seq, feed, audited, users = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local maxlen = ARGV[1]
 local n = tonumber(ARGV[2])
 
@@ -30,6 +32,7 @@ end
 -- name's digest (false once gone).
 local versions = {}
 local digests = {}
+local users_taken = {}
 
 for i = 1, n do
   local kind, name = field(i, 1), field(i, 2)
@@ -54,6 +57,18 @@ for i = 1, n do
       versions[name] = tonumber(cjson.decode(field(i, 4)).version) or 0
     else
       versions[name] = false
+    end
+  elseif kind == 'putuser' or kind == 'deluser' then
+    local is_taken = users_taken[name]
+    if is_taken == nil then
+      is_taken = redis.call('HEXISTS', users, name) == 1
+    end
+    if kind == 'putuser' then
+      holds = not is_taken
+      users_taken[name] = true
+    else
+      holds = is_taken
+      users_taken[name] = false
     end
   else
     local now = digests[name]
@@ -94,7 +109,19 @@ for i = 1, n do
         redis.call('HDEL', tokens, all[j])
       end
     end
-    redis.call('DEL', KEYS[5 + n + i])
+    local prefix = name .. '/'
+    local everyone = redis.call('HKEYS', users)
+    for j = 1, #everyone do
+      if string.sub(everyone[j], 1, #prefix) == prefix then
+        redis.call('HDEL', users, everyone[j])
+      end
+    end
+    redis.call('DEL', KEYS[6 + n + i])
+    value = name
+  elseif kind == 'putuser' then
+    redis.call('HSET', users, name, value)
+  elseif kind == 'deluser' then
+    redis.call('HDEL', users, name)
     value = name
   elseif kind == 'put' or kind == 'rotate' then
     redis.call('HSET', tokens, name, value)
@@ -103,7 +130,7 @@ for i = 1, n do
     redis.call('HDEL', tokens, name)
     value = name
   end
-  redis.call('XADD', KEYS[5 + i], '*', 'event', field(i, 6))
+  redis.call('XADD', KEYS[6 + i], '*', 'event', field(i, 6))
   redis.call('SADD', audited, field(i, 5))
   last = redis.call('INCR', seq)
   redis.call('XADD', feed, 'MAXLEN', '~', maxlen, '*', 'seq', last, 'kind', kind, 'payload', value)

@@ -256,6 +256,35 @@ fn parse(entry: StreamId) -> Entry {
         "org" => serde_json::from_str(&payload).map(Feed::Org),
         "put" => serde_json::from_str(&payload).map(Feed::PutToken),
         "del" => Ok(Feed::DeleteToken(payload)),
+        "putuser" => serde_json::from_str(&payload).map(Feed::PutUser),
+        "putsession" => serde_json::from_str(&payload).map(Feed::PutSession),
+        "endsession" => {
+            let mut d = [0u8; 32];
+            match hex::decode_to_slice(&payload, &mut d) {
+                Ok(()) => Ok(Feed::EndSession(crate::session::SessionDigest(d))),
+                Err(_) => {
+                    return Entry::Unreadable {
+                        seq: Some(seq),
+                        why: "endsession names no session".into(),
+                    }
+                }
+            }
+        }
+        "deluser" => match payload
+            .split_once('/')
+            .and_then(|(org, username)| Some((OrgId::parse(org).ok()?, username)))
+        {
+            Some((org, username)) => Ok(Feed::DeleteUser {
+                org,
+                username: username.to_owned(),
+            }),
+            None => {
+                return Entry::Unreadable {
+                    seq: Some(seq),
+                    why: "deluser names no org/user".into(),
+                }
+            }
+        },
         "delorg" | "reclaim" => match OrgId::parse(&payload) {
             Ok(id) if kind == "delorg" => Ok(Feed::DeleteOrg(id)),
             Ok(id) => Ok(Feed::Reclaim(id)),

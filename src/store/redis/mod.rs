@@ -205,6 +205,14 @@ struct Position {
 struct Keys {
     orgs: String,
     tokens: String,
+    /// API users: `org/username` -> JSON.
+    users: String,
+    /// Live sessions: digest (hex) -> JSON.
+    sessions: String,
+    /// Sessions by creation (a sorted set), to drop the oldest.
+    sessions_by_time: String,
+    /// When each session was last used: digest (hex) -> nanoseconds.
+    session_uses: String,
     seq: String,
     feed: String,
     audited: String,
@@ -226,6 +234,10 @@ impl Keys {
         Keys {
             orgs: key("orgs"),
             tokens: key("tokens"),
+            users: key("users"),
+            sessions: key("sessions"),
+            sessions_by_time: key("sessions_by_time"),
+            session_uses: key("session_uses"),
             seq: key("seq"),
             feed: key("feed"),
             audited: key("audited"),
@@ -249,6 +261,8 @@ impl Keys {
 }
 
 struct Scripts {
+    /// Puts or ends a session, with its feed entry.
+    session: Script,
     commit: Script,
     restore: Script,
     renew: Script,
@@ -270,6 +284,7 @@ impl Scripts {
             raise_seq: Script::new(include_str!("raise_seq.lua")),
             take_calls: Script::new(include_str!("take_calls.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
+            session: Script::new(include_str!("session.lua")),
         }
     }
 }
@@ -443,6 +458,36 @@ impl Shared {
     }
 }
 
+impl RedisBackend {
+    async fn session_script(
+        &self,
+        kind: &str,
+        digest: &crate::session::SessionDigest,
+        json: &str,
+        created: u64,
+        oldest: u64,
+    ) -> Result<Seq, BackendError> {
+        let keys = &self.shared.keys;
+        self.shared
+            .scripts
+            .session
+            .key(&keys.sessions)
+            .key(&keys.sessions_by_time)
+            .key(&keys.seq)
+            .key(&keys.feed)
+            .key(&keys.session_uses)
+            .arg(FEED_MAXLEN)
+            .arg(kind)
+            .arg(hex::encode(digest.0))
+            .arg(json)
+            .arg(created)
+            .arg(oldest)
+            .invoke_async(&mut self.shared.conn.clone())
+            .await
+            .map_err(|e| unavailable("session", e))
+    }
+}
+
 fn nanos_of(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -452,8 +497,17 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let orgs = self.read_orgs().await?;
             let tokens = self.read_tokens().await?;
-            Ok(Snapshot { orgs, tokens })
+            let users = self.read_users().await?;
+            Ok(Snapshot {
+                orgs,
+                tokens,
+                users,
+            })
         })
+    }
+
+    fn users(&self) -> BoxFuture<'_, Result<Vec<crate::session::ApiUser>, BackendError>> {
+        Box::pin(self.read_users())
     }
 
     fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
@@ -567,6 +621,69 @@ impl Backend for RedisBackend {
                 calls: granted.unwrap_or(0),
             }))
         })
+    }
+
+    fn put_session(
+        &self,
+        record: crate::session::SessionRecord,
+    ) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record)
+                .map_err(|e| BackendError::Corrupt(format!("session: {e}")))?;
+            let created = record.created_at.as_secs();
+            // No session lives longer than the longest maximum age accepted.
+            let oldest = created.saturating_sub(crate::session::MAX_AGE_LIMIT_SECS);
+            self.session_script("putsession", &record.digest, &json, created, oldest)
+                .await
+        })
+    }
+
+    fn end_session(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> BoxFuture<'_, Result<Seq, BackendError>> {
+        Box::pin(async move { self.session_script("endsession", &digest, "", 0, 0).await })
+    }
+
+    fn touch_sessions(
+        &self,
+        uses: Vec<(crate::session::SessionDigest, crate::clock::Timestamp)>,
+    ) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            if uses.is_empty() {
+                return Ok(());
+            }
+            // Each node sends only uses of the last second or so: a newer
+            // one overwritten by a slightly older one moves idleness by
+            // about that second, never more.
+            let mut cmd = redis::cmd("HSET");
+            cmd.arg(&self.shared.keys.session_uses);
+            for (digest, at) in uses {
+                cmd.arg(hex::encode(digest.0)).arg(at.as_nanos());
+            }
+            cmd.query_async::<()>(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("session uses", e))
+        })
+    }
+
+    fn session_used(
+        &self,
+        digest: crate::session::SessionDigest,
+    ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
+        Box::pin(async move {
+            let at: Option<u64> = redis::cmd("HGET")
+                .arg(&self.shared.keys.session_uses)
+                .arg(hex::encode(digest.0))
+                .query_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("session uses", e))?;
+            Ok(at.map(crate::clock::Timestamp::from_nanos))
+        })
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<crate::session::SessionRecord>, BackendError>> {
+        Box::pin(self.read_sessions())
     }
 
     fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {

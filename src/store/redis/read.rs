@@ -53,6 +53,50 @@ impl RedisBackend {
         }
     }
 
+    pub(super) async fn read_users(&self) -> Result<Vec<crate::session::ApiUser>, BackendError> {
+        let mut users = Vec::new();
+        let mut conn = self.shared.conn.clone();
+        let mut seen = HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, pairs) = hscan_page(&mut conn, &self.shared.keys.users, cursor).await?;
+            for (name, json) in pairs {
+                if seen.insert(name.clone()) {
+                    let user: crate::session::ApiUser = serde_json::from_str(&json)
+                        .map_err(|e| BackendError::Corrupt(format!("API user {name:?}: {e}")))?;
+                    users.push(user);
+                }
+            }
+            if next == 0 {
+                return Ok(users);
+            }
+            cursor = next;
+        }
+    }
+
+    pub(super) async fn read_sessions(
+        &self,
+    ) -> Result<Vec<crate::session::SessionRecord>, BackendError> {
+        let mut all = Vec::new();
+        let mut conn = self.shared.conn.clone();
+        let mut seen = HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, pairs) = hscan_page(&mut conn, &self.shared.keys.sessions, cursor).await?;
+            for (digest, json) in pairs {
+                if seen.insert(digest.clone()) {
+                    let record = serde_json::from_str(&json)
+                        .map_err(|e| BackendError::Corrupt(format!("session: {e}")))?;
+                    all.push(record);
+                }
+            }
+            if next == 0 {
+                return Ok(all);
+            }
+            cursor = next;
+        }
+    }
+
     pub(super) async fn read_audit(&self, org: &str) -> Result<Vec<AuditEvent>, BackendError> {
         let key = self.shared.keys.audit(org);
         let mut conn = self.shared.conn.clone();

@@ -1305,10 +1305,12 @@ async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_
         for _ in 0..4 {
             let upstream = {
                 let forwarded = forwarded.clone();
-                tower::service_fn(move |_req: http::Request<()>| {
-                    forwarded.fetch_add(1, Ordering::SeqCst);
-                    async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
-                })
+                tower::service_fn(
+                    move |_req: http::Request<http_body_util::Empty<bytes::Bytes>>| {
+                        forwarded.fetch_add(1, Ordering::SeqCst);
+                        async { Ok::<_, std::convert::Infallible>(http::Response::new(())) }
+                    },
+                )
             };
             let mut gate = crate::gate::KeyGate::new(
                 upstream,
@@ -1321,7 +1323,7 @@ async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_
                 for _ in 0..40 {
                     let req = http::Request::get("/acme/v1")
                         .header("x-api-key", &key)
-                        .body(())
+                        .body(http_body_util::Empty::new())
                         .unwrap();
                     let status = gate.call(req).await.unwrap().status();
                     ok += usize::from(status == http::StatusCode::OK);
@@ -1345,4 +1347,90 @@ async fn three_loaded_stores_on_redis_forward_exactly_the_threshold_and_disable_
     let usage = stores[1].usage("acme").await.unwrap();
     assert_eq!(usage.calls_in_window, 300);
     println!("three nodes on Redis, threshold 300: {ok} forwarded");
+}
+
+fn session_record(value: &str) -> crate::session::SessionRecord {
+    crate::session::SessionRecord {
+        digest: crate::session::SessionDigest::of(value.as_bytes()),
+        org: org("acme"),
+        username: "ops".into(),
+        generation: 1,
+        created_at: T0,
+        login_timestamp_ms: T0.as_nanos() / 1_000_000,
+    }
+}
+
+#[tokio::test]
+async fn api_users_and_sessions_reach_the_other_store_before_the_answer_and_go_with_their_org() {
+    let server = server!();
+    let a = store(&server, "a").await;
+    let b = store(&server, "b").await;
+    a.provision(
+        org("acme"),
+        None,
+        LimitOverrides::default(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    a.create_user(
+        "acme",
+        "ops",
+        "a long enough password".into(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    assert!(
+        b.has_user(&org("acme"), "ops"),
+        "confirmed before the answer"
+    );
+    assert!(matches!(
+        b.create_user(
+            "acme",
+            "ops",
+            "a long enough password".into(),
+            Actor::Provider
+        )
+        .await,
+        Err(OpError::ApiUserExists)
+    ));
+    let far = T0.saturating_add(Duration::from_secs(3600));
+    a.put_session(session_record("s1"), far).await.unwrap();
+    let d1 = crate::session::SessionDigest::of(b"s1");
+    assert!(
+        b.sessions().get(&d1).is_some(),
+        "confirmed before the answer"
+    );
+    b.end_session(d1).await.unwrap();
+    assert!(a.sessions().get(&d1).is_none());
+    a.put_session(session_record("s2"), far).await.unwrap();
+    // A store opened now loads the users and the live sessions.
+    let c = store(&server, "c").await;
+    assert!(c.has_user(&org("acme"), "ops"));
+    assert!(c
+        .sessions()
+        .get(&crate::session::SessionDigest::of(b"s2"))
+        .is_some());
+    assert!(c.sessions().get(&d1).is_none());
+    b.delete_user("acme", "ops", Actor::Provider).await.unwrap();
+    assert!(!a.has_user(&org("acme"), "ops"));
+    assert!(a.sessions().is_empty(), "the user's sessions went with it");
+    a.create_user(
+        "acme",
+        "ops",
+        "a long enough password".into(),
+        Actor::Provider,
+    )
+    .await
+    .unwrap();
+    a.delete_org("acme", Actor::Provider).await.unwrap();
+    assert!(!b.has_user(&org("acme"), "ops"));
+    let backend = RedisBackend::connect(server.options("d", LEASE))
+        .await
+        .unwrap();
+    assert!(
+        backend.load().await.unwrap().users.is_empty(),
+        "gone with the org"
+    );
 }

@@ -20,7 +20,8 @@ impl RedisBackend {
             .key(&keys.tokens)
             .key(&keys.seq)
             .key(&keys.feed)
-            .key(&keys.audited);
+            .key(&keys.audited)
+            .key(&keys.users);
         for c in commits {
             call.key(keys.audit(c.event.org.as_str()));
         }
@@ -48,6 +49,18 @@ impl RedisBackend {
                         .arg(&record.name)
                         .arg(expected.to_hex())
                         .arg(to_json(record)?);
+                }
+                Change::PutUser(u) => {
+                    call.arg("putuser")
+                        .arg(format!("{}/{}", u.org, u.username))
+                        .arg("")
+                        .arg(to_json(u)?);
+                }
+                Change::DeleteUser { org, username } => {
+                    call.arg("deluser")
+                        .arg(format!("{org}/{username}"))
+                        .arg("")
+                        .arg("");
                 }
                 Change::DeleteOrg { id, expected } => {
                     call.arg("delorg")
