@@ -900,29 +900,7 @@ impl Store {
         let store = self.clone();
         self.run(async move {
             let writer = store.inner.token_writer.lock().await;
-            let known = {
-                let tokens = store.read_tokens();
-                tokens
-                    .by_name
-                    .get(&name)
-                    .and_then(|digest| tokens.by_digest.get(digest))
-                    .cloned()
-            };
-            let record = match known {
-                Some(record) => record,
-                // Created elsewhere, with the feed not here yet?
-                None if store.inner.shared => {
-                    let theirs = store
-                        .inner
-                        .backend
-                        .token(&name)
-                        .await?
-                        .ok_or(OpError::TokenNotFound)?;
-                    store.write_tokens().insert(theirs.clone());
-                    theirs
-                }
-                None => return Err(OpError::TokenNotFound),
-            };
+            let record = store.find_token(&name).await?;
             let event = AuditEvent {
                 org: record.org.clone(),
                 at: store.inner.clock.now(),
@@ -964,32 +942,15 @@ impl Store {
         let store = self.clone();
         self.run(async move {
             let writer = store.inner.token_writer.lock().await;
-            let mut known = {
-                let tokens = store.read_tokens();
-                tokens
-                    .by_name
-                    .get(&name)
-                    .and_then(|digest| tokens.by_digest.get(digest))
-                    .cloned()
-            };
+            // The stored token after a lost race; this store's first.
+            let mut known: Option<TokenRecord> = None;
             // Each conflict means another node changed the token first; a
             // few tries settle it, and a token rotated that often in a row
             // is refused as the store's failure rather than looped on.
             for _ in 0..COMMIT_TRIES {
                 let old = match known.take() {
                     Some(record) => record,
-                    // Created elsewhere, with the feed not here yet?
-                    None if store.inner.shared => {
-                        let theirs = store
-                            .inner
-                            .backend
-                            .token(&name)
-                            .await?
-                            .ok_or(OpError::TokenNotFound)?;
-                        store.write_tokens().insert(theirs.clone());
-                        theirs
-                    }
-                    None => return Err(OpError::TokenNotFound),
+                    None => store.find_token(&name).await?,
                 };
                 let secret = token::generate();
                 let now = store.inner.clock.now();
@@ -1340,6 +1301,34 @@ impl Store {
         &self,
     ) -> std::sync::RwLockWriteGuard<'_, HashMap<OrgId, HashMap<String, ApiUser>>> {
         self.inner.users.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The token `name` for a change: this store's, or, on a shared
+    /// backend, the stored one when it was created elsewhere and the feed
+    /// has not brought it yet. The caller holds the token writer.
+    async fn find_token(&self, name: &str) -> Result<TokenRecord, OpError> {
+        let known = {
+            let tokens = self.read_tokens();
+            tokens
+                .by_name
+                .get(name)
+                .and_then(|digest| tokens.by_digest.get(digest))
+                .cloned()
+        };
+        match known {
+            Some(record) => Ok(record),
+            None if self.inner.shared => {
+                let theirs = self
+                    .inner
+                    .backend
+                    .token(name)
+                    .await?
+                    .ok_or(OpError::TokenNotFound)?;
+                self.write_tokens().insert(theirs.clone());
+                Ok(theirs)
+            }
+            None => Err(OpError::TokenNotFound),
+        }
     }
 
     fn read_tokens(&self) -> std::sync::RwLockReadGuard<'_, Tokens> {
