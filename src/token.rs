@@ -24,6 +24,16 @@ pub enum Role {
     Viewer,
 }
 
+impl Role {
+    /// Its name, as the admin API and the audit log write it (its serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
 /// A token's SHA-256 digest: what keygate stores and compares.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenDigest([u8; 32]);
@@ -117,6 +127,16 @@ pub struct TokenRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_roles_name_is_its_serde_name() {
+        for role in [Role::Admin, Role::Viewer] {
+            assert_eq!(
+                serde_json::to_value(role).unwrap(),
+                serde_json::Value::from(role.as_str())
+            );
+        }
+    }
 
     #[test]
     fn generated_tokens_are_long_random_and_url_safe() {

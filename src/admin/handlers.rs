@@ -318,7 +318,7 @@ pub(crate) async fn list_tokens(State(s): State<AdminState>, who: Principal) -> 
         .map(|t| {
             serde_json::json!({
                 "name": t.name,
-                "role": role_name(t.role),
+                "role": t.role.as_str(),
                 "org": t.org.as_str(),
                 "created_at": t.created_at,
             })
@@ -339,7 +339,7 @@ pub(crate) async fn whoami(who: Principal) -> Reply {
         }
         Principal::Token(t) => serde_json::json!({
             "name": t.name,
-            "role": role_name(t.role),
+            "role": t.role.as_str(),
             "org": t.org.as_str(),
         }),
     };
@@ -367,13 +367,6 @@ pub(crate) async fn usage(
             "rate_limited_in_window": u.rate_limited_in_window,
         }),
     ))
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Viewer => "viewer",
-    }
 }
 
 #[derive(Deserialize)]

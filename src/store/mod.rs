@@ -866,7 +866,7 @@ impl Store {
                 at: now,
                 actor: Actor::Provider,
                 action: Action::CreateToken,
-                detail: format!("{} token {} created", role_name(role), record.name),
+                detail: format!("{} token {} created", role.as_str(), record.name),
             };
             let committed = store
                 .commit_measured(Commit {
@@ -906,7 +906,7 @@ impl Store {
                 at: store.inner.clock.now(),
                 actor: Actor::Provider,
                 action: Action::DeleteToken,
-                detail: format!("{} token {} deleted", role_name(record.role), record.name),
+                detail: format!("{} token {} deleted", record.role.as_str(), record.name),
             };
             let committed = store
                 .commit_measured(Commit {
@@ -966,7 +966,7 @@ impl Store {
                     at: now,
                     actor: Actor::Provider,
                     action: Action::RotateToken,
-                    detail: format!("{} token {} rotated", role_name(record.role), record.name),
+                    detail: format!("{} token {} rotated", record.role.as_str(), record.name),
                 };
                 let committed = store
                     .commit_measured(Commit {
@@ -1811,13 +1811,6 @@ impl Store {
     fn writer(&self, id: &OrgId) -> &tokio::sync::Mutex<()> {
         let h = self.inner.stripe_hasher.hash_one(id.as_bytes());
         &self.inner.writers[(h as usize) % self.inner.writers.len()]
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Viewer => "viewer",
     }
 }
 
