@@ -157,13 +157,6 @@ impl CallCounter {
         }
     }
 
-    /// The start of the window held, whole seconds since the Unix epoch, if
-    /// one was ever opened (ended or not).
-    pub fn start(&self) -> Option<u32> {
-        let (start, n) = unpack(self.0.load(Ordering::Acquire));
-        (start != 0 || n != 0).then_some(start)
-    }
-
     /// Takes back every granted call not spent: the window's start and how
     /// many, if any, leaving none. What a node hands back to the cluster.
     pub fn reclaim(&self) -> Option<(u32, u32)> {
