@@ -155,6 +155,13 @@ fn routes() -> Routes {
         .add(M::POST, "/v1/tokens/{name}/rotate", rotate_token)
 }
 
+/// Every admin route's method and path, for the CLI's test that each has a
+/// command.
+#[cfg(test)]
+pub(crate) fn route_table() -> Vec<(Method, &'static str)> {
+    routes().list
+}
+
 /// A router under construction, and the method and path of each route in it.
 #[derive(Default)]
 struct Routes {

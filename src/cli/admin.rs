@@ -3,17 +3,24 @@
 //! Each subcommand makes its call and prints the answer: a table for people by
 //! default, the API's JSON as it came with `--json`. The exit status is for
 //! scripts: 0 when the API answered 2xx, 1 when it refused (the contract's code
-//! and message on stderr, `CODE: message`), 2 for a usage error (clap's own)
-//! or when no answer came (connection refused, timeout, bad URL).
+//! and message on stderr, `CODE: message`), 2 for a usage error (clap's own,
+//! or a deletion not confirmed, or no password on stdin) or when no answer
+//! came (connection refused, timeout, bad URL).
+//!
+//! Nothing is written to stderr on success unless stderr is a terminal: a
+//! script sees an empty stderr for exit 0.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use http::Method;
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
-use super::client::{segment, AdminClient, Answer};
+use super::call::{orgs_page, request};
+use super::client::{AdminClient, Answer};
+use super::show::{self, Shape};
 
 /// `keygate admin`: where the admin API is, who calls it, and the call.
 #[derive(Debug, Args)]
@@ -26,7 +33,8 @@ pub struct AdminArgs {
         global = true
     )]
     pub url: String,
-    /// The bearer token: the provider's, or an admin or viewer token.
+    /// The bearer token: the provider's, or an admin or viewer token. Every
+    /// call but health, ready, metrics and openapi needs one.
     #[arg(long, env = "KEYGATE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// For an https URL: a PEM file of the CA certificates to trust instead of
@@ -45,7 +53,7 @@ pub struct AdminArgs {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum Call {
-    /// Orgs: list or provision (provider).
+    /// Orgs: list, provision or delete (provider).
     #[command(subcommand)]
     Orgs(OrgsCall),
     /// An org's key: show, add, edit, regenerate, delete.
@@ -75,7 +83,7 @@ pub enum Call {
         #[command(flatten)]
         limits: LimitFlags,
     },
-    /// Admin and viewer tokens: create or delete (provider).
+    /// Admin and viewer tokens: list, create, rotate or delete (provider).
     #[command(subcommand)]
     Tokens(TokensCall),
     /// An org's audit log, oldest first.
@@ -83,14 +91,48 @@ pub enum Call {
         /// The org.
         org: String,
     },
+    /// An org's calls in its threshold window, its key's last use and its
+    /// rate refusals.
+    Usage {
+        /// The org.
+        org: String,
+    },
+    /// An org's API users, who log in with the session login: list, create
+    /// or delete.
+    #[command(subcommand)]
+    ApiUsers(ApiUsersCall),
+    /// The token's own name, role and org.
+    Whoami,
+    /// Whether the admin API answers (no token needed).
+    Health,
+    /// Whether this node serves proxied requests: exit 0 when it does, 1
+    /// with NOT_READY when it does not (no token needed).
+    Ready,
+    /// The Prometheus metrics, as the API sent them (no token needed).
+    Metrics,
+    /// The admin API's OpenAPI 3.1 document, as the API sent it (no token
+    /// needed).
+    Openapi,
+}
+
+impl Call {
+    /// Whether the call is made without a token: the probes and documents a
+    /// load balancer or a scraper reads.
+    fn anonymous(&self) -> bool {
+        matches!(
+            self,
+            Call::Health | Call::Ready | Call::Metrics | Call::Openapi
+        )
+    }
 }
 
 /// `keygate admin orgs ...`
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum OrgsCall {
-    /// Every org's key page.
-    List,
+    /// The orgs' key pages, ordered by id, a page at a time (100 unless
+    /// --limit says), or every page with --all.
+    List(ListFlags),
     /// Create an org with a random, enabled key.
     Provision {
         /// The org id: 1 to 64 of a-z, 0-9 and '-', starting with a letter or digit.
@@ -102,6 +144,39 @@ pub enum OrgsCall {
         #[command(flatten)]
         limits: LimitFlags,
     },
+    /// Delete an org with its key, its tokens and its API users, at once
+    /// (its audit log stays readable by the provider). Asks first.
+    Delete {
+        /// The org.
+        org: String,
+        /// Do not ask. Without it the org's id is asked for on a terminal,
+        /// and elsewhere (a script, a pipe) the deletion is refused with
+        /// exit status 2.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `keygate admin orgs list`'s flags: the API's paging and filters.
+#[derive(Debug, Args, Default)]
+pub struct ListFlags {
+    /// At most this many orgs a page: 1 to 1000 (the API's default 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only the orgs after this id (a page's `next`).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Only the orgs whose id contains this text.
+    #[arg(long)]
+    pub q: Option<String>,
+    /// Only the orgs whose key is enabled or disabled.
+    #[arg(long, value_parser = ["enabled", "disabled"])]
+    pub status: Option<String>,
+    /// Follow each page's `next` to the end and show every org: one table,
+    /// or with --json one `{"orgs": [...], "next": null}` of all the
+    /// pages' orgs as they came.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `keygate admin key ...`
@@ -159,6 +234,8 @@ pub enum SubscriptionCall {
 #[derive(Debug, Subcommand)]
 #[non_exhaustive]
 pub enum TokensCall {
+    /// Every token's name, role, org and creation time (never a token).
+    List,
     /// Create a token; it is printed this once.
     Create {
         /// Its name: 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-'.
@@ -183,6 +260,32 @@ pub enum TokensCall {
     },
 }
 
+/// `keygate admin api-users ...`
+#[derive(Debug, Subcommand)]
+#[non_exhaustive]
+pub enum ApiUsersCall {
+    /// The org's API users' names.
+    List {
+        /// The org.
+        org: String,
+    },
+    /// Create an API user. The password (at least 12 characters) is read
+    /// from stdin, its first line, never from an argument.
+    Create {
+        /// The org.
+        org: String,
+        /// The username: 1 to 128 visible ASCII characters.
+        username: String,
+    },
+    /// Delete an API user; its sessions end at once.
+    Delete {
+        /// The org.
+        org: String,
+        /// The username.
+        username: String,
+    },
+}
+
 /// The four limits, each optional.
 #[derive(Debug, Args, Default)]
 pub struct LimitFlags {
@@ -200,28 +303,6 @@ pub struct LimitFlags {
     pub threshold_window_secs: Option<u64>,
 }
 
-impl LimitFlags {
-    /// The limits given, as the API's JSON object.
-    fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        for (name, v) in [
-            ("rate_per_sec", self.rate_per_sec),
-            ("burst", self.burst),
-            ("threshold_calls", self.threshold_calls),
-            ("threshold_window_secs", self.threshold_window_secs),
-        ] {
-            if let Some(v) = v {
-                m.insert(name.to_owned(), json!(v));
-            }
-        }
-        m
-    }
-
-    fn is_empty(&self) -> bool {
-        self.to_json().is_empty()
-    }
-}
-
 /// The exit status for a call the API answered with 2xx.
 pub const OK: u8 = 0;
 /// The exit status for a call the API refused.
@@ -229,23 +310,35 @@ pub const REFUSED: u8 = 1;
 /// The exit status for a usage error or a call that got no answer.
 pub const NO_ANSWER: u8 = 2;
 
-/// How an answer is shown.
-#[derive(Debug, Clone, Copy)]
-enum Shape {
-    /// One key page.
-    Page,
-    /// `{"orgs": [...]}`.
-    Orgs,
-    /// `{"events": [...]}`.
-    Events,
-    /// A new token.
-    Token,
-    /// 204: a sentence saying what was done.
-    Done(&'static str),
+/// What a run reads and writes besides the network.
+pub struct Console<'a> {
+    /// Where a confirmation or a password is read.
+    pub input: &'a mut dyn BufRead,
+    /// Where answers go.
+    pub out: &'a mut dyn Write,
+    /// Where refusals and errors go, and on a terminal prompts and progress.
+    pub err: &'a mut dyn Write,
+    /// Whether stdin is a terminal, where a person can be asked.
+    pub stdin_is_terminal: bool,
+    /// Whether stderr is a terminal: progress and hints are written only
+    /// then, so a script's stderr stays empty on success.
+    pub stderr_is_terminal: bool,
 }
 
-/// Runs `args` on a runtime of its own and returns the exit status.
+impl std::fmt::Debug for Console<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("stdin_is_terminal", &self.stdin_is_terminal)
+            .field("stderr_is_terminal", &self.stderr_is_terminal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs `args` on a runtime of its own over the process's standard streams
+/// and returns the exit status.
 pub fn main(args: AdminArgs) -> u8 {
+    use std::io::IsTerminal;
+
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -256,357 +349,337 @@ pub fn main(args: AdminArgs) -> u8 {
             return NO_ANSWER;
         }
     };
+    let stdin_is_terminal = std::io::stdin().is_terminal();
+    let stderr_is_terminal = std::io::stderr().is_terminal();
+    let mut input = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    runtime.block_on(run(args, &mut out, &mut err))
+    let mut console = Console {
+        input: &mut input,
+        out: &mut out,
+        err: &mut err,
+        stdin_is_terminal,
+        stderr_is_terminal,
+    };
+    runtime.block_on(run(args, &mut console))
 }
 
-/// Makes the call `args` names, writes its answer to `out` (or its refusal to
-/// `err`) and returns the exit status.
-pub async fn run(args: AdminArgs, out: &mut impl Write, err: &mut impl Write) -> u8 {
-    let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) else {
+/// Makes the call `args` names, writes its answer to the console's `out`
+/// (or its refusal to `err`) and returns the exit status.
+pub async fn run(args: AdminArgs, console: &mut Console<'_>) -> u8 {
+    let token = args.token.as_deref().filter(|t| !t.is_empty());
+    if token.is_none() && !args.call.anonymous() {
         let _ = writeln!(
-            err,
+            console.err,
             "keygate admin: no token: pass --token or set KEYGATE_TOKEN"
         );
         return NO_ANSWER;
+    }
+    // Settled before any call: a deletion not confirmed or a missing
+    // password changes nothing.
+    let password = match prepare(&args.call, console) {
+        Ok(p) => p,
+        Err(status) => return status,
     };
     let client = match AdminClient::new(&args.url, token, args.ca_file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(err, "keygate admin: {e}");
+            let _ = writeln!(console.err, "keygate admin: {e}");
             return NO_ANSWER;
         }
     };
-    let (method, path, body, shape) = request(&args.call);
-    match client.call(method, &path, body.as_ref()).await {
-        Ok(answer) => show(&answer, shape, &args.call, args.json, out, err),
+    if let Call::Orgs(OrgsCall::List(flags)) = &args.call {
+        if flags.all {
+            return list_all(&client, flags, args.json, console).await;
+        }
+    }
+    let req = request(&args.call, password.as_deref().unwrap_or(""));
+    let answer = match client.call(req.method, &req.path, req.body.as_ref()).await {
+        Ok(answer) => answer,
         Err(e) => {
-            let _ = writeln!(err, "keygate admin: {e}");
-            NO_ANSWER
+            let _ = writeln!(console.err, "keygate admin: {e}");
+            return NO_ANSWER;
+        }
+    };
+    let status = show(&answer, &req.shape, args.json, console);
+    if status == OK && !args.json && console.stderr_is_terminal {
+        if let Call::Orgs(OrgsCall::List(_)) = &args.call {
+            more_hint(&answer, console);
+        }
+    }
+    status
+}
+
+/// What must be settled before the call: an org deletion's confirmation
+/// and an API user's password. `Err` holds the exit status.
+fn prepare(call: &Call, console: &mut Console<'_>) -> Result<Option<String>, u8> {
+    match call {
+        Call::Orgs(OrgsCall::Delete { org, yes: false }) => confirm(org, console).map(|()| None),
+        Call::ApiUsers(ApiUsersCall::Create { .. }) => password(console).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Asks on a terminal for the org's id before deleting it; refuses where
+/// nobody can be asked.
+fn confirm(org: &str, c: &mut Console<'_>) -> Result<(), u8> {
+    if !c.stdin_is_terminal {
+        let _ = writeln!(
+            c.err,
+            "keygate admin: orgs delete {org}: not confirmed; pass --yes (stdin is not a terminal to ask on)"
+        );
+        return Err(NO_ANSWER);
+    }
+    let _ = write!(
+        c.err,
+        "Delete org {org} with its key, tokens and API users? Type its id to confirm: "
+    );
+    let _ = c.err.flush();
+    let mut line = String::new();
+    match c.input.read_line(&mut line) {
+        Ok(_) if line.trim_end_matches(['\r', '\n']) == org => Ok(()),
+        _ => {
+            let _ = writeln!(
+                c.err,
+                "keygate admin: not confirmed; {org} is left as it was"
+            );
+            Err(NO_ANSWER)
         }
     }
 }
 
-/// The method, path, body and answer shape of a call.
-fn request(call: &Call) -> (Method, String, Option<Value>, Shape) {
-    let org = |o: &str, rest: &str| format!("/v1/orgs/{}{rest}", segment(o));
-    match call {
-        Call::Orgs(OrgsCall::List) => (Method::GET, "/v1/orgs".into(), None, Shape::Orgs),
-        Call::Orgs(OrgsCall::Provision {
-            org,
-            expires_at,
-            limits,
-        }) => {
-            let mut body = Map::new();
-            body.insert("org".into(), json!(org));
-            if let Some(at) = expires_at {
-                body.insert("subscription_expires_at".into(), json!(at));
+/// The API user's password: stdin's first line, without its line end.
+fn password(c: &mut Console<'_>) -> Result<String, u8> {
+    if c.stdin_is_terminal {
+        // A terminal would echo it, and an argument would show in `ps`.
+        let _ = writeln!(
+            c.err,
+            "keygate admin: api-users create reads the password from stdin; pipe it in, e.g. \
+             printf '%s\\n' \"$PASSWORD\" | keygate admin api-users create ORG USERNAME"
+        );
+        return Err(NO_ANSWER);
+    }
+    let mut line = String::new();
+    if let Err(e) = c.input.read_line(&mut line) {
+        let _ = writeln!(c.err, "keygate admin: reading the password from stdin: {e}");
+        return Err(NO_ANSWER);
+    }
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        let _ = writeln!(
+            c.err,
+            "keygate admin: api-users create: no password on stdin"
+        );
+        return Err(NO_ANSWER);
+    }
+    Ok(password.to_owned())
+}
+
+/// One page of `GET /v1/orgs`, each org's JSON kept as it came.
+#[derive(Deserialize)]
+struct OrgsPage {
+    orgs: Vec<Box<RawValue>>,
+    next: Option<String>,
+}
+
+/// `orgs list --all`: follows `next` from page to page and shows every org
+/// at the end, in one table or one JSON document.
+async fn list_all(
+    client: &AdminClient,
+    flags: &ListFlags,
+    as_json: bool,
+    c: &mut Console<'_>,
+) -> u8 {
+    let mut orgs: Vec<Box<RawValue>> = Vec::new();
+    let mut after = flags.after.clone();
+    let mut progress = false;
+    let status = loop {
+        let answer = match client
+            .call(http::Method::GET, &orgs_page(flags, after.as_deref()), None)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                clear(progress, c);
+                let _ = writeln!(c.err, "keygate admin: {e}");
+                break NO_ANSWER;
             }
-            if !limits.is_empty() {
-                body.insert("limits".into(), Value::Object(limits.to_json()));
+        };
+        if !answer.status.is_success() {
+            clear(progress, c);
+            break refusal(&answer, as_json, c);
+        }
+        let Ok(page) = serde_json::from_slice::<OrgsPage>(&answer.body) else {
+            clear(progress, c);
+            let _ = writeln!(
+                c.err,
+                "keygate admin: the API answered {} without an org list",
+                answer.status
+            );
+            break NO_ANSWER;
+        };
+        orgs.extend(page.orgs);
+        match page.next {
+            None => {
+                clear(progress, c);
+                break OK;
             }
-            (
-                Method::POST,
-                "/v1/orgs".into(),
-                Some(Value::Object(body)),
-                Shape::Page,
-            )
+            // Ids only grow from page to page; a `next` that does not would
+            // send this loop round forever.
+            Some(next) if after.as_ref().is_some_and(|a| next <= *a) => {
+                clear(progress, c);
+                let _ = writeln!(
+                    c.err,
+                    "keygate admin: the API's next page ({next}) is not after the last one"
+                );
+                break NO_ANSWER;
+            }
+            Some(next) => {
+                if c.stderr_is_terminal {
+                    let _ = write!(c.err, "\rorgs list --all: {} orgs so far", orgs.len());
+                    let _ = c.err.flush();
+                    progress = true;
+                }
+                after = Some(next);
+            }
         }
-        Call::Key(KeyCall::Show { org: o }) => (Method::GET, org(o, "/key"), None, Shape::Page),
-        Call::Key(KeyCall::Add { org: o }) => (Method::POST, org(o, "/key"), None, Shape::Page),
-        Call::Key(KeyCall::Edit { org: o, key }) => (
-            Method::PUT,
-            org(o, "/key"),
-            Some(json!({ "key": key })),
-            Shape::Page,
-        ),
-        Call::Key(KeyCall::Regenerate { org: o }) => {
-            (Method::POST, org(o, "/key/regenerate"), None, Shape::Page)
-        }
-        Call::Key(KeyCall::Delete { org: o }) => (
-            Method::DELETE,
-            org(o, "/key"),
-            None,
-            Shape::Done("key deleted"),
-        ),
-        Call::Disable { org: o, reason } => (
-            Method::POST,
-            org(o, "/disable"),
-            Some(json!({ "reason": reason })),
-            Shape::Page,
-        ),
-        Call::Enable { org: o } => (Method::POST, org(o, "/enable"), None, Shape::Page),
-        Call::Subscription(SubscriptionCall::Set { org: o, at }) => (
-            Method::PUT,
-            org(o, "/subscription"),
-            Some(json!({ "expires_at": at })),
-            Shape::Page,
-        ),
-        Call::Subscription(SubscriptionCall::Clear { org: o }) => (
-            Method::PUT,
-            org(o, "/subscription"),
-            Some(json!({ "expires_at": null })),
-            Shape::Page,
-        ),
-        Call::Limits { org: o, limits } => (
-            Method::PUT,
-            org(o, "/limits"),
-            Some(Value::Object(limits.to_json())),
-            Shape::Page,
-        ),
-        Call::Tokens(TokensCall::Create { name, role, org }) => (
-            Method::POST,
-            "/v1/tokens".into(),
-            Some(json!({ "name": name, "role": role, "org": org })),
-            Shape::Token,
-        ),
-        Call::Tokens(TokensCall::Delete { name }) => (
-            Method::DELETE,
-            format!("/v1/tokens/{}", segment(name)),
-            None,
-            Shape::Done("token deleted"),
-        ),
-        Call::Tokens(TokensCall::Rotate { name }) => (
-            Method::POST,
-            format!("/v1/tokens/{}/rotate", segment(name)),
-            None,
-            Shape::Token,
-        ),
-        Call::Audit { org: o } => (Method::GET, org(o, "/audit"), None, Shape::Events),
+    };
+    if status != OK {
+        return status;
+    }
+    let written = if as_json {
+        let items: Vec<&str> = orgs.iter().map(|o| o.get()).collect();
+        writeln!(c.out, "{{\"orgs\":[{}],\"next\":null}}", items.join(","))
+    } else {
+        let values: Vec<Value> = orgs
+            .iter()
+            .filter_map(|o| serde_json::from_str(o.get()).ok())
+            .collect();
+        show::orgs(&values, c.out)
+    };
+    finish(written, c)
+}
+
+/// Wipes the progress line, if one was written.
+fn clear(progress: bool, c: &mut Console<'_>) {
+    if progress {
+        let _ = write!(c.err, "\r\x1b[2K");
+        let _ = c.err.flush();
+    }
+}
+
+/// After one page of orgs, on a terminal: how to see the next.
+fn more_hint(answer: &Answer, c: &mut Console<'_>) {
+    let next = serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["next"].as_str().map(str::to_owned));
+    if let Some(next) = next {
+        let _ = writeln!(
+            c.err,
+            "(more orgs: --after {next} for the next page, or --all for every one)"
+        );
     }
 }
 
 /// Prints an answer and returns the exit status.
-fn show(
-    answer: &Answer,
-    shape: Shape,
-    call: &Call,
-    as_json: bool,
-    out: &mut impl Write,
-    err: &mut impl Write,
-) -> u8 {
-    let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
+fn show(answer: &Answer, shape: &Shape, as_json: bool, c: &mut Console<'_>) -> u8 {
     if !answer.status.is_success() {
-        let (code, message) = match &json {
-            Some(v) => (
-                v["code"].as_str().unwrap_or("HTTP_ERROR").to_owned(),
-                v["message"].as_str().unwrap_or("").to_owned(),
-            ),
-            None => ("HTTP_ERROR".to_owned(), String::new()),
-        };
-        let message = if message.is_empty() {
-            format!("HTTP {}", answer.status)
-        } else {
-            message
-        };
-        let _ = writeln!(err, "{code}: {message}");
-        if as_json && json.is_some() {
-            let _ = out.write_all(&answer.body);
-            let _ = writeln!(out);
-        }
-        return REFUSED;
+        return refusal(answer, as_json, c);
     }
     let written = if as_json {
-        if answer.body.is_empty() {
-            Ok(())
-        } else {
-            out.write_all(&answer.body).and_then(|()| writeln!(out))
-        }
-    } else {
-        match (shape, &json) {
-            (Shape::Done(what), _) => writeln!(out, "{}: {what}", subject(call)),
-            (Shape::Page, Some(v)) => page(v, out),
-            (Shape::Orgs, Some(v)) => orgs(v, out),
-            (Shape::Events, Some(v)) => events(v, out),
-            (Shape::Token, Some(v)) => token(v, out),
-            (_, None) => {
+        show::raw(&answer.body, c.out)
+    } else if shape.needs_json() {
+        match serde_json::from_slice::<Value>(&answer.body) {
+            Ok(v) => show::human(shape, &v, &answer.body, c.out),
+            Err(_) => {
                 let _ = writeln!(
-                    err,
+                    c.err,
                     "keygate admin: the API answered {} without JSON",
                     answer.status
                 );
                 return NO_ANSWER;
             }
         }
+    } else {
+        show::human(shape, &Value::Null, &answer.body, c.out)
     };
-    match written {
+    finish(written, c)
+}
+
+/// A refusal: `CODE: message` on stderr (with `--json`, its JSON on stdout
+/// too), exit status 1.
+fn refusal(answer: &Answer, as_json: bool, c: &mut Console<'_>) -> u8 {
+    let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
+    let (code, message) = match &json {
+        Some(v) => (
+            v["code"].as_str().unwrap_or("HTTP_ERROR").to_owned(),
+            v["message"].as_str().unwrap_or("").to_owned(),
+        ),
+        None => ("HTTP_ERROR".to_owned(), String::new()),
+    };
+    let message = if message.is_empty() {
+        format!("HTTP {}", answer.status)
+    } else {
+        message
+    };
+    let _ = writeln!(c.err, "{code}: {message}");
+    if as_json && json.is_some() {
+        let _ = show::raw(&answer.body, c.out);
+    }
+    REFUSED
+}
+
+/// The exit status once the answer is written (or not).
+fn finish(written: std::io::Result<()>, c: &mut Console<'_>) -> u8 {
+    match written.and_then(|()| c.out.flush()) {
         Ok(()) => OK,
         // A closed stdout (`| head`) is the reader's choice, not a failure of
         // the call, which has been made.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => OK,
         Err(e) => {
-            let _ = writeln!(err, "keygate admin: writing the answer: {e}");
+            let _ = writeln!(c.err, "keygate admin: writing the answer: {e}");
             NO_ANSWER
         }
     }
-}
-
-/// What a 204 was about: the org or the token.
-fn subject(call: &Call) -> &str {
-    match call {
-        Call::Key(KeyCall::Delete { org }) => org,
-        Call::Tokens(TokensCall::Delete { name }) => name,
-        _ => "",
-    }
-}
-
-/// A JSON value as a table cell: strings bare, null as `-`.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// One key page, a field per line.
-fn page(v: &Value, out: &mut impl Write) -> std::io::Result<()> {
-    let rows = [
-        ("org", "org"),
-        ("base url", "base_url"),
-        ("key", "key"),
-        ("status", "status"),
-        ("disabled reason", "disabled_reason"),
-        ("subscription ends", "subscription_expires_at"),
-        ("subscription expired", "subscription_expired"),
-        ("last modified by", "last_modified_by"),
-        ("last modified on", "last_modified_on"),
-    ];
-    for (label, field) in rows {
-        writeln!(out, "{label:<21} {}", cell(&v[field]))?;
-    }
-    if let Some(limits) = v["limits"].as_object() {
-        let shown: Vec<String> = limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        writeln!(out, "{:<21} {}", "limits", shown.join(" "))?;
-    }
-    Ok(())
-}
-
-/// Rows under a header, each column as wide as its widest cell.
-fn table(header: &[&str], rows: &[Vec<String>], out: &mut impl Write) -> std::io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let last = cells.len().saturating_sub(1);
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i == last {
-                    (*c).to_owned()
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
-}
-
-fn orgs(v: &Value, out: &mut impl Write) -> std::io::Result<()> {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = v["orgs"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|o| {
-            [
-                "org",
-                "status",
-                "key",
-                "subscription_expires_at",
-                "last_modified_by",
-                "last_modified_on",
-            ]
-            .iter()
-            .map(|f| cell(&o[*f]))
-            .collect()
-        })
-        .collect();
-    table(
-        &[
-            "ORG",
-            "STATUS",
-            "KEY",
-            "SUBSCRIPTION ENDS",
-            "LAST MODIFIED BY",
-            "LAST MODIFIED ON",
-        ],
-        &rows,
-        out,
-    )
-}
-
-fn events(v: &Value, out: &mut impl Write) -> std::io::Result<()> {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = v["events"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .map(|e| {
-            ["at", "actor", "action", "detail"]
-                .iter()
-                .map(|f| cell(&e[*f]))
-                .collect()
-        })
-        .collect();
-    table(&["AT", "ACTOR", "ACTION", "DETAIL"], &rows, out)
-}
-
-fn token(v: &Value, out: &mut impl Write) -> std::io::Result<()> {
-    for field in ["name", "role", "org", "token"] {
-        writeln!(out, "{field:<6} {}", cell(&v[field]))?;
-    }
-    writeln!(
-        out,
-        "(the token is shown this once; keygate keeps only its SHA-256)"
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_argument_cannot_reach_another_path() {
-        let (_, path, _, _) = request(&Call::Key(KeyCall::Show {
-            org: "../../tokens".into(),
-        }));
-        assert_eq!(path, "/v1/orgs/..%2F..%2Ftokens/key");
+    /// A console over buffers: `input` on stdin, neither stream a terminal
+    /// unless the test says so.
+    struct Buffers {
+        input: std::io::Cursor<Vec<u8>>,
+        out: Vec<u8>,
+        err: Vec<u8>,
     }
 
-    #[test]
-    fn only_the_limits_given_are_sent() {
-        let (_, _, body, _) = request(&Call::Limits {
-            org: "acme".into(),
-            limits: LimitFlags {
-                burst: Some(5),
-                ..LimitFlags::default()
-            },
-        });
-        assert_eq!(body, Some(json!({ "burst": 5 })));
-    }
+    impl Buffers {
+        fn new(input: &str) -> Buffers {
+            Buffers {
+                input: std::io::Cursor::new(input.as_bytes().to_vec()),
+                out: Vec::new(),
+                err: Vec::new(),
+            }
+        }
 
-    #[test]
-    fn a_table_pads_every_column_but_the_last() {
-        let mut out = Vec::new();
-        table(
-            &["A", "B", "C"],
-            &[vec!["xyz".into(), "1".into(), "end".into()]],
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "A    B  C\nxyz  1  end\n");
+        fn console(&mut self, terminal: bool) -> Console<'_> {
+            Console {
+                input: &mut self.input,
+                out: &mut self.out,
+                err: &mut self.err,
+                stdin_is_terminal: terminal,
+                stderr_is_terminal: terminal,
+            }
+        }
+
+        fn err(&self) -> String {
+            String::from_utf8(self.err.clone()).unwrap()
+        }
     }
 
     #[test]
@@ -615,16 +688,65 @@ mod tests {
             status: http::StatusCode::CONFLICT,
             body: r#"{"code":"KEY_EXISTS","message":"the organization already has a key"}"#.into(),
         };
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        let call = Call::Key(KeyCall::Add { org: "acme".into() });
+        let mut b = Buffers::new("");
         assert_eq!(
-            show(&answer, Shape::Page, &call, false, &mut out, &mut err),
+            show(&answer, &Shape::Page, false, &mut b.console(false)),
             REFUSED
         );
+        assert_eq!(b.err(), "KEY_EXISTS: the organization already has a key\n");
+        assert!(b.out.is_empty());
+    }
+
+    #[test]
+    fn an_org_deletion_is_refused_where_nobody_can_be_asked() {
+        let mut b = Buffers::new("acme\n");
+        assert_eq!(confirm("acme", &mut b.console(false)), Err(NO_ANSWER));
+        assert!(b.err().contains("pass --yes"), "{}", b.err());
+    }
+
+    #[test]
+    fn an_org_deletion_goes_ahead_on_a_terminal_only_when_its_id_is_typed() {
+        let mut b = Buffers::new("acme\n");
+        assert_eq!(confirm("acme", &mut b.console(true)), Ok(()));
+        assert!(b.err().starts_with("Delete org acme "), "{}", b.err());
+        for typed in ["y\n", "acm\n", ""] {
+            let mut b = Buffers::new(typed);
+            assert_eq!(
+                confirm("acme", &mut b.console(true)),
+                Err(NO_ANSWER),
+                "{typed:?}"
+            );
+            assert!(b.err().contains("not confirmed"), "{}", b.err());
+        }
+    }
+
+    #[test]
+    fn the_password_is_stdins_first_line_without_its_end() {
+        let mut b = Buffers::new("a password of 12+\r\nmore\n");
         assert_eq!(
-            String::from_utf8(err).unwrap(),
-            "KEY_EXISTS: the organization already has a key\n"
+            password(&mut b.console(false)),
+            Ok("a password of 12+".to_owned())
         );
-        assert!(out.is_empty());
+        let mut b = Buffers::new("");
+        assert_eq!(password(&mut b.console(false)), Err(NO_ANSWER));
+        assert!(b.err().contains("no password"), "{}", b.err());
+        // Never read from a terminal, which would echo it.
+        let mut b = Buffers::new("typed\n");
+        assert_eq!(password(&mut b.console(true)), Err(NO_ANSWER));
+    }
+
+    #[test]
+    fn a_204_prints_nothing_with_json_and_a_sentence_without() {
+        let answer = Answer {
+            status: http::StatusCode::NO_CONTENT,
+            body: bytes::Bytes::new(),
+        };
+        let done = Shape::Done("acme: org deleted".into());
+        let mut b = Buffers::new("");
+        assert_eq!(show(&answer, &done, true, &mut b.console(false)), OK);
+        assert!(b.out.is_empty());
+        let mut b = Buffers::new("");
+        assert_eq!(show(&answer, &done, false, &mut b.console(false)), OK);
+        assert_eq!(b.out, b"acme: org deleted\n");
     }
 }

@@ -69,7 +69,9 @@ pub struct AdminClient {
     port: u16,
     /// The URL's path without its trailing slash (`""` for the root).
     base: String,
-    authorization: http::HeaderValue,
+    /// `Bearer <token>`, when a token was given: the calls that need none
+    /// (health, readiness, metrics, the OpenAPI document) go without.
+    authorization: Option<http::HeaderValue>,
     tls: Option<UpstreamTls>,
 }
 
@@ -84,12 +86,12 @@ impl std::fmt::Debug for AdminClient {
 }
 
 impl AdminClient {
-    /// A client for the admin API at `url` presenting `token`. An https URL
-    /// trusts the CA certificates in `ca_file`, or else the public roots
-    /// compiled into keygate.
+    /// A client for the admin API at `url` presenting `token`, if any. An
+    /// https URL trusts the CA certificates in `ca_file`, or else the public
+    /// roots compiled into keygate.
     pub fn new(
         url: &str,
-        token: &str,
+        token: Option<&str>,
         ca_file: Option<&std::path::Path>,
     ) -> Result<AdminClient, ClientError> {
         let bad = || ClientError::BadUrl(url.to_owned());
@@ -110,9 +112,15 @@ impl AdminClient {
             return Err(bad());
         }
         let base = uri.path().trim_end_matches('/').to_owned();
-        let mut authorization = http::HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| ClientError::BadToken)?;
-        authorization.set_sensitive(true);
+        let authorization = match token {
+            Some(token) => {
+                let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| ClientError::BadToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let tls = match (https, ca_file) {
             (false, _) => None,
             (true, Some(path)) => Some(UpstreamTls::load_ca(path)?),
@@ -202,8 +210,10 @@ impl AdminClient {
         let mut builder = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(HOST, host)
-            .header(AUTHORIZATION, self.authorization.clone());
+            .header(HOST, host);
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
         let bytes = match body {
             Some(v) => {
                 builder = builder.header(CONTENT_TYPE, "application/json");
@@ -270,22 +280,22 @@ mod tests {
         for url in ["ftp://h:1", "127.0.0.1:8081", "http://", "http://h:1/?q=1"] {
             assert!(
                 matches!(
-                    AdminClient::new(url, "t", None),
+                    AdminClient::new(url, Some("t"), None),
                     Err(ClientError::BadUrl(_))
                 ),
                 "{url}"
             );
         }
-        let c = AdminClient::new("http://127.0.0.1:8081/base/", "t", None).unwrap();
+        let c = AdminClient::new("http://127.0.0.1:8081/base/", Some("t"), None).unwrap();
         assert_eq!((c.port, c.base.as_str()), (8081, "/base"));
-        let c = AdminClient::new("http://[::1]", "t", None).unwrap();
+        let c = AdminClient::new("http://[::1]", Some("t"), None).unwrap();
         assert_eq!((c.host.as_str(), c.port), ("::1", 80));
     }
 
     #[test]
     fn the_token_is_sensitive_and_never_in_debug() {
-        let c = AdminClient::new("http://h:1", "s3cret-token", None).unwrap();
-        assert!(c.authorization.is_sensitive());
+        let c = AdminClient::new("http://h:1", Some("s3cret-token"), None).unwrap();
+        assert!(c.authorization.as_ref().unwrap().is_sensitive());
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 }
