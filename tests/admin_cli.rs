@@ -1,7 +1,8 @@
 //! `keygate admin ...`, the real binary, against a live keygate: every
 //! subcommand, its table and its `--json`, the exit status of a refusal (1,
 //! with the contract's code on stderr), of a usage error and of a keygate that
-//! is not there (2), and the flags' environment variables.
+//! is not there (2), and the flags' environment variables; `orgs list
+//! --all` across pages; the README's block as printed.
 
 mod support;
 
@@ -49,23 +50,42 @@ impl Run {
     }
 }
 
-/// Runs `keygate admin ARGS` with `env` and nothing else of the caller's.
+/// Runs `keygate admin ARGS` with `env` and nothing else of the caller's,
+/// stdin empty (not a terminal).
 async fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    cli_io(args, env, "").await
+}
+
+/// Runs `keygate admin ARGS` with `env`, writing `input` to its stdin (a
+/// pipe, not a terminal).
+async fn cli_io(args: &[&str], env: &[(&str, &str)], input: &str) -> Run {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
     cmd.arg("admin")
         .args(args)
         .env_remove("KEYGATE_ADMIN_URL")
         .env_remove("KEYGATE_TOKEN")
         .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("run keygate admin");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A command that reads nothing may exit before the write: a broken pipe
+    // then is no failure of the test.
+    let _ = stdin.write_all(input.as_bytes()).await;
+    drop(stdin);
     let Output {
         status,
         stdout,
         stderr,
-    } = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+    } = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("keygate admin did not exit within 60 s")
-        .expect("run keygate admin");
+        .expect("wait for keygate admin");
     Run {
         status: status.code(),
         stdout: String::from_utf8(stdout).unwrap(),
@@ -75,10 +95,22 @@ async fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 /// Runs `keygate admin --url URL --token TOKEN ARGS`.
 async fn cli(gw: &Gateway, token: &str, args: &[&str]) -> Run {
+    cli_stdin(gw, token, args, "").await
+}
+
+/// Runs `keygate admin --url URL --token TOKEN ARGS` with `input` on stdin.
+async fn cli_stdin(gw: &Gateway, token: &str, args: &[&str], input: &str) -> Run {
     let url = format!("http://{}", gw.admin_addr);
     let mut all = vec!["--url", &url, "--token", token];
     all.extend_from_slice(args);
-    cli_env(&all, &[]).await
+    cli_io(&all, &[], input).await
+}
+
+/// The lines of a table's first column, header included.
+fn first_column(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect()
 }
 
 #[tokio::test]
@@ -199,6 +231,18 @@ async fn every_subcommand_makes_its_call_and_prints_its_answer() {
         "{}",
         shown.stdout
     );
+    // whoami: the token's own name, role and org.
+    let out = cli(&gw, &token, &["whoami"]).await;
+    assert_eq!(out.ok(), "name acme-view\nrole viewer\norg  acme\n");
+    // tokens list: the token, never its secret.
+    let out = cli(&gw, PROVIDER, &["tokens", "list"]).await;
+    let text = out.ok();
+    assert_eq!(first_column(text), ["NAME", "acme-view"], "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().contains("  viewer  acme  "),
+        "{text}"
+    );
+    assert!(!text.contains(&token), "{text}");
     // tokens rotate: a new token, shown once; the old one is refused.
     let out = cli(&gw, PROVIDER, &["tokens", "rotate", "acme-view"]).await;
     let old = token;
@@ -218,6 +262,37 @@ async fn every_subcommand_makes_its_call_and_prints_its_answer() {
     cli(&gw, &token, &["key", "show", "acme"])
         .await
         .refused("UNAUTHENTICATED");
+
+    // usage: one keyed call in the window.
+    let key = gw.page("acme").await["key"].as_str().unwrap().to_owned();
+    gw.call(http::Method::GET, "/acme/v1/x", Some(&key))
+        .await
+        .assert_status(http::StatusCode::OK);
+    let out = cli(&gw, PROVIDER, &["usage", "acme"]).await;
+    let text = out.ok();
+    assert!(text.starts_with("calls in window        1\n"), "{text}");
+    assert!(text.contains("\nthreshold calls        100000\n"), "{text}");
+
+    // api-users create (the password on stdin), list, delete.
+    let out = cli_stdin(
+        &gw,
+        PROVIDER,
+        &["api-users", "create", "acme", "ops@acme.example"],
+        "a password long enough\n",
+    )
+    .await;
+    assert_eq!(out.ok(), "acme: API user ops@acme.example created\n");
+    let out = cli(&gw, PROVIDER, &["api-users", "list", "acme"]).await;
+    assert_eq!(out.ok(), "USERNAME\nops@acme.example\n");
+    let out = cli(
+        &gw,
+        PROVIDER,
+        &["api-users", "delete", "acme", "ops@acme.example"],
+    )
+    .await;
+    assert_eq!(out.ok(), "acme: API user ops@acme.example deleted\n");
+    let out = cli(&gw, PROVIDER, &["api-users", "list", "acme"]).await;
+    assert_eq!(out.ok(), "USERNAME\n");
 
     // audit: every change above, oldest first.
     let out = cli(&gw, PROVIDER, &["audit", "acme"]).await;
@@ -242,9 +317,23 @@ async fn every_subcommand_makes_its_call_and_prints_its_answer() {
             "set_limits",
             "create_token",
             "rotate_token",
-            "delete_token"
+            "delete_token",
+            "create_api_user",
+            "delete_api_user"
         ]
     );
+
+    // orgs delete --yes: gone, its audit log still readable.
+    let out = cli(&gw, PROVIDER, &["orgs", "delete", "acme", "--yes"]).await;
+    assert_eq!(out.ok(), "acme: org deleted\n");
+    cli(&gw, PROVIDER, &["key", "show", "acme"])
+        .await
+        .refused("ORG_NOT_FOUND");
+    let out = cli(&gw, PROVIDER, &["audit", "acme"]).await;
+    let last = out.ok().lines().last().unwrap().to_owned();
+    assert_eq!(last.split_whitespace().nth(2), Some("delete_org"), "{last}");
+    let out = cli(&gw, PROVIDER, &["orgs", "list"]).await;
+    assert_eq!(first_column(out.ok()), ["ORG"]);
 }
 
 #[tokio::test]
@@ -370,6 +459,315 @@ async fn the_url_and_token_come_from_the_environment() {
 }
 
 #[tokio::test]
+async fn whoami_tokens_list_and_usage_print_tables_json_and_refusals() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    gw.provision("other").await;
+    let viewer = gw.token("acme-view", "viewer", "acme").await;
+    gw.token("acme-admin", "admin", "acme").await;
+
+    // whoami: the provider has no org; --json is the API's answer.
+    let out = cli(&gw, PROVIDER, &["whoami"]).await;
+    assert_eq!(out.ok(), "name provider\nrole provider\norg  -\n");
+    let me = cli(&gw, &viewer, &["whoami", "--json"]).await.json();
+    assert_eq!(
+        me,
+        serde_json::json!({ "name": "acme-view", "role": "viewer", "org": "acme" })
+    );
+    cli(&gw, "not-a-token", &["whoami"])
+        .await
+        .refused("UNAUTHENTICATED");
+
+    // tokens list: ordered by name, as the API answers it.
+    let out = cli(&gw, PROVIDER, &["tokens", "list"]).await;
+    let text = out.ok();
+    assert_eq!(
+        first_column(text),
+        ["NAME", "acme-admin", "acme-view"],
+        "{text}"
+    );
+    assert!(
+        text.starts_with("NAME        ROLE    ORG   CREATED AT\n"),
+        "{text}"
+    );
+    let listed = cli(&gw, PROVIDER, &["--json", "tokens", "list"])
+        .await
+        .json();
+    assert_eq!(listed, gw.get("/v1/tokens", Some(PROVIDER)).await.json);
+    assert_eq!(listed["tokens"][1]["role"], "viewer");
+    cli(&gw, &viewer, &["tokens", "list"])
+        .await
+        .refused("FORBIDDEN");
+
+    // usage: the org's own, for a viewer too; another org's is refused.
+    let out = cli(&gw, &viewer, &["usage", "acme"]).await;
+    assert_eq!(
+        out.ok(),
+        "calls in window        0\n\
+         threshold calls        100000\n\
+         window started at      -\n\
+         window ends at         -\n\
+         last used at           -\n\
+         rate limited in window 0\n"
+    );
+    let usage = cli(&gw, PROVIDER, &["usage", "acme", "--json"])
+        .await
+        .json();
+    assert_eq!(
+        usage,
+        gw.get("/v1/orgs/acme/usage", Some(PROVIDER)).await.json
+    );
+    cli(&gw, &viewer, &["usage", "other"])
+        .await
+        .refused("FORBIDDEN");
+    cli(&gw, PROVIDER, &["usage", "nobody"])
+        .await
+        .refused("ORG_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn api_users_read_the_password_from_stdin_and_answer_with_the_contracts_codes() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    let admin = gw.token("acme-admin", "admin", "acme").await;
+    let viewer = gw.token("acme-view", "viewer", "acme").await;
+    let create = ["api-users", "create", "acme", "alice"];
+
+    // No password on stdin: a usage error, nothing sent.
+    let out = cli(&gw, &admin, &create).await;
+    assert_eq!(out.status, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no password on stdin"),
+        "{}",
+        out.stderr
+    );
+    // The API's refusals: a weak password, a viewer.
+    cli_stdin(&gw, &admin, &create, "too short\n")
+        .await
+        .refused("WEAK_PASSWORD");
+    cli_stdin(&gw, &viewer, &create, "a password long enough\n")
+        .await
+        .refused("FORBIDDEN");
+    let listed = cli(&gw, PROVIDER, &["api-users", "list", "acme", "--json"])
+        .await
+        .json();
+    assert_eq!(listed, serde_json::json!({ "api_users": [] }));
+
+    // An admin creates; --json prints the 201's answer.
+    let made = cli_stdin(
+        &gw,
+        &admin,
+        &["--json", "api-users", "create", "acme", "alice"],
+        "a password long enough\n",
+    )
+    .await
+    .json();
+    assert_eq!(
+        made,
+        serde_json::json!({ "org": "acme", "username": "alice" })
+    );
+    cli_stdin(&gw, &admin, &create, "another long password\n")
+        .await
+        .refused("API_USER_EXISTS");
+    cli_stdin(
+        &gw,
+        &admin,
+        &["api-users", "create", "acme", "bob"],
+        "bob's password 1\n",
+    )
+    .await
+    .ok();
+
+    // A viewer lists (a table of names, or the API's JSON).
+    let out = cli(&gw, &viewer, &["api-users", "list", "acme"]).await;
+    assert_eq!(out.ok(), "USERNAME\nalice\nbob\n");
+    let listed = cli(&gw, &viewer, &["--json", "api-users", "list", "acme"])
+        .await
+        .json();
+    assert_eq!(
+        listed,
+        gw.get("/v1/orgs/acme/api-users", Some(PROVIDER)).await.json
+    );
+
+    // Delete: a sentence, or nothing with --json; then it is not there.
+    let out = cli(&gw, &admin, &["api-users", "delete", "acme", "alice"]).await;
+    assert_eq!(out.ok(), "acme: API user alice deleted\n");
+    let out = cli(
+        &gw,
+        &admin,
+        &["--json", "api-users", "delete", "acme", "bob"],
+    )
+    .await;
+    assert_eq!(out.ok(), "");
+    cli(&gw, &admin, &["api-users", "delete", "acme", "alice"])
+        .await
+        .refused("API_USER_NOT_FOUND");
+    cli(&gw, &viewer, &["api-users", "delete", "acme", "alice"])
+        .await
+        .refused("FORBIDDEN");
+}
+
+#[tokio::test]
+async fn orgs_delete_needs_yes_where_nobody_can_be_asked() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    gw.provision("other").await;
+    let admin = gw.token("acme-admin", "admin", "acme").await;
+
+    // stdin is a pipe here, not a terminal: refused with 2, nothing deleted,
+    // whatever is typed.
+    for input in ["", "acme\n", "y\n"] {
+        let out = cli_stdin(&gw, PROVIDER, &["orgs", "delete", "acme"], input).await;
+        assert_eq!(out.status, Some(2), "{}", out.stderr);
+        assert!(out.stderr.contains("--yes"), "{}", out.stderr);
+        assert_eq!(out.stdout, "");
+    }
+    assert_eq!(gw.page("acme").await["org"], "acme");
+
+    // With --yes: deleted, with its tokens.
+    let out = cli(&gw, PROVIDER, &["orgs", "delete", "acme", "--yes"]).await;
+    assert_eq!(out.ok(), "acme: org deleted\n");
+    gw.get("/v1/orgs/acme/key", Some(PROVIDER))
+        .await
+        .assert_refused(http::StatusCode::NOT_FOUND, "ORG_NOT_FOUND");
+    cli(&gw, &admin, &["whoami"])
+        .await
+        .refused("UNAUTHENTICATED");
+    // Again: the API's refusal.
+    cli(&gw, PROVIDER, &["orgs", "delete", "acme", "--yes"])
+        .await
+        .refused("ORG_NOT_FOUND");
+    // --json: a 204 prints nothing.
+    let out = cli(
+        &gw,
+        PROVIDER,
+        &["--json", "orgs", "delete", "other", "--yes"],
+    )
+    .await;
+    assert_eq!(out.ok(), "");
+    let list = cli(&gw, PROVIDER, &["orgs", "list", "--json"]).await.json();
+    assert_eq!(list, serde_json::json!({ "orgs": [], "next": null }));
+}
+
+#[tokio::test]
+async fn orgs_list_pages_filters_and_follows_next_to_the_end_with_all() {
+    let gw = Gateway::start().await;
+    let ids: Vec<String> = (1..=7).map(|i| format!("org-{i}")).collect();
+    for id in &ids {
+        gw.provision(id).await;
+    }
+    gw.disable("org-2", "r").await;
+    gw.disable("org-5", "r").await;
+    let everything = gw.get("/v1/orgs?limit=1000", Some(PROVIDER)).await.json;
+    assert_eq!(everything["orgs"].as_array().unwrap().len(), 7);
+
+    // One page: the first 3, and nothing on stderr (not a terminal).
+    let out = cli(&gw, PROVIDER, &["orgs", "list", "--limit", "3"]).await;
+    assert_eq!(first_column(out.ok()), ["ORG", "org-1", "org-2", "org-3"]);
+    assert_eq!(out.stderr, "");
+    let page = cli(&gw, PROVIDER, &["orgs", "list", "--limit", "3", "--json"])
+        .await
+        .json();
+    assert_eq!(page["next"], "org-3");
+    let page = cli(
+        &gw,
+        PROVIDER,
+        &["orgs", "list", "--limit", "3", "--after", "org-3", "--json"],
+    )
+    .await
+    .json();
+    let orgs: Vec<&str> = page["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["org"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (orgs, &page["next"]),
+        (vec!["org-4", "org-5", "org-6"], &serde_json::json!("org-6"))
+    );
+
+    // --all: three pages of 3, 3 and 1 in one table, stderr still empty.
+    let out = cli(&gw, PROVIDER, &["orgs", "list", "--all", "--limit", "3"]).await;
+    let mut expected = vec!["ORG"];
+    expected.extend(ids.iter().map(String::as_str));
+    assert_eq!(first_column(out.ok()), expected);
+    assert_eq!(out.stderr, "");
+    // --all --json: every org as the API answers it, in one document.
+    let all = cli(
+        &gw,
+        PROVIDER,
+        &["orgs", "list", "--all", "--limit", "2", "--json"],
+    )
+    .await
+    .json();
+    assert_eq!(all, everything);
+    // The filters hold on every page.
+    let out = cli(
+        &gw,
+        PROVIDER,
+        &[
+            "orgs", "list", "--all", "--limit", "1", "--status", "disabled",
+        ],
+    )
+    .await;
+    assert_eq!(first_column(out.ok()), ["ORG", "org-2", "org-5"]);
+    let out = cli(
+        &gw,
+        PROVIDER,
+        &[
+            "orgs", "list", "--all", "--limit", "1", "--after", "org-5", "--q", "org",
+        ],
+    )
+    .await;
+    assert_eq!(first_column(out.ok()), ["ORG", "org-6", "org-7"]);
+    // A limit the API does not take: its refusal, with or without --all.
+    for args in [
+        &["orgs", "list", "--limit", "0"][..],
+        &["orgs", "list", "--all", "--limit", "1001"],
+    ] {
+        cli(&gw, PROVIDER, args).await.refused("BAD_REQUEST");
+    }
+    // A status clap does not know: a usage error.
+    let out = cli(&gw, PROVIDER, &["orgs", "list", "--status", "gone"]).await;
+    assert_eq!(out.status, Some(2), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn health_ready_metrics_and_openapi_need_no_token() {
+    let gw = Gateway::start().await;
+    gw.provision("acme").await;
+    let url = format!("http://{}", gw.admin_addr);
+    let anon = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let mut all = vec!["--url", url.as_str()];
+            all.extend_from_slice(args);
+            cli_env(&all, &[]).await
+        }
+    };
+    assert_eq!(anon(&["health"]).await.ok(), "ok\n");
+    assert_eq!(anon(&["ready"]).await.ok(), "ready\n");
+    assert_eq!(
+        anon(&["ready", "--json"]).await.json(),
+        serde_json::json!({ "status": "ready" })
+    );
+    let metrics = anon(&["metrics"]).await;
+    assert!(
+        metrics.ok().contains("\nkeygate_orgs 1\n"),
+        "{}",
+        metrics.stdout
+    );
+    let doc = anon(&["openapi"]).await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    assert_eq!(doc, anon(&["openapi", "--json"]).await.json());
+    // A call that needs a token still says so.
+    let out = anon(&["whoami"]).await;
+    assert_eq!(out.status, Some(2));
+    assert!(out.stderr.contains("KEYGATE_TOKEN"), "{}", out.stderr);
+}
+
+#[tokio::test]
 async fn the_readmes_cli_examples_run_as_printed() {
     let gw = Gateway::start().await;
     let readme =
@@ -413,6 +811,23 @@ async fn the_readmes_cli_examples_run_as_printed() {
     assert_eq!(page["subscription_expires_at"], Value::Null);
     assert_eq!(page["limits"]["burst"], 20);
     assert_eq!(page["limits"]["rate_per_sec"], 50);
+    // The token, the API user and the scratch org it made are gone again.
+    let tokens = gw.get("/v1/tokens", Some(PROVIDER)).await.json;
+    assert_eq!(tokens["tokens"], serde_json::json!([]));
+    let users = gw.get("/v1/orgs/acme/api-users", Some(PROVIDER)).await.json;
+    assert_eq!(users["api_users"], serde_json::json!([]));
+    let audit = gw.get("/v1/orgs/acme/audit", Some(PROVIDER)).await.json;
+    assert!(
+        audit["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "create_api_user"),
+        "{audit}"
+    );
+    gw.get("/v1/orgs/scratch/key", Some(PROVIDER))
+        .await
+        .assert_refused(http::StatusCode::NOT_FOUND, "ORG_NOT_FOUND");
 }
 
 #[tokio::test]

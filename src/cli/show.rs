@@ -70,6 +70,9 @@ pub fn human(shape: &Shape, v: &Value, body: &[u8], out: &mut dyn Write) -> std:
                     ("org", "org"),
                     ("token", "token"),
                 ],
+                // The width the token has always had (`token  ...`), which
+                // scripts may read.
+                6,
                 out,
             )?;
             writeln!(
@@ -99,11 +102,13 @@ pub fn human(shape: &Shape, v: &Value, body: &[u8], out: &mut dyn Write) -> std:
                 ("last used at", "last_used_at"),
                 ("rate limited in window", "rate_limited_in_window"),
             ],
+            0,
             out,
         ),
         Shape::Whoami => fields(
             v,
             &[("name", "name"), ("role", "role"), ("org", "org")],
+            0,
             out,
         ),
         Shape::Status => writeln!(out, "{}", cell(&v["status"])),
@@ -134,9 +139,20 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// One object, a labelled field per line, the values lined up.
-fn fields(v: &Value, rows: &[(&str, &str)], out: &mut dyn Write) -> std::io::Result<()> {
-    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
+/// One object, a labelled field per line, the values lined up after the
+/// longest label (or `min` columns, if wider).
+fn fields(
+    v: &Value,
+    rows: &[(&str, &str)],
+    min: usize,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let width = rows
+        .iter()
+        .map(|(label, _)| label.len())
+        .max()
+        .unwrap_or(0)
+        .max(min);
     for (label, field) in rows {
         writeln!(out, "{label:<width$} {}", cell(&v[*field]))?;
     }
@@ -293,6 +309,18 @@ mod tests {
              window ends at         -\n\
              last used at           2027-01-15T08:00:00Z\n\
              rate limited in window 0\n"
+        );
+    }
+
+    #[test]
+    fn a_new_token_keeps_its_two_space_layout() {
+        let text = shown(
+            Shape::Token,
+            json!({ "name": "n", "role": "admin", "org": "acme", "token": "kg_x" }),
+        );
+        assert!(
+            text.starts_with("name   n\nrole   admin\norg    acme\ntoken  kg_x\n"),
+            "{text}"
         );
     }
 
