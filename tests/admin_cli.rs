@@ -765,6 +765,129 @@ async fn health_ready_metrics_and_openapi_need_no_token() {
     let out = anon(&["whoami"]).await;
     assert_eq!(out.status, Some(2));
     assert!(out.stderr.contains("KEYGATE_TOKEN"), "{}", out.stderr);
+
+    // A node that does not serve: `ready` exits 1 with NOT_READY, and a
+    // call without a token sends no Authorization header. (A stand-in for
+    // the admin API: the recording upstream, answering as a node without
+    // its lease does.)
+    let standin = support::Upstream::start().await;
+    standin.answer_with(support::Answer {
+        status: http::StatusCode::SERVICE_UNAVAILABLE,
+        headers: vec![("content-type", "application/json")],
+        body: bytes::Bytes::from_static(
+            br#"{"code":"NOT_READY","message":"this node is not serving"}"#,
+        ),
+        delay: None,
+    });
+    let out = cli_env(
+        &["--url", &format!("http://{}", standin.addr), "ready"],
+        &[],
+    )
+    .await;
+    out.refused("NOT_READY");
+    let seen = standin.only();
+    assert_eq!(seen.uri, "/readyz");
+    assert!(seen.headers.get("authorization").is_none(), "{seen:?}");
+}
+
+/// `keygate admin` as `src/main.rs` parses it.
+#[derive(clap::Parser)]
+struct AdminCli {
+    #[command(flatten)]
+    admin: keygate::cli::admin::AdminArgs,
+}
+
+/// Runs `keygate admin ARGS` in this process as if stdin and stderr were a
+/// terminal, with `typed` on stdin: its exit status, stdout and stderr.
+async fn on_a_terminal(gw: &Gateway, args: &[&str], typed: &str) -> (u8, String, String) {
+    use clap::Parser;
+
+    let url = format!("http://{}", gw.admin_addr);
+    let argv = ["keygate-admin", "--url", &url, "--token", PROVIDER]
+        .into_iter()
+        .chain(args.iter().copied());
+    let args = AdminCli::try_parse_from(argv).unwrap().admin;
+    let mut input = std::io::Cursor::new(typed.as_bytes().to_vec());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut console = keygate::cli::admin::Console {
+        input: &mut input,
+        out: &mut out,
+        err: &mut err,
+        stdin_is_terminal: true,
+        stderr_is_terminal: true,
+    };
+    let status = keygate::cli::admin::run(args, &mut console).await;
+    (
+        status,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn on_a_terminal_paging_shows_progress_and_hints_and_a_deletion_asks() {
+    let gw = Gateway::start().await;
+    for i in 1..=5 {
+        gw.provision(&format!("org-{i}")).await;
+    }
+
+    // --all: a progress line after each page but the last, wiped at the end.
+    let (status, out, err) =
+        on_a_terminal(&gw, &["orgs", "list", "--all", "--limit", "2"], "").await;
+    assert_eq!(status, 0, "{err}");
+    assert_eq!(
+        first_column(&out),
+        ["ORG", "org-1", "org-2", "org-3", "org-4", "org-5"]
+    );
+    assert_eq!(
+        err,
+        "\rorgs list --all: 2 orgs so far\rorgs list --all: 4 orgs so far\r\x1b[2K"
+    );
+    // One page that is not the last: how to see the next.
+    let (status, out, err) = on_a_terminal(&gw, &["orgs", "list", "--limit", "2"], "").await;
+    assert_eq!((status, first_column(&out).len()), (0, 3));
+    assert_eq!(
+        err,
+        "(more orgs: --after org-2 for the next page, or --all for every one)\n"
+    );
+    // The last page, or --json (which carries `next`): no hint.
+    let (_, _, err) = on_a_terminal(&gw, &["orgs", "list", "--after", "org-3"], "").await;
+    assert_eq!(err, "");
+    let (_, _, err) = on_a_terminal(&gw, &["orgs", "list", "--limit", "2", "--json"], "").await;
+    assert_eq!(err, "");
+
+    // orgs delete asks for the org's id: anything else leaves it.
+    for typed in ["y\n", "org-\n", ""] {
+        let (status, out, err) = on_a_terminal(&gw, &["orgs", "delete", "org-1"], typed).await;
+        assert_eq!((status, out.as_str()), (2, ""), "{typed:?}: {err}");
+        assert!(
+            err.starts_with("Delete org org-1 with its key, tokens and API users? "),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("not confirmed; org-1 is left as it was\n"),
+            "{err}"
+        );
+    }
+    assert_eq!(gw.page("org-1").await["org"], "org-1");
+    let (status, out, _) = on_a_terminal(&gw, &["orgs", "delete", "org-1"], "org-1\n").await;
+    assert_eq!((status, out.as_str()), (0, "org-1: org deleted\n"));
+    gw.get("/v1/orgs/org-1/key", Some(PROVIDER))
+        .await
+        .assert_refused(http::StatusCode::NOT_FOUND, "ORG_NOT_FOUND");
+    // A password is never read from a terminal: nothing is sent.
+    let (status, _, err) = on_a_terminal(
+        &gw,
+        &["api-users", "create", "org-2", "alice"],
+        "a password long enough\n",
+    )
+    .await;
+    assert_eq!(status, 2, "{err}");
+    let users = gw
+        .get("/v1/orgs/org-2/api-users", Some(PROVIDER))
+        .await
+        .json;
+    assert_eq!(users["api_users"], serde_json::json!([]));
 }
 
 #[tokio::test]

@@ -161,13 +161,13 @@ pub enum OrgsCall {
 #[derive(Debug, Args, Default)]
 pub struct ListFlags {
     /// At most this many orgs a page: 1 to 1000 (the API's default 100).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
     /// Only the orgs after this id (a page's `next`).
-    #[arg(long)]
+    #[arg(long, value_name = "ORG")]
     pub after: Option<String>,
     /// Only the orgs whose id contains this text.
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     pub q: Option<String>,
     /// Only the orgs whose key is enabled or disabled.
     #[arg(long, value_parser = ["enabled", "disabled"])]
