@@ -7,8 +7,9 @@
 //! or a deletion not confirmed, or no password on stdin) or when no answer
 //! came (connection refused, timeout, bad URL).
 //!
-//! Nothing is written to stderr on success unless stderr is a terminal: a
-//! script sees an empty stderr for exit 0.
+//! Progress and hints go to stderr only when it is a terminal, and a
+//! question (`orgs delete` without `--yes`) is asked only when stdin is one:
+//! a script sees an empty stderr for exit 0, and is never waited on.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
