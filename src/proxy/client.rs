@@ -597,6 +597,12 @@ where
         Affinity { upstreams, slot }
     }
 
+    /// Whether this affinity holds connections of `upstreams`, rather than
+    /// of a set a reload has replaced.
+    pub(crate) fn uses(&self, upstreams: &Arc<Upstreams<B>>) -> bool {
+        Arc::ptr_eq(&self.upstreams, upstreams)
+    }
+
     /// The held connection to `server` if it can take a request now: the
     /// HTTP/1 one itself, or a clone of the HTTP/2 one (which stays held).
     fn take(&self, server: usize) -> Option<Conn<B>> {
