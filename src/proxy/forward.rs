@@ -489,6 +489,24 @@ mod tests {
         })
     }
 
+    fn config_to(addr: std::net::SocketAddr, upstream_timeout: Duration) -> ForwardConfig {
+        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+        ForwardConfig {
+            upstreams: vec![Upstream::new(&uri).unwrap()],
+            connect_timeout: Duration::from_millis(200),
+            upstream_timeout,
+            upstream_read_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 4,
+            max_upstream_connections: 16,
+            upstream_fail_timeout: Duration::from_secs(10),
+            preserve_host: false,
+            upstream_tls: None,
+            https: false,
+            upstream_time: false,
+        }
+    }
+
     /// The status `forward` answers `GET path` with (a test that would hang
     /// fails after 10 s instead).
     async fn status(forward: &Forward<Empty<Bytes>>, path: &str) -> StatusCode {
@@ -554,6 +572,52 @@ mod tests {
             assert_eq!(answer.unwrap(), StatusCode::OK);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_reload_a_client_connections_next_request_goes_by_the_new_settings() {
+        let (first, first_accepted) = upstream().await;
+        let (second, second_accepted) = upstream().await;
+        let forward: Forward<Empty<Bytes>> =
+            Forward::new(&config_to(first, Duration::from_secs(10)));
+        // One client connection, opened before the reload, used across it.
+        let client = forward.for_client([127, 0, 0, 1].into());
+        assert_eq!(status(&client, "/medium").await, StatusCode::OK);
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+
+        forward
+            .reload_handle()
+            .apply(&config_to(second, Duration::from_millis(100)));
+        // The new server, and the new timeout: 300 ms is now too long.
+        assert_eq!(status(&client, "/fast").await, StatusCode::OK);
+        assert_eq!(
+            status(&client, "/medium").await,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+        assert!(second_accepted.load(Ordering::SeqCst) >= 1);
+        // A client connection opened after the reload too.
+        let later = forward.for_client([127, 0, 0, 1].into());
+        assert_eq!(status(&later, "/fast").await, StatusCode::OK);
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_a_reload_finishes_on_the_old_settings() {
+        let (first, _) = upstream().await;
+        let (second, second_accepted) = upstream().await;
+        let forward: Forward<Empty<Bytes>> =
+            Forward::new(&config_to(first, Duration::from_secs(10)));
+        let client = forward.for_client([127, 0, 0, 1].into());
+        let req = Request::get("/medium").body(Empty::new()).unwrap();
+        let in_flight = client.clone().call(req);
+        forward
+            .reload_handle()
+            .apply(&config_to(second, Duration::from_millis(100)));
+        // Started under a 10 s timeout toward the first server: answered.
+        let answer = tokio::time::timeout(Duration::from_secs(10), in_flight).await;
+        assert_eq!(answer.unwrap().unwrap().status(), StatusCode::OK);
+        assert_eq!(second_accepted.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
