@@ -15,6 +15,10 @@
 //! cap on open connections (beyond it new clients wait in the listen backlog),
 //! a cap on the request head (431 beyond it), a timeout for each request's head
 //! and one for idle keep-alive connections (`activity`).
+//!
+//! [`serve_reloadable`] also reads the config again at each `SIGHUP`
+//! ([`reload`]): what can change while keygate runs is swapped in shared
+//! state, what cannot is refused.
 
 mod activity;
 mod limits;
