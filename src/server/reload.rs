@@ -4,7 +4,7 @@
 //! A reload reads the file again and validates it exactly as `keygate
 //! check-config` and `keygate serve` do ([`Config::load`]), then compares it
 //! with the config in force. What can change while keygate serves is applied;
-//! what cannot ([`fixed_keys`]: the listen addresses, the store, the cluster,
+//! what cannot (`fixed_keys`: the listen addresses, the store, the cluster,
 //! and the keys that shape the listeners and the request path at start) makes
 //! the whole reload refused, with one log line naming every such key. All or
 //! nothing: a file that does not validate, or that changes a fixed key,
