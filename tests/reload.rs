@@ -29,8 +29,11 @@ use tokio_rustls::TlsConnector;
 
 #[path = "support/child.rs"]
 mod child;
+#[path = "support/redis.rs"]
+mod redis_server;
 
 use child::Proc;
+use redis_server::Redis;
 
 /// Any wait for keygate: generous, since nothing here depends on it.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -499,5 +502,50 @@ async fn a_renewed_certificate_is_served_to_new_connections() {
             .await
             .0,
         StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_cluster_mode_a_reload_changes_only_the_node_that_got_the_signal() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (upstream("A").await, upstream("B").await);
+    let cluster = format!(
+        "[cluster]\nredis_url = \"{}\"\nname = \"reload\"\nlease_ms = 1000\n",
+        redis.url()
+    );
+    let one = Keygate::start(a, "", &cluster).await;
+    let two = Keygate::start(a, "", &cluster).await;
+    let key = one.provision("acme").await;
+    assert_eq!(
+        two.get("/acme/v1", &key).await,
+        (StatusCode::OK, "A".into())
+    );
+
+    one.rewrite(b, "", &cluster);
+    let line = one.reload(1).await;
+    assert!(line.contains("proxy.upstream"), "{line}");
+    assert_eq!(
+        one.get("/acme/v1", &key).await,
+        (StatusCode::OK, "B".into())
+    );
+    assert_eq!(
+        two.get("/acme/v1", &key).await,
+        (StatusCode::OK, "A".into())
+    );
+
+    // The cluster's keys are fixed.
+    one.rewrite(
+        a,
+        "",
+        &cluster.replace("name = \"reload\"", "name = \"other\""),
+    );
+    let line = one.reload(2).await;
+    assert!(
+        line.contains("config reload refused") && line.contains("cluster.name"),
+        "{line}"
+    );
+    assert_eq!(
+        one.get("/acme/v1", &key).await,
+        (StatusCode::OK, "B".into())
     );
 }
