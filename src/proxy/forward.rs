@@ -296,15 +296,9 @@ where
         // The settings in force: one load, no lock, no reference count taken
         // (arc-swap's guard), for the whole of this call.
         let shared = self.current.load();
-        // A client connection opened before a reload holds a connection of
-        // the old set: this request goes over the new set, and so do the
-        // connection's later ones, each through an affinity of its own (a
-        // cost only until such connections end).
-        let affinity = if self.affinity.uses(&shared.upstreams) {
-            Arc::clone(&self.affinity)
-        } else {
-            Arc::new(Affinity::new(Arc::clone(&shared.upstreams)))
-        };
+        // This client connection's upstream connection from the set in
+        // force: the one it holds, unless a reload replaced the set since.
+        let affinity = self.affinity.for_upstreams(&shared.upstreams);
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
         add_forwarded(&mut parts.headers, &self.client_ip, &shared.proto);
@@ -596,6 +590,13 @@ mod tests {
         );
         assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
         assert!(second_accepted.load(Ordering::SeqCst) >= 1);
+        // The client connection keeps one affinity for the new set, made
+        // once, not one per request.
+        let current = Arc::clone(&client.current.load().upstreams);
+        assert!(Arc::ptr_eq(
+            &client.affinity.for_upstreams(&current),
+            &client.affinity.for_upstreams(&current)
+        ));
         // A client connection opened after the reload too.
         let later = forward.for_client([127, 0, 0, 1].into());
         assert_eq!(status(&later, "/fast").await, StatusCode::OK);
