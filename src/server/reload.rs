@@ -149,6 +149,8 @@ impl Reloader {
     }
 
     /// Makes `new` the config in force, or changes nothing and says why.
+    /// Recomputes every org's limits when the defaults changed, which takes
+    /// a while with many orgs: call it where blocking is fine.
     pub fn apply(&self, new: Config) -> Result<Reloaded, ReloadError> {
         let mut in_force = self.lock();
         let keys = fixed_keys(&in_force, &new);
