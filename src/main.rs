@@ -96,19 +96,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
-            config,
+            config: config_path,
             workers,
             bare,
             log_format,
         } => {
-            let config = match load_config(&config) {
+            let config = match load_config(&config_path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logs_as(log_format.unwrap_or(config.log_format));
-            let options = keygate::server::ServeOptions { bare };
+            let log_level =
+                init_logs_as(log_format.unwrap_or(config.log_format), &config.log_level);
+            let options = keygate::server::ServeOptions {
+                bare,
+                log_level_reloadable: log_level.is_some(),
+            };
+            let reload = keygate::server::ReloadFrom {
+                path: config_path,
+                log_level,
+            };
             run_on(workers, async {
-                keygate::server::serve_with(&config, options).await
+                keygate::server::serve_reloadable(&config, options, Some(reload)).await
             })
         }
         Command::Import { config, file } => {
@@ -185,30 +193,60 @@ fn load_config(path: &std::path::Path) -> Result<keygate::config::Config, ExitCo
 /// Logs to stderr as text; `KEYGATE_LOG` (or `RUST_LOG`) sets the level,
 /// `info` by default.
 fn init_logs() {
-    init_logs_as(keygate::config::LogFormat::Text);
+    let _ = init_logs_as(keygate::config::LogFormat::Text, "info");
 }
 
 /// Logs to stderr in `format`: text lines, or one JSON object per line with
-/// the current span's fields (the request id) in `span`.
-fn init_logs_as(format: keygate::config::LogFormat) {
-    let filter = std::env::var("KEYGATE_LOG")
+/// the current span's fields (the request id) in `span`. The level is
+/// `KEYGATE_LOG` (or `RUST_LOG`) when set, fixed for the process; otherwise
+/// `level` (the config's `log.level`), and then the returned hook changes it
+/// (a reload), through tracing-subscriber's reload layer.
+fn init_logs_as(
+    format: keygate::config::LogFormat,
+    level: &str,
+) -> Option<keygate::server::reload::SetLogLevel> {
+    let fixed = std::env::var("KEYGATE_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .or_else(|| EnvFilter::try_from_default_env().ok());
+    let reloadable = fixed.is_none();
+    let filter = fixed.unwrap_or_else(|| EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match format {
-        keygate::config::LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        keygate::config::LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        keygate::config::LogFormat::Text => {
+            let logs = logs
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            reloadable.then(|| set_level_through(handle))
+        }
+        keygate::config::LogFormat::Json => {
+            let logs = logs
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            reloadable.then(|| set_level_through(handle))
+        }
     }
+}
+
+/// A reload's way to the log filter behind `handle`.
+fn set_level_through<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> keygate::server::reload::SetLogLevel
+where
+    tracing_subscriber::reload::Handle<EnvFilter, S>: Send + Sync,
+{
+    Box::new(move |level| match handle.reload(EnvFilter::new(level)) {
+        Ok(()) => tracing::info!(level, "log level set"),
+        Err(e) => tracing::warn!(error = %e, "could not set the log level"),
+    })
 }
 
 async fn import(config: &keygate::config::Config, file: &std::path::Path) -> anyhow::Result<()> {

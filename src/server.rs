@@ -15,12 +15,18 @@
 //! cap on open connections (beyond it new clients wait in the listen backlog),
 //! a cap on the request head (431 beyond it), a timeout for each request's head
 //! and one for idle keep-alive connections (`activity`).
+//!
+//! [`serve_reloadable`] also reads the config again at each `SIGHUP`
+//! ([`reload`]): what can change while keygate runs is swapped in shared
+//! state, what cannot is refused.
 
 mod activity;
 mod limits;
 mod listener;
+pub mod reload;
 
 pub use limits::ConnectionLimits;
+pub use reload::{ReloadError, Reloaded, Reloader};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,9 +45,7 @@ use crate::config::{default_public_url, ClusterConfig, Config};
 use crate::gate::KeyGateLayer;
 use crate::metrics::{Listener as MetricsListener, Measured, Metrics};
 use crate::proxy::access::CountedBody;
-use crate::proxy::{
-    AccessLogLayer, Forward, ForwardConfig, HopByHop, Ready, RequestId, RequestIds, Upstream,
-};
+use crate::proxy::{AccessLogLayer, Forward, HopByHop, Ready, RequestId, RequestIds};
 use crate::store::{
     Backend, BackendError, ClusterOptions, CountFlusher, RedbBackend, RedisBackend, Store,
 };
@@ -97,6 +101,8 @@ pub struct Running {
     pub store: Store,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Applies a reloaded config (`SIGHUP`).
+    reloader: Arc<Reloader>,
     /// Saves the counts (a single node) or hands back unspent calls (a
     /// cluster's node) every `store.count_flush_ms`, and once more at stop.
     counts: Option<CountFlusher>,
@@ -109,6 +115,10 @@ pub struct ServeOptions {
     /// code without the gate, so benchmarks can measure what the gate costs.
     /// Never for production.
     pub bare: bool,
+    /// A reload may change the log level (`log.level`; `main` sets it when
+    /// `KEYGATE_LOG` does not fix the level): the access log layer is then
+    /// kept in the stack even when the level at start hides its lines.
+    pub log_level_reloadable: bool,
 }
 
 /// Opens the store the config names and starts serving.
@@ -251,12 +261,7 @@ pub async fn start_with_options(
     clock: Arc<dyn Clock>,
     options: ServeOptions,
 ) -> Result<Running, ServeError> {
-    let upstreams = config
-        .proxy
-        .upstreams
-        .iter()
-        .map(Upstream::new)
-        .collect::<Result<Vec<_>, _>>()?;
+    let forward = reload::forward_config(config)?;
     // A backend with a lease is shared by several nodes (cluster mode).
     let lease = backend.lease();
     let store = Store::open(backend, clock, config.limits).await?;
@@ -293,25 +298,11 @@ pub async fn start_with_options(
 
     let (stop, stopped) = watch::channel(false);
     // A log filter that drops the access lines (`KEYGATE_LOG=warn`) leaves the
-    // layer out as `proxy.access_log = false` does: keygate's filter is fixed
-    // at start, so nothing it would measure could ever be written.
+    // layer out as `proxy.access_log = false` does, when no reload can change
+    // the filter: nothing it would measure could ever be written.
     let access_log = config.proxy.access_log
-        && tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO);
-    let forward = ForwardConfig {
-        upstreams,
-        connect_timeout: config.proxy.connect_timeout,
-        upstream_timeout: config.proxy.upstream_timeout,
-        upstream_read_timeout: config.proxy.upstream_read_timeout,
-        pool_idle_timeout: config.proxy.pool_idle_timeout,
-        pool_max_idle_per_host: config.proxy.pool_max_idle_per_host,
-        max_upstream_connections: config.proxy.max_upstream_connections,
-        upstream_fail_timeout: config.proxy.upstream_fail_timeout,
-        preserve_host: config.proxy.preserve_host,
-        upstream_tls: config.proxy.upstream_tls.clone(),
-        https: config.proxy.tls.is_some(),
-        // The metrics time the upstream on every request.
-        upstream_time: true,
-    };
+        && (options.log_level_reloadable
+            || tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO));
     let metrics = Metrics::new();
     let proxy_settings = Settings {
         metrics: (Arc::clone(&metrics), MetricsListener::Proxy),
@@ -341,10 +332,13 @@ pub async fn start_with_options(
     let m = Arc::clone(&metrics);
     // Outermost: every answer carries the request's id.
     let ids = RequestIds::new();
+    // What a reload swaps the forwarder's settings through; set in each arm.
+    let upstream_reload: Box<dyn reload::ReloadForward>;
     let proxy = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
+            upstream_reload = Box::new(forward.reload_handle());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
@@ -363,6 +357,7 @@ pub async fn start_with_options(
         (None, Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
+            upstream_reload = Box::new(forward.reload_handle());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
@@ -381,6 +376,7 @@ pub async fn start_with_options(
         (Some(layer), None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
+            upstream_reload = Box::new(forward.reload_handle());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
@@ -402,6 +398,7 @@ pub async fn start_with_options(
         (Some(layer), Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
+            upstream_reload = Box::new(forward.reload_handle());
             tokio::spawn(listener::serve(
                 proxy_listener,
                 proxy_settings,
@@ -451,6 +448,11 @@ pub async fn start_with_options(
         move |_| router.clone(),
         stopped,
     ));
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        store.clone(),
+        upstream_reload,
+    ));
     tracing::info!(%proxy_addr, %admin_addr, "keygate listening");
     Ok(Running {
         proxy_addr,
@@ -458,11 +460,18 @@ pub async fn start_with_options(
         store,
         stop,
         tasks: vec![proxy, admin],
+        reloader,
         counts,
     })
 }
 
 impl Running {
+    /// What applies a reloaded config to this keygate: [`serve_reloadable`]
+    /// runs it at each `SIGHUP`.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
     /// Stops accepting, lets requests in flight finish (at most
     /// [`DRAIN_LIMIT`]), and returns once both listeners are closed and the
     /// call counts of every request served are saved.
@@ -489,8 +498,65 @@ pub async fn serve(config: &Config) -> Result<(), ServeError> {
 
 /// [`serve`], with options.
 pub async fn serve_with(config: &Config, options: ServeOptions) -> Result<(), ServeError> {
+    serve_reloadable(config, options, None).await
+}
+
+/// Where a reload reads the config, and how it sets the log level.
+pub struct ReloadFrom {
+    /// The config file, read again at each `SIGHUP`.
+    pub path: std::path::PathBuf,
+    /// Sets the log filter to a reloaded `log.level`; `None` when the level
+    /// is fixed (`KEYGATE_LOG`).
+    pub log_level: Option<reload::SetLogLevel>,
+}
+
+impl std::fmt::Debug for ReloadFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadFrom")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`serve_with`], and with `reload`, the config read again from its file at
+/// each `SIGHUP` (module [`reload`]). The signal is watched once per process,
+/// from before keygate listens.
+pub async fn serve_reloadable(
+    config: &Config,
+    options: ServeOptions,
+    reload: Option<ReloadFrom>,
+) -> Result<(), ServeError> {
+    #[cfg(unix)]
+    let hup = match &reload {
+        Some(_) => match reload::watch_sighup() {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; the config cannot be reloaded");
+                None
+            }
+        },
+        None => None,
+    };
     let running = start_opened(config, options).await?;
+    #[cfg(unix)]
+    let watcher = match (reload, hup) {
+        (Some(ReloadFrom { path, log_level }), Some(hup)) => {
+            if let Some(set) = log_level {
+                running.reloader().set_log_level_with(set);
+            }
+            Some(tokio::spawn(reload::on_sighup(
+                Arc::clone(running.reloader()),
+                path,
+                hup,
+            )))
+        }
+        _ => None,
+    };
     shutdown_signal().await;
+    #[cfg(unix)]
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     tracing::info!("shutdown signal received; draining");
     running.stop().await;
     Ok(())

@@ -12,8 +12,10 @@
 //! The crypto is rustls with its `ring` provider, which builds with a C
 //! compiler alone (no cmake, no nasm). Protocol versions are rustls's safe
 //! defaults, TLS 1.2 and 1.3; ALPN offers `h2` and `http/1.1`, the two protocols
-//! every listener serves. The files are read once: a renewed certificate takes a
-//! restart.
+//! every listener serves. The certificate sits behind a swappable resolver
+//! ([`ServerTls::renew_from`]), so a config reload (`SIGHUP`) serves a renewed
+//! certificate to new connections while open ones keep the one they shook
+//! hands with.
 //!
 //! Toward an `https://` upstream, [`UpstreamTls`] verifies the upstream's
 //! certificate against the Mozilla roots compiled into keygate (the
@@ -39,10 +41,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -128,6 +132,19 @@ pub struct ServerTls {
     cert_path: PathBuf,
     key_path: PathBuf,
     config: Arc<ServerConfig>,
+    /// The certificate `config` serves, replaceable while it serves.
+    certificate: Arc<Renewable>,
+}
+
+/// The certificate a listener serves, behind an [`ArcSwap`]: a handshake
+/// loads it (no lock), and a reload stores a new one for the handshakes after.
+#[derive(Debug)]
+struct Renewable(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Renewable {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
 }
 
 impl ServerTls {
@@ -139,6 +156,7 @@ impl ServerTls {
         let chain = read_chain(cert_path)?;
         let key = read_key(key_path)?;
         let certified = certify(chain, key, &provider, cert_path, key_path)?;
+        let certificate = Arc::new(Renewable(ArcSwap::from_pointee(certified)));
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             // ring supports every version rustls does; this cannot fail, but
@@ -148,13 +166,22 @@ impl ServerTls {
                 reason: e.to_string(),
             })?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+            .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             config: Arc::new(config),
+            certificate,
         })
+    }
+
+    /// Serves `newer`'s certificate from now on, to the handshakes that
+    /// start after this call, through this value's acceptors and their
+    /// clones; connections already open keep theirs. `newer` is a freshly
+    /// loaded value (a reloaded config's): its files were read and checked.
+    pub fn renew_from(&self, newer: &ServerTls) {
+        self.certificate.0.store(newer.certificate.0.load_full());
     }
 
     /// The certificate file.
@@ -485,6 +512,26 @@ mod tests {
         let junk = files.write("junk.pem", "hello");
         let e = UpstreamTls::load_ca(&junk).unwrap_err();
         assert!(e.to_string().ends_with("no PEM certificate in it"), "{e}");
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_by_the_acceptor_made_before() {
+        let files = Files::new();
+        let (cert, key) = files.pair("a");
+        let running = ServerTls::load(&cert, &key).unwrap();
+        // What the resolver in the running acceptor's config answers (a
+        // `ClientHello` cannot be made outside rustls; tests/reload.rs shakes
+        // hands for real).
+        let served = || running.certificate.0.load().cert[0].clone();
+        let before = served();
+        // The files are replaced in place, as certbot's renewal does.
+        let (cert2, key2) = files.pair("b");
+        std::fs::copy(&cert2, &cert).unwrap();
+        std::fs::copy(&key2, &key).unwrap();
+        assert_eq!(served(), before, "nothing changes before the reload");
+        running.renew_from(&ServerTls::load(&cert, &key).unwrap());
+        assert_ne!(served(), before);
+        assert_eq!(served(), read_chain(&cert2).unwrap()[0]);
     }
 
     #[test]

@@ -62,6 +62,15 @@ async fn an_unknown_key_and_a_syntax_error_exit_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_level_that_is_not_one_exits_2_naming_the_key() {
+    let env = Env::new("[log]\nlevel = \"inf\"\n").await;
+    let (status, stdout, _) = check_config(&env.config).await;
+    assert_eq!(status.code(), Some(2));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("config: log.level: "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_file_exits_2_naming_it() {
     let env = Env::new("").await;
     let missing = env.config.with_file_name("nope.toml");

@@ -90,6 +90,9 @@ pub struct Config {
     pub session: Option<crate::session::SessionConfig>,
     /// `log.format`: how the log is written.
     pub log_format: LogFormat,
+    /// `log.level`: which events are written, as `tracing` filter directives
+    /// (checked to parse); `KEYGATE_LOG` overrides it.
+    pub log_level: String,
 }
 
 /// How keygate writes its log: `log.format`, or `--log-format`.

@@ -55,19 +55,25 @@ impl Default for RawSession {
     }
 }
 
-/// `[log]`: how keygate writes its log (to stderr; the level is `KEYGATE_LOG`).
+/// `[log]`: how keygate writes its log (to stderr).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawLog {
     /// `text` (one human line per event) or `json` (one JSON object per
     /// line, for log shippers); `--log-format` overrides it.
     pub format: String,
+    /// Which events are written: a level (`info`) or `tracing` filter
+    /// directives (`info,keygate::access=warn`). In the config rather than
+    /// only in the environment so that a reload (`SIGHUP`) can change it;
+    /// `KEYGATE_LOG`, when set, overrides it for the life of the process.
+    pub level: String,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         RawLog {
             format: "text".to_owned(),
+            level: "info".to_owned(),
         }
     }
 }

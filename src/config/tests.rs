@@ -1099,6 +1099,28 @@ fn a_redacted_url_keeps_everything_but_the_passwords() {
 }
 
 #[test]
+fn log_level_is_info_by_default_takes_filter_directives_and_refuses_nonsense() {
+    assert_eq!(Config::from_toml(&with("")).unwrap().log_level, "info");
+    let directives = "info,keygate::access=warn";
+    assert_eq!(
+        Config::from_toml(&with(&format!("log.level = {directives:?}")))
+            .unwrap()
+            .log_level,
+        directives
+    );
+    for bad in [
+        "",
+        "loud",
+        "inf,keygate=debug",
+        "keygate=loud",
+        "info,keygate=[x",
+    ] {
+        let e = error(&with(&format!("log.level = {bad:?}")));
+        assert!(e.starts_with("config: log.level: "), "{bad:?}: {e}");
+    }
+}
+
+#[test]
 fn log_format_is_text_by_default_json_when_asked_and_nothing_else() {
     assert_eq!(
         Config::from_toml(&with("")).unwrap().log_format,

@@ -36,6 +36,7 @@ impl RawConfig {
             "json" => LogFormat::Json,
             _ => return Err(invalid("log.format", "must be \"text\" or \"json\"")),
         };
+        let log_level = log_level(self.log.level)?;
         let mut session = self.session.map(RawSession::validate).transpose()?;
         if let Some(s) = &mut session {
             s.secure_cookie = proxy.tls.is_some();
@@ -47,8 +48,36 @@ impl RawConfig {
             limits,
             cluster,
             log_format,
+            log_level,
             session,
         })
+    }
+}
+
+/// `log.level`: a filter `tracing_subscriber::EnvFilter` parses, as
+/// `KEYGATE_LOG` takes; its parser's reason stays out of the message (it
+/// quotes the value at length), the key and an example say enough. A bare
+/// word must be a level: the parser would take `inf` for a target name and
+/// quietly log nothing of keygate's.
+fn log_level(level: String) -> Result<String, ConfigError> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = level.trim().to_owned();
+    let bare_words_are_levels = level
+        .split(',')
+        .filter(|d| !d.contains('='))
+        .all(|d| LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()));
+    let parses = !level.is_empty()
+        && bare_words_are_levels
+        && tracing_subscriber::EnvFilter::builder()
+            .parse(&level)
+            .is_ok();
+    if parses {
+        Ok(level)
+    } else {
+        Err(invalid(
+            "log.level",
+            "not a log level or filter (error, warn, info, debug, trace, or \"info,keygate::access=warn\")",
+        ))
     }
 }
 

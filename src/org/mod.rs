@@ -134,6 +134,20 @@ impl Org {
         *current = Current::new(state, version, defaults);
     }
 
+    /// Recomputes the limits in force from the state in force over
+    /// `defaults()`, read under the write lock: what a config reload that
+    /// changed the default limits does to every org (each value the org does
+    /// not override follows the new defaults). Reading the defaults under the
+    /// lock means that of a reload's pass and an install racing on one org,
+    /// the later one to take the lock sees the new defaults.
+    pub(crate) fn refresh_limits(&self, defaults: impl FnOnce() -> Limits) {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let limits = defaults().with(&current.state.limits);
+        current.rate = Rate::new(limits.rate_per_sec, limits.burst);
+        current.threshold_calls = limits.threshold_calls;
+        current.threshold_window_secs = limits.threshold_window_secs;
+    }
+
     /// The version of the state in force.
     pub(crate) fn version(&self) -> u64 {
         self.read(|c| c.version)

@@ -45,7 +45,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -584,6 +584,10 @@ async fn reap<B>(upstreams: Weak<Upstreams<B>>) {
 pub(crate) struct Affinity<B> {
     upstreams: Arc<Upstreams<B>>,
     slot: Arc<Slot<B>>,
+    /// After a config reload replaced `upstreams`: this client connection's
+    /// affinity for the set that replaced them, made by its first request
+    /// after the reload (`for_upstreams`).
+    next: OnceLock<Arc<Affinity<B>>>,
 }
 
 impl<B> Affinity<B>
@@ -594,7 +598,31 @@ where
     pub(crate) fn new(upstreams: Arc<Upstreams<B>>) -> Affinity<B> {
         let slot = Arc::new(Mutex::new(None));
         upstreams.register(&slot);
-        Affinity { upstreams, slot }
+        Affinity {
+            upstreams,
+            slot,
+            next: OnceLock::new(),
+        }
+    }
+
+    /// This client connection's affinity for `upstreams`, the set in force:
+    /// itself, unless a config reload replaced its set since the connection
+    /// opened. Then the connection's affinity for the new set, made once, by
+    /// the first request after the reload (which also hands the connection
+    /// held from the old set back to it), and found again by the later ones
+    /// through `next` (one link per reload since the connection opened).
+    pub(crate) fn for_upstreams(self: &Arc<Self>, upstreams: &Arc<Upstreams<B>>) -> Arc<Self> {
+        let mut at = self;
+        while !Arc::ptr_eq(&at.upstreams, upstreams) {
+            at = at.next.get_or_init(|| {
+                let held = lock(&at.slot).take();
+                if let Some(Held { server, conn }) = held {
+                    at.upstreams.release(server, conn);
+                }
+                Arc::new(Affinity::new(Arc::clone(upstreams)))
+            });
+        }
+        Arc::clone(at)
     }
 
     /// The held connection to `server` if it can take a request now: the

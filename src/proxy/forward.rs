@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, Version};
@@ -103,7 +104,8 @@ pub struct ForwardConfig {
     pub upstream_time: bool,
 }
 
-/// What every connection's `Forward` shares: the idle connections and the target.
+/// What every connection's `Forward` shares: the idle connections and the
+/// target. A config reload replaces it whole ([`ForwardReload`]).
 struct Shared<B> {
     upstreams: Arc<Upstreams<B>>,
     /// The first server: its base path is every server's.
@@ -115,46 +117,15 @@ struct Shared<B> {
     upstream_time: bool,
 }
 
-/// Sends requests to the upstream and streams its answers back. One per client
-/// connection (it carries the client's address and the upstream connection the
-/// client connection uses); cloning is two reference counts.
-pub struct Forward<B> {
-    shared: Arc<Shared<B>>,
-    affinity: Arc<Affinity<B>>,
-    client_ip: HeaderValue,
-}
-
-impl<B> Clone for Forward<B> {
-    fn clone(&self) -> Self {
-        Forward {
-            shared: Arc::clone(&self.shared),
-            affinity: Arc::clone(&self.affinity),
-            client_ip: self.client_ip.clone(),
-        }
-    }
-}
-
-impl<B> std::fmt::Debug for Forward<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Forward")
-            .field("upstream", &self.shared.upstream)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B> Forward<B>
+impl<B> Shared<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// A forwarder with its own upstream connections. Its clones share one
-    /// upstream connection at a time, like one client connection's requests;
-    /// [`for_client`](Forward::for_client) makes one per client connection.
-    ///
     /// # Panics
     ///
     /// When `config.upstreams` is empty: a validated config has at least one.
-    pub fn new(config: &ForwardConfig) -> Forward<B> {
+    fn new(config: &ForwardConfig) -> Shared<B> {
         let upstream = config
             .upstreams
             .first()
@@ -180,40 +151,126 @@ where
                 tls,
             },
         );
+        Shared {
+            upstreams,
+            upstream,
+            timeout: config.upstream_timeout,
+            answer_timeouts: BodyTimeouts {
+                between_reads: config.upstream_read_timeout,
+                total: None,
+            },
+            preserve_host: config.preserve_host,
+            proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
+            upstream_time: config.upstream_time,
+        }
+    }
+}
+
+/// Sends requests to the upstream and streams its answers back. One per client
+/// connection (it carries the client's address and the upstream connection the
+/// client connection uses); cloning is two reference counts.
+///
+/// Each request reads the settings in force once, from an [`ArcSwap`] that a
+/// reload replaces ([`Forward::reload_handle`]): requests after a reload go by
+/// the new settings, to the new servers, over a new set of connections, on
+/// every client connection, old or new; requests in flight finish on the old.
+pub struct Forward<B> {
+    current: Arc<ArcSwap<Shared<B>>>,
+    affinity: Arc<Affinity<B>>,
+    client_ip: HeaderValue,
+}
+
+impl<B> Clone for Forward<B> {
+    fn clone(&self) -> Self {
         Forward {
-            affinity: Arc::new(Affinity::new(Arc::clone(&upstreams))),
-            shared: Arc::new(Shared {
-                upstreams,
-                upstream,
-                timeout: config.upstream_timeout,
-                answer_timeouts: BodyTimeouts {
-                    between_reads: config.upstream_read_timeout,
-                    total: None,
-                },
-                preserve_host: config.preserve_host,
-                proto: HeaderValue::from_static(if config.https { "https" } else { "http" }),
-                upstream_time: config.upstream_time,
-            }),
+            current: Arc::clone(&self.current),
+            affinity: Arc::clone(&self.affinity),
+            client_ip: self.client_ip.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Forward<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forward")
+            .field("upstream", &self.current.load().upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replaces the settings of a [`Forward`], its clones and every forwarder
+/// [`for_client`](Forward::for_client) made from it, for the requests that
+/// start after [`apply`](ForwardReload::apply).
+pub struct ForwardReload<B>(Arc<ArcSwap<Shared<B>>>);
+
+impl<B> std::fmt::Debug for ForwardReload<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardReload").finish_non_exhaustive()
+    }
+}
+
+impl<B> ForwardReload<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// From now on requests go by `config`, over a new set of upstream
+    /// connections (within `max_upstream_connections` of their own); the old
+    /// connections serve the requests in flight on them and close once the
+    /// last is answered and no client connection holds them.
+    pub fn apply(&self, config: &ForwardConfig) {
+        self.0.store(Arc::new(Shared::new(config)));
+    }
+}
+
+impl<B> Forward<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A forwarder with its own upstream connections. Its clones share one
+    /// upstream connection at a time, like one client connection's requests;
+    /// [`for_client`](Forward::for_client) makes one per client connection.
+    ///
+    /// # Panics
+    ///
+    /// When `config.upstreams` is empty: a validated config has at least one.
+    pub fn new(config: &ForwardConfig) -> Forward<B> {
+        let shared = Shared::new(config);
+        Forward {
+            affinity: Arc::new(Affinity::new(Arc::clone(&shared.upstreams))),
+            current: Arc::new(ArcSwap::from_pointee(shared)),
             client_ip: HeaderValue::from_static("unknown"),
         }
     }
 
-    /// A reader of how many upstream connections are open now, for metrics.
+    /// The handle a config reload replaces this forwarder's settings with.
+    pub fn reload_handle(&self) -> ForwardReload<B> {
+        ForwardReload(Arc::clone(&self.current))
+    }
+
+    /// A reader of how many upstream connections of the settings in force
+    /// are open now, for metrics.
     pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static
     where
         B: Send + 'static,
     {
-        let upstreams = Arc::downgrade(&self.shared.upstreams);
-        move || upstreams.upgrade().map_or(0, |u| u.open_count())
+        let current = Arc::downgrade(&self.current);
+        move || {
+            current
+                .upgrade()
+                .map_or(0, |c| c.load().upstreams.open_count())
+        }
     }
 
     /// This forwarder for one client connection from `ip`: its own upstream
     /// connection, and its address turned into a header value once per
     /// connection, not once per request.
     pub fn for_client(&self, ip: std::net::IpAddr) -> Forward<B> {
+        let upstreams = Arc::clone(&self.current.load().upstreams);
         Forward {
-            shared: Arc::clone(&self.shared),
-            affinity: Arc::new(Affinity::new(Arc::clone(&self.shared.upstreams))),
+            current: Arc::clone(&self.current),
+            affinity: Arc::new(Affinity::new(upstreams)),
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
@@ -236,14 +293,20 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ForwardFuture<B> {
+        // The settings in force: one load, no lock, no reference count taken
+        // (arc-swap's guard), for the whole of this call.
+        let shared = self.current.load();
+        // This client connection's upstream connection from the set in
+        // force: the one it holds, unless a reload replaced the set since.
+        let affinity = self.affinity.for_upstreams(&shared.upstreams);
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
-        add_forwarded(&mut parts.headers, &self.client_ip, &self.shared.proto);
+        add_forwarded(&mut parts.headers, &self.client_ip, &shared.proto);
         if parts.version == Version::HTTP_2 {
             // RFC 9113 section 8.2.3: HTTP/2 may split cookies into crumbs;
             // an HTTP/1.1 upstream expects one line.
             join_cookies(&mut parts.headers);
-            if self.shared.preserve_host && !parts.headers.contains_key(HOST) {
+            if shared.preserve_host && !parts.headers.contains_key(HOST) {
                 // The client's host came as `:authority`.
                 if let Some(host) = parts.uri.authority() {
                     if let Ok(host) = HeaderValue::from_str(host.as_str()) {
@@ -254,14 +317,14 @@ where
         }
         // `Host` and the version are set for the server and the protocol the
         // request goes out on (the client module's `prepare`).
-        parts.uri = self.shared.upstream.target(parts.uri);
+        parts.uri = shared.upstream.target(parts.uri);
         let req = Request::from_parts(parts, body);
         ForwardFuture {
-            sending: self.affinity.send(req),
-            affinity: Arc::clone(&self.affinity),
-            answer_timeouts: self.shared.answer_timeouts,
-            timeout: tokio::time::sleep(self.shared.timeout),
-            sent: self.shared.upstream_time.then(Instant::now),
+            sending: affinity.send(req),
+            affinity,
+            answer_timeouts: shared.answer_timeouts,
+            timeout: tokio::time::sleep(shared.timeout),
+            sent: shared.upstream_time.then(Instant::now),
         }
     }
 }
@@ -420,6 +483,24 @@ mod tests {
         })
     }
 
+    fn config_to(addr: std::net::SocketAddr, upstream_timeout: Duration) -> ForwardConfig {
+        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+        ForwardConfig {
+            upstreams: vec![Upstream::new(&uri).unwrap()],
+            connect_timeout: Duration::from_millis(200),
+            upstream_timeout,
+            upstream_read_timeout: Duration::from_secs(60),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 4,
+            max_upstream_connections: 16,
+            upstream_fail_timeout: Duration::from_secs(10),
+            preserve_host: false,
+            upstream_tls: None,
+            https: false,
+            upstream_time: false,
+        }
+    }
+
     /// The status `forward` answers `GET path` with (a test that would hang
     /// fails after 10 s instead).
     async fn status(forward: &Forward<Empty<Bytes>>, path: &str) -> StatusCode {
@@ -488,6 +569,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_reload_a_client_connections_next_request_goes_by_the_new_settings() {
+        let (first, first_accepted) = upstream().await;
+        let (second, second_accepted) = upstream().await;
+        let forward: Forward<Empty<Bytes>> =
+            Forward::new(&config_to(first, Duration::from_secs(10)));
+        // One client connection, opened before the reload, used across it.
+        let client = forward.for_client([127, 0, 0, 1].into());
+        assert_eq!(status(&client, "/medium").await, StatusCode::OK);
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+
+        forward
+            .reload_handle()
+            .apply(&config_to(second, Duration::from_millis(100)));
+        // The new server, and the new timeout: 300 ms is now too long.
+        assert_eq!(status(&client, "/fast").await, StatusCode::OK);
+        assert_eq!(
+            status(&client, "/medium").await,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+        assert!(second_accepted.load(Ordering::SeqCst) >= 1);
+        // The client connection keeps one affinity for the new set, made
+        // once, not one per request.
+        let current = Arc::clone(&client.current.load().upstreams);
+        assert!(Arc::ptr_eq(
+            &client.affinity.for_upstreams(&current),
+            &client.affinity.for_upstreams(&current)
+        ));
+        // A client connection opened after the reload too.
+        let later = forward.for_client([127, 0, 0, 1].into());
+        assert_eq!(status(&later, "/fast").await, StatusCode::OK);
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_a_reload_finishes_on_the_old_settings() {
+        let (first, _) = upstream().await;
+        let (second, second_accepted) = upstream().await;
+        let forward: Forward<Empty<Bytes>> =
+            Forward::new(&config_to(first, Duration::from_secs(10)));
+        let client = forward.for_client([127, 0, 0, 1].into());
+        let req = Request::get("/medium").body(Empty::new()).unwrap();
+        let in_flight = client.clone().call(req);
+        forward
+            .reload_handle()
+            .apply(&config_to(second, Duration::from_millis(100)));
+        // Started under a 10 s timeout toward the first server: answered.
+        let answer = tokio::time::timeout(Duration::from_secs(10), in_flight).await;
+        assert_eq!(answer.unwrap().unwrap().status(), StatusCode::OK);
+        assert_eq!(second_accepted.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
     async fn a_request_given_back_unsent_goes_once_more_on_a_new_connection() {
         let (addr, accepted) = upstream().await;
         let forward = forward_to(addr, Duration::from_secs(5));
@@ -503,7 +637,7 @@ mod tests {
         let answer = ForwardFuture {
             sending: Sending::Sent(Box::pin(dead.try_send_request(req))),
             affinity: Arc::clone(&forward.affinity),
-            answer_timeouts: forward.shared.answer_timeouts,
+            answer_timeouts: forward.current.load().answer_timeouts,
             timeout: tokio::time::sleep(Duration::from_secs(5)),
             sent: None,
         }

@@ -28,7 +28,7 @@ mod request_id;
 mod upstream;
 
 pub use access::{AccessLog, AccessLogLayer};
-pub use forward::{Forward, ForwardConfig, ForwardFuture, UpstreamBody};
+pub use forward::{Forward, ForwardConfig, ForwardFuture, ForwardReload, UpstreamBody};
 pub use headers::{HopByHop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 pub use ready::{Ready, ReadyFuture, READY_PATH};
 pub use request_id::{RequestId, RequestIdFuture, RequestIds, X_REQUEST_ID};

@@ -63,6 +63,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwap;
 use dashmap::DashSet;
 
 pub use self::redis::{ClusterOptions, RedisBackend, FEED_MAXLEN, MIN_LEASE};
@@ -144,7 +145,10 @@ struct Inner {
     orgs: DashSet<Entry>,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
-    defaults: Limits,
+    /// The configured default limits; a config reload replaces them
+    /// ([`Store::set_defaults`]). Read when an org's limits are computed,
+    /// never by a request.
+    defaults: ArcSwap<Limits>,
     writers: Box<[tokio::sync::Mutex<()>]>,
     stripe_hasher: std::collections::hash_map::RandomState,
     tokens: std::sync::RwLock<Tokens>,
@@ -274,7 +278,7 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("orgs", &self.inner.orgs.len())
-            .field("defaults", &self.inner.defaults)
+            .field("defaults", &self.defaults())
             .finish_non_exhaustive()
     }
 }
@@ -340,7 +344,7 @@ impl Store {
                 orgs,
                 backend,
                 clock,
-                defaults,
+                defaults: ArcSwap::from_pointee(defaults),
                 writers: (0..WRITER_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -562,7 +566,30 @@ impl Store {
 
     /// The configured default limits.
     pub fn defaults(&self) -> Limits {
-        self.inner.defaults
+        **self.inner.defaults.load()
+    }
+
+    /// Makes `defaults` the default limits, as a config reload does: every
+    /// org's limits in force are recomputed at once, each value the org does
+    /// not override following the new defaults; the orgs' counts (the rate's
+    /// state, the threshold's window) carry on. Changes nothing stored: the
+    /// defaults live in the config, so in cluster mode each node has its own.
+    pub fn set_defaults(&self, defaults: Limits) {
+        self.inner.defaults.store(Arc::new(defaults));
+        // An install racing this pass either takes an org's lock after it
+        // (and checks the defaults it used: `follow_defaults`) or before it
+        // (and this pass recomputes what it installed).
+        for entry in self.inner.orgs.iter() {
+            entry.0.refresh_limits(|| self.defaults());
+        }
+    }
+
+    /// After installing a state into `org` over `used` defaults: follows a
+    /// reload ([`Store::set_defaults`]) that replaced them meanwhile.
+    fn follow_defaults(&self, org: &Org, used: Limits) {
+        if self.defaults() != used {
+            org.refresh_limits(|| self.defaults());
+        }
     }
 
     /// A view of one org.
@@ -718,8 +745,8 @@ impl Store {
                 Err(e) => return Err(e.into()),
             };
             let org = store.new_org(&id, t.next, 1);
+            store.insert_new(Arc::clone(&org));
             let view = store.view_of(&org);
-            store.inner.orgs.insert(Entry(org));
             drop(writer);
             store.confirm(seq).await?;
             Ok(view)
@@ -1475,11 +1502,12 @@ impl Store {
             // are not counted, so none is counted against the old window.
             org.calls().reset();
         }
-        let defaults = self.inner.defaults;
+        let defaults = self.defaults();
         let dead = self.end_dead_sessions(&id, &t.next);
         self.forget_sessions(dead);
         // False only if the feed already brought a newer version still.
         org.replace_if_newer(t.next.clone(), from.saturating_add(1), defaults);
+        self.follow_defaults(&org, defaults);
         drop(counts);
         let view = OrgView {
             id,
@@ -1517,13 +1545,15 @@ impl Store {
             .id_pages
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        Arc::new(Org::new(
-            id,
-            &mut pages,
-            state,
-            version,
-            self.inner.defaults,
-        ))
+        Arc::new(Org::new(id, &mut pages, state, version, self.defaults()))
+    }
+
+    /// Adds `org`, new, to the map. Its limits are computed once more after
+    /// the insert, so that a reload's pass ([`Store::set_defaults`]) that
+    /// did not see it yet cannot leave it on the old defaults.
+    fn insert_new(&self, org: Arc<Org>) {
+        self.inner.orgs.insert(Entry(Arc::clone(&org)));
+        org.refresh_limits(|| self.defaults());
     }
 
     /// Makes `record` the state of `org` if it is newer. An org enabled
@@ -1535,7 +1565,9 @@ impl Store {
             org.calls().reset();
         }
         let _ = self.end_dead_sessions(&record.id, &record.state);
-        org.replace_if_newer(record.state, record.version, self.inner.defaults);
+        let defaults = self.defaults();
+        org.replace_if_newer(record.state, record.version, defaults);
+        self.follow_defaults(org, defaults);
     }
 
     /// Ends the sessions of `id` that `state` kills: all of them when its key
@@ -1583,7 +1615,7 @@ impl Store {
             Some(org) => self.install_into(&org, record),
             None => {
                 let org = self.new_org(&record.id, record.state, record.version);
-                self.inner.orgs.insert(Entry(org));
+                self.insert_new(org);
             }
         }
     }
@@ -1677,7 +1709,9 @@ impl Store {
                 Some(org) => {
                     if org.version() != record.version {
                         self.install_into(&org, record.clone());
-                        org.replace(record.state, record.version, self.inner.defaults);
+                        let defaults = self.defaults();
+                        org.replace(record.state, record.version, defaults);
+                        self.follow_defaults(&org, defaults);
                     }
                 }
                 None => self.install(record).await,
@@ -1818,7 +1852,7 @@ impl Store {
     fn view_of(&self, org: &Org) -> OrgView {
         org.read(|c| OrgView {
             id: org.id(),
-            limits: self.inner.defaults.with(&c.state.limits),
+            limits: self.defaults().with(&c.state.limits),
             state: c.state.clone(),
         })
     }

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::limit::Rate;
 use crate::org::{KeyStatus, THRESHOLD_REASON};
 
 const T0: Timestamp = Timestamp::from_secs(1_800_000_000);
@@ -296,6 +297,63 @@ async fn limits_changes_take_effect_over_the_defaults() {
     let l = f.store.view("acme").unwrap().limits;
     assert_eq!(l.rate_per_sec, 7);
     assert_eq!(l.burst, Limits::default().burst);
+}
+
+#[tokio::test]
+async fn new_defaults_reach_every_value_an_org_does_not_override_at_once() {
+    let f = fixture().await.provisioned().await;
+    let other = OrgId::parse("other").unwrap();
+    f.store
+        .provision(
+            other.clone(),
+            None,
+            LimitOverrides {
+                threshold_calls: nz(9),
+                ..Default::default()
+            },
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    let defaults = Limits {
+        rate_per_sec: 3,
+        burst: 4,
+        threshold_calls: 5,
+        threshold_window_secs: 6,
+    };
+    f.store.set_defaults(defaults);
+    assert_eq!(f.store.defaults(), defaults);
+    // What the gate reads: the limits in force, precomputed per org.
+    let in_force = |id: &str| {
+        let org = f.store.get(id.as_bytes()).unwrap();
+        org.read(|c| (c.rate, c.threshold_calls, c.threshold_window_secs))
+    };
+    assert_eq!(in_force("acme"), (Rate::new(3, 4), 5, 6));
+    assert_eq!(in_force("other"), (Rate::new(3, 4), 9, 6));
+    assert_eq!(f.store.view("other").unwrap().limits.threshold_calls, 9);
+    // An org provisioned after the reload starts on the new defaults.
+    f.store
+        .provision(
+            OrgId::parse("later").unwrap(),
+            None,
+            LimitOverrides::default(),
+            Actor::Provider,
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_force("later"), (Rate::new(3, 4), 5, 6));
+    // Nothing stored changed: a reopen starts from the configured defaults.
+    assert_eq!(
+        f.backend
+            .org(&other)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .limits
+            .rate_per_sec,
+        None
+    );
 }
 
 #[tokio::test]
