@@ -27,7 +27,7 @@ use crate::limit::{CallCounter, Rate, RateLimiter};
 ///
 /// `repr(C)` keeps the fields in the order written: what a request reads and
 /// writes (the id it is found by, the counters, the lock, then
-/// [`Current`]'s own hot fields first) in the record's first 144 bytes, which
+/// `Current`'s own hot fields first) in the record's first 144 bytes, which
 /// span three cache lines wherever malloc puts the record, rather than
 /// scattered over all four of its 200 bytes. At 1,000,000 orgs every line is
 /// a cache miss (BENCHMARKS.md, "Issue 17").
