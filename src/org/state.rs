@@ -172,7 +172,12 @@ impl Action {
 }
 
 /// Everything keygate keeps about one org, as persisted.
+///
+/// `repr(C)`: the fields a request reads (the key, the status, the
+/// subscription's end) first, where the live record keeps its hot fields
+/// (`Org` in `src/org/mod.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct OrgState {
     /// The one current key, or none after a delete.
     pub key: Option<ApiKey>,

@@ -142,7 +142,7 @@ pub struct Store {
 }
 
 struct Inner {
-    orgs: DashSet<Entry>,
+    orgs: OrgMap,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     /// The configured default limits; a config reload replaces them
@@ -216,6 +216,18 @@ impl Tokens {
         }
     }
 }
+
+/// The org map's hasher: foldhash, seeded per process, in place of std's
+/// SipHash-1-3. Every request hashes the org id it names once (the shard
+/// and the slot come from one hash). Ids are chosen by the provider, not by
+/// the clients who send them (a lookup of an unknown id inserts nothing), so
+/// the map needs a seeded hash, not a keyed PRF; foldhash is the hash
+/// hashbrown itself defaults to. Measured with the layer bench under
+/// callgrind: see BENCHMARKS.md, "Issue 17".
+type OrgHasher = foldhash::fast::RandomState;
+
+/// Every org, found by its id's bytes.
+type OrgMap = DashSet<Entry, OrgHasher>;
 
 /// A map entry: the org, found by its id's bytes.
 struct Entry(Arc<Org>);
@@ -300,13 +312,16 @@ impl Store {
         // The backend reads on its own thread while this one builds the orgs.
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
-            let mut orgs = DashSet::new();
+            let mut orgs = OrgMap::default();
             let mut pages = IdPages::default();
             while let Some(loading) = received.recv().await {
                 match loading {
                     // A hint, not a promise: a damaged file could claim any count.
                     Loading::Expect(n) if orgs.is_empty() => {
-                        orgs = DashSet::with_capacity(n.min(PRESIZE_MAX));
+                        orgs = OrgMap::with_capacity_and_hasher(
+                            n.min(PRESIZE_MAX),
+                            OrgHasher::default(),
+                        );
                     }
                     Loading::Expect(_) => {}
                     Loading::Orgs(batch) => {
