@@ -308,13 +308,17 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Everything the backend holds, for `keygate export`: every org, every
-    /// token, and every audit event, each org's oldest first. The default reads
+    /// token, every API user, and every audit event, each org's oldest first. The default reads
     /// it with [`load`](Backend::load) and one [`audit`](Backend::audit) per
     /// org, which is one consistent picture only while nothing commits; a
     /// backend that can read everything at one point in time overrides it.
     fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs, tokens, .. } = self.load().await?;
+            let Snapshot {
+                orgs,
+                tokens,
+                users,
+            } = self.load().await?;
             let mut audit = Vec::new();
             for org in &orgs {
                 audit.extend(self.audit(org.id.clone()).await?);
@@ -322,6 +326,7 @@ pub trait Backend: Send + Sync + 'static {
             Ok(Dump {
                 orgs,
                 tokens,
+                users,
                 audit,
             })
         })
@@ -394,6 +399,8 @@ pub struct Dump {
     pub orgs: Vec<OrgRecord>,
     /// Every admin and viewer token (digests only: a token itself is never kept).
     pub tokens: Vec<TokenRecord>,
+    /// Every API user (password digests only: a password is never kept).
+    pub users: Vec<ApiUser>,
     /// Every audit event, each org's oldest first.
     pub audit: Vec<AuditEvent>,
 }

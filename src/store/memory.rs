@@ -322,6 +322,11 @@ impl Backend for MemoryBackend {
                     .into_iter()
                     .map(|t| (t.name.clone(), t))
                     .collect();
+                data.users = dump
+                    .users
+                    .into_iter()
+                    .map(|u| ((u.org.clone(), u.username.clone()), u))
+                    .collect();
                 data.audit = dump.audit;
                 data.seq += 1;
                 if let Some(feed) = &data.feed {

@@ -543,9 +543,22 @@ async fn restore_fills_an_empty_store_with_a_dump_and_refuses_a_store_that_holds
         .unwrap();
     source.commit(provision("globex")).await.unwrap();
     source.commit(put_token("ops")).await.unwrap();
+    source
+        .commit(Commit {
+            change: crate::store::Change::PutUser(crate::session::ApiUser {
+                org: org("globex"),
+                username: "ops@globex.example".into(),
+                password_digest: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+                created_at: T0,
+            }),
+            event: event("globex", "api user"),
+        })
+        .await
+        .unwrap();
     let dump = source.dump().await.unwrap();
     assert_eq!(dump.orgs.len(), 2);
-    assert_eq!(dump.audit.len(), 4);
+    assert_eq!(dump.users.len(), 1);
+    assert_eq!(dump.audit.len(), 5);
 
     let target = node(&server, "b").await;
     let mut sub = target.subscribe().unwrap();
@@ -569,7 +582,7 @@ async fn restore_fills_an_empty_store_with_a_dump_and_refuses_a_store_that_holds
         Restored::NotEmpty {
             orgs: 2,
             tokens: 1,
-            audit_events: 4
+            audit_events: 5
         }
     );
 }
@@ -1212,6 +1225,7 @@ async fn an_import_into_redis_reaches_a_running_store_by_resync() {
             version: 7,
         }],
         tokens: vec![token("ops", "acme")],
+        users: Vec::new(),
         audit: vec![event("acme", "provisioned")],
     };
     assert_eq!(importer.restore(dump).await.unwrap(), Restored::Done);
