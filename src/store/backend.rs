@@ -213,6 +213,26 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Failed session logins, counted for every node sharing this backend:
+    /// counts a failure of `username` of `org` first when `failed`, then
+    /// answers the seconds until logins for the org (or that username of
+    /// it) may be tried again, if the cluster's failures are over the
+    /// limits of [`FAILURE_WINDOW_SECS`](crate::session::table::FAILURE_WINDOW_SECS)
+    /// now. `now` is the node's time, for a backend without a clock of its
+    /// own (Redis windows by its own clock). The default counts nothing and
+    /// answers `None`: a backend one node owns leaves the count to that
+    /// node's [`Sessions`](crate::session::Sessions).
+    fn login_lockout(
+        &self,
+        org: &OrgId,
+        username: &str,
+        failed: bool,
+        now: crate::clock::Timestamp,
+    ) -> BoxFuture<'_, Result<Option<u64>, BackendError>> {
+        let _ = (org, username, failed, now);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Every session the backend keeps, for a store that opens or reloads.
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
         Box::pin(std::future::ready(Ok(Vec::new())))

@@ -1448,3 +1448,72 @@ async fn api_users_and_sessions_reach_the_other_store_before_the_answer_and_go_w
         "gone with the org"
     );
 }
+
+#[tokio::test]
+async fn failed_logins_count_for_every_node_and_their_window_expires_in_redis() {
+    use crate::session::table::{FAILURE_WINDOW_SECS, ORG_FAILURES, USER_FAILURES};
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let acme = org("acme");
+    assert_eq!(
+        a.login_lockout(&acme, "ann", false, T0).await.unwrap(),
+        None
+    );
+    // Failures of one user on two nodes add up: the last one locks it out.
+    for i in 0..USER_FAILURES {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let wait = on.login_lockout(&acme, "ann", true, T0).await.unwrap();
+        assert_eq!(wait.is_some(), i + 1 == USER_FAILURES, "failure {i}");
+    }
+    for on in [&a, &b] {
+        let wait = on.login_lockout(&acme, "ann", false, T0).await.unwrap();
+        assert!(
+            wait.is_some_and(|w| (1..=FAILURE_WINDOW_SECS).contains(&w)),
+            "{wait:?}"
+        );
+    }
+    assert_eq!(
+        b.login_lockout(&acme, "bob", false, T0).await.unwrap(),
+        None
+    );
+    // The org's limit, all usernames together.
+    for i in USER_FAILURES..ORG_FAILURES {
+        a.login_lockout(&acme, &format!("u{i}"), true, T0)
+            .await
+            .unwrap();
+    }
+    assert!(b
+        .login_lockout(&acme, "bob", false, T0)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        b.login_lockout(&org("globex"), "bob", false, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    // Each counter expires a window after its first failure, by Redis's
+    // clock; no counter is left without an expiry, and the username is
+    // kept only as its digest.
+    let mut conn = server.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("kg:{*}:login_failures:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        1 + usize::try_from(ORG_FAILURES - USER_FAILURES).unwrap() + 1
+    );
+    for k in &keys {
+        assert!(!k.contains("ann"), "{k}");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=60).contains(&ttl), "{k}: {ttl}");
+    }
+}
