@@ -84,3 +84,45 @@ async fn a_config_it_cannot_read_is_exit_2_naming_the_problem() {
     assert_eq!(stdout, "");
     assert!(stderr.contains("missing.toml"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_user_whose_password_digest_is_not_argon2id_is_one_line_naming_org_and_user_exit_1()
+{
+    let env = Env::new("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let orgs = dir.path().join("orgs");
+    std::fs::write(&orgs, "acme\n").unwrap();
+    let mut cmd = Command::new(child::BIN);
+    cmd.args(["import", "--config"])
+        .arg(&env.config)
+        .arg(&orgs)
+        .env_remove("RUST_LOG");
+    let mut import = Proc::spawn("keygate import", cmd);
+    assert!(import.wait_exit(LIMIT).await.success());
+    // A record as a hand edit or a foreign writer would leave it: a
+    // plaintext where the digest belongs.
+    {
+        let db = redb::Database::open(&env.store).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let users: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("api_users");
+            let mut t = txn.open_table(users).unwrap();
+            let record = serde_json::json!({"org": "acme", "username": "ops",
+                "password_digest": "hunter2hunter2", "created_at": "2026-11-30T00:00:00Z"});
+            t.insert("acme/ops", record.to_string().as_bytes()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let (status, stdout, stderr) = check(&env.config).await;
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: table api_users: user \"ops\" of org acme: its password digest is not a PHC string\n",
+            env.store.display()
+        )
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(stderr.contains("1 orgs, 0 tokens, 1 API users"), "{stderr}");
+}

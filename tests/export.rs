@@ -313,12 +313,12 @@ async fn a_store_moves_whole_keys_tokens_audit_and_answers_and_exports_to_the_sa
     let (status, first, err) = run(&["export"], &from.config, None).await;
     assert!(status.success(), "{status}: {err}");
     assert!(
-        err.contains("3 orgs, 2 tokens, 13 audit events"),
+        err.contains("3 orgs, 2 tokens, 0 API users, 13 audit events"),
         "stderr: {err}"
     );
     let records = lines(&first);
     assert_eq!(records[0]["type"], "keygate-export");
-    assert_eq!(records[0]["version"], 1);
+    assert_eq!(records[0]["version"], 2);
     assert_eq!(records.len(), 1 + 3 + 2 + 13);
     // The export holds each token's digest, never the token; no log line
     // shows a key.
@@ -338,7 +338,7 @@ async fn a_store_moves_whole_keys_tokens_audit_and_answers_and_exports_to_the_sa
     let (status, err) = import(&to.config, &first).await;
     assert!(status.success(), "{status}: {err}");
     assert!(
-        err.contains("imported an export: 3 orgs, 2 tokens, 13 audit events"),
+        err.contains("imported an export: 3 orgs, 2 tokens, 0 API users, 13 audit events"),
         "{err}"
     );
     for (_, key) in &secrets.keys {
@@ -440,4 +440,104 @@ async fn export_refuses_a_missing_store_and_one_a_running_keygate_holds_exit_2()
     assert!(out.is_empty());
     assert!(err.contains("already open"), "{err}");
     gw.stop().await;
+}
+
+/// A login at the session path of `org` through `gw`: status and the
+/// session cookie's value, if one was set.
+async fn login(gw: &Gateway, org: &str, key: &str, password: &str) -> (u16, Option<String>) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let k: [u8; 12] = key.as_bytes().try_into().unwrap();
+    let api_key =
+        String::from_utf8(keygate::session::obfuscate::obfuscate(&k, ts).to_vec()).unwrap();
+    let body = json!({"apiKey": api_key, "username": "ops@acme.example",
+                      "password": password, "timestamp": ts});
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!(
+            "http://{}/{org}/api/v1/authenticatedSession",
+            gw.proxy
+        ))
+        .header("content-type", "application/json")
+        .body(Full::from(body.to_string()))
+        .unwrap();
+    let exchange = async {
+        let res = gw.client.request(req).await.unwrap();
+        let cookie = res
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("JSESSIONID="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        (res.status().as_u16(), cookie)
+    };
+    tokio::time::timeout(REQUEST_LIMIT, exchange)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_users_move_with_an_export_and_log_in_on_the_imported_store() {
+    const PASSWORD: &str = "a long enough password";
+    let from = Env::new("[session]\n").await;
+    let gw = Gateway::start(&from.config).await;
+    let p = &from.provider;
+    let (status, page) = gw
+        .admin(Method::POST, "/v1/orgs", p, Some(json!({"org": "acme"})))
+        .await;
+    assert_eq!(status, 201, "{page}");
+    let key = page["key"].as_str().unwrap().to_owned();
+    let body = json!({"username": "ops@acme.example", "password": PASSWORD});
+    let (status, page) = gw
+        .admin(Method::POST, "/v1/orgs/acme/api-users", p, Some(body))
+        .await;
+    assert_eq!(status, 201, "{page}");
+    assert_eq!(login(&gw, "acme", &key, PASSWORD).await.0, 200);
+    gw.stop().await;
+
+    let first = export(&from.config).await;
+    let records = lines(&first);
+    assert_eq!(records[0]["version"], 2);
+    assert_eq!(records[0]["api_users"], 1);
+    let user = records
+        .iter()
+        .find(|r| r["type"] == "api_user")
+        .expect("an api_user line");
+    assert_eq!(user["org"], "acme");
+    assert_eq!(user["username"], "ops@acme.example");
+    assert!(user["password_digest"]
+        .as_str()
+        .unwrap()
+        .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    assert!(!String::from_utf8(first.clone()).unwrap().contains(PASSWORD));
+
+    let to = Env::new("[session]\n").await;
+    let (status, err) = import(&to.config, &first).await;
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("imported an export: 1 orgs, 0 tokens, 1 API users, 2 audit events"),
+        "{err}"
+    );
+    let (status, _, err) = run(&["check"], &to.config, None).await;
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("1 API users"), "{err}");
+
+    let gw = Gateway::start(&to.config).await;
+    assert_eq!(
+        login(&gw, "acme", &key, "a long enough passwore").await.0,
+        401
+    );
+    let (status, cookie) = login(&gw, "acme", &key, PASSWORD).await;
+    assert_eq!(status, 200);
+    let cookie = cookie.expect("a session cookie");
+    let req = Request::builder()
+        .uri(format!("http://{}/acme/v1/hello", gw.proxy))
+        .header("cookie", format!("JSESSIONID={cookie}"));
+    let (status, body) = gw.send(req, None).await;
+    assert_eq!(status, 200, "{body}");
+    gw.stop().await;
+    assert_eq!(export(&to.config).await, first);
 }

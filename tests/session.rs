@@ -543,6 +543,39 @@ async fn a_login_through_one_node_calls_through_the_other() {
 }
 
 #[tokio::test]
+async fn failed_logins_are_counted_for_the_cluster_not_per_node() {
+    let (a, b, clock) = pair().await;
+    let ts = now_ms(&clock);
+    // Three failures on one node and two on the other: five for the user.
+    for (i, n) in [&a, &a, &a, &b, &b].into_iter().enumerate() {
+        assert_bad_login(&login_at(n, ts + i as u64, USER, "wrong horse battery").await);
+    }
+    for n in [&a, &b] {
+        let locked = login_at(n, ts + 10, USER, PASSWORD).await;
+        assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(locked.headers["retry-after"], "60");
+    }
+    // Thirty for the org, spread over both nodes and many usernames.
+    for i in 0..25u64 {
+        let n = if i % 2 == 0 { &a } else { &b };
+        assert_bad_login(&login_at(n, ts + 20 + i, &format!("u{i}"), "wrong horse battery").await);
+    }
+    clock.advance(Duration::from_secs(10));
+    for n in [&a, &b] {
+        let locked = login_at(n, now_ms(&clock), "someone-else", PASSWORD).await;
+        assert_eq!(
+            locked.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the org's limit"
+        );
+        assert_eq!(locked.headers["retry-after"], "50");
+    }
+    clock.advance(Duration::from_secs(50));
+    let a_ok = login_at(&b, now_ms(&clock), USER, PASSWORD).await;
+    assert_eq!(a_ok.status, StatusCode::OK, "the window ended");
+}
+
+#[tokio::test]
 async fn a_logout_on_one_node_ends_the_session_on_the_other() {
     let (a, b, clock) = pair().await;
     let cookie = login(&a, &clock).await;

@@ -395,22 +395,17 @@ impl Gate {
         let sessions = store.sessions();
         let now = store.clock().now();
         let Ok(login) = serde_json::from_slice::<LoginBody>(&body) else {
-            sessions.failed(org.as_str(), "", now);
-            return Answer::bad_login();
+            return self.failed_login(&org, "", now).await;
         };
-        if let Some(wait) = sessions.locked_out(org.as_str(), &login.username, now) {
+        if let Some(wait) = self.lockout(&org, &login.username, now).await {
             return Answer::locked_out(wait);
         }
-        let fail = || {
-            sessions.failed(org.as_str(), &login.username, now);
-            Answer::bad_login()
-        };
         let Some(ts) = timestamp_ms(&login.timestamp) else {
-            return fail();
+            return self.failed_login(&org, &login.username, now).await;
         };
         let window = u64::try_from(config.timestamp_window.as_millis()).unwrap_or(u64::MAX);
         if ms(now).abs_diff(ts) > window {
-            return fail();
+            return self.failed_login(&org, &login.username, now).await;
         }
         // The key, then the checks of a keyed call, in its order.
         let checked = store.with_org(org.as_bytes(), |o| {
@@ -445,7 +440,7 @@ impl Gate {
             })
         });
         let Some(Some((admission, generation))) = checked else {
-            return fail();
+            return self.failed_login(&org, &login.username, now).await;
         };
         match self.settle(admission).await {
             Ok(()) => {}
@@ -453,7 +448,7 @@ impl Gate {
         }
         let until = Timestamp::from_nanos(ts.saturating_add(window).saturating_mul(1_000_000));
         if !sessions.reserve_login(&org, ts, &login.username, now, until) {
-            return fail();
+            return self.failed_login(&org, &login.username, now).await;
         }
         let digest = store.user_digest(&org, &login.username);
         let ok = store
@@ -462,7 +457,7 @@ impl Gate {
             .await;
         if !ok {
             sessions.release_login(&org, ts, &login.username);
-            return fail();
+            return self.failed_login(&org, &login.username, now).await;
         }
         let value = new_session_value();
         let record = SessionRecord {
@@ -503,6 +498,44 @@ impl Gate {
             Ok(cookie) => Answer::logged_in(cookie),
             // Hex digits and fixed ASCII: always a valid header value.
             Err(_) => Answer::bad_login(),
+        }
+    }
+
+    /// Seconds until logins for `org` (or `username` of it) may be tried
+    /// again, if over the limits: by this node's count, and in cluster mode
+    /// by the cluster's.
+    async fn lockout(&self, org: &OrgId, username: &str, now: Timestamp) -> Option<u64> {
+        let here = self
+            .store
+            .sessions()
+            .locked_out(org.as_str(), username, now);
+        here.max(self.cluster_failures(org, username, false).await)
+    }
+
+    /// Counts a failed login on this node and, in cluster mode, for the
+    /// cluster; the one 401 every failure answers.
+    async fn failed_login(&self, org: &OrgId, username: &str, now: Timestamp) -> Answer {
+        self.store.sessions().failed(org.as_str(), username, now);
+        self.cluster_failures(org, username, true).await;
+        Answer::bad_login()
+    }
+
+    /// The cluster's lockout of `org` and `username`, counting a failure
+    /// first when `failed`. Only an org that exists is counted there: a
+    /// login for a made-up org fails before any argon2 work, and counting it
+    /// would let a flood of made-up names fill the backend with counters
+    /// (this node's own count is bounded in size). Without the backend, the
+    /// node's own count still limits.
+    async fn cluster_failures(&self, org: &OrgId, username: &str, failed: bool) -> Option<u64> {
+        if !self.store.is_shared() || self.store.with_org(org.as_bytes(), |_| ()).is_none() {
+            return None;
+        }
+        match self.store.login_lockout(org, username, failed).await {
+            Ok(wait) => wait,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not count failed logins for the cluster");
+                None
+            }
         }
     }
 

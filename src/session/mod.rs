@@ -23,7 +23,9 @@ pub mod user;
 
 use std::time::Duration;
 
-pub use table::{new_session_value, Session, SessionDigest, SessionRecord, Sessions};
+pub use table::{
+    new_session_value, LoginFailures, Session, SessionDigest, SessionRecord, Sessions,
+};
 pub use user::{ApiUser, PasswordPool};
 
 /// The longest `max_age_secs` (and idle timeout and timestamp window) the

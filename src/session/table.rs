@@ -111,7 +111,9 @@ const PUBLISH_EVERY_NANOS: u64 = 1_000_000_000;
 /// How failed logins are limited: at most [`USER_FAILURES`] per (org,
 /// username) and [`ORG_FAILURES`] per org within a fixed window of
 /// [`FAILURE_WINDOW_SECS`]; past either, logins for it answer 429 until the
-/// window ends, before any argon2 work is done.
+/// window ends, before any argon2 work is done. Each node counts in its own
+/// [`LoginFailures`]; in cluster mode the backend counts for every node too
+/// ([`Backend::login_lockout`](crate::store::Backend::login_lockout)).
 pub const FAILURE_WINDOW_SECS: u64 = 60;
 /// Failed logins one username of one org may make per window.
 pub const USER_FAILURES: u32 = 5;
@@ -128,17 +130,25 @@ const MAX_FAILURE_ENTRIES: usize = 100_000;
 /// The most failure and replay entries kept before expired ones are swept.
 const SWEEP_AT: usize = 4096;
 
+/// Failed logins counted in one process: per org and per (org, username),
+/// each in its fixed window, bounded in size (see [`FAILURE_WINDOW_SECS`]).
+#[derive(Debug, Default)]
+pub struct LoginFailures {
+    /// Per org (username `None`) and per (org, username), the window's start
+    /// and its count.
+    failures: Mutex<Failures>,
+    /// The second of the last sweep of `failures`.
+    swept: AtomicU64,
+}
+
 /// Every session this node knows, and its login bookkeeping.
 #[derive(Debug, Default)]
 pub struct Sessions {
     live: DashMap<SessionDigest, Arc<Session>>,
     /// (org, login timestamp, username) of logins made, until they leave the window.
     seen: Mutex<HashMap<(OrgId, u64, String), Timestamp>>,
-    /// Failed logins: per org (username `None`) and per (org, username), the
-    /// window's start and its count.
-    failures: Mutex<Failures>,
-    /// The second of the last sweep of `failures`.
-    swept: AtomicU64,
+    /// This node's failed logins.
+    failures: LoginFailures,
     /// Uses to tell the other nodes, in cluster mode.
     uses: Mutex<Vec<(SessionDigest, Timestamp)>>,
 }
@@ -283,6 +293,24 @@ impl Sessions {
     }
 
     /// Seconds until logins for `org` (or this `username` of it) may be tried
+    /// again, if this node's count of its failures is over the limit now.
+    pub fn locked_out(&self, org: &str, username: &str, now: Timestamp) -> Option<u64> {
+        self.failures.locked_out(org, username, now)
+    }
+
+    /// Counts a failed login for `org` and `username` on this node.
+    pub fn failed(&self, org: &str, username: &str, now: Timestamp) {
+        self.failures.failed(org, username, now);
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<(OrgId, u64, String), Timestamp>> {
+        // Only inserts and removes under it: a poisoned map is whole.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LoginFailures {
+    /// Seconds until logins for `org` (or this `username` of it) may be tried
     /// again, if its failures are over the limit now.
     pub fn locked_out(&self, org: &str, username: &str, now: Timestamp) -> Option<u64> {
         let failures = self.lock_failures();
@@ -322,11 +350,6 @@ impl Sessions {
             }
             entry.1 = entry.1.saturating_add(1);
         }
-    }
-
-    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<(OrgId, u64, String), Timestamp>> {
-        // Only inserts and removes under it: a poisoned map is whole.
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, Failures> {

@@ -92,6 +92,29 @@ pub fn verify_password(password: &str, digest: &str) -> bool {
     }
 }
 
+/// Why `digest` is not a password digest keygate can verify against, if it
+/// is not: it must be a PHC string of argon2id (any version and costs argon2
+/// accepts: a digest made under older parameters still verifies) with a
+/// salt and an output. What `keygate import` and `keygate check` ask of an
+/// API user's record; the reason never quotes the digest.
+pub fn digest_problem(digest: &str) -> Option<&'static str> {
+    let Ok(parsed) = PasswordHash::new(digest) else {
+        return Some("is not a PHC string");
+    };
+    if parsed.algorithm != argon2::ARGON2ID_IDENT {
+        return Some("is not an argon2id digest");
+    }
+    if Params::try_from(&parsed).is_err()
+        || parsed.version.is_none_or(|v| Version::try_from(v).is_err())
+    {
+        return Some("has argon2 parameters keygate cannot use");
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Some("has no salt or no output");
+    }
+    None
+}
+
 /// A digest of a password no one knows, verified against when the username
 /// is unknown, so that an unknown user costs the same argon2 work as a wrong
 /// password and the time does not tell which usernames exist.
@@ -177,6 +200,32 @@ mod tests {
             "not a phc string"
         ));
         assert_ne!(d, hash_password("correct horse battery").unwrap(), "salted");
+    }
+
+    #[test]
+    fn only_a_whole_argon2id_phc_string_is_a_digest_keygate_can_verify() {
+        let d = hash_password("correct horse battery").unwrap();
+        assert_eq!(digest_problem(&d), None);
+        // An older cost is still a digest keygate verifies.
+        let old = d.replace("m=19456,t=2", "m=4096,t=3");
+        assert_eq!(digest_problem(&old), None);
+        assert_eq!(
+            digest_problem("hunter2hunter2"),
+            Some("is not a PHC string")
+        );
+        assert_eq!(
+            digest_problem(&d.replace("$argon2id$", "$argon2i$")),
+            Some("is not an argon2id digest")
+        );
+        assert_eq!(
+            digest_problem(&d.replace("m=19456", "m=1")),
+            Some("has argon2 parameters keygate cannot use")
+        );
+        let without_output = d.rsplit_once('$').unwrap().0;
+        assert_eq!(
+            digest_problem(without_output),
+            Some("has no salt or no output")
+        );
     }
 
     #[test]

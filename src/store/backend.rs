@@ -213,6 +213,26 @@ pub trait Backend: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(None)))
     }
 
+    /// Failed session logins, counted for every node sharing this backend:
+    /// counts a failure of `username` of `org` first when `failed`, then
+    /// answers the seconds until logins for the org (or that username of
+    /// it) may be tried again, if the cluster's failures are over the
+    /// limits of [`FAILURE_WINDOW_SECS`](crate::session::table::FAILURE_WINDOW_SECS)
+    /// now. `now` is the node's time, for a backend without a clock of its
+    /// own (Redis windows by its own clock). The default counts nothing and
+    /// answers `None`: a backend one node owns leaves the count to that
+    /// node's [`Sessions`](crate::session::Sessions).
+    fn login_lockout(
+        &self,
+        org: &OrgId,
+        username: &str,
+        failed: bool,
+        now: crate::clock::Timestamp,
+    ) -> BoxFuture<'_, Result<Option<u64>, BackendError>> {
+        let _ = (org, username, failed, now);
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
     /// Every session the backend keeps, for a store that opens or reloads.
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
@@ -308,13 +328,17 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// Everything the backend holds, for `keygate export`: every org, every
-    /// token, and every audit event, each org's oldest first. The default reads
+    /// token, every API user, and every audit event, each org's oldest first. The default reads
     /// it with [`load`](Backend::load) and one [`audit`](Backend::audit) per
     /// org, which is one consistent picture only while nothing commits; a
     /// backend that can read everything at one point in time overrides it.
     fn dump(&self) -> BoxFuture<'_, Result<Dump, BackendError>> {
         Box::pin(async move {
-            let Snapshot { orgs, tokens, .. } = self.load().await?;
+            let Snapshot {
+                orgs,
+                tokens,
+                users,
+            } = self.load().await?;
             let mut audit = Vec::new();
             for org in &orgs {
                 audit.extend(self.audit(org.id.clone()).await?);
@@ -322,6 +346,7 @@ pub trait Backend: Send + Sync + 'static {
             Ok(Dump {
                 orgs,
                 tokens,
+                users,
                 audit,
             })
         })
@@ -394,6 +419,8 @@ pub struct Dump {
     pub orgs: Vec<OrgRecord>,
     /// Every admin and viewer token (digests only: a token itself is never kept).
     pub tokens: Vec<TokenRecord>,
+    /// Every API user (password digests only: a password is never kept).
+    pub users: Vec<ApiUser>,
     /// Every audit event, each org's oldest first.
     pub audit: Vec<AuditEvent>,
 }

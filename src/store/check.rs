@@ -15,6 +15,10 @@
 //!
 //! * each token names an org that exists, with a name keygate accepts, filed
 //!   under its own name, and no two tokens share a digest;
+//! * each API user (`api_users`) names an org that exists, has a username
+//!   keygate accepts, is filed under its own `org/username`, appears once,
+//!   and its password digest is an argon2id PHC string keygate can verify
+//!   against (a user whose digest does not parse could never log in);
 //! * each audit record is filed under the org it is about, each org's log is
 //!   numbered 1, 2, 3 ... without gaps, every org has a log (provisioning
 //!   writes the first record with the org), and every log belongs to an org
@@ -23,7 +27,8 @@
 //!   an org not in the store is ignored, as `serve` ignores it).
 //!
 //! Each problem is one [`Problem`], shown as one line that names the table and
-//! the record: never a key, a token's digest or a record's contents.
+//! the record: never a key, a token's or a password's digest or a record's
+//! contents.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -33,9 +38,11 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable};
 
 use super::backend::AuditEvent;
-use super::redb::{json_error, StoredOrg, AUDIT, COUNTS, ORGS, TOKENS};
+use super::redb::{json_error, StoredOrg, AUDIT, COUNTS, ORGS, TOKENS, USERS};
 use super::{BackendError, RedbBackend};
 use crate::org::OrgId;
+use crate::session::user::{digest_problem, valid_username};
+use crate::session::ApiUser;
 use crate::token::{self, TokenDigest, TokenRecord};
 
 /// What [`check_store`] found.
@@ -49,6 +56,8 @@ pub struct CheckReport {
     pub orgs: u64,
     /// Records read from the tokens table.
     pub tokens: u64,
+    /// Records read from the API users table.
+    pub api_users: u64,
     /// Records read from the audit table.
     pub audit_events: u64,
 }
@@ -149,6 +158,54 @@ pub enum Problem {
         /// The other's.
         second: String,
     },
+    /// An API user filed under one `org/username` says it is another.
+    #[error("table api_users: record {key} is user {username} of org {org}")]
+    MisfiledUser {
+        /// The record's key, quoted.
+        key: String,
+        /// The org inside the record.
+        org: String,
+        /// The username inside the record, quoted.
+        username: String,
+    },
+    /// Two records are one org's user of one name: which password logs in
+    /// is up to the order they are read in.
+    #[error("table api_users: user {username} of org {org} appears twice")]
+    DuplicateUser {
+        /// The org.
+        org: String,
+        /// The username, quoted.
+        username: String,
+    },
+    /// An API user's username is one the admin API refuses.
+    #[error(
+        "table api_users: user {username} of org {org} has a username keygate does not accept"
+    )]
+    BadUsername {
+        /// The org.
+        org: String,
+        /// The username, quoted.
+        username: String,
+    },
+    /// An API user's password digest is not one keygate can verify against:
+    /// the user can never log in.
+    #[error("table api_users: user {username} of org {org}: its password digest {why}")]
+    BadPasswordDigest {
+        /// The org.
+        org: String,
+        /// The username, quoted.
+        username: String,
+        /// What is wrong with it; never the digest.
+        why: &'static str,
+    },
+    /// An API user of an org that is not in the store.
+    #[error("table api_users: user {username} is of org {org}, which is not in the store")]
+    UserOfMissingOrg {
+        /// The username, quoted.
+        username: String,
+        /// The org it names, quoted.
+        org: String,
+    },
     /// An audit record is filed under one org and about another.
     #[error("table audit: record {record} is about org {about}")]
     MisfiledEvent {
@@ -214,12 +271,14 @@ pub fn check_store(path: &Path) -> Result<CheckReport, BackendError> {
     scan.report.path = path.to_owned();
     let orgs_read = scan.table("orgs", |scan| scan_orgs(db, scan));
     scan.table("tokens", |scan| scan_tokens(db, scan));
+    scan.table("api_users", |scan| scan_users(db, scan));
     let audit_read = scan.table("audit", |scan| scan_audit(db, scan));
     scan.table("counts", |scan| scan_counts(db, scan));
     // Against a table read only in part, every missing record would look
     // like a broken reference: the damage is reported once, above.
     if orgs_read {
         scan.check_tokens();
+        scan.check_users();
         if audit_read {
             scan.check_logs();
         }
@@ -238,6 +297,8 @@ struct Scan {
     digests: HashMap<TokenDigest, String>,
     /// Tokens and the org each names, checked once every org is known.
     token_orgs: Vec<(String, String)>,
+    /// API users read, (org, username), checked once every org is known.
+    users: Vec<(String, String)>,
     /// Orgs with at least one audit record.
     logged: HashSet<String>,
     /// Orgs whose log's last event is their deletion: a log without an org
@@ -278,6 +339,18 @@ impl Scan {
             if !self.orgs.contains(&org) {
                 self.problem(Problem::TokenForMissingOrg {
                     name: format!("{name:?}"),
+                    org: format!("{org:?}"),
+                });
+            }
+        }
+    }
+
+    /// Each API user read names an org of the orgs table.
+    fn check_users(&mut self) {
+        for (org, username) in std::mem::take(&mut self.users) {
+            if !self.orgs.contains(&org) {
+                self.problem(Problem::UserOfMissingOrg {
+                    username: format!("{username:?}"),
                     org: format!("{org:?}"),
                 });
             }
@@ -379,6 +452,65 @@ fn scan_tokens(db: &Database, scan: &mut Scan) -> Result<(), String> {
     Ok(())
 }
 
+/// The API users. A store without a user has no such table (the first
+/// user's commit makes it), which is sound.
+fn scan_users(db: &Database, scan: &mut Scan) -> Result<(), String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match txn.open_table(USERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut seen: HashSet<(OrgId, String)> = HashSet::new();
+    for entry in table.iter().map_err(|e| e.to_string())? {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let key = key.value();
+        scan.report.api_users += 1;
+        scan.last = Some(format!("{key:?}"));
+        let user: ApiUser = match serde_json::from_slice(value.value()) {
+            Ok(user) => user,
+            Err(e) => {
+                scan.problem(Problem::Undecodable {
+                    table: "api_users",
+                    record: format!("{key:?}"),
+                    why: json_error(&e),
+                });
+                continue;
+            }
+        };
+        let (org, username) = (user.org.as_str().to_owned(), user.username.clone());
+        let quoted = format!("{username:?}");
+        if format!("{org}/{username}") != key {
+            scan.problem(Problem::MisfiledUser {
+                key: format!("{key:?}"),
+                org: org.clone(),
+                username: quoted.clone(),
+            });
+        }
+        if !seen.insert((user.org.clone(), username.clone())) {
+            scan.problem(Problem::DuplicateUser {
+                org: org.clone(),
+                username: quoted.clone(),
+            });
+        }
+        if !valid_username(&username) {
+            scan.problem(Problem::BadUsername {
+                org: org.clone(),
+                username: quoted.clone(),
+            });
+        }
+        if let Some(why) = digest_problem(&user.password_digest) {
+            scan.problem(Problem::BadPasswordDigest {
+                org: org.clone(),
+                username: quoted,
+                why,
+            });
+        }
+        scan.users.push((org, username));
+    }
+    Ok(())
+}
+
 /// The saved threshold windows: keyed by org id, as `serve` reads them. A
 /// store written before the table existed has none, which is sound.
 fn scan_counts(db: &Database, scan: &mut Scan) -> Result<(), String> {
@@ -463,8 +595,8 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} orgs, {} tokens, {} audit records read: ",
-            self.orgs, self.tokens, self.audit_events
+            "{} orgs, {} tokens, {} API users, {} audit records read: ",
+            self.orgs, self.tokens, self.api_users, self.audit_events
         )?;
         match self.problems.len() {
             0 => f.write_str("no problems"),
@@ -583,7 +715,7 @@ mod tests {
         assert_eq!((report.orgs, report.tokens, report.audit_events), (2, 1, 5));
         assert_eq!(
             report.to_string(),
-            "2 orgs, 1 tokens, 5 audit records read: no problems"
+            "2 orgs, 1 tokens, 0 API users, 5 audit records read: no problems"
         );
     }
 
@@ -747,6 +879,104 @@ mod tests {
             assert!(line.starts_with(&path.display().to_string()), "{line}");
             assert!(!line.contains(KEY), "{line}");
             assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    fn user(org: &str, username: &str, digest: &str) -> ApiUser {
+        ApiUser {
+            org: OrgId::parse(org).unwrap(),
+            username: username.into(),
+            password_digest: digest.into(),
+            created_at: T0,
+        }
+    }
+
+    #[tokio::test]
+    async fn api_users_are_counted_and_each_bad_one_is_a_problem_naming_org_and_user() {
+        let dir = TempDir::new().unwrap();
+        let path = sound_store(&dir).await;
+        let digest = crate::session::user::hash_password("correct horse battery").unwrap();
+        {
+            let b = RedbBackend::open(&path).unwrap();
+            b.commit(Commit {
+                change: Change::PutUser(user("acme", "ann", &digest)),
+                event: event("acme"),
+            })
+            .await
+            .unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert_eq!(report.problems, vec![]);
+        assert_eq!(report.api_users, 1);
+        assert_eq!(
+            report.to_string(),
+            "2 orgs, 1 tokens, 1 API users, 6 audit records read: no problems"
+        );
+
+        let records: [(&str, ApiUser); 4] = [
+            (
+                "acme/bob",
+                user("acme", "bob", "$argon2id$v=19$not a digest"),
+            ),
+            (
+                "acme/cat",
+                user("acme", "cat", &digest.replace("$argon2id$", "$argon2i$")),
+            ),
+            ("acme/dan", user("acme", "ann", &digest)),
+            ("ghost/eve", user("ghost", "eve", &digest)),
+        ];
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(USERS).unwrap();
+                for (k, u) in &records {
+                    t.insert(*k, json(u).as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let report = check_store(&path).unwrap();
+        assert_eq!(report.api_users, 5);
+        assert_eq!(
+            report.problems,
+            vec![
+                Problem::BadPasswordDigest {
+                    org: "acme".into(),
+                    username: "\"bob\"".into(),
+                    why: "is not a PHC string"
+                },
+                Problem::BadPasswordDigest {
+                    org: "acme".into(),
+                    username: "\"cat\"".into(),
+                    why: "is not an argon2id digest"
+                },
+                Problem::MisfiledUser {
+                    key: "\"acme/dan\"".into(),
+                    org: "acme".into(),
+                    username: "\"ann\"".into()
+                },
+                Problem::DuplicateUser {
+                    org: "acme".into(),
+                    username: "\"ann\"".into()
+                },
+                Problem::UserOfMissingOrg {
+                    username: "\"eve\"".into(),
+                    org: "\"ghost\"".into()
+                },
+            ]
+        );
+        let lines: Vec<String> = report.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!(
+                "{}: table api_users: user \"bob\" of org acme: its password digest is not a PHC string",
+                path.display()
+            )
+        );
+        let salt_and_hash = digest.split('$').skip(4).collect::<Vec<_>>().join("$");
+        for line in &lines {
+            assert!(!line.contains(&salt_and_hash), "{line}");
         }
     }
 

@@ -686,6 +686,7 @@ async fn an_import_into_the_shared_backend_reaches_a_running_node_by_resync() {
             version: 7,
         }],
         tokens: Vec::new(),
+        users: Vec::new(),
         audit: Vec::new(),
     };
     assert_eq!(backend.restore(dump).await.unwrap(), Restored::Done);

@@ -3,19 +3,27 @@
 //!
 //! The output is one JSON object per line, each with a `type`:
 //!
-//! * first, the header: `{"type":"keygate-export","version":1,"orgs":N,"tokens":M,"audit_events":K}`;
+//! * first, the header: `{"type":"keygate-export","version":2,"orgs":N,"tokens":M,"api_users":U,"audit_events":K}`;
 //!   the counts let an import tell a whole file from a cut one;
 //! * `org`: `{"type":"org","id":...,"state":{...}}`, the org's whole persisted
 //!   state (its key, status, disabled reason, subscription, limit overrides,
 //!   last modified by and on, generation), one per org, by id;
 //! * `token`: a token's name, role, org, digest and creation time, one per
 //!   token, by name. The digest only: keygate never holds a token itself;
+//! * `api_user`: an API user's org, username, password digest (argon2id, a
+//!   PHC string) and creation time, one per user, by org then username. The
+//!   digest only: keygate never holds a password;
 //! * `audit`: one per audit event, grouped by org in id order, each org's
 //!   oldest first.
 //!
 //! The same store always exports to the same bytes, and an export imported
 //! into an empty store exports to the same bytes again. The file holds every
 //! org's API key: it is as secret as the store itself.
+//!
+//! Version 1 (written before API users existed) is version 2 without
+//! `api_user` lines and without `api_users` in the header; an import reads
+//! both. A keygate that reads only version 1 refuses a version 2 export by
+//! its header, rather than dropping its users.
 //!
 //! [`export`] reads through [`Backend::dump`], so any backend can be exported;
 //! [`import`](super::import) reads the format back.
@@ -26,10 +34,16 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{AuditEvent, Backend, BackendError, Dump, OrgRecord};
 use super::redb::json_error;
+use crate::session::ApiUser;
 use crate::token::TokenRecord;
 
-/// The format version [`export`] writes and [`import`](super::import) reads.
-pub const EXPORT_VERSION: u32 = 1;
+/// The format version [`export`] writes; [`import`](super::import) reads it
+/// and every earlier one ([`FIRST_VERSION`] on).
+pub const EXPORT_VERSION: u32 = 2;
+
+/// The oldest format version [`import`](super::import) reads: version 1,
+/// without API users.
+pub const FIRST_VERSION: u32 = 1;
 
 /// The `type` of the header line.
 pub(super) const HEADER_TYPE: &str = "keygate-export";
@@ -47,6 +61,9 @@ pub(super) enum Line {
     /// One token.
     #[serde(rename = "token")]
     Token(TokenRecord),
+    /// One API user (version 2 on).
+    #[serde(rename = "api_user")]
+    User(ApiUser),
     /// One audit event.
     #[serde(rename = "audit")]
     Audit(AuditEvent),
@@ -61,6 +78,9 @@ pub(super) struct Header {
     pub orgs: u64,
     /// Token lines that follow.
     pub tokens: u64,
+    /// API user lines that follow; absent (0) in version 1.
+    #[serde(default)]
+    pub api_users: u64,
     /// Audit lines that follow.
     pub audit_events: u64,
 }
@@ -72,16 +92,31 @@ pub struct ExportCounts {
     pub orgs: u64,
     /// Tokens.
     pub tokens: u64,
+    /// API users.
+    pub api_users: u64,
     /// Audit events.
     pub audit_events: u64,
+}
+
+impl ExportCounts {
+    /// What `dump` holds.
+    pub(super) fn of(dump: &Dump) -> ExportCounts {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        ExportCounts {
+            orgs: count(dump.orgs.len()),
+            tokens: count(dump.tokens.len()),
+            api_users: count(dump.users.len()),
+            audit_events: count(dump.audit.len()),
+        }
+    }
 }
 
 impl std::fmt::Display for ExportCounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} orgs, {} tokens, {} audit events",
-            self.orgs, self.tokens, self.audit_events
+            "{} orgs, {} tokens, {} API users, {} audit events",
+            self.orgs, self.tokens, self.api_users, self.audit_events
         )
     }
 }
@@ -101,7 +136,7 @@ pub enum ExportError {
     /// what the record holds.
     #[error("cannot write a {what} record as JSON ({why})")]
     Encode {
-        /// `org`, `token` or `audit`.
+        /// `org`, `token`, `api_user` or `audit`.
         what: &'static str,
         /// The kind of JSON error.
         why: String,
@@ -122,18 +157,16 @@ pub async fn export(
 pub(super) fn write_dump(mut dump: Dump, out: &mut dyn Write) -> Result<ExportCounts, ExportError> {
     dump.orgs.sort_by(|a, b| a.id.cmp(&b.id));
     dump.tokens.sort_by(|a, b| a.name.cmp(&b.name));
+    dump.users
+        .sort_by(|a, b| (&a.org, &a.username).cmp(&(&b.org, &b.username)));
     // Stable: each org's events keep their order, oldest first.
     dump.audit.sort_by(|a, b| a.org.cmp(&b.org));
-    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let counts = ExportCounts {
-        orgs: count(dump.orgs.len()),
-        tokens: count(dump.tokens.len()),
-        audit_events: count(dump.audit.len()),
-    };
+    let counts = ExportCounts::of(&dump);
     let header = Header {
         version: EXPORT_VERSION,
         orgs: counts.orgs,
         tokens: counts.tokens,
+        api_users: counts.api_users,
         audit_events: counts.audit_events,
     };
     write_line(out, "header", &Line::Header(header))?;
@@ -142,6 +175,9 @@ pub(super) fn write_dump(mut dump: Dump, out: &mut dyn Write) -> Result<ExportCo
     }
     for token in dump.tokens {
         write_line(out, "token", &Line::Token(token))?;
+    }
+    for user in dump.users {
+        write_line(out, "api_user", &Line::User(user))?;
     }
     for event in dump.audit {
         write_line(out, "audit", &Line::Audit(event))?;
@@ -222,8 +258,22 @@ mod tests {
         })
         .await
         .unwrap();
+        b.commit(Commit {
+            change: Change::PutUser(ApiUser {
+                org: org("globex"),
+                username: "ops".into(),
+                password_digest: DIGEST.into(),
+                created_at: Timestamp::from_secs(9),
+            }),
+            event: event("globex", "g3"),
+        })
+        .await
+        .unwrap();
         b
     }
+
+    /// An argon2id PHC string (of no password anyone knows).
+    const DIGEST: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA";
 
     fn lines(out: &[u8]) -> Vec<serde_json::Value> {
         std::str::from_utf8(out)
@@ -243,13 +293,14 @@ mod tests {
             ExportCounts {
                 orgs: 2,
                 tokens: 1,
-                audit_events: 4
+                api_users: 1,
+                audit_events: 5
             }
         );
         let lines = lines(&out);
         assert_eq!(
             lines[0],
-            serde_json::json!({"type": "keygate-export", "version": 1, "orgs": 2, "tokens": 1, "audit_events": 4})
+            serde_json::json!({"type": "keygate-export", "version": 2, "orgs": 2, "tokens": 1, "api_users": 1, "audit_events": 5})
         );
         let summary: Vec<String> = lines[1..]
             .iter()
@@ -257,6 +308,7 @@ mod tests {
                 let field = match l["type"].as_str().unwrap() {
                     "org" => "id",
                     "token" => "name",
+                    "api_user" => "username",
                     _ => "detail",
                 };
                 format!(
@@ -272,10 +324,12 @@ mod tests {
                 "org:acme",
                 "org:globex",
                 "token:zed",
+                "api_user:ops",
                 "audit:a1",
                 "audit:a2",
                 "audit:g1",
-                "audit:g2"
+                "audit:g2",
+                "audit:g3"
             ]
         );
     }
@@ -296,6 +350,24 @@ mod tests {
         let state: OrgState = serde_json::from_value(lines[1]["state"].clone()).unwrap();
         let loaded = b.load().await.unwrap();
         assert_eq!(state, loaded.orgs[0].state);
+    }
+
+    #[tokio::test]
+    async fn an_api_user_line_carries_its_org_and_password_digest_only() {
+        let b = backend().await;
+        let mut out = Vec::new();
+        export(&b, &mut out).await.unwrap();
+        let lines = lines(&out);
+        assert_eq!(
+            lines[4],
+            serde_json::json!({
+                "type": "api_user",
+                "org": "globex",
+                "username": "ops",
+                "password_digest": DIGEST,
+                "created_at": "1970-01-01T00:00:09Z"
+            })
+        );
     }
 
     #[tokio::test]

@@ -15,12 +15,13 @@ use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 
 use super::backend::{Dump, Restored};
-use super::export::{ExportCounts, Header, Line, EXPORT_VERSION, HEADER_TYPE};
+use super::export::{ExportCounts, Header, Line, EXPORT_VERSION, FIRST_VERSION, HEADER_TYPE};
 use super::redb::json_error;
 use super::{AuditEvent, Backend, BackendError, Change, Commit};
 use crate::clock::Timestamp;
 use crate::key::ApiKey;
 use crate::org::{Action, Actor, LimitOverrides, OrgId, OrgState};
+use crate::session::user::{digest_problem, valid_username};
 use crate::token::{self, TokenDigest};
 
 /// Orgs per write transaction of an org list: large enough that fsyncs do not
@@ -53,8 +54,8 @@ pub enum ImportError {
     Export {
         /// 1-based.
         line: usize,
-        /// What is wrong; names records by org id or token name, never shows a
-        /// key or a digest.
+        /// What is wrong; names records by org id, token name or (org,
+        /// username), never shows a key or a digest.
         reason: String,
     },
     /// The store already holds records, and an export loads only into an
@@ -171,11 +172,7 @@ impl<R: BufRead> ImportInput<R> {
     ) -> Result<Imported, ImportError> {
         match self.0 {
             Input::Export(dump) => {
-                let counts = ExportCounts {
-                    orgs: count(dump.orgs.len()),
-                    tokens: count(dump.tokens.len()),
-                    audit_events: count(dump.audit.len()),
-                };
+                let counts = ExportCounts::of(&dump);
                 match backend.restore(dump).await? {
                     Restored::Done => Ok(Imported::Export(counts)),
                     Restored::NotEmpty {
@@ -210,15 +207,13 @@ fn unreadable(text: &str, e: &serde_json::Error) -> String {
         _ => return format!("not a record of a keygate export ({})", json_error(e)),
     };
     match serde_json::from_str::<Probe>(text) {
-        Ok(Probe { kind: t }) if [HEADER_TYPE, "org", "token", "audit"].contains(&t.as_str()) => {
+        Ok(Probe { kind: t })
+            if [HEADER_TYPE, "org", "token", "api_user", "audit"].contains(&t.as_str()) =>
+        {
             format!("a record of type {t:?} that keygate cannot read ({kind})")
         }
         _ => format!("not a record of a keygate export ({kind})"),
     }
-}
-
-fn count(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 /// Reads and checks a whole export: the header first, then records that
@@ -236,6 +231,8 @@ fn read_export(
     let mut token_names: HashSet<String> = HashSet::new();
     let mut digests: HashMap<TokenDigest, String> = HashMap::new();
     let mut token_lines = Vec::new();
+    let mut users_seen: HashSet<(OrgId, String)> = HashSet::new();
+    let mut user_lines = Vec::new();
     for line in lines {
         let (n, text) = line?;
         last = n;
@@ -246,7 +243,7 @@ fn read_export(
             serde_json::from_str(&text).map_err(|e| bad(n, unreadable(&text, &e)))?;
         if header.is_none() {
             match record {
-                Line::Header(h) if h.version == EXPORT_VERSION => {
+                Line::Header(h) if (FIRST_VERSION..=EXPORT_VERSION).contains(&h.version) => {
                     header = Some(h);
                     continue;
                 }
@@ -254,7 +251,8 @@ fn read_export(
                     return Err(bad(
                         n,
                         format!(
-                            "an export of format version {}; this keygate reads version {EXPORT_VERSION}",
+                            "an export of format version {}; this keygate reads versions \
+                             {FIRST_VERSION} to {EXPORT_VERSION}",
                             h.version
                         ),
                     ))
@@ -294,6 +292,31 @@ fn read_export(
                 token_lines.push(n);
                 dump.tokens.push(t);
             }
+            Line::User(user) => {
+                // Only a version 2 header can promise users; a user line
+                // in version 1 is a line of another format.
+                let who = format!("API user {:?} of org {}", user.username, user.org);
+                if header.is_some_and(|h| h.version < 2) {
+                    return Err(bad(
+                        n,
+                        format!("{who}: an export of format version 1 holds no API users"),
+                    ));
+                }
+                if !valid_username(&user.username) {
+                    return Err(bad(
+                        n,
+                        format!("{who} has a username keygate does not accept"),
+                    ));
+                }
+                if let Some(why) = digest_problem(&user.password_digest) {
+                    return Err(bad(n, format!("{who}: its password digest {why}")));
+                }
+                if !users_seen.insert((user.org.clone(), user.username.clone())) {
+                    return Err(bad(n, format!("{who} appears twice")));
+                }
+                user_lines.push(n);
+                dump.users.push(user);
+            }
             Line::Audit(event) => {
                 dump.audit.push(event);
             }
@@ -314,16 +337,24 @@ fn read_export(
             ));
         }
     }
+    for (u, &n) in dump.users.iter().zip(&user_lines) {
+        if !orgs_seen.contains(&u.org) {
+            return Err(bad(
+                n,
+                format!(
+                    "API user {:?} is of org {}, which the export does not hold",
+                    u.username, u.org
+                ),
+            ));
+        }
+    }
     // An audit event may name an org the export does not hold: the contract
     // keeps a deleted org's log readable by the provider.
-    let found = ExportCounts {
-        orgs: count(dump.orgs.len()),
-        tokens: count(dump.tokens.len()),
-        audit_events: count(dump.audit.len()),
-    };
+    let found = ExportCounts::of(&dump);
     let promised = ExportCounts {
         orgs: header.orgs,
         tokens: header.tokens,
+        api_users: header.api_users,
         audit_events: header.audit_events,
     };
     if found != promised {
@@ -443,7 +474,7 @@ mod tests {
 
     /// A redb store with history: two orgs, a regenerated key, a disabled
     /// one, a subscription, limits, two tokens (one deleted, one kept), a
-    /// deleted key. Returns the backend (the store is dropped).
+    /// deleted key, an API user. Returns the backend (the store is dropped).
     async fn store_with_history(path: &std::path::Path) -> RedbBackend {
         let backend = RedbBackend::open(path).unwrap();
         let store = Store::open(
@@ -498,6 +529,15 @@ mod tests {
             .await
             .unwrap();
         store.delete_token("bob").await.unwrap();
+        store
+            .create_user(
+                "acme",
+                "ops@acme.example",
+                "a long enough password".into(),
+                Actor::Provider,
+            )
+            .await
+            .unwrap();
         backend
     }
 
@@ -520,7 +560,8 @@ mod tests {
             Imported::Export(crate::store::ExportCounts {
                 orgs: 2,
                 tokens: 1,
-                audit_events: 10
+                api_users: 1,
+                audit_events: 11
             })
         );
         assert_eq!(exported(&target).await, first);
@@ -606,10 +647,10 @@ mod tests {
             "{msg}"
         );
 
-        let v2 = export.replacen("\"version\":1", "\"version\":2", 1);
-        let msg = refusal(&v2).await;
+        let v3 = export.replacen("\"version\":2", "\"version\":3", 1);
+        let msg = refusal(&v3).await;
         assert!(
-            msg.starts_with("line 1: ") && msg.contains("version 2"),
+            msg.starts_with("line 1: ") && msg.contains("version 3"),
             "{msg}"
         );
 
@@ -641,6 +682,165 @@ mod tests {
         let msg = refusal(&without_acme.join("\n")).await;
         assert!(
             msg.starts_with("line 3: ") && msg.contains("alice"),
+            "{msg}"
+        );
+    }
+
+    /// `export` as a keygate before API users wrote it: version 1, no
+    /// `api_users` count, no user lines.
+    fn as_version_1(export: &str) -> String {
+        let mut lines: Vec<serde_json::Value> = export
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|l: &serde_json::Value| l["type"] != "api_user")
+            .collect();
+        lines[0]["version"] = 1.into();
+        lines[0].as_object_mut().unwrap().remove("api_users");
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    #[tokio::test]
+    async fn an_api_user_moves_with_its_digest_and_logs_in_after_the_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = store_with_history(&dir.path().join("a.redb")).await;
+        let export = exported(&source).await;
+        assert!(!export.contains("a long enough password"));
+        let target = RedbBackend::open(&dir.path().join("b.redb")).unwrap();
+        import(&target, export.as_bytes(), Timestamp::from_secs(5))
+            .await
+            .unwrap();
+        let users = target.users().await.unwrap();
+        assert_eq!(users, source.users().await.unwrap());
+        let store = Store::open(
+            Arc::new(target),
+            Arc::new(ManualClock::default()),
+            Limits::default(),
+        )
+        .await
+        .unwrap();
+        let acme = OrgId::parse("acme").unwrap();
+        let digest = store.user_digest(&acme, "ops@acme.example");
+        let pool = crate::session::PasswordPool::new(1);
+        assert!(
+            pool.verify("a long enough password".into(), digest.clone())
+                .await
+        );
+        assert!(!pool.verify("a long enough passwore".into(), digest).await);
+    }
+
+    #[tokio::test]
+    async fn a_version_1_export_without_users_still_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = store_with_history(&dir.path().join("a.redb")).await;
+        let old = as_version_1(&exported(&source).await);
+        let header = old.lines().next().unwrap();
+        assert!(
+            header.contains(r#""version":1"#) && !header.contains("api_users"),
+            "{header}"
+        );
+        let target = crate::store::MemoryBackend::new();
+        let imported = import(&target, old.as_bytes(), Timestamp::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            imported,
+            Imported::Export(crate::store::ExportCounts {
+                orgs: 2,
+                tokens: 1,
+                api_users: 0,
+                audit_events: 11
+            })
+        );
+        assert!(target.users().await.unwrap().is_empty());
+        // A user line has no place in version 1.
+        let source_export = exported(&source).await;
+        let user_line = source_export
+            .lines()
+            .find(|l| l.contains(r#""type":"api_user""#))
+            .unwrap();
+        let mut lines: Vec<&str> = old.lines().collect();
+        lines.insert(4, user_line);
+        let msg = refusal(&lines.join("\n")).await;
+        assert!(
+            msg.starts_with("line 5: ") && msg.contains("version 1 holds no API users"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_export_refuses_a_bad_api_user_naming_its_line_org_and_username() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = store_with_history(&dir.path().join("a.redb")).await;
+        let export = exported(&source).await;
+        let lines: Vec<&str> = export.lines().collect();
+        // Lines: header, acme, globex, the token alice, the user, events.
+        let at = lines
+            .iter()
+            .position(|l| l.contains(r#""type":"api_user""#))
+            .unwrap();
+        assert_eq!(at, 4);
+        let user: serde_json::Value = serde_json::from_str(lines[at]).unwrap();
+        let digest = user["password_digest"].as_str().unwrap().to_owned();
+        let with_user = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut u = user.clone();
+            edit(&mut u);
+            let mut l: Vec<String> = lines.iter().map(|s| (*s).to_owned()).collect();
+            l[at] = u.to_string();
+            l.join("\n")
+        };
+
+        let msg = refusal(&with_user(&|u| {
+            u["password_digest"] = "plaintext password".into()
+        }))
+        .await;
+        assert_eq!(
+            msg,
+            "line 5: API user \"ops@acme.example\" of org acme: its password digest is not a \
+             PHC string; nothing was imported"
+        );
+        let msg = refusal(&with_user(&|u| {
+            u["password_digest"] = digest.replace("$argon2id$", "$argon2i$").into()
+        }))
+        .await;
+        assert!(msg.contains("is not an argon2id digest"), "{msg}");
+        let salt_and_hash = digest.split('$').skip(4).collect::<Vec<_>>().join("$");
+        assert!(!msg.contains(&salt_and_hash), "{msg}");
+
+        let msg = refusal(&with_user(&|u| u["username"] = "two words".into())).await;
+        assert!(
+            msg.starts_with("line 5: ") && msg.contains("username keygate does not accept"),
+            "{msg}"
+        );
+
+        let msg = refusal(&with_user(&|u| u["org"] = "initech".into())).await;
+        assert!(
+            msg.starts_with("line 5: ")
+                && msg.contains(
+                    "\"ops@acme.example\" is of org initech, which the export does not hold"
+                ),
+            "{msg}"
+        );
+
+        let mut twice: Vec<&str> = lines.clone();
+        twice.insert(at, lines[at]);
+        let twice = twice
+            .join("\n")
+            .replacen("\"api_users\":1", "\"api_users\":2", 1);
+        let msg = refusal(&twice).await;
+        assert!(
+            msg.starts_with("line 6: ") && msg.contains("appears twice"),
+            "{msg}"
+        );
+
+        let without: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, l)| *l)
+            .collect();
+        let msg = refusal(&without.join("\n")).await;
+        assert!(
+            msg.contains("0 API users") && msg.contains("promises"),
             "{msg}"
         );
     }

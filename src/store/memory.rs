@@ -27,6 +27,8 @@ use crate::token::{TokenDigest, TokenRecord};
 pub struct MemoryBackend {
     data: Mutex<Data>,
     fail_commits: AtomicBool,
+    /// Failed logins of every store sharing this backend (a shared one only).
+    login_failures: crate::session::LoginFailures,
 }
 
 #[derive(Debug, Default)]
@@ -322,6 +324,11 @@ impl Backend for MemoryBackend {
                     .into_iter()
                     .map(|t| (t.name.clone(), t))
                     .collect();
+                data.users = dump
+                    .users
+                    .into_iter()
+                    .map(|u| ((u.org.clone(), u.username.clone()), u))
+                    .collect();
                 data.audit = dump.audit;
                 data.seq += 1;
                 if let Some(feed) = &data.feed {
@@ -390,6 +397,24 @@ impl Backend for MemoryBackend {
     ) -> BoxFuture<'_, Result<Option<crate::clock::Timestamp>, BackendError>> {
         let at = self.lock().session_uses.get(&digest).copied();
         Box::pin(std::future::ready(Ok(at)))
+    }
+
+    fn login_lockout(
+        &self,
+        org: &OrgId,
+        username: &str,
+        failed: bool,
+        now: crate::clock::Timestamp,
+    ) -> BoxFuture<'_, Result<Option<u64>, BackendError>> {
+        // One node's backend: that node counts its own.
+        if self.lock().feed.is_none() {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        if failed {
+            self.login_failures.failed(org.as_str(), username, now);
+        }
+        let wait = self.login_failures.locked_out(org.as_str(), username, now);
+        Box::pin(std::future::ready(Ok(wait)))
     }
 
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRecord>, BackendError>> {

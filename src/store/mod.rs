@@ -1136,6 +1136,27 @@ impl Store {
         self.inner.backend.session_used(digest).await
     }
 
+    /// The cluster's count of failed logins ([`Backend::login_lockout`]):
+    /// counts a failure of `username` of `org` first when `failed`, then
+    /// answers the seconds until logins for it may be tried again, if the
+    /// cluster's failures are over the limits. `None` on a single node,
+    /// whose [`Sessions`] counts alone.
+    pub async fn login_lockout(
+        &self,
+        org: &OrgId,
+        username: &str,
+        failed: bool,
+    ) -> Result<Option<u64>, BackendError> {
+        if !self.inner.shared {
+            return Ok(None);
+        }
+        let now = self.clock().now();
+        self.inner
+            .backend
+            .login_lockout(org, username, failed, now)
+            .await
+    }
+
     /// Where passwords are hashed and verified.
     pub fn passwords(&self) -> &PasswordPool {
         &self.inner.passwords

@@ -364,6 +364,11 @@ impl Inner {
             .db
             .begin_read()
             .map_err(|e| self.unavailable("read", e))?;
+        self.users_in(&txn)
+    }
+
+    /// [`users`](Inner::users) within `txn`.
+    fn users_in(&self, txn: &redb::ReadTransaction) -> Result<Vec<ApiUser>, BackendError> {
         let table = match txn.open_table(USERS) {
             Ok(table) => table,
             // Made by the first user's commit.
@@ -483,6 +488,7 @@ impl Inner {
                 Ok(())
             },
         )?;
+        let users = self.users_in(&txn)?;
         let table = txn.open_table(AUDIT).map_err(|e| self.table_error(e))?;
         let mut audit = Vec::new();
         for entry in table
@@ -496,6 +502,7 @@ impl Inner {
         Ok(Dump {
             orgs,
             tokens,
+            users,
             audit,
         })
     }
@@ -533,6 +540,18 @@ impl Inner {
                 tokens
                     .insert(token.name.as_str(), record.as_slice())
                     .map_err(|e| fail(&e))?;
+            }
+            if !dump.users.is_empty() {
+                let mut users = txn.open_table(USERS).map_err(|e| fail(&e))?;
+                for user in &dump.users {
+                    let record = encode(user, "API user").map_err(|e| fail(&e))?;
+                    users
+                        .insert(
+                            user_key(&user.org, &user.username).as_str(),
+                            record.as_slice(),
+                        )
+                        .map_err(|e| fail(&e))?;
+                }
             }
             let mut seqs: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
             for event in &dump.audit {

@@ -15,6 +15,9 @@
 //! * `seq`: the feed's counter, and `feed`: a stream with one entry per
 //!   commit (`seq`, `kind`, `payload`), trimmed to about
 //!   [`FEED_MAXLEN`] entries;
+//! * `login_failures:<org>` and `login_failures:<org>:<sha256 of username>`:
+//!   failed session logins, counters that expire a window after their first
+//!   failure (`login_failures.lua`);
 //! * `nodes`: a hash, node -> the last seq it applied, and `lease:<node>`,
 //!   a key that expires when the node's lease does.
 //!
@@ -223,6 +226,8 @@ struct Keys {
     lease_prefix: String,
     /// What precedes an org id in its threshold window's key.
     calls_prefix: String,
+    /// What precedes an org id in its failed-login counters' keys.
+    login_failures_prefix: String,
     /// The channel nodes acknowledge applied seqs on.
     acks: String,
 }
@@ -245,6 +250,7 @@ impl Keys {
             audit_prefix: key("audit:"),
             lease_prefix: key("lease:"),
             calls_prefix: key("calls:"),
+            login_failures_prefix: key("login_failures:"),
             acks: key("acks"),
         }
     }
@@ -258,11 +264,25 @@ impl Keys {
     fn calls(&self, org: &str) -> String {
         format!("{}{org}", self.calls_prefix)
     }
+
+    /// The failed-login counters of `org` and of `username` of it: the
+    /// username by its SHA-256, so that a key's length and bytes do not
+    /// depend on what a client typed.
+    fn login_failures(&self, org: &str, username: &str) -> (String, String) {
+        use sha2::Digest as _;
+        let user = hex::encode(sha2::Sha256::digest(username.as_bytes()));
+        (
+            format!("{}{org}", self.login_failures_prefix),
+            format!("{}{org}:{user}", self.login_failures_prefix),
+        )
+    }
 }
 
 struct Scripts {
     /// Puts or ends a session, with its feed entry.
     session: Script,
+    /// Counts failed logins and answers a lockout.
+    login_failures: Script,
     commit: Script,
     restore: Script,
     renew: Script,
@@ -285,6 +305,7 @@ impl Scripts {
             take_calls: Script::new(include_str!("take_calls.lua")),
             reclaim: Script::new(include_str!("reclaim.lua")),
             session: Script::new(include_str!("session.lua")),
+            login_failures: Script::new(include_str!("login_failures.lua")),
         }
     }
 }
@@ -684,6 +705,35 @@ impl Backend for RedisBackend {
 
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<crate::session::SessionRecord>, BackendError>> {
         Box::pin(self.read_sessions())
+    }
+
+    fn login_lockout(
+        &self,
+        org: &OrgId,
+        username: &str,
+        failed: bool,
+        now: crate::clock::Timestamp,
+    ) -> BoxFuture<'_, Result<Option<u64>, BackendError>> {
+        use crate::session::table::{FAILURE_WINDOW_SECS, ORG_FAILURES, USER_FAILURES};
+        // Windows by Redis's clock, so every node's failures fall in one.
+        let _ = now;
+        let (org_key, user_key) = self.shared.keys.login_failures(org.as_str(), username);
+        Box::pin(async move {
+            let wait: u64 = self
+                .shared
+                .scripts
+                .login_failures
+                .key(org_key)
+                .key(user_key)
+                .arg(if failed { "1" } else { "0" })
+                .arg(FAILURE_WINDOW_SECS)
+                .arg(USER_FAILURES)
+                .arg(ORG_FAILURES)
+                .invoke_async(&mut self.shared.conn.clone())
+                .await
+                .map_err(|e| unavailable("login failures", e))?;
+            Ok((wait > 0).then_some(wait))
+        })
     }
 
     fn reclaim_calls(&self, org: &OrgId) -> BoxFuture<'_, Result<(), BackendError>> {

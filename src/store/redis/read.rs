@@ -131,6 +131,7 @@ impl RedisBackend {
     pub(super) async fn read_dump(&self) -> Result<Dump, BackendError> {
         let orgs = self.read_orgs().await?;
         let tokens = self.read_tokens().await?;
+        let users = self.read_users().await?;
         let mut conn = self.shared.conn.clone();
         let mut audited: Vec<String> = redis::cmd("SMEMBERS")
             .arg(&self.shared.keys.audited)
@@ -145,6 +146,7 @@ impl RedisBackend {
         Ok(Dump {
             orgs,
             tokens,
+            users,
             audit,
         })
     }

@@ -543,9 +543,22 @@ async fn restore_fills_an_empty_store_with_a_dump_and_refuses_a_store_that_holds
         .unwrap();
     source.commit(provision("globex")).await.unwrap();
     source.commit(put_token("ops")).await.unwrap();
+    source
+        .commit(Commit {
+            change: crate::store::Change::PutUser(crate::session::ApiUser {
+                org: org("globex"),
+                username: "ops@globex.example".into(),
+                password_digest: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+                created_at: T0,
+            }),
+            event: event("globex", "api user"),
+        })
+        .await
+        .unwrap();
     let dump = source.dump().await.unwrap();
     assert_eq!(dump.orgs.len(), 2);
-    assert_eq!(dump.audit.len(), 4);
+    assert_eq!(dump.users.len(), 1);
+    assert_eq!(dump.audit.len(), 5);
 
     let target = node(&server, "b").await;
     let mut sub = target.subscribe().unwrap();
@@ -569,7 +582,7 @@ async fn restore_fills_an_empty_store_with_a_dump_and_refuses_a_store_that_holds
         Restored::NotEmpty {
             orgs: 2,
             tokens: 1,
-            audit_events: 4
+            audit_events: 5
         }
     );
 }
@@ -1212,6 +1225,7 @@ async fn an_import_into_redis_reaches_a_running_store_by_resync() {
             version: 7,
         }],
         tokens: vec![token("ops", "acme")],
+        users: Vec::new(),
         audit: vec![event("acme", "provisioned")],
     };
     assert_eq!(importer.restore(dump).await.unwrap(), Restored::Done);
@@ -1433,4 +1447,73 @@ async fn api_users_and_sessions_reach_the_other_store_before_the_answer_and_go_w
         backend.load().await.unwrap().users.is_empty(),
         "gone with the org"
     );
+}
+
+#[tokio::test]
+async fn failed_logins_count_for_every_node_and_their_window_expires_in_redis() {
+    use crate::session::table::{FAILURE_WINDOW_SECS, ORG_FAILURES, USER_FAILURES};
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let acme = org("acme");
+    assert_eq!(
+        a.login_lockout(&acme, "ann", false, T0).await.unwrap(),
+        None
+    );
+    // Failures of one user on two nodes add up: the last one locks it out.
+    for i in 0..USER_FAILURES {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let wait = on.login_lockout(&acme, "ann", true, T0).await.unwrap();
+        assert_eq!(wait.is_some(), i + 1 == USER_FAILURES, "failure {i}");
+    }
+    for on in [&a, &b] {
+        let wait = on.login_lockout(&acme, "ann", false, T0).await.unwrap();
+        assert!(
+            wait.is_some_and(|w| (1..=FAILURE_WINDOW_SECS).contains(&w)),
+            "{wait:?}"
+        );
+    }
+    assert_eq!(
+        b.login_lockout(&acme, "bob", false, T0).await.unwrap(),
+        None
+    );
+    // The org's limit, all usernames together.
+    for i in USER_FAILURES..ORG_FAILURES {
+        a.login_lockout(&acme, &format!("u{i}"), true, T0)
+            .await
+            .unwrap();
+    }
+    assert!(b
+        .login_lockout(&acme, "bob", false, T0)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        b.login_lockout(&org("globex"), "bob", false, T0)
+            .await
+            .unwrap(),
+        None
+    );
+    // Each counter expires a window after its first failure, by Redis's
+    // clock; no counter is left without an expiry, and the username is
+    // kept only as its digest.
+    let mut conn = server.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("kg:{*}:login_failures:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        1 + usize::try_from(ORG_FAILURES - USER_FAILURES).unwrap() + 1
+    );
+    for k in &keys {
+        assert!(!k.contains("ann"), "{k}");
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=60).contains(&ttl), "{k}: {ttl}");
+    }
 }

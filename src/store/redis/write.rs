@@ -102,7 +102,8 @@ impl RedisBackend {
             .key(&keys.tokens)
             .key(&keys.seq)
             .key(&keys.feed)
-            .key(&keys.audited);
+            .key(&keys.audited)
+            .key(&keys.users);
         // One KEYS entry per org with events, numbered from 1.
         let mut streams: std::collections::HashMap<&str, usize> = Default::default();
         for e in &dump.audit {
@@ -116,12 +117,17 @@ impl RedisBackend {
             .arg(&keys.audit_prefix)
             .arg(dump.orgs.len())
             .arg(dump.tokens.len())
-            .arg(dump.audit.len());
+            .arg(dump.audit.len())
+            .arg(dump.users.len());
         for o in &dump.orgs {
             call.arg(o.id.as_str()).arg(to_json(o)?);
         }
         for t in &dump.tokens {
             call.arg(&t.name).arg(to_json(t)?);
+        }
+        for u in &dump.users {
+            call.arg(format!("{}/{}", u.org, u.username))
+                .arg(to_json(u)?);
         }
         for e in &dump.audit {
             // Every org with events got its number in the loop above.
