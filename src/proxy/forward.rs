@@ -198,13 +198,37 @@ where
         }
     }
 
-    /// A reader of how many upstream connections are open now, for metrics.
+    /// A forwarder with upstream connections of its own (idle lists, the
+    /// reaper task on the current runtime) under this one's connection cap:
+    /// `max_upstream_connections` counts both. One per worker thread, so that
+    /// a worker's requests never go out on a connection another thread's
+    /// runtime drives.
+    pub fn with_own_connections(&self) -> Forward<B> {
+        let upstreams = self.shared.upstreams.sharing_cap();
+        let shared = &self.shared;
+        Forward {
+            affinity: Arc::new(Affinity::new(Arc::clone(&upstreams))),
+            shared: Arc::new(Shared {
+                upstreams,
+                upstream: shared.upstream.clone(),
+                timeout: shared.timeout,
+                answer_timeouts: shared.answer_timeouts,
+                preserve_host: shared.preserve_host,
+                proto: shared.proto.clone(),
+                upstream_time: shared.upstream_time,
+            }),
+            client_ip: self.client_ip.clone(),
+        }
+    }
+
+    /// A reader of how many upstream connections are open now, for metrics:
+    /// those of every forwarder sharing this one's cap
+    /// ([`with_own_connections`](Forward::with_own_connections)).
     pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static
     where
         B: Send + 'static,
     {
-        let upstreams = Arc::downgrade(&self.shared.upstreams);
-        move || upstreams.upgrade().map_or(0, |u| u.open_count())
+        self.shared.upstreams.open_counter()
     }
 
     /// This forwarder for one client connection from `ip`: its own upstream

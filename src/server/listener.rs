@@ -2,11 +2,20 @@
 //! timeouts, and the drain at stop. The proxy and the admin API both run here,
 //! each with its own [`ConnectionLimits`].
 //!
-//! - **Cap.** At `max_connections` open connections the loop stops accepting
-//!   until one closes: new clients wait in the kernel's listen backlog (TCP
-//!   connected, request unread) and are served in turn, instead of being cut
-//!   off. A warning is logged when the cap is reached, at most once a minute
-//!   while it keeps being reached.
+//! - **Cap.** At most `max_connections` connections are served at once, by
+//!   all of the listener's accept loops together (one per worker thread): each
+//!   served connection holds a slot of one semaphore the loops share. A client
+//!   accepted when no slot is free waits, TCP connected and its request unread,
+//!   until a connection closes anywhere, and its loop accepts no other
+//!   meanwhile, so later clients wait in the kernel's listen backlog; all are
+//!   served in turn instead of being cut off. (A slot is taken after the
+//!   accept, not before, so that a loop with no client to accept never holds
+//!   one another loop's client waits for.) A warning is logged when the cap is
+//!   reached, at most once a minute while it keeps being reached.
+//! - **Sockets.** A listener served by several worker threads binds one
+//!   listening socket per worker to the same address with `SO_REUSEPORT`
+//!   ([`bind_group`]): the kernel spreads new connections over them, and each
+//!   worker accepts on its own, as nginx's `reuseport` does.
 //! - **Head size.** hyper answers 431 to a request head over
 //!   `max_header_bytes` (HTTP/1: its read buffer limit; HTTP/2: the header
 //!   list size) and to one with more than 100 headers, then closes.
@@ -20,7 +29,7 @@
 //!   answer in flight carries `connection: close`; idle ones close at once;
 //!   HTTP/2: GOAWAY), and after [`DRAIN_LIMIT`] the stragglers are dropped.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +40,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::metrics::{Listener as MetricsListener, Metrics};
@@ -54,6 +63,71 @@ pub(super) struct Settings {
     pub(super) tls: Option<TlsAcceptor>,
     /// Where its open connections are counted, and as which listener.
     pub(super) metrics: (Arc<Metrics>, MetricsListener),
+    /// One permit per connection served at once (`limits.max_connections`),
+    /// shared by the listener's accept loops.
+    pub(super) slots: Arc<Semaphore>,
+}
+
+impl Settings {
+    /// The settings of the listener `name`, with a fresh set of slots.
+    pub(super) fn new(
+        name: &'static str,
+        limits: ConnectionLimits,
+        tls: Option<TlsAcceptor>,
+        metrics: (Arc<Metrics>, MetricsListener),
+    ) -> Settings {
+        Settings {
+            name,
+            limits,
+            tls,
+            metrics,
+            slots: Arc::new(Semaphore::new(
+                limits.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+}
+
+/// `count` listening sockets bound to `addr` with `SO_REUSEPORT`, one per
+/// worker thread (at least one), all on the port the first one got (so `:0`
+/// works).
+///
+/// A port shared this way can be joined by any process of the same user that
+/// also asks for `SO_REUSEPORT`; so that a port already served (by another
+/// keygate, say) is still refused as it is without the option, a socket
+/// without it is bound to `addr` first and closed.
+pub(super) fn bind_group(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        drop(socket(addr, false)?);
+    }
+    let first = socket(addr, true)?;
+    let bound = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(socket(bound, true)?);
+    }
+    Ok(sockets)
+}
+
+/// A non-blocking listening socket on `addr`, as tokio's `TcpListener::bind`
+/// makes one (`SO_REUSEADDR`, a backlog of 1,024), with `SO_REUSEPORT` when
+/// `shared`.
+fn socket(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    if shared {
+        socket.listen(1024)?;
+    }
+    Ok(socket.into())
 }
 
 /// Counts a connection open from its accept until its task ends, however it
@@ -118,47 +192,65 @@ pub(super) async fn serve<S, B>(
 {
     let name = settings.name;
     let max = settings.limits.max_connections;
+    let slots = Arc::clone(&settings.slots);
     let shared = Arc::new(Shared {
         http: http_builder(&settings.limits),
         settings,
     });
     let mut connections = JoinSet::new();
     let mut cap = CapWarning::default();
+    // A client accepted while every slot was taken.
+    let mut waiting: Option<(TcpStream, IpAddr)> = None;
 
     loop {
-        let full = connections.len() >= max;
-        tokio::select! {
+        let accepted = tokio::select! {
             biased;
             _ = stopped.changed() => break,
             Some(done) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = done {
                     tracing::error!(listener = name, error = %e, "a connection task failed");
                 }
+                continue;
             }
-            // At the cap this branch is off: new clients wait in the backlog.
-            accepted = listener.accept(), if !full => match accepted {
+            // The semaphore is never closed, so this is always a permit.
+            Ok(slot) = Arc::clone(&slots).acquire_owned(), if waiting.is_some() => {
+                waiting.take().map(|(stream, ip)| (stream, ip, slot))
+            }
+            // While a client waits for a slot this branch is off: later ones
+            // wait in the backlog.
+            accepted = listener.accept(), if waiting.is_none() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(connection(
-                        stream,
-                        per_client(peer.ip()),
-                        Arc::clone(&shared),
-                        stopped.clone(),
-                    ));
-                    if connections.len() >= max {
-                        cap.reached(name, max);
+                    match Arc::clone(&slots).try_acquire_owned() {
+                        Ok(slot) => Some((stream, peer.ip(), slot)),
+                        Err(_) => {
+                            cap.reached(name, max);
+                            waiting = Some((stream, peer.ip()));
+                            None
+                        }
                     }
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
                     tracing::warn!(listener = name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    None
                 }
             },
+        };
+        if let Some((stream, ip, slot)) = accepted {
+            connections.spawn(connection(
+                stream,
+                per_client(ip),
+                Arc::clone(&shared),
+                stopped.clone(),
+                slot,
+            ));
         }
     }
 
     // Refuse new connections at once; the open ones saw `stopped` too.
+    drop(waiting);
     drop(listener);
     let drained = tokio::time::timeout(DRAIN_LIMIT, async {
         while connections.join_next().await.is_some() {}
@@ -195,7 +287,7 @@ impl CapWarning {
             listener,
             max_connections,
             times = self.unreported,
-            "connection limit reached: new connections wait in the listen backlog until one closes"
+            "connection limit reached: new connections wait until one closes"
         );
         self.last = Some(now);
         self.unreported = 0;
@@ -208,6 +300,7 @@ async fn connection<S, B>(
     service: S,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
 ) where
     S: tower_service::Service<http::Request<TimeoutBody<Incoming>>, Response = http::Response<B>>
         + Clone
@@ -300,5 +393,43 @@ async fn drive<I, S, B>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_binds_every_socket_on_the_port_the_first_one_got() {
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(group.len(), 3);
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for socket in &group {
+            assert_eq!(socket.local_addr().unwrap().port(), port);
+        }
+    }
+
+    #[test]
+    fn a_group_of_one_is_one_socket() {
+        assert_eq!(
+            bind_group("127.0.0.1:0".parse().unwrap(), 1).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_port_another_listener_holds_is_refused_as_without_the_option() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = bind_group(other.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn a_port_another_group_holds_is_refused_too() {
+        let first = bind_group("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = bind_group(first[0].local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
