@@ -266,6 +266,95 @@ pub(super) async fn serve<S, B>(
     }
 }
 
+/// Calls a connection's tower service from hyper in place, where hyper-util's
+/// `TowerToHyperService` clones the whole stack for every request (about ten
+/// reference counts up and down, and its `Oneshot`'s states) because a tower
+/// service's `call` takes `&mut self` and hyper's `&self`. hyper calls from
+/// the connection's task, one call at a time, so the `RefCell` is never
+/// borrowed twice. The stack's `poll_ready` answers at once (every layer
+/// forwards to `Forward`'s, which is always ready); should a service ever not
+/// be ready, the request goes through `TowerToHyperService` on a clone, which
+/// waits as tower's contract asks.
+struct InPlace<S> {
+    service: std::cell::RefCell<S>,
+}
+
+impl<S> InPlace<S> {
+    fn new(service: S) -> Self {
+        InPlace {
+            service: std::cell::RefCell::new(service),
+        }
+    }
+}
+
+/// What [`InPlace`]'s service fails with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, R> hyper::service::Service<R> for InPlace<S>
+where
+    S: tower_service::Service<R> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = InPlaceFuture<S, R>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut service = self.service.borrow_mut();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => InPlaceFuture::Called {
+                future: service.call(req),
+            },
+            std::task::Poll::Ready(Err(e)) => InPlaceFuture::Failed {
+                error: Some(e.into()),
+            },
+            std::task::Poll::Pending => InPlaceFuture::Waiting {
+                future: hyper::service::Service::call(
+                    &TowerToHyperService::new(service.clone()),
+                    req,
+                ),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`InPlace`]'s service.
+    #[project = InPlaceProj]
+    enum InPlaceFuture<S, R>
+    where
+        S: tower_service::Service<R>,
+    {
+        Called { #[pin] future: S::Future },
+        Failed { error: Option<BoxError> },
+        Waiting { #[pin] future: hyper_util::service::TowerToHyperServiceFuture<S, R> },
+    }
+}
+
+impl<S, R> std::future::Future for InPlaceFuture<S, R>
+where
+    S: tower_service::Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            InPlaceProj::Called { future } => future.poll(cx).map_err(Into::into),
+            InPlaceProj::Waiting { future } => future.poll(cx).map_err(Into::into),
+            InPlaceProj::Failed { error } => match error.take() {
+                Some(e) => std::task::Poll::Ready(Err(e)),
+                // Polled again after it answered: it has nothing more.
+                None => std::task::Poll::Pending,
+            },
+        }
+    }
+}
+
 /// Logs that the cap was reached: at once the first time, then at most once a
 /// minute, with how often it was reached in between.
 #[derive(Debug, Default)]
@@ -353,7 +442,7 @@ async fn drive<I, S, B>(
 {
     let name = shared.settings.name;
     let io = TokioIo::new(Watched::new(io, Arc::clone(&activity)));
-    let service = TowerToHyperService::new(Tracked::new(service, Arc::clone(&activity)));
+    let service = InPlace::new(Tracked::new(service, Arc::clone(&activity)));
     let mut conn = pin!(shared.http.serve_connection(io, service));
     let mut timer = pin!(tokio::time::sleep_until(Instant::now()));
     let mut closing = false;
@@ -409,6 +498,79 @@ mod tests {
         for socket in &group {
             assert_eq!(socket.local_addr().unwrap().port(), port);
         }
+    }
+
+    /// Answers its request with how many clones of it have been made; not
+    /// ready at its first `poll_ready` when `late`.
+    struct Counted {
+        clones: Arc<std::sync::atomic::AtomicUsize>,
+        late: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Counted {
+        fn new(late: bool) -> Counted {
+            Counted {
+                clones: Arc::default(),
+                late: Arc::new(std::sync::atomic::AtomicBool::new(late)),
+            }
+        }
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.clones
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Counted {
+                clones: Arc::clone(&self.clones),
+                late: Arc::clone(&self.late),
+            }
+        }
+    }
+
+    impl tower_service::Service<()> for Counted {
+        type Response = usize;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<usize, std::convert::Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            if self.late.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, (): ()) -> Self::Future {
+            std::future::ready(Ok(self.clones.load(std::sync::atomic::Ordering::SeqCst)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_service_is_called_in_place_without_a_clone() {
+        let in_place = InPlace::new(Counted::new(false));
+        for _ in 0..3 {
+            let clones = hyper::service::Service::call(&in_place, ()).await.unwrap();
+            assert_eq!(clones, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_not_ready_yet_answers_through_a_clone_once_ready() {
+        let in_place = InPlace::new(Counted::new(true));
+        let clones = tokio::time::timeout(
+            Duration::from_secs(5),
+            hyper::service::Service::call(&in_place, ()),
+        )
+        .await
+        .expect("answered once ready")
+        .unwrap();
+        assert!(clones > 0, "not answered through a clone");
+        // Ready from then on: called in place, no further clone.
+        let later = hyper::service::Service::call(&in_place, ()).await.unwrap();
+        assert_eq!(later, clones);
     }
 
     #[test]
