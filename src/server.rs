@@ -3,16 +3,19 @@
 //!
 //! [`start`] opens the store the config names ([`open_backend`]: the embedded
 //! redb file, or in cluster mode the shared Redis), refusing a corrupt or
-//! unreachable one before anything binds, then
-//! binds both listeners and serves them on the current Tokio runtime; the
-//! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
+//! unreachable one before anything binds, then binds both listeners. The
+//! store's tasks and the admin listener run on the current Tokio runtime; the
+//! proxy listener runs there too, or, with [`ProxyWorkers::Threads`] (what
+//! `keygate serve` does by default), on worker threads of its own, each a
+//! current-thread runtime accepting on its own socket. The returned
+//! [`Running`] tells the addresses and stops everything. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
-//! [`DRAIN_LIMIT`], saves the call counts once more (`CountFlusher`) and
-//! returns.
+//! [`DRAIN_LIMIT`] (on every worker), saves the call counts once more
+//! (`CountFlusher`) and returns.
 //!
 //! Both listeners run the same accept loop (`listener`), each with its own
-//! [`ConnectionLimits`] and optional TLS: a
-//! cap on open connections (beyond it new clients wait in the listen backlog),
+//! [`ConnectionLimits`] and optional TLS: a cap on open connections, held
+//! across a listener's accept loops (beyond it new clients wait),
 //! a cap on the request head (431 beyond it), a timeout for each request's head
 //! and one for idle keep-alive connections (`activity`).
 
