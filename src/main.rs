@@ -1,6 +1,7 @@
 //! The `keygate` command: parses flags and calls into the library.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +16,15 @@ struct Cli {
     command: Command,
 }
 
+/// How `keygate serve` spreads its work over threads.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    /// One current-thread runtime per worker, as nginx's worker processes.
+    CurrentThread,
+    /// Tokio's work-stealing runtime.
+    MultiThread,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway with a config file.
@@ -22,10 +32,15 @@ enum Command {
         /// The TOML config (see config/keygate.toml).
         #[arg(long)]
         config: PathBuf,
-        /// Runtime worker threads (default: one per core). 1 serves everything
-        /// on one thread, with a single-threaded runtime.
+        /// Worker threads serving the proxy listener (default: one per core).
         #[arg(long)]
-        workers: Option<usize>,
+        workers: Option<NonZeroUsize>,
+        /// `current-thread`: each worker is a single-threaded runtime on its
+        /// own thread, accepting on its own socket, with the store's tasks and
+        /// the admin listener on the main thread. `multi-thread`: one
+        /// work-stealing runtime of `--workers` threads serves everything.
+        #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
+        runtime: RuntimeKind,
         /// Benchmarks only: forward every request WITHOUT checking keys, to
         /// measure what the checks cost.
         #[arg(long, hide = true)]
@@ -98,6 +113,7 @@ fn main() -> ExitCode {
         Command::Serve {
             config: config_path,
             workers,
+            runtime,
             bare,
             log_format,
         } => {
@@ -107,15 +123,32 @@ fn main() -> ExitCode {
             };
             let log_level =
                 init_logs_as(log_format.unwrap_or(config.log_format), &config.log_level);
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+            });
+            let (runtime, workers) = match runtime {
+                // The main thread's runtime keeps the store, the admin
+                // listener and the signals; the proxy gets threads of its own.
+                RuntimeKind::CurrentThread => (
+                    tokio::runtime::Builder::new_current_thread(),
+                    keygate::server::ProxyWorkers::Threads(workers),
+                ),
+                RuntimeKind::MultiThread => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(workers.get());
+                    (b, keygate::server::ProxyWorkers::Here)
+                }
+            };
             let options = keygate::server::ServeOptions {
                 bare,
                 log_level_reloadable: log_level.is_some(),
+                workers,
             };
             let reload = keygate::server::ReloadFrom {
                 path: config_path,
                 log_level,
             };
-            run_on(workers, async {
+            run_on(runtime, async {
                 keygate::server::serve_reloadable(&config, options, Some(reload)).await
             })
         }
@@ -375,24 +408,13 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn run<E: std::fmt::Display>(fut: impl std::future::Future<Output = Result<(), E>>) -> ExitCode {
-    run_on(None, fut)
+    run_on(tokio::runtime::Builder::new_multi_thread(), fut)
 }
 
 fn run_on<E: std::fmt::Display>(
-    workers: Option<usize>,
+    mut builder: tokio::runtime::Builder,
     fut: impl std::future::Future<Output = Result<(), E>>,
 ) -> ExitCode {
-    // One worker is a single-threaded runtime: the same event loop without the
-    // work-stealing scheduler's atomics and cross-thread wakes.
-    let mut builder = match workers {
-        Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -3,16 +3,19 @@
 //!
 //! [`start`] opens the store the config names ([`open_backend`]: the embedded
 //! redb file, or in cluster mode the shared Redis), refusing a corrupt or
-//! unreachable one before anything binds, then
-//! binds both listeners and serves them on the current Tokio runtime; the
-//! returned [`Running`] tells their addresses and stops them. [`Running::stop`]
+//! unreachable one before anything binds, then binds both listeners. The
+//! store's tasks and the admin listener run on the current Tokio runtime; the
+//! proxy listener runs there too, or, with [`ProxyWorkers::Threads`] (what
+//! `keygate serve` does by default), on worker threads of its own, each a
+//! current-thread runtime accepting on its own socket. The returned
+//! [`Running`] tells the addresses and stops everything. [`Running::stop`]
 //! stops accepting, lets requests in flight finish for at most
-//! [`DRAIN_LIMIT`], saves the call counts once more (`CountFlusher`) and
-//! returns.
+//! [`DRAIN_LIMIT`] (on every worker), saves the call counts once more
+//! (`CountFlusher`) and returns.
 //!
 //! Both listeners run the same accept loop (`listener`), each with its own
-//! [`ConnectionLimits`] and optional TLS: a
-//! cap on open connections (beyond it new clients wait in the listen backlog),
+//! [`ConnectionLimits`] and optional TLS: a cap on open connections, held
+//! across a listener's accept loops (beyond it new clients wait),
 //! a cap on the request head (431 beyond it), a timeout for each request's head
 //! and one for idle keep-alive connections (`activity`).
 //!
@@ -28,7 +31,8 @@ pub mod reload;
 pub use limits::ConnectionLimits;
 pub use reload::{ReloadError, Reloaded, Reloader};
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +75,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A proxy worker's runtime or thread could not be started.
+    #[error("cannot start a proxy worker: {0}")]
+    Runtime(std::io::Error),
     /// The upstream URL is unusable.
     #[error("proxy.upstream: {0}")]
     Upstream(#[from] crate::proxy::UpstreamError),
@@ -103,6 +110,8 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Applies a reloaded config (`SIGHUP`).
     reloader: Arc<Reloader>,
+    /// The proxy's worker threads, with [`ProxyWorkers::Threads`].
+    workers: Vec<WorkerThread>,
     /// Saves the counts (a single node) or hands back unspent calls (a
     /// cluster's node) every `store.count_flush_ms`, and once more at stop.
     counts: Option<CountFlusher>,
@@ -119,6 +128,38 @@ pub struct ServeOptions {
     /// `KEYGATE_LOG` does not fix the level): the access log layer is then
     /// kept in the stack even when the level at start hides its lines.
     pub log_level_reloadable: bool,
+    /// Where the proxy listener's connections are served.
+    pub workers: ProxyWorkers,
+}
+
+/// Where the proxy listener's connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ProxyWorkers {
+    /// One accept loop on the runtime [`start`] runs on: for a multi-thread
+    /// runtime, which spreads the connections over its threads itself
+    /// (`keygate serve --runtime multi-thread`), and for tests.
+    #[default]
+    Here,
+    /// `n` threads of their own, each a current-thread Tokio runtime that
+    /// accepts on its own listening socket (`SO_REUSEPORT`) and serves its
+    /// connections from accept to close: no work stealing, and no wake of
+    /// another thread on a request's path, as nginx's workers. The runtime
+    /// [`start`] runs on keeps everything else: the store's tasks (the count
+    /// saver, a cluster's lease and feed), the admin listener and their
+    /// timers, so none of it shares a thread with requests (`keygate serve`'s
+    /// default, one worker per core).
+    Threads(NonZeroUsize),
+}
+
+impl ProxyWorkers {
+    /// How many listening sockets the proxy listener binds.
+    fn count(self) -> usize {
+        match self {
+            ProxyWorkers::Here => 1,
+            ProxyWorkers::Threads(n) => n.get(),
+        }
+    }
 }
 
 /// Opens the store the config names and starts serving.
@@ -277,18 +318,22 @@ pub async fn start_with_options(
         );
     }
 
-    let bind = |listener: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                listener,
-                addr,
-                source,
-            })
+    let bind_error = |listener: &'static str, addr: SocketAddr| {
+        move |source| ServeError::Bind {
+            listener,
+            addr,
+            source,
+        }
     };
-    let proxy_listener = bind("proxy", config.proxy.listen).await?;
-    let admin_listener = bind("admin", config.admin.listen).await?;
-    let proxy_addr = local_addr("proxy", &proxy_listener, config.proxy.listen)?;
+    let proxy_sockets = listener::bind_group(config.proxy.listen, options.workers.count())
+        .map_err(bind_error("proxy", config.proxy.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(bind_error("admin", config.admin.listen))?;
+    let proxy_addr = proxy_sockets
+        .first()
+        .map_or(Ok(config.proxy.listen), |s| s.local_addr())
+        .map_err(bind_error("proxy", config.proxy.listen))?;
     let admin_addr = local_addr("admin", &admin_listener, config.admin.listen)?;
     // A single node saves its threshold windows every period; a node of a
     // cluster saves none of its own (the cluster's windows live in the shared
@@ -304,12 +349,12 @@ pub async fn start_with_options(
         && (options.log_level_reloadable
             || tracing::enabled!(target: crate::proxy::access::TARGET, tracing::Level::INFO));
     let metrics = Metrics::new();
-    let proxy_settings = Settings {
-        metrics: (Arc::clone(&metrics), MetricsListener::Proxy),
-        name: "proxy",
-        limits: config.proxy.connections,
-        tls: config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
-    };
+    let proxy_settings = Settings::new(
+        "proxy",
+        config.proxy.connections,
+        config.proxy.tls.as_ref().map(|tls| tls.acceptor()),
+        (Arc::clone(&metrics), MetricsListener::Proxy),
+    );
     if options.bare {
         tracing::warn!("bare mode: requests are forwarded WITHOUT key checks (benchmarks only)");
     }
@@ -330,18 +375,34 @@ pub async fn start_with_options(
     // `GET /_keygate/ready`, answered inside the access log, before the gate.
     let ready = store.clone();
     let m = Arc::clone(&metrics);
-    // Outermost: every answer carries the request's id.
-    let ids = RequestIds::new();
-    // What a reload swaps the forwarder's settings through; set in each arm.
+    // What a reload swaps the forwarders' settings through (every
+    // worker's); set in each arm.
     let upstream_reload: Box<dyn reload::ReloadForward>;
-    let proxy = match (gate, access) {
+    let proxy = Proxy {
+        workers: options.workers,
+        sockets: proxy_sockets,
+        settings: proxy_settings,
+        stopped: stopped.clone(),
+    };
+    // Each accept loop builds its stack where it runs (`Proxy::spawn`): its
+    // own upstream connections under the shared cap, and its own request ids
+    // (a counter of its own, not a cache line every request of every worker
+    // writes); the store, the gate's and the log's state and the metrics are
+    // the same `Arc`s for every worker. Outermost first: request id (every
+    // answer carries it), access log, readiness probe, metrics, hop-by-hop,
+    // gate.
+    let (proxy_tasks, proxy_threads) = match (gate, access) {
         (None, None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
             upstream_reload = Box::new(forward.reload_handle());
-            tokio::spawn(listener::serve(
-                proxy_listener,
-                proxy_settings,
+            proxy.spawn(move || {
+                let (forward, ids, m, ready) = (
+                    forward.with_own_connections(),
+                    RequestIds::new(),
+                    m.clone(),
+                    ready.clone(),
+                );
                 move |ip| {
                     RequestId::new(
                         Ready::new(
@@ -350,17 +411,21 @@ pub async fn start_with_options(
                         ),
                         ids.clone(),
                     )
-                },
-                stopped.clone(),
-            ))
+                }
+            })?
         }
         (None, Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
             upstream_reload = Box::new(forward.reload_handle());
-            tokio::spawn(listener::serve(
-                proxy_listener,
-                proxy_settings,
+            proxy.spawn(move || {
+                let (forward, ids, m, ready, log) = (
+                    forward.with_own_connections(),
+                    RequestIds::new(),
+                    m.clone(),
+                    ready.clone(),
+                    log.clone(),
+                );
                 move |ip| {
                     RequestId::new(
                         log.layer(Ready::new(
@@ -369,17 +434,21 @@ pub async fn start_with_options(
                         )),
                         ids.clone(),
                     )
-                },
-                stopped.clone(),
-            ))
+                }
+            })?
         }
         (Some(layer), None) => {
             let forward = Forward::<TimeoutBody<Incoming>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
             upstream_reload = Box::new(forward.reload_handle());
-            tokio::spawn(listener::serve(
-                proxy_listener,
-                proxy_settings,
+            proxy.spawn(move || {
+                let (forward, ids, m, ready, layer) = (
+                    forward.with_own_connections(),
+                    RequestIds::new(),
+                    m.clone(),
+                    ready.clone(),
+                    layer.clone(),
+                );
                 move |ip| {
                     RequestId::new(
                         Ready::new(
@@ -391,17 +460,22 @@ pub async fn start_with_options(
                         ),
                         ids.clone(),
                     )
-                },
-                stopped.clone(),
-            ))
+                }
+            })?
         }
         (Some(layer), Some(log)) => {
             let forward = Forward::<CountedBody<TimeoutBody<Incoming>>>::new(&forward);
             metrics.upstream_connections(forward.open_connections());
             upstream_reload = Box::new(forward.reload_handle());
-            tokio::spawn(listener::serve(
-                proxy_listener,
-                proxy_settings,
+            proxy.spawn(move || {
+                let (forward, ids, m, ready, layer, log) = (
+                    forward.with_own_connections(),
+                    RequestIds::new(),
+                    m.clone(),
+                    ready.clone(),
+                    layer.clone(),
+                    log.clone(),
+                );
                 move |ip| {
                     RequestId::new(
                         log.layer(Ready::new(
@@ -413,9 +487,8 @@ pub async fn start_with_options(
                         )),
                         ids.clone(),
                     )
-                },
-                stopped.clone(),
-            ))
+                }
+            })?
         }
     };
 
@@ -436,12 +509,12 @@ pub async fn start_with_options(
     )
     .with_metrics(Arc::clone(&metrics));
     let router = admin::router(state);
-    let admin_settings = Settings {
-        metrics: (Arc::clone(&metrics), MetricsListener::Admin),
-        name: "admin",
-        limits: config.admin.connections,
-        tls: config.admin.tls.as_ref().map(|tls| tls.acceptor()),
-    };
+    let admin_settings = Settings::new(
+        "admin",
+        config.admin.connections,
+        config.admin.tls.as_ref().map(|tls| tls.acceptor()),
+        (Arc::clone(&metrics), MetricsListener::Admin),
+    );
     let admin = tokio::spawn(listener::serve(
         admin_listener,
         admin_settings,
@@ -459,10 +532,124 @@ pub async fn start_with_options(
         admin_addr,
         store,
         stop,
-        tasks: vec![proxy, admin],
+        tasks: proxy_tasks.into_iter().chain([admin]).collect(),
+        workers: proxy_threads,
         reloader,
         counts,
     })
+}
+
+/// The proxy listener, bound, before its accept loops start.
+struct Proxy {
+    workers: ProxyWorkers,
+    sockets: Vec<std::net::TcpListener>,
+    settings: Settings,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Proxy {
+    /// Starts the accept loops: one task on the current runtime, or one
+    /// thread per socket, each with a current-thread runtime built here (so
+    /// that a failure to build one is an error of `start`, before any thread
+    /// runs). `make` is called once per loop, on the loop's runtime, for the
+    /// function that makes each client connection's service.
+    fn spawn<M, F, S, B>(
+        self,
+        make: M,
+    ) -> Result<(Vec<JoinHandle<()>>, Vec<WorkerThread>), ServeError>
+    where
+        M: Fn() -> F + Clone + Send + 'static,
+        F: Fn(IpAddr) -> S + Send + 'static,
+        S: tower_service::Service<
+                http::Request<TimeoutBody<Incoming>>,
+                Response = http::Response<B>,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Proxy {
+            workers,
+            sockets,
+            settings,
+            stopped,
+        } = self;
+        let listen = |socket: std::net::TcpListener| {
+            let addr = socket.local_addr();
+            TcpListener::from_std(socket).map_err(|source| ServeError::Bind {
+                listener: "proxy",
+                addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })
+        };
+        if workers == ProxyWorkers::Here {
+            let mut tasks = Vec::new();
+            for socket in sockets {
+                let listener = listen(socket)?;
+                tasks.push(tokio::spawn(listener::serve(
+                    listener,
+                    settings.clone(),
+                    make(),
+                    stopped.clone(),
+                )));
+            }
+            return Ok((tasks, Vec::new()));
+        }
+        let mut started = Vec::new();
+        for socket in sockets {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(ServeError::Runtime)?;
+            let listener = {
+                let _inside = runtime.enter();
+                listen(socket)?
+            };
+            started.push((runtime, listener));
+        }
+        let mut threads = Vec::new();
+        for (i, (runtime, listener)) in started.into_iter().enumerate() {
+            let (settings, make, stopped) = (settings.clone(), make.clone(), stopped.clone());
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("keygate-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        listener::serve(listener, settings, make(), stopped).await;
+                    });
+                    // Waits for the worker's blocking tasks (a commit in
+                    // flight), then tells `stop` the thread is ending.
+                    drop(runtime);
+                    let _ = done.send(());
+                })
+                .map_err(ServeError::Runtime)?;
+            threads.push(WorkerThread { thread, finished });
+        }
+        Ok((Vec::new(), threads))
+    }
+}
+
+/// A proxy worker thread, and the signal that its loop has drained.
+#[derive(Debug)]
+struct WorkerThread {
+    thread: std::thread::JoinHandle<()>,
+    finished: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl WorkerThread {
+    /// Waits until the worker's loop has drained and its runtime is gone.
+    async fn finished(self) {
+        if self.finished.await.is_err() {
+            tracing::error!("a proxy worker thread failed");
+        }
+        // The thread has sent its last signal (or panicked, reported above)
+        // and only returns now, so this join does not wait.
+        let _ = self.thread.join();
+    }
 }
 
 impl Running {
@@ -483,6 +670,9 @@ impl Running {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a listener task failed");
             }
+        }
+        for worker in self.workers {
+            worker.finished().await;
         }
         if let Some(counts) = self.counts {
             counts.stop().await;

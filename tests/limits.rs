@@ -10,12 +10,13 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keygate::clock::{Clock, ManualClock};
 use keygate::config::Config;
-use keygate::server::{self, Running};
+use keygate::server::{self, ProxyWorkers, Running, ServeOptions};
 use keygate::store::{Backend, MemoryBackend};
 use keygate::token::TokenDigest;
 use support::{Answer, Upstream, PROVIDER, T0};
@@ -48,6 +49,22 @@ impl Keygate {
     /// [`start`](Keygate::start), forwarding to `to` instead of the recording
     /// upstream when given.
     async fn start_to(to: Option<SocketAddr>, proxy_keys: &str, admin_keys: &str) -> Keygate {
+        Keygate::start_on(to, proxy_keys, admin_keys, ProxyWorkers::Here).await
+    }
+
+    /// [`start`](Keygate::start), the proxy served by `threads` worker
+    /// threads of its own, as `keygate serve` does by default.
+    async fn start_threads(threads: usize, proxy_keys: &str) -> Keygate {
+        let threads = ProxyWorkers::Threads(NonZeroUsize::new(threads).unwrap());
+        Keygate::start_on(None, proxy_keys, "", threads).await
+    }
+
+    async fn start_on(
+        to: Option<SocketAddr>,
+        proxy_keys: &str,
+        admin_keys: &str,
+        workers: ProxyWorkers,
+    ) -> Keygate {
         let upstream = Upstream::start().await;
         let toml = format!(
             "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{up}\"\n{proxy_keys}\n\
@@ -59,7 +76,13 @@ impl Keygate {
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let backend = Arc::new(MemoryBackend::new()) as Arc<dyn Backend>;
         let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
-        let running = server::start_with(&config, backend, clock).await.unwrap();
+        let options = ServeOptions {
+            workers,
+            ..ServeOptions::default()
+        };
+        let running = server::start_with_options(&config, backend, clock, options)
+            .await
+            .unwrap();
         let mut keygate = Keygate {
             proxy: running.proxy_addr,
             admin: running.admin_addr,
@@ -431,8 +454,54 @@ async fn at_max_connections_a_new_client_waits_and_is_served_when_one_closes() {
 }
 
 #[tokio::test]
+async fn with_worker_threads_the_cap_holds_across_them_and_a_waiting_client_is_served() {
+    // Three worker threads with a cap of two: whichever sockets the kernel
+    // gives the three clients to, the third waits for one of the first two.
+    let keygate = Keygate::start_threads(3, "max_connections = 2").await;
+    check_third_connection_waits_for_a_slot(&keygate.proxy_target()).await;
+}
+
+#[tokio::test]
+async fn with_worker_threads_every_worker_serves_the_gate_and_the_readiness_probe() {
+    let keygate = Keygate::start_threads(2, "").await;
+    // Enough connections that the kernel's spread reaches both sockets.
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(keygate.proxy).await.unwrap();
+        let wrong = format!(
+            "GET /acme/v1/x HTTP/1.1\r\nhost: keygate\r\nx-api-key: {}\r\n\r\n",
+            "Wrong0000000"
+        );
+        for (request, status) in [
+            (keygate.proxy_request(), 200),
+            (wrong, 401),
+            (
+                "GET /_keygate/ready HTTP/1.1\r\nhost: keygate\r\n\r\n".to_owned(),
+                200,
+            ),
+        ] {
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let got = tokio::time::timeout(PATIENCE, read_answer(&mut stream))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.status, status, "{}", got.text());
+        }
+    }
+}
+
+#[tokio::test]
 async fn stop_finishes_requests_in_flight_and_refuses_new_connections() {
-    let mut keygate = Keygate::start("", "").await;
+    check_stop_drains(Keygate::start("", "").await).await;
+}
+
+#[tokio::test]
+async fn stop_drains_every_worker_thread() {
+    check_stop_drains(Keygate::start_threads(2, "").await).await;
+}
+
+/// Stop lets the request in flight finish, closes an idle keep-alive
+/// connection, and refuses new connections on both listeners.
+async fn check_stop_drains(mut keygate: Keygate) {
     let target = keygate.proxy_target();
     let mut idle = target.served_connection().await;
     keygate.upstream.answer_with(Answer {

@@ -50,10 +50,13 @@ function noise(a, b,   m) {
     return m > 10 ? sprintf(" (noisy: others used up to %.0f%% of core 1)", m) : ""
 }
 function label(t) {
+    if (t ~ /\+admin$/) { sub(/\+admin$/, "", t); return label(t) ", admin mutation every " oadmin[t "+admin"] " ms" }
     if (t ~ /-before$/) { sub(/-before$/, "", t); return label(t) " [" before "]" }
     return t == "direct" ? "upstream direct" : \
         t == "kg" ? "keygate job (1 worker)" : \
         t == "kg-multi" ? "keygate job (default runtime)" : \
+        t == "kg-mt" ? "keygate job (multi-thread runtime)" : \
+        t == "kg-mt1" ? "keygate job (multi-thread runtime, 1 worker)" : \
         t == "kg-bare" ? "keygate bare (1 worker)" : \
         t == "nginx" ? "nginx job" : t == "nginx-bare" ? "nginx bare" : \
         t == "haproxy" ? "HAProxy job" : t == "haproxy-bare" ? "HAProxy bare" : t
@@ -86,6 +89,7 @@ $1 == "open" {
     o50[$3] = $5; o90[$3] = $6; o99[$3] = $7; o999[$3] = $8; omax[$3] = $9
     osch[$3] = $10; ocomp[$3] = $11; o2xx[$3] = $12; oerr[$3] = $13; ounf[$3] = $14; olag[$3] = $15
 }
+$1 == "openadmin" { oadmin[$2] = $3; oadmin_ok[$2] = $4; oadmin_bad[$2] = $5 }
 $1 == "startup" { su[++nsu] = $3 SUBSEP $4 SUBSEP $5 }
 $1 == "rotation" { rot = $2; rotrc = $3; rotw = $4 }
 $1 == "instr" {
@@ -142,7 +146,7 @@ END {
     for (i = 1; i <= nc; i++) {
         k = cells[i]; split(k, f, SUBSEP)
         bare = (f[1] == "direct" || f[1] ~ /-bare(-before)?$/)
-        pinned = (f[1] != "direct" && f[1] != "kg-multi")
+        pinned = (f[1] != "direct" && f[1] !~ /^kg-multi/ && f[1] != "kg-mt")
         printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", \
             (bare ? f[2] (f[4] == "job" ? " (paths only, beside the job)" : " (paths only)") : f[2]), label(f[1]), f[3], fmt(rps[k], 0), \
             (cnt[k] > 1 ? sprintf("%.0f–%.0f", lo[k], hi[k]) : "—"), p50[k], p99[k], \
@@ -203,6 +207,12 @@ END {
                 (t == d || !(d in o50) ? "—" : fmt(o99[t] - o99[d], 1)), \
                 (t == d || !(d in o50) ? "—" : fmt(o999[t] - o999[d], 1)), \
                 o2xx[t], osch[t], oerr[t], ounf[t], olag[t]
+        }
+        print ""
+        for (i = 1; i <= no; i++) {
+            t = ot[i]
+            if (t in oadmin)
+                printf "- %s: %d admin mutations answered 2xx during the run, %d not\n", label(t), oadmin_ok[t], oadmin_bad[t]
         }
         print ""
     }

@@ -14,8 +14,11 @@
 # Topology (2 cores): the load generator and the upstream are pinned to core 0,
 # the proxy under test to core 1 (keygate with --workers 1, nginx with one
 # worker, HAProxy with one thread). "kg-multi" is keygate with its default
-# runtime, not pinned. Everything listens on 127.0.0.1 only; every load run is
-# bounded in time. See BENCHMARKS.md for the method.
+# runtime (one current-thread worker per core), not pinned; "kg-mt" is keygate
+# with --runtime multi-thread (tokio's work-stealing runtime, one thread per
+# core), not pinned, and "kg-mt1" the same with --workers 1, pinned as "kg" is.
+# Everything listens on 127.0.0.1 only; every load run is bounded in time. See
+# BENCHMARKS.md for the method.
 #
 # Settings (environment):
 #   DURATION=5         seconds of each closed-loop cell (a trailing "s" is fine)
@@ -36,6 +39,11 @@
 #   OPEN_DURATION=20   OPEN_WARMUP=2   OPEN_CONNS=32
 #   OPEN_TICK_US=100   the open-loop pacer wakes at most this often
 #   OPEN_TARGETS="direct kg kg-bare nginx haproxy"
+#   OPEN_ADMIN_MS      when set, every keygate job target of the open loop
+#                      runs a second time (as TARGET+admin) while an admin
+#                      mutation (POST /v1/orgs/churn/key/regenerate, an org
+#                      outside the load, durable before its answer) runs
+#                      every OPEN_ADMIN_MS milliseconds, from core 0
 #   STARTUP_ORGS       org count of keygate's start-up measurement (default
 #                      1000000, or the largest of ORGS in QUICK mode)
 #   STARTUP_RUNS=3
@@ -45,6 +53,11 @@
 #   STAGES="closed open startup rotation instructions"   which parts to run
 #   INSTR_TARGETS="kg-bare nginx-bare haproxy-bare kg nginx haproxy"
 #   INSTR_PATHS="allowed 401"   INSTR_SECS=5
+#   INSTR_COUNT_FLUSH_MS=3600000   keygate's store.count_flush_ms in the
+#                      instructions stage: the saver writes every changed
+#                      window each period (millions of instructions in redb,
+#                      per second, not per request), so it is kept out of the
+#                      count; KG_COUNT_FLUSH_MS (1000) elsewhere
 #   INSTR_ROUNDS=1     times each target is counted, the targets taking turns
 #                      (the report shows the median and the range)
 #   INSTR_WARM_MAX=120 INSTR_WARM_QUIET=3   the warm-up's rounds of 2 s go on
@@ -136,6 +149,9 @@ KG_BEFORE_LABEL=${KG_BEFORE_LABEL:-before}
 UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 UPSTREAM_ALPN=${UPSTREAM_ALPN:-http/1.1}
 KG_LOG=${KG_LOG:-warn}
+# keygate's store.count_flush_ms: how often it saves the threshold counts.
+COUNT_FLUSH_MS=${KG_COUNT_FLUSH_MS:-1000}
+INSTR_COUNT_FLUSH_MS=${INSTR_COUNT_FLUSH_MS:-3600000}
 UP_SCHEME=http
 [[ $UPSTREAM_TLS == 1 ]] && UP_SCHEME=https
 UP_TLS_DIR=$WORK/upstream-tls
@@ -389,7 +405,7 @@ kg_render() {
     fi
     render "$HERE/keygate.toml.tmpl" "$out" PORT="$PORT" \
         UPSTREAM="$scheme://127.0.0.1:$PORT_UP" UPSTREAM_CA="$ca" \
-        ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" \
+        ADMIN_PORT="$ADMIN_PORT" TOKEN_SHA256="$TOKEN_SHA" STORE="$store" COUNT_FLUSH_MS="$COUNT_FLUSH_MS" \
         RATE=$KG_RATE BURST=$KG_BURST THRESHOLD=$KG_THRESHOLD
 }
 
@@ -466,9 +482,11 @@ start_proxy() {
         START_RSS_KIB=0
         return 0
         ;;
-    kg | kg-multi | kg-bare | kg-before | kg-bare-before)
+    kg | kg-multi | kg-mt | kg-mt1 | kg-bare | kg-before | kg-multi-before | kg-bare-before)
         local pin=(taskset -c "$CORE_PROXY") flags=(--workers 1) bin=$KG name=
-        [[ $target == kg-multi ]] && pin=() && flags=()
+        [[ $target == kg-multi* ]] && pin=() && flags=()
+        [[ $target == kg-mt ]] && pin=() && flags=(--runtime multi-thread)
+        [[ $target == kg-mt1 ]] && flags=(--runtime multi-thread --workers 1)
         [[ $target == kg-bare* ]] && flags+=(--bare)
         if is_before "$target"; then
             [[ -n $KG_BEFORE_BIN ]] || { log "$target needs KG_BEFORE_BIN"; return 1; }
@@ -529,7 +547,7 @@ start_proxy() {
         return 1
     }
     START_RSS_KIB=$(rss_kib $(tree_pids "$PROXY_PID"))
-    if [[ $target == kg || $target == kg-multi || $target == kg-before ]]; then
+    if is_job "$target" && [[ $target == kg* ]]; then
         # The org of the 429 path: rate 1/s, burst 1 (kept in the store).
         local code
         code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT \
@@ -546,7 +564,12 @@ stop_proxy() {
     PROXY_PID=
 }
 
-is_job() { [[ $1 == kg || $1 == kg-multi || $1 == kg-before || $1 == nginx || $1 == haproxy ]]; }
+is_job() {
+    case $1 in
+    kg | kg-multi | kg-mt | kg-mt1 | kg-before | kg-multi-before | nginx | haproxy) return 0 ;;
+    *) return 1 ;;
+    esac
+}
 is_before() { [[ $1 == *-before ]]; }
 is_bare() { [[ $1 == *-bare || $1 == *-bare-before ]]; }
 
@@ -769,7 +792,7 @@ closed_loop() {
     # cells measured minutes, not a quarter of an hour, apart.
     for n in $ORGS; do
         for r in $(seq "$ROUNDS"); do
-            for t in kg-bare kg-bare-before kg kg-before kg-multi nginx haproxy; do
+            for t in kg-bare kg-bare-before kg kg-before kg-multi kg-multi-before kg-mt kg-mt1 nginx haproxy; do
                 in_list "$t" "$TARGETS" || continue
                 if [[ $t == kg-bare* ]]; then
                     start_proxy "$t" 1 || { log "$t did not start"; continue; }
@@ -804,20 +827,37 @@ open_loop() {
         return 0
     fi
     log "open loop at $rate req/s over $n orgs"
-    local t list
+    local t list runs=()
     list=$(org_list "$n")
     for t in $OPEN_TARGETS; do
-        local store_n=$n
-        [[ $t == kg-bare* ]] && store_n=1
-        if ! start_proxy "$t" "$store_n"; then
-            log "$t did not start"
+        runs+=("$t")
+        [[ -n ${OPEN_ADMIN_MS:-} ]] && is_job "$t" && [[ $t == kg* ]] && runs+=("$t+admin")
+    done
+    for t in "${runs[@]}"; do
+        local store_n=$n base=${t%+admin}
+        [[ $base == kg-bare* ]] && store_n=1
+        if ! start_proxy "$base" "$store_n"; then
+            log "$base did not start"
             continue
         fi
-        local out
+        local out churn_pid=
+        if [[ $t == *+admin ]]; then
+            admin_churn "$OPEN_ADMIN_MS" "$WORK/admin-churn-$t.tsv" &
+            churn_pid=$!
+            PIDS+=("$churn_pid")
+        fi
         out=$(taskset -c "$CORE_GEN" "$EX/openloop" --target "127.0.0.1:$PROXY_PORT" \
             --orgs "$list" --count "$n" --rate "$rate" --duration "$OPEN_DURATION" \
             --warmup "$OPEN_WARMUP" --connections "$OPEN_CONNS" --tick-us "$OPEN_TICK_US" --label "$t" \
             2>>"$WORK/logs/openloop.log") || true
+        if [[ -n $churn_pid ]]; then
+            stop_pid "$churn_pid"
+            local done failed
+            done=$(awk -F'\t' '$2 ~ /^2/' "$WORK/admin-churn-$t.tsv" | wc -l)
+            failed=$(awk -F'\t' '$2 !~ /^2/' "$WORK/admin-churn-$t.tsv" | wc -l)
+            log "  admin mutations during the run: $done answered 2xx, $failed not"
+            raw openadmin "$t" "$OPEN_ADMIN_MS" "$done" "$failed"
+        fi
         stop_proxy
         if [[ -z $out ]]; then
             log "  $t: openloop printed nothing (see $WORK/logs/openloop.log)"
@@ -828,6 +868,23 @@ open_loop() {
             "$(kv p99_us "$out")" "$(kv p999_us "$out")" "$(kv max_us "$out")" \
             "$(kv scheduled "$out")" "$(kv completed "$out")" "$(kv s2xx "$out")" \
             "$(kv errors "$out")" "$(kv unfinished "$out")" "$(kv lag_p99_us "$out")"
+    done
+}
+
+# admin_churn PERIOD_MS OUT: regenerates the key of the org "churn" (made
+# first; outside the load's orgs) every PERIOD_MS until killed, from core 0,
+# one line per call in OUT: seconds since the epoch, status, seconds taken.
+admin_churn() {
+    local period=$1 out=$2 auth="authorization: Bearer $TOKEN"
+    : >"$out"
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$ADMIN_PORT/v1/orgs" -H "$auth" \
+        -H 'content-type: application/json' -d '{"org":"churn"}' || true
+    trap 'exit 0' TERM
+    while :; do
+        taskset -c "$CORE_GEN" curl -s -o /dev/null -w "$(date +%s.%N)\t%{http_code}\t%{time_total}\n" \
+            -X POST "http://127.0.0.1:$ADMIN_PORT/v1/orgs/churn/key/regenerate" -H "$auth" \
+            >>"$out" || true
+        sleep "$(awk -v p="$period" 'BEGIN { printf "%.3f", p / 1000 }')"
     done
 }
 
@@ -889,7 +946,7 @@ upstream_connections() {
 # It does not see the kernel, where the proxies make the same system calls per
 # request (BENCHMARKS.md).
 instructions() {
-    local n=$BARE_ORGS t p r
+    local n=$BARE_ORGS t p r COUNT_FLUSH_MS=$INSTR_COUNT_FLUSH_MS
     for r in $(seq "$INSTR_ROUNDS"); do
     ((INSTR_ROUNDS == 1)) || log "instructions, round $r of $INSTR_ROUNDS"
     for t in $INSTR_TARGETS; do

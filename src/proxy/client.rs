@@ -139,6 +139,7 @@ where
 }
 
 /// How the client connects and how it treats its connections.
+#[derive(Clone)]
 pub(crate) struct Settings {
     /// Bound on the TCP connect to each address, on the TLS handshake, and on
     /// a wait for room under `max_connections`.
@@ -335,10 +336,9 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    /// The client for `servers` (at least one). Within a Tokio runtime it
-    /// starts a task that closes connections idle past the idle timeout; the
-    /// task ends when the last handle is dropped.
-    /// How many upstream connections are open now (each holds a permit).
+    /// How many upstream connections are open now (each holds a permit),
+    /// under this client's cap: every client sharing it
+    /// ([`sharing_cap`](Upstreams::sharing_cap)) counted.
     pub(crate) fn open_count(&self) -> usize {
         self.settings
             .max_connections
@@ -346,7 +346,35 @@ where
             .saturating_sub(self.permits.available_permits())
     }
 
+    /// Whether `other` counts its connections under this client's cap.
+    #[cfg(test)]
+    pub(crate) fn shares_cap_with(&self, other: &Upstreams<B>) -> bool {
+        Arc::ptr_eq(&self.permits, &other.permits)
+    }
+
+    /// The client for `servers` (at least one). Within a Tokio runtime it
+    /// starts a task that closes connections idle past the idle timeout; the
+    /// task ends when the last handle is dropped.
     pub(crate) fn new(servers: Vec<Upstream>, settings: Settings) -> Arc<Upstreams<B>> {
+        let permits = Arc::new(Semaphore::new(
+            settings.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
+        Upstreams::with_permits(servers, settings, permits)
+    }
+
+    /// Connections of their own to the same servers, under the same cap
+    /// (`max_connections` counts both): for another worker thread, whose
+    /// requests then go out on connections its own runtime drives.
+    pub(crate) fn sharing_cap(&self) -> Arc<Upstreams<B>> {
+        let servers = self.servers.iter().map(|s| s.target.clone()).collect();
+        Upstreams::with_permits(servers, self.settings.clone(), Arc::clone(&self.permits))
+    }
+
+    fn with_permits(
+        servers: Vec<Upstream>,
+        settings: Settings,
+        permits: Arc<Semaphore>,
+    ) -> Arc<Upstreams<B>> {
         let this = Arc::new(Upstreams {
             servers: servers
                 .into_iter()
@@ -357,9 +385,7 @@ where
                     down_until: AtomicU64::new(0),
                 })
                 .collect(),
-            permits: Arc::new(Semaphore::new(
-                settings.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
+            permits,
             settings,
             next: AtomicUsize::new(0),
             held: Mutex::new(Vec::new()),

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,19 @@ where
             upstream_time: config.upstream_time,
         }
     }
+
+    /// The same settings over connections of their own, under the same cap.
+    fn sharing_cap(&self) -> Shared<B> {
+        Shared {
+            upstreams: self.upstreams.sharing_cap(),
+            upstream: self.upstream.clone(),
+            timeout: self.timeout,
+            answer_timeouts: self.answer_timeouts,
+            preserve_host: self.preserve_host,
+            proto: self.proto.clone(),
+            upstream_time: self.upstream_time,
+        }
+    }
 }
 
 /// Sends requests to the upstream and streams its answers back. One per client
@@ -176,14 +189,23 @@ where
 /// every client connection, old or new; requests in flight finish on the old.
 pub struct Forward<B> {
     current: Arc<ArcSwap<Shared<B>>>,
+    /// The settings slots of every forwarder made from one
+    /// [`Forward::new`]: what a reload replaces.
+    group: Arc<Group<B>>,
     affinity: Arc<Affinity<B>>,
     client_ip: HeaderValue,
 }
+
+/// The settings slots of a forwarder and of those made from it with
+/// connections of their own ([`Forward::with_own_connections`]); weak, so
+/// that a worker's slot goes with its last forwarder.
+type Group<B> = Mutex<Vec<Weak<ArcSwap<Shared<B>>>>>;
 
 impl<B> Clone for Forward<B> {
     fn clone(&self) -> Self {
         Forward {
             current: Arc::clone(&self.current),
+            group: Arc::clone(&self.group),
             affinity: Arc::clone(&self.affinity),
             client_ip: self.client_ip.clone(),
         }
@@ -198,10 +220,12 @@ impl<B> std::fmt::Debug for Forward<B> {
     }
 }
 
-/// Replaces the settings of a [`Forward`], its clones and every forwarder
-/// [`for_client`](Forward::for_client) made from it, for the requests that
-/// start after [`apply`](ForwardReload::apply).
-pub struct ForwardReload<B>(Arc<ArcSwap<Shared<B>>>);
+/// Replaces the settings of a [`Forward`], its clones, every forwarder
+/// [`for_client`](Forward::for_client) made from it and every forwarder
+/// [`with_own_connections`](Forward::with_own_connections) made from it (one
+/// per worker thread), for the requests that start after
+/// [`apply`](ForwardReload::apply).
+pub struct ForwardReload<B>(Arc<Group<B>>);
 
 impl<B> std::fmt::Debug for ForwardReload<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,8 +242,21 @@ where
     /// connections (within `max_upstream_connections` of their own); the old
     /// connections serve the requests in flight on them and close once the
     /// last is answered and no client connection holds them.
+    ///
+    /// Each forwarder of the group gets connections of its own again, under
+    /// one new cap that they share, as at start.
     pub fn apply(&self, config: &ForwardConfig) {
-        self.0.store(Arc::new(Shared::new(config)));
+        let mut group = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        group.retain(|slot| slot.strong_count() > 0);
+        let mut first: Option<Arc<Shared<B>>> = None;
+        for slot in group.iter().filter_map(Weak::upgrade) {
+            let shared = Arc::new(match &first {
+                None => Shared::new(config),
+                Some(first) => first.sharing_cap(),
+            });
+            slot.store(Arc::clone(&shared));
+            first.get_or_insert(shared);
+        }
     }
 }
 
@@ -237,20 +274,46 @@ where
     /// When `config.upstreams` is empty: a validated config has at least one.
     pub fn new(config: &ForwardConfig) -> Forward<B> {
         let shared = Shared::new(config);
+        let affinity = Arc::new(Affinity::new(Arc::clone(&shared.upstreams)));
+        let current = Arc::new(ArcSwap::from_pointee(shared));
         Forward {
-            affinity: Arc::new(Affinity::new(Arc::clone(&shared.upstreams))),
-            current: Arc::new(ArcSwap::from_pointee(shared)),
+            group: Arc::new(Mutex::new(vec![Arc::downgrade(&current)])),
+            current,
+            affinity,
             client_ip: HeaderValue::from_static("unknown"),
         }
     }
 
-    /// The handle a config reload replaces this forwarder's settings with.
+    /// The handle a config reload replaces the settings with: this
+    /// forwarder's, and those of every forwarder made from it.
     pub fn reload_handle(&self) -> ForwardReload<B> {
-        ForwardReload(Arc::clone(&self.current))
+        ForwardReload(Arc::clone(&self.group))
+    }
+
+    /// A forwarder with upstream connections of its own (idle lists, the
+    /// reaper task on the current runtime) under this one's connection cap:
+    /// `max_upstream_connections` counts both. One per worker thread, so that
+    /// a worker's requests never go out on a connection another thread's
+    /// runtime drives. A reload reaches it too ([`Forward::reload_handle`]).
+    pub fn with_own_connections(&self) -> Forward<B> {
+        let shared = self.current.load().sharing_cap();
+        let affinity = Arc::new(Affinity::new(Arc::clone(&shared.upstreams)));
+        let current = Arc::new(ArcSwap::from_pointee(shared));
+        self.group
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&current));
+        Forward {
+            current,
+            group: Arc::clone(&self.group),
+            affinity,
+            client_ip: self.client_ip.clone(),
+        }
     }
 
     /// A reader of how many upstream connections of the settings in force
-    /// are open now, for metrics.
+    /// are open now, for metrics: those of every forwarder sharing this one's
+    /// cap ([`with_own_connections`](Forward::with_own_connections)).
     pub fn open_connections(&self) -> impl Fn() -> usize + Send + Sync + 'static
     where
         B: Send + 'static,
@@ -270,6 +333,7 @@ where
         let upstreams = Arc::clone(&self.current.load().upstreams);
         Forward {
             current: Arc::clone(&self.current),
+            group: Arc::clone(&self.group),
             affinity: Arc::new(Affinity::new(upstreams)),
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
@@ -601,6 +665,41 @@ mod tests {
         let later = forward.for_client([127, 0, 0, 1].into());
         assert_eq!(status(&later, "/fast").await, StatusCode::OK);
         assert_eq!(first_accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_reaches_every_workers_forwarder_and_they_share_one_new_cap() {
+        let (first, first_accepted) = upstream().await;
+        let (second, second_accepted) = upstream().await;
+        let base: Forward<Empty<Bytes>> = Forward::new(&config_to(first, Duration::from_secs(10)));
+        // Two workers' forwarders, each with connections of its own.
+        let (a, b) = (base.with_own_connections(), base.with_own_connections());
+        let (ca, cb) = (
+            a.for_client([127, 0, 0, 1].into()),
+            b.for_client([127, 0, 0, 1].into()),
+        );
+        assert_eq!(status(&ca, "/fast").await, StatusCode::OK);
+        assert_eq!(status(&cb, "/fast").await, StatusCode::OK);
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 2);
+
+        base.reload_handle()
+            .apply(&config_to(second, Duration::from_millis(100)));
+        // Both workers go by the new settings: the new server and timeout.
+        for client in [&ca, &cb] {
+            assert_eq!(status(client, "/fast").await, StatusCode::OK);
+            assert_eq!(status(client, "/medium").await, StatusCode::GATEWAY_TIMEOUT);
+        }
+        assert_eq!(first_accepted.load(Ordering::SeqCst), 2);
+        assert!(second_accepted.load(Ordering::SeqCst) >= 2);
+        // Each has its own new connections, under one cap they share.
+        let (na, nb) = (a.current.load(), b.current.load());
+        assert!(!Arc::ptr_eq(&na.upstreams, &nb.upstreams));
+        assert!(na.upstreams.shares_cap_with(&nb.upstreams));
+        // A worker's forwarder that is gone leaves the group at the next reload.
+        drop((b, cb, nb));
+        base.reload_handle()
+            .apply(&config_to(second, Duration::from_secs(10)));
+        assert_eq!(base.group.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]

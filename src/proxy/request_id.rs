@@ -3,9 +3,9 @@
 //!
 //! A client's own id is kept when it is 1 to 128 visible ASCII characters
 //! (`!` to `~`); otherwise (absent, repeated, too long, or with other bytes)
-//! keygate replaces it with one of its own: a random per-process prefix and
-//! a counter, `kg-3f9a1c0e5b7d2468-1a2b`, unique across restarts and cheap (no
-//! randomness per request). The id goes upstream in the request, back to the
+//! keygate replaces it with one of its own: a random prefix (one per proxy
+//! worker) and a counter, `kg-3f9a1c0e5b7d2468-1a2b`, unique across restarts
+//! and cheap (no randomness per request). The id goes upstream in the request, back to the
 //! client on every answer (keygate's own refusals too), and into a `request`
 //! span around the request's handling, so every log line about it names it;
 //! the access log line carries it as a field.
@@ -31,7 +31,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest client id kept.
 pub const MAX_REQUEST_ID: usize = 128;
 
-/// Makes keygate's own ids: a per-process random prefix and a counter.
+/// Makes keygate's own ids: a random prefix and a counter (one source per
+/// proxy worker thread, so that no counter is shared by every request of
+/// every worker).
 #[derive(Debug)]
 pub struct RequestIds {
     prefix: String,
