@@ -318,10 +318,14 @@ where
     where
         B: Send + 'static,
     {
-        let current = Arc::downgrade(&self.current);
+        // Any live slot of the group will do: they share one cap. Not this
+        // forwarder's own slot, which may be gone while the workers' serve.
+        let group = Arc::clone(&self.group);
         move || {
-            current
-                .upgrade()
+            let group = group.lock().unwrap_or_else(PoisonError::into_inner);
+            group
+                .iter()
+                .find_map(Weak::upgrade)
                 .map_or(0, |c| c.load().upstreams.open_count())
         }
     }
