@@ -136,8 +136,7 @@ impl serde::Serialize for OrgId {
 
 impl<'de> serde::Deserialize<'de> for OrgId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        OrgId::parse(&s).map_err(serde::de::Error::custom)
+        crate::de::parse_str(d, OrgId::parse)
     }
 }
 

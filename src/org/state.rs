@@ -98,11 +98,12 @@ impl Serialize for Actor {
 
 impl<'de> Deserialize<'de> for Actor {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Ok(match &*s {
-            "provider" => Actor::Provider,
-            "system" => Actor::System,
-            name => Actor::Token(name.into()),
+        crate::de::parse_str(d, |s| {
+            Ok::<_, std::convert::Infallible>(match s {
+                "provider" => Actor::Provider,
+                "system" => Actor::System,
+                name => Actor::Token(name.into()),
+            })
         })
     }
 }
