@@ -58,7 +58,7 @@ use super::backend::{
 use super::counts::CallCount;
 use super::OrgRecord;
 use crate::limit::Window;
-use crate::org::{OrgId, OrgState, StateFields};
+use crate::org::{IdPages, OrgId, OrgState, StateFields};
 use crate::session::ApiUser;
 use crate::token::TokenRecord;
 
@@ -444,10 +444,13 @@ impl Inner {
         // redb keeps each table's length in its header: no scan.
         let len = table.len().map_err(|e| self.unavailable("read orgs", e))?;
         count(usize::try_from(len).unwrap_or(usize::MAX))?;
+        // The ids' bytes on shared pages rather than one allocation each; the
+        // store copies them onto its own, and a page goes with its last id.
+        let mut pages = IdPages::default();
         for entry in table.iter().map_err(|e| self.unavailable("read orgs", e))? {
             let (key, value) = entry.map_err(|e| self.unavailable("read orgs", e))?;
             let key = key.value();
-            let id = OrgId::parse(key).map_err(|_| {
+            let id = OrgId::parse_onto(key, &mut pages).map_err(|_| {
                 self.corrupt(format_args!("table orgs: key {key:?} is not an org id"))
             })?;
             let StoredOrg { version, state } =
