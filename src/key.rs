@@ -119,8 +119,7 @@ impl serde::Serialize for ApiKey {
 
 impl<'de> serde::Deserialize<'de> for ApiKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        ApiKey::parse(s.as_bytes()).map_err(serde::de::Error::custom)
+        crate::de::parse_str(d, |s| ApiKey::parse(s.as_bytes()))
     }
 }
 

@@ -6,6 +6,7 @@
 // presents, the org it names, the counters it updates, the store they live in,
 // the gate that runs the checks; then what the binary builds around them.
 pub mod clock;
+mod de;
 pub mod key;
 pub mod org;
 pub mod limit;

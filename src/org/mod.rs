@@ -19,6 +19,7 @@ pub use error::OpError;
 pub(crate) use id::IdPages;
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
+pub(crate) use state::StateFields;
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
 
 use crate::limit::{CallCounter, Rate, RateLimiter};

@@ -98,11 +98,12 @@ impl Serialize for Actor {
 
 impl<'de> Deserialize<'de> for Actor {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Ok(match &*s {
-            "provider" => Actor::Provider,
-            "system" => Actor::System,
-            name => Actor::Token(name.into()),
+        crate::de::parse_str(d, |s| {
+            Ok::<_, std::convert::Infallible>(match s {
+                "provider" => Actor::Provider,
+                "system" => Actor::System,
+                name => Actor::Token(name.into()),
+            })
         })
     }
 }
@@ -176,7 +177,11 @@ impl Action {
 /// `repr(C)`: the fields a request reads (the key, the status, the
 /// subscription's end) first, where the live record keeps its hot fields
 /// (`Org` in `src/org/mod.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized with its status flattened into its own object
+/// (`"status":"disabled","reason":"..."`); deserialized through
+/// [`StateFields`], which reads that same JSON in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[repr(C)]
 pub struct OrgState {
     /// The one current key, or none after a delete.
@@ -195,6 +200,68 @@ pub struct OrgState {
     /// Bumped by every key change (provision, add, edit, regenerate, delete), so
     /// a reader can tell two keys apart without seeing them.
     pub generation: u64,
+}
+
+/// [`KeyStatus`]'s tag, as the `status` field of an [`OrgState`] names it.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StatusTag {
+    Enabled,
+    Disabled,
+}
+
+/// An [`OrgState`]'s JSON, field by field, with the status's tag and reason as
+/// two plain fields: what `OrgState` is read through. Deriving `Deserialize`
+/// on `OrgState` itself, serde reads its flattened status by first buffering
+/// every field of the object, keys and values, and then reading the state from
+/// the buffer; that was a fifth of a start-up's time at 1,000,000 orgs
+/// (BENCHMARKS.md, "Issue 17"). This struct reads the same JSON straight, and
+/// accepts what the derived reader accepted: unknown fields are ignored, an
+/// absent `Option` is `None`, a disabled state needs its reason and an enabled
+/// one ignores any.
+#[derive(Deserialize)]
+pub(crate) struct StateFields {
+    key: Option<ApiKey>,
+    status: StatusTag,
+    reason: Option<Box<str>>,
+    subscription_expires_at: Option<Timestamp>,
+    limits: LimitOverrides,
+    last_modified_by: Actor,
+    last_modified_on: Timestamp,
+    generation: u64,
+    /// The store's version of the state, which the redb file writes into the
+    /// state's own object ([`OrgRecord`](crate::store::OrgRecord)'s
+    /// `version`); read here so that a stored record is decoded in one pass.
+    /// Absent elsewhere, and in records written before versions existed: 0.
+    #[serde(default)]
+    pub(crate) version: u64,
+}
+
+impl StateFields {
+    /// The state these fields hold, or serde's error for a disabled state
+    /// without its reason.
+    pub(crate) fn into_state<E: serde::de::Error>(self) -> Result<OrgState, E> {
+        let status = match (self.status, self.reason) {
+            (StatusTag::Enabled, _) => KeyStatus::Enabled,
+            (StatusTag::Disabled, Some(reason)) => KeyStatus::Disabled { reason },
+            (StatusTag::Disabled, None) => return Err(E::missing_field("reason")),
+        };
+        Ok(OrgState {
+            key: self.key,
+            status,
+            subscription_expires_at: self.subscription_expires_at,
+            limits: self.limits,
+            last_modified_by: self.last_modified_by,
+            last_modified_on: self.last_modified_on,
+            generation: self.generation,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for OrgState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        StateFields::deserialize(d)?.into_state()
+    }
 }
 
 /// The result of an operation: the next state and what the audit log says.
