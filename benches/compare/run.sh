@@ -44,6 +44,9 @@
 #                      mutation (POST /v1/orgs/churn/key/regenerate, an org
 #                      outside the load, durable before its answer) runs
 #                      every OPEN_ADMIN_MS milliseconds, from core 0
+#   OPEN_ADMIN_CALL=regenerate   or "health": the same driver (a curl every
+#                      OPEN_ADMIN_MS from core 0) calling GET /healthz, which
+#                      changes nothing: what the driver alone costs the tail
 #   STARTUP_ORGS       org count of keygate's start-up measurement (default
 #                      1000000, or the largest of ORGS in QUICK mode)
 #   STARTUP_RUNS=3
@@ -881,9 +884,14 @@ admin_churn() {
         -H 'content-type: application/json' -d '{"org":"churn"}' || true
     trap 'exit 0' TERM
     while :; do
-        taskset -c "$CORE_GEN" curl -s -o /dev/null -w "$(date +%s.%N)\t%{http_code}\t%{time_total}\n" \
-            -X POST "http://127.0.0.1:$ADMIN_PORT/v1/orgs/churn/key/regenerate" -H "$auth" \
-            >>"$out" || true
+        if [[ ${OPEN_ADMIN_CALL:-regenerate} == health ]]; then
+            taskset -c "$CORE_GEN" curl -s -o /dev/null -w "$(date +%s.%N)\t%{http_code}\t%{time_total}\n" \
+                "http://127.0.0.1:$ADMIN_PORT/healthz" >>"$out" || true
+        else
+            taskset -c "$CORE_GEN" curl -s -o /dev/null -w "$(date +%s.%N)\t%{http_code}\t%{time_total}\n" \
+                -X POST "http://127.0.0.1:$ADMIN_PORT/v1/orgs/churn/key/regenerate" -H "$auth" \
+                >>"$out" || true
+        fi
         sleep "$(awk -v p="$period" 'BEGIN { printf "%.3f", p / 1000 }')"
     done
 }
