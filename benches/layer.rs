@@ -922,6 +922,17 @@ fn main() {
         &hot_path,
         ok,
     );
+    // keygate's own proxy's config: no `OrgId` in the extensions, so none of
+    // the three allocations `http`'s `Extensions` forces on a first insert.
+    compare(
+        &mut out,
+        "allowed_1org_no_extension",
+        &scale,
+        &mut bare,
+        &mut gate_no_extension,
+        &hot_path,
+        ok,
+    );
     // Sessions off as the baseline, sessions on as the layered: the ratio is
     // what turning `[session]` on costs a keyed call, in one run.
     compare(

@@ -43,9 +43,8 @@ pub(crate) fn named_org<'a>(
 ) -> Option<Named<'a>> {
     let org = match source {
         OrgSource::Path => {
-            let rest = uri.path().strip_prefix('/')?;
-            let id = rest.split('/').next().unwrap_or(rest).as_bytes();
-            return OrgId::is_valid(id).then_some(Named {
+            let id = OrgId::leading_segment(uri.path().as_bytes())?;
+            return Some(Named {
                 org: id,
                 prefix_len: 1 + id.len(),
             });

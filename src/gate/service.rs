@@ -264,12 +264,14 @@ where
 fn forward<B>(req: &mut Request<B>, config: &GateConfig, org: OrgId, prefix_len: usize) {
     let headers = req.headers_mut();
     headers.remove(&config.key_header);
-    headers.insert(X_ORG_ID, org.header_value().clone());
+    if config.org_extension {
+        headers.insert(X_ORG_ID, org.header_value().clone());
+        req.extensions_mut().insert(org);
+    } else {
+        headers.insert(X_ORG_ID, org.into_header_value());
+    }
     if prefix_len > 0 {
         strip_path_prefix(req.uri_mut(), prefix_len);
-    }
-    if config.org_extension {
-        req.extensions_mut().insert(org);
     }
 }
 

@@ -7,6 +7,18 @@ use std::hash::{Hash, Hasher};
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
+/// Which bytes may appear in an org id: `a-z 0-9 -` (and not first: `-`).
+static ID_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-';
+        b += 1;
+    }
+    table
+};
+
 /// An organization id: 1 to 64 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or a digit.
 ///
@@ -30,13 +42,29 @@ impl OrgId {
     pub fn is_valid(bytes: &[u8]) -> bool {
         match bytes {
             [first, ..] if bytes.len() <= Self::MAX_LEN => {
-                (first.is_ascii_lowercase() || first.is_ascii_digit())
+                *first != b'-'
                     && bytes
                         .iter()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                        .fold(true, |ok, &b| ok & ID_BYTE[usize::from(b)])
             }
             _ => false,
         }
+    }
+
+    /// The org id that `path` begins with after its `/`, and how many bytes
+    /// of the path (the `/` and the id) name it: one pass over the segment,
+    /// checked as [`is_valid`](OrgId::is_valid) checks it. What the gate does
+    /// on every request in path mode.
+    pub(crate) fn leading_segment(path: &[u8]) -> Option<&[u8]> {
+        let rest = path.strip_prefix(b"/")?;
+        let len = rest
+            .iter()
+            .take(Self::MAX_LEN + 1)
+            .position(|&b| !ID_BYTE[usize::from(b)])
+            .unwrap_or(rest.len().min(Self::MAX_LEN + 1));
+        let id = &rest[..len];
+        let ends_segment = rest.get(len).is_none_or(|&b| b == b'/');
+        (ends_segment && Self::is_valid(id)).then_some(id)
     }
 
     /// Parses an org id.
@@ -84,6 +112,13 @@ impl OrgId {
     /// The id as a ready-made header value (a cheap, reference-counted clone).
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
+    }
+
+    /// The id as the header value it is, without a clone (a clone of an id
+    /// kept on the store's pages is a reference count on a page that many
+    /// orgs share).
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        self.0
     }
 }
 
@@ -229,6 +264,55 @@ mod tests {
             assert_eq!(OrgId::parse(bad), Err(OrgIdError), "{bad}");
         }
         assert!(!OrgId::is_valid(b"\xff\xfe"));
+    }
+
+    #[test]
+    fn every_byte_is_an_id_byte_exactly_when_the_rule_says_so() {
+        for b in 0..=255u8 {
+            let rule = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+            assert_eq!(OrgId::is_valid(&[b'a', b]), rule, "byte {b}");
+            assert_eq!(OrgId::is_valid(&[b]), rule && b != b'-', "byte {b} first");
+        }
+    }
+
+    /// The one-pass scan against its definition: the path's first segment,
+    /// whole, if it is a valid id.
+    #[test]
+    fn the_leading_segment_is_the_first_path_segment_when_it_is_a_valid_id() {
+        let by_definition = |path: &str| -> Option<String> {
+            let rest = path.strip_prefix('/')?;
+            let id = rest.split('/').next().unwrap_or(rest);
+            OrgId::is_valid(id.as_bytes()).then(|| id.to_owned())
+        };
+        let mut paths = vec![
+            "".to_owned(),
+            "/".into(),
+            "//".into(),
+            "//v1".into(),
+            "acme/v1".into(),
+            "/acme".into(),
+            "/acme/".into(),
+            "/acme/v1/users".into(),
+            "/Acme/v1".into(),
+            "/acme%2f/v1".into(),
+            "/-acme/v1".into(),
+            "/acme-/v1".into(),
+            "/ac.me/v1".into(),
+            "*".into(),
+        ];
+        for n in [63, 64, 65, 66, 130] {
+            paths.push(format!("/{}", "a".repeat(n)));
+            paths.push(format!("/{}/v1", "a".repeat(n)));
+            paths.push(format!("/{}A/v1", "a".repeat(n)));
+        }
+        for b in 0..=127u8 {
+            paths.push(format!("/ac{}me/v1", b as char));
+        }
+        for path in &paths {
+            let got = OrgId::leading_segment(path.as_bytes())
+                .map(|id| String::from_utf8(id.to_vec()).unwrap());
+            assert_eq!(got, by_definition(path), "{path:?}");
+        }
     }
 
     #[test]
