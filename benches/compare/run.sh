@@ -44,9 +44,12 @@
 #                      mutation (POST /v1/orgs/churn/key/regenerate, an org
 #                      outside the load, durable before its answer) runs
 #                      every OPEN_ADMIN_MS milliseconds, from core 0
-#   OPEN_ADMIN_CALL=regenerate   or "health": the same driver (a curl every
-#                      OPEN_ADMIN_MS from core 0) calling GET /healthz, which
-#                      changes nothing: what the driver alone costs the tail
+#   OPEN_ADMIN_CALL=regenerate   or "health": the same driver calling
+#                      GET /healthz, which changes nothing: what the driver
+#                      alone costs the tail
+#   OPEN_ADMIN_DRIVER=persistent   the driver: one process on one keep-alive
+#                      connection (examples/admin_driver.rs); "curl" is the
+#                      first one, a curl (and four other processes) per call
 #   STARTUP_ORGS       org count of keygate's start-up measurement (default
 #                      1000000, or the largest of ORGS in QUICK mode)
 #   STARTUP_RUNS=3
@@ -211,7 +214,7 @@ EX=$TARGET_DIR/release/examples
 build() {
     log "building keygate and the benchmark helpers (release)"
     (cd "$ROOT" && cargo build --release --bin keygate \
-        --example bench_upstream --example openloop --example rotation)
+        --example bench_upstream --example openloop --example rotation --example admin_driver)
 }
 
 # ------------------------------------------------------------- processes ---
@@ -880,6 +883,12 @@ open_loop() {
 admin_churn() {
     local period=$1 out=$2 auth="authorization: Bearer $TOKEN"
     : >"$out"
+    if [[ ${OPEN_ADMIN_DRIVER:-persistent} == persistent ]]; then
+        # exec: the harness's TERM reaches the driver itself.
+        exec taskset -c "$CORE_GEN" "$EX/admin_driver" --admin "127.0.0.1:$ADMIN_PORT" \
+            --token "$TOKEN" --period-ms "$period" --call "${OPEN_ADMIN_CALL:-regenerate}" \
+            --org churn >>"$out" 2>>"$WORK/logs/admin-driver.log"
+    fi
     curl -s -o /dev/null -X POST "http://127.0.0.1:$ADMIN_PORT/v1/orgs" -H "$auth" \
         -H 'content-type: application/json' -d '{"org":"churn"}' || true
     trap 'exit 0' TERM
