@@ -54,6 +54,12 @@ impl ApiKey {
         }
     }
 
+    /// A well-formed key that no one is given: what a record holds in a key's
+    /// place when its org has none, beside a flag that says so.
+    pub(crate) const fn placeholder() -> ApiKey {
+        ApiKey(*b"000000000000")
+    }
+
     /// A fresh random key from the thread-local CSPRNG (ChaCha, seeded and
     /// periodically reseeded from the operating system).
     pub fn generate() -> ApiKey {

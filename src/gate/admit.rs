@@ -97,18 +97,18 @@ impl Gate {
         self.store
             .with_org(named.org, |org| {
                 let checked = org.read(|c| {
-                    let matches = c.state.key.as_ref().is_some_and(|k| k.ct_eq(&key));
+                    let matches = c.key().is_some_and(|k| k.ct_eq(&key));
                     if !matches {
                         return Err(Refusal::InvalidKey);
                     }
-                    if c.state.is_disabled() {
+                    if c.is_disabled() {
                         return Err(Refusal::KeyDisabled);
                     }
                     Ok((
                         c.threshold_calls,
                         c.threshold_window_secs,
                         c.rate,
-                        c.state.subscription_expired(now),
+                        c.subscription_expired(now),
                     ))
                 });
                 let (threshold_calls, window_secs, rate, expired) = match checked {
@@ -187,7 +187,7 @@ impl Gate {
         session: bool,
     ) -> Admission {
         let now = self.store.clock().now();
-        let (rate, expired) = org.read(|c| (c.rate, c.state.subscription_expired(now)));
+        let (rate, expired) = org.read(|c| (c.rate, c.subscription_expired(now)));
         self.after_count(
             org, method, headers, now, expired, rate, prefix_len, session,
         )

@@ -276,14 +276,14 @@ impl Gate {
             .store
             .with_org(named.org, |org| {
                 let checked = org.read(|c| {
-                    let same = c.state.key.is_some()
-                        && !c.state.is_disabled()
-                        && c.state.generation == session.record.generation;
+                    let same = c.key().is_some()
+                        && !c.is_disabled()
+                        && c.generation == session.record.generation;
                     same.then_some((
                         c.threshold_calls,
                         c.threshold_window_secs,
                         c.rate,
-                        c.state.subscription_expired(now),
+                        c.subscription_expired(now),
                     ))
                 });
                 let (threshold_calls, window_secs, rate, expired) = checked?;
@@ -345,9 +345,9 @@ impl Gate {
                 .store
                 .with_org(org, |o| {
                     o.read(|c| {
-                        c.state.key.is_some()
-                            && !c.state.is_disabled()
-                            && c.state.generation == session.record.generation
+                        c.key().is_some()
+                            && !c.is_disabled()
+                            && c.generation == session.record.generation
                     })
                 })
                 .unwrap_or(false);
@@ -410,13 +410,11 @@ impl Gate {
         // The key, then the checks of a keyed call, in its order.
         let checked = store.with_org(org.as_bytes(), |o| {
             let key_ok = o.read(|c| {
-                c.state
-                    .key
-                    .as_ref()
+                c.key()
                     .is_some_and(|k| obfuscate::matches(k, ts, login.api_key.as_bytes()))
                     .then_some((
-                        c.state.is_disabled(),
-                        c.state.generation,
+                        c.is_disabled(),
+                        c.generation,
                         c.threshold_calls,
                         c.threshold_window_secs,
                         c.rate,
@@ -480,11 +478,7 @@ impl Gate {
         let still = store.has_user(&org, &login.username)
             && store
                 .with_org(org.as_bytes(), |o| {
-                    o.read(|c| {
-                        c.state.key.is_some()
-                            && !c.state.is_disabled()
-                            && c.state.generation == generation
-                    })
+                    o.read(|c| c.key().is_some() && !c.is_disabled() && c.generation == generation)
                 })
                 .unwrap_or(false);
         if !still {

@@ -22,6 +22,8 @@ pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
 pub(crate) use state::StateFields;
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
 
+use crate::clock::Timestamp;
+use crate::key::ApiKey;
 use crate::limit::{CallCounter, Rate, RateLimiter};
 
 /// One live org, as the gate sees it.
@@ -51,7 +53,11 @@ pub struct Org {
 }
 
 /// The state in force, with what the request path needs of its limits
-/// precomputed, so a request does no division. Kept small: there is one per org.
+/// precomputed, so a request does no division. Kept small: there is one per
+/// org, so it holds the state's fields in a compact form rather than an
+/// [`OrgState`] (96 bytes against 128; [`state`](Current::state) rebuilds
+/// the value). What only a disabled org or one with limit overrides has sits
+/// behind one pointer that is null for every other org.
 /// In `repr(C)` order, what a request reads first (see [`Org`]).
 #[derive(Debug, Clone)]
 #[repr(C)]
@@ -59,22 +65,124 @@ pub(crate) struct Current {
     pub(crate) rate: Rate,
     pub(crate) threshold_calls: u32,
     pub(crate) threshold_window_secs: u32,
-    pub(crate) state: OrgState,
-    /// The store's version of `state` ([`OrgRecord::version`](crate::store::OrgRecord)):
+    /// The key, meaningful only with [`HAS_KEY`] in `flags`.
+    key: ApiKey,
+    /// [`HAS_KEY`], [`DISABLED`] and [`EXPIRES`].
+    flags: u8,
+    /// When the subscription ends, meaningful only with [`EXPIRES`] in
+    /// `flags` (every `u64` is a time, so "never" needs the flag).
+    subscription_ends: Timestamp,
+    /// [`OrgState::generation`].
+    pub(crate) generation: u64,
+    /// The store's version of the state ([`OrgRecord::version`](crate::store::OrgRecord)):
     /// what the next commit expects, and how a newer record from the feed is
     /// told from an older one.
     pub(crate) version: u64,
+    last_modified_on: Timestamp,
+    last_modified_by: Actor,
+    /// The disable reason and the limit overrides, when there are any.
+    rare: Option<Box<Rare>>,
 }
+
+/// The parts of an org's state that most orgs do not have.
+#[derive(Debug, Clone)]
+struct Rare {
+    /// The disable reason, for a disabled key.
+    reason: Option<Box<str>>,
+    limits: LimitOverrides,
+}
+
+/// `Current::flags`: the org has a key.
+const HAS_KEY: u8 = 1;
+/// `Current::flags`: the key is disabled.
+const DISABLED: u8 = 2;
+/// `Current::flags`: the subscription has an end.
+const EXPIRES: u8 = 4;
+
+/// Stands in `Current::key` when the org has none; never compared or shown.
+const NO_KEY: ApiKey = ApiKey::placeholder();
 
 impl Current {
     fn new(state: OrgState, version: u64, defaults: Limits) -> Current {
         let limits = defaults.with(&state.limits);
+        let OrgState {
+            key,
+            status,
+            subscription_expires_at,
+            limits: overrides,
+            last_modified_by,
+            last_modified_on,
+            generation,
+        } = state;
+        let reason = match status {
+            KeyStatus::Enabled => None,
+            KeyStatus::Disabled { reason } => Some(reason),
+        };
+        let flags = if key.is_some() { HAS_KEY } else { 0 }
+            | if reason.is_some() { DISABLED } else { 0 }
+            | if subscription_expires_at.is_some() {
+                EXPIRES
+            } else {
+                0
+            };
+        let rare = (reason.is_some() || overrides != LimitOverrides::default()).then(|| {
+            Box::new(Rare {
+                reason,
+                limits: overrides,
+            })
+        });
         Current {
-            version,
             rate: Rate::new(limits.rate_per_sec, limits.burst),
             threshold_calls: limits.threshold_calls,
             threshold_window_secs: limits.threshold_window_secs,
-            state,
+            key: key.unwrap_or(NO_KEY),
+            flags,
+            subscription_ends: subscription_expires_at.unwrap_or_default(),
+            generation,
+            version,
+            last_modified_on,
+            last_modified_by,
+            rare,
+        }
+    }
+
+    /// The org's key, if it has one.
+    #[inline]
+    pub(crate) fn key(&self) -> Option<&ApiKey> {
+        (self.flags & HAS_KEY != 0).then_some(&self.key)
+    }
+
+    /// Whether the key is disabled.
+    #[inline]
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.flags & DISABLED != 0
+    }
+
+    /// Whether the subscription has ended at `now`.
+    #[inline]
+    pub(crate) fn subscription_expired(&self, now: Timestamp) -> bool {
+        self.flags & EXPIRES != 0 && now >= self.subscription_ends
+    }
+
+    /// The org's own limits over the defaults.
+    pub(crate) fn limits(&self) -> LimitOverrides {
+        self.rare.as_ref().map(|r| r.limits).unwrap_or_default()
+    }
+
+    /// The state in force, as the value the rest of keygate works with.
+    pub(crate) fn state(&self) -> OrgState {
+        let reason = self.rare.as_ref().and_then(|r| r.reason.clone());
+        OrgState {
+            key: self.key().copied(),
+            status: match reason {
+                Some(reason) => KeyStatus::Disabled { reason },
+                None => KeyStatus::Enabled,
+            },
+            subscription_expires_at: (self.flags & EXPIRES != 0).then_some(self.subscription_ends),
+            limits: self.limits(),
+            last_modified_by: self.last_modified_by.clone(),
+            last_modified_on: self.last_modified_on,
+            generation: self.generation,
         }
     }
 }
@@ -153,7 +261,7 @@ impl Org {
     /// the later one to take the lock sees the new defaults.
     pub(crate) fn refresh_limits(&self, defaults: impl FnOnce() -> Limits) {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let limits = defaults().with(&current.state.limits);
+        let limits = defaults().with(&current.limits());
         current.rate = Rate::new(limits.rate_per_sec, limits.burst);
         current.threshold_calls = limits.threshold_calls;
         current.threshold_window_secs = limits.threshold_window_secs;
@@ -166,7 +274,7 @@ impl Org {
 
     /// A copy of the state in force.
     pub fn state(&self) -> OrgState {
-        self.read(|c| c.state.clone())
+        self.read(Current::state)
     }
 
     pub(crate) fn rate_limiter(&self) -> &RateLimiter {
@@ -212,42 +320,117 @@ impl Org {
 
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
+    use super::*;
+
     /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
-    /// allocation is 16 MB (BENCHMARKS.md, "<= 256 bytes of RSS per org").
-    /// 200 bytes, plus the `Arc`'s two counts (216) and malloc's 8-byte
-    /// header, is 224: glibc's 224-byte chunk, exactly. (192 bytes left 8 to
-    /// spare in it, which the org's last use and its rate refusals in the
-    /// window took, 4 bytes each, for the usage call. 184 fitted the 208-byte
-    /// class until the state's version, 8 bytes that the store's conditional
-    /// commits and change feed need, joined it. 168 fitted the 192-byte class
-    /// while the id was interned for the life of the process; an owned id
-    /// costs 16 bytes more.)
-    /// What a request touches ends 144 bytes into the record (see `Org`):
-    /// the id, the counters, the lock, the rate and threshold, the key, the
-    /// status and the subscription's end.
+    /// allocation is 16 MB (BENCHMARKS.md, "Item 4").
+    /// 168 bytes, plus the `Arc`'s two counts (184) and malloc's 8-byte
+    /// header, is 192: glibc's 192-byte chunk, exactly. (It was 200 in the
+    /// 224-byte chunk while `Current` held a whole `OrgState`: 128 bytes,
+    /// against the 96 of its compact form.)
     #[test]
-    fn a_request_reads_only_the_first_144_bytes_of_an_org() {
-        use super::{Current, Org, OrgState};
+    fn an_org_in_its_arc_fits_a_192_byte_chunk() {
+        assert_eq!(std::mem::size_of::<Actor>(), 16);
+        assert_eq!(std::mem::size_of::<Current>(), 96);
+        assert!(
+            std::mem::size_of::<Org>() <= 168,
+            "Org is {} bytes",
+            std::mem::size_of::<Org>()
+        );
+    }
+
+    /// What a request touches (see `Org`): the id, the counters, the lock,
+    /// the rate and threshold, the key, its flags and the subscription's end.
+    #[test]
+    fn a_request_reads_only_the_first_128_bytes_of_an_org() {
         use std::mem::{offset_of, size_of};
-        use std::sync::RwLock;
         // `RwLock<T>`'s data is its last field (it may be unsized).
         let current =
             offset_of!(Org, current) + size_of::<RwLock<Current>>() - size_of::<Current>();
-        let state = current + offset_of!(Current, state);
-        let hot_end = state
-            + offset_of!(OrgState, subscription_expires_at)
-            + size_of::<Option<crate::clock::Timestamp>>();
-        assert!(hot_end <= 144, "hot fields end at {hot_end}");
+        let hot_end = current + offset_of!(Current, subscription_ends) + size_of::<Timestamp>();
+        assert!(hot_end <= 128, "hot fields end at {hot_end}");
         assert!(offset_of!(Org, current) < current);
+        assert!(offset_of!(Current, generation) > offset_of!(Current, subscription_ends));
     }
 
+    fn state(
+        key: Option<&str>,
+        status: KeyStatus,
+        ends: Option<u64>,
+        limits: LimitOverrides,
+    ) -> OrgState {
+        OrgState {
+            key: key.map(|k| ApiKey::parse(k.as_bytes()).unwrap()),
+            status,
+            subscription_expires_at: ends.map(Timestamp::from_nanos),
+            limits,
+            last_modified_by: Actor::System,
+            last_modified_on: Timestamp::from_secs(1_700_000_000),
+            generation: 7,
+        }
+    }
+
+    /// The compact form keeps every value of every field, including the
+    /// ones a sentinel would have lost: no key, a subscription ending at
+    /// time 0 or at the last representable time, and the placeholder's own
+    /// bytes as a real key.
     #[test]
-    fn an_org_in_its_arc_fits_a_224_byte_chunk() {
-        assert_eq!(std::mem::size_of::<super::Actor>(), 16);
-        assert!(
-            std::mem::size_of::<super::Org>() <= 200,
-            "Org is {} bytes",
-            std::mem::size_of::<super::Org>()
+    fn the_compact_state_gives_back_exactly_the_state_it_was_made_from() {
+        let overrides = LimitOverrides {
+            rate_per_sec: std::num::NonZeroU32::new(5),
+            ..LimitOverrides::default()
+        };
+        let disabled = || KeyStatus::Disabled {
+            reason: THRESHOLD_REASON.into(),
+        };
+        let cases = [
+            state(
+                Some("Ab3dEf6hIj9k"),
+                KeyStatus::Enabled,
+                None,
+                LimitOverrides::default(),
+            ),
+            state(None, KeyStatus::Enabled, None, LimitOverrides::default()),
+            state(
+                Some("000000000000"),
+                KeyStatus::Enabled,
+                Some(0),
+                LimitOverrides::default(),
+            ),
+            state(None, disabled(), Some(u64::MAX), LimitOverrides::default()),
+            state(Some("Ab3dEf6hIj9k"), disabled(), Some(1), overrides),
+            state(Some("Ab3dEf6hIj9k"), KeyStatus::Enabled, None, overrides),
+        ];
+        for (i, s) in cases.into_iter().enumerate() {
+            let c = Current::new(s.clone(), 3, Limits::default());
+            assert_eq!(c.state(), s, "case {i}");
+            assert_eq!(
+                c.key().map(ApiKey::expose),
+                s.key.as_ref().map(ApiKey::expose)
+            );
+            assert_eq!(c.is_disabled(), s.is_disabled(), "case {i}");
+            assert_eq!(c.limits(), s.limits, "case {i}");
+            for now in [0, 1, 2, u64::MAX - 1, u64::MAX] {
+                let now = Timestamp::from_nanos(now);
+                assert_eq!(
+                    c.subscription_expired(now),
+                    s.subscription_expired(now),
+                    "case {i}"
+                );
+            }
+        }
+    }
+
+    /// Most orgs are enabled with the default limits: they carry no
+    /// allocation for the rare parts.
+    #[test]
+    fn an_enabled_org_without_overrides_has_no_rare_parts() {
+        let s = state(
+            Some("Ab3dEf6hIj9k"),
+            KeyStatus::Enabled,
+            Some(9),
+            LimitOverrides::default(),
         );
+        assert!(Current::new(s, 1, Limits::default()).rare.is_none());
     }
 }

@@ -84,7 +84,7 @@ async fn until(done: impl Fn() -> bool) {
 fn accepts(store: &Store, org: &str, key: &ApiKey) -> bool {
     store
         .with_org(org.as_bytes(), |o| {
-            o.read(|c| c.state.key.as_ref().is_some_and(|k| k.ct_eq(key)) && !c.state.is_disabled())
+            o.read(|c| c.key().is_some_and(|k| k.ct_eq(key)) && !c.is_disabled())
         })
         .unwrap_or(false)
 }

@@ -648,7 +648,7 @@ impl Store {
                 continue;
             }
             // The state's read lock only for ids that would make the page.
-            if disabled.is_some_and(|want| e.0.read(|c| c.state.is_disabled()) != want) {
+            if disabled.is_some_and(|want| e.0.read(|c| c.is_disabled()) != want) {
                 continue;
             }
             if full {
@@ -1485,7 +1485,7 @@ impl Store {
         let (from, seq, t) = loop {
             tries += 1;
             let now = self.inner.clock.now();
-            let (from, t) = match org.read(|c| op(&c.state, now).map(|t| (c.version, t))) {
+            let (from, t) = match org.read(|c| op(&c.state(), now).map(|t| (c.version, t))) {
                 Ok(decided) => decided,
                 // Another node may have changed the org since this copy was
                 // installed (the feed is not instant): a refusal must hold on
@@ -1595,7 +1595,7 @@ impl Store {
     /// Makes `record` the state of `org` if it is newer. An org enabled
     /// elsewhere starts its count afresh here too, as [`Store::enable`] does.
     fn install_into(&self, org: &Org, record: OrgRecord) {
-        let was_disabled = org.read(|c| c.state.status != KeyStatus::Enabled);
+        let was_disabled = org.read(|c| c.is_disabled());
         let enabled = record.state.status == KeyStatus::Enabled;
         if was_disabled && enabled && org.version() < record.version {
             org.calls().reset();
@@ -1888,8 +1888,8 @@ impl Store {
     fn view_of(&self, org: &Org) -> OrgView {
         org.read(|c| OrgView {
             id: org.id(),
-            limits: self.defaults().with(&c.state.limits),
-            state: c.state.clone(),
+            limits: self.defaults().with(&c.limits()),
+            state: c.state(),
         })
     }
 }

@@ -1007,7 +1007,7 @@ async fn connect_refuses_a_lease_too_short_to_renew_and_a_name_that_breaks_the_h
 fn accepts(store: &Store, org: &str, key: &ApiKey) -> bool {
     store
         .with_org(org.as_bytes(), |o| {
-            o.read(|c| c.state.key.as_ref().is_some_and(|k| k.ct_eq(key)) && !c.state.is_disabled())
+            o.read(|c| c.key().is_some_and(|k| k.ct_eq(key)) && !c.is_disabled())
         })
         .unwrap_or(false)
 }
