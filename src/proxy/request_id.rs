@@ -301,6 +301,33 @@ mod tests {
         assert!(from_b.iter().all(|v| !from_a.contains(v)));
     }
 
+    #[test]
+    fn threads_sharing_one_source_make_each_number_once() {
+        // A multi-thread runtime's workers share one source.
+        let ids = RequestIds::new();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ids = Arc::clone(&ids);
+                std::thread::spawn(move || (0..200).map(|_| ids.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut numbers: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .map(|v| {
+                let rest = v
+                    .to_str()
+                    .unwrap()
+                    .strip_prefix(&ids.prefix)
+                    .unwrap()
+                    .to_owned();
+                u64::from_str_radix(&rest, 16).unwrap()
+            })
+            .collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=800).collect::<Vec<u64>>());
+    }
+
     /// Answers with the request's `x-request-id` values joined by `|` in the
     /// body-less answer's `seen` header.
     #[derive(Clone)]
