@@ -744,6 +744,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http2_request_times_out_by_a_timer_of_its_own() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1)).for_client([127, 0, 0, 1].into());
+        let req = Request::get("/slow")
+            .version(Version::HTTP_2)
+            .body(Empty::new())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), forward.clone().call(req));
+        let status = answer.await.expect("an answer").unwrap().status();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timer_at(&forward), None);
+    }
+
+    #[tokio::test]
     async fn a_request_in_another_task_than_the_one_the_timer_wakes_still_times_out() {
         let (addr, _) = upstream().await;
         let forward = forward_to(addr, Duration::from_secs(1)).for_client([127, 0, 0, 1].into());
