@@ -316,6 +316,38 @@ async fn an_upstream_that_does_not_answer_in_time_is_504_upstream_timeout() {
 }
 
 #[tokio::test]
+async fn on_a_kept_alive_connection_each_request_has_its_own_upstream_timeout() {
+    // keygate sets one timer per client connection, lazily: these requests,
+    // one after another on the client's kept-alive connection, each end by
+    // their own deadline, not an earlier one's.
+    let gw = Gateway::builder().upstream_timeout_ms(1000).start().await;
+    let key = gw.provision("acme").await;
+    let answer_after = |delay: Duration| {
+        gw.upstream.answer_with(Answer {
+            delay: Some(delay),
+            ..Answer::default()
+        });
+    };
+    gw.get_with("/acme/v1/a", &key)
+        .await
+        .assert_status(StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Answered after the first request's deadline, within its own.
+    answer_after(Duration::from_millis(600));
+    gw.get_with("/acme/v1/b", &key)
+        .await
+        .assert_status(StatusCode::OK);
+    answer_after(Duration::from_secs(60));
+    gw.get_with("/acme/v1/c", &key)
+        .await
+        .assert_refused(StatusCode::GATEWAY_TIMEOUT, "UPSTREAM_TIMEOUT");
+    answer_after(Duration::ZERO);
+    gw.get_with("/acme/v1/d", &key)
+        .await
+        .assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_org_segment_is_stripped_and_the_query_kept() {
     let gw = Gateway::start().await;
     let key = gw.provision("acme").await;

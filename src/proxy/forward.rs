@@ -194,6 +194,74 @@ pub struct Forward<B> {
     group: Arc<Group<B>>,
     affinity: Arc<Affinity<B>>,
     client_ip: HeaderValue,
+    timers: Arc<Timers>,
+}
+
+/// The upstream timeout's timer of one client connection's HTTP/1 requests,
+/// set lazily (as the connection's own head and idle timer is, in
+/// `server::activity`): a request whose deadline is no earlier than the time
+/// the timer is set for, and which runs in the task the timer wakes, leaves it
+/// as it is; when it fires, the request in flight finds its own deadline still
+/// ahead and sets the timer to it. So a request costs a short lock and a
+/// comparison, not a timer of its own put into tokio's wheel and taken out
+/// (about 600 instructions). A request in another task (HTTP/2 streams run in
+/// tasks of their own) uses a timer of its own, as does every HTTP/2 request.
+#[derive(Default)]
+struct Timers(Mutex<Option<Armed>>);
+
+/// The timer of [`Timers`] once set.
+struct Armed {
+    timer: Pin<Box<Sleep>>,
+    /// When it fires (or fired).
+    at: tokio::time::Instant,
+    /// The task it wakes.
+    waker: std::task::Waker,
+}
+
+impl Timers {
+    /// Sees to it that the task of `cx` is woken by `deadline` (it is polled
+    /// now, at `now`, and its deadline is ahead); false when the timer wakes
+    /// another task, and the caller needs one of its own.
+    fn watch(
+        &self,
+        deadline: tokio::time::Instant,
+        now: tokio::time::Instant,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let mut armed = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *armed {
+            Some(a) if a.waker.will_wake(cx.waker()) => {
+                if a.at > now && a.at <= deadline {
+                    // It fires first and wakes this task.
+                    return true;
+                }
+                // Fired, or set for later than this deadline.
+                a.at = deadline;
+                a.timer.as_mut().reset(deadline);
+                register(&mut a.timer, cx);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                register(&mut timer, cx);
+                *armed = Some(Armed {
+                    timer,
+                    at: deadline,
+                    waker: cx.waker().clone(),
+                });
+                true
+            }
+        }
+    }
+}
+
+/// Polls `timer` once so that it wakes the task of `cx`: outside tokio's
+/// cooperative budget, which could otherwise answer "not now" without
+/// registering the task, and no later poll would come to register it.
+fn register(timer: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) {
+    // The deadline is ahead: pending.
+    let _ = Pin::new(&mut tokio::task::coop::unconstrained(timer)).poll(cx);
 }
 
 /// The settings slots of a forwarder and of those made from it with
@@ -208,6 +276,7 @@ impl<B> Clone for Forward<B> {
             group: Arc::clone(&self.group),
             affinity: Arc::clone(&self.affinity),
             client_ip: self.client_ip.clone(),
+            timers: Arc::clone(&self.timers),
         }
     }
 }
@@ -281,6 +350,7 @@ where
             current,
             affinity,
             client_ip: HeaderValue::from_static("unknown"),
+            timers: Arc::default(),
         }
     }
 
@@ -308,6 +378,7 @@ where
             group: Arc::clone(&self.group),
             affinity,
             client_ip: self.client_ip.clone(),
+            timers: Arc::default(),
         }
     }
 
@@ -341,6 +412,7 @@ where
             affinity: Arc::new(Affinity::new(upstreams)),
             client_ip: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            timers: Arc::default(),
         }
     }
 }
@@ -369,6 +441,7 @@ where
         let affinity = self.affinity.for_upstreams(&shared.upstreams);
         // Request hop-by-hop headers went as the request arrived (`HopByHop`).
         let (mut parts, body) = req.into_parts();
+        let version = parts.version;
         add_forwarded(&mut parts.headers, &self.client_ip, &shared.proto);
         if parts.version == Version::HTTP_2 {
             // RFC 9113 section 8.2.3: HTTP/2 may split cookies into crumbs;
@@ -387,12 +460,17 @@ where
         // request goes out on (the client module's `prepare`).
         parts.uri = shared.upstream.target(parts.uri);
         let req = Request::from_parts(parts, body);
+        // One clock read for the timeout and the upstream's time.
+        let now = tokio::time::Instant::now();
         ForwardFuture {
             sending: affinity.send(req),
             affinity,
             answer_timeouts: shared.answer_timeouts,
-            timeout: tokio::time::sleep(shared.timeout),
-            sent: shared.upstream_time.then(Instant::now),
+            deadline: now + shared.timeout,
+            called: Some(now),
+            timers: (version != Version::HTTP_2).then(|| Arc::clone(&self.timers)),
+            own_timer: None,
+            sent: shared.upstream_time.then(|| now.into_std()),
         }
     }
 }
@@ -408,8 +486,15 @@ pin_project! {
         sending: Sending<B>,
         affinity: Arc<Affinity<B>>,
         answer_timeouts: BodyTimeouts,
+        // The upstream timeout's end.
+        deadline: tokio::time::Instant,
+        // The clock read at the call, for the first poll.
+        called: Option<tokio::time::Instant>,
+        // The client connection's timer (HTTP/1), when it wakes this task.
+        timers: Option<Arc<Timers>>,
+        // Otherwise a timer of this request's own.
         #[pin]
-        timeout: Sleep,
+        own_timer: Option<Sleep>,
         sent: Option<Instant>,
     }
 }
@@ -428,7 +513,7 @@ where
     type Output = Result<Response<AnswerBody<UpstreamBody>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         loop {
             let answer = match this.sending {
                 Sending::Sent(answer) => match answer.as_mut().poll(cx) {
@@ -446,8 +531,30 @@ where
                 },
                 Sending::Connecting(exchange) => exchange.as_mut().poll(cx),
             };
+            let answer = match answer {
+                Poll::Ready(answer) => answer,
+                Poll::Pending => {
+                    let now = this.called.take().unwrap_or_else(tokio::time::Instant::now);
+                    if now < *this.deadline {
+                        if this.own_timer.is_none() {
+                            if let Some(timers) = this.timers.as_ref() {
+                                if timers.watch(*this.deadline, now, cx) {
+                                    return Poll::Pending;
+                                }
+                            }
+                            this.own_timer
+                                .set(Some(tokio::time::sleep_until(*this.deadline)));
+                        }
+                        if let Some(timer) = this.own_timer.as_mut().as_pin_mut() {
+                            std::task::ready!(timer.poll(cx));
+                        }
+                    }
+                    tracing::warn!("upstream did not answer in time");
+                    return Poll::Ready(Ok(Refusal::UpstreamTimeout.into_response()));
+                }
+            };
             return Poll::Ready(Ok(match answer {
-                Poll::Ready(Ok(res)) => {
+                Ok(res) => {
                     let (mut parts, body) = res.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     let body = UpstreamBody {
@@ -458,23 +565,18 @@ where
                     };
                     Response::from_parts(parts, AnswerBody::inner(body))
                 }
-                Poll::Ready(Err(e)) if BodyTimedOut::is_cause_of(&e) => {
+                Err(e) if BodyTimedOut::is_cause_of(&e) => {
                     // The client's body stopped: the client's doing, logged
                     // at debug where the body timed out.
                     Refusal::RequestTimeout.into_response()
                 }
-                Poll::Ready(Err(ClientError::Busy)) => {
+                Err(ClientError::Busy) => {
                     tracing::warn!("every upstream connection stayed busy for the connect timeout");
                     Refusal::UpstreamBusy.into_response()
                 }
-                Poll::Ready(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(error = %e, "upstream request failed");
                     Refusal::UpstreamUnavailable.into_response()
-                }
-                Poll::Pending => {
-                    std::task::ready!(this.timeout.poll(cx));
-                    tracing::warn!("upstream did not answer in time");
-                    Refusal::UpstreamTimeout.into_response()
                 }
             }));
         }
@@ -595,9 +697,9 @@ mod tests {
     #[tokio::test]
     async fn a_later_exchange_is_not_cut_short_by_an_earlier_ones_deadline() {
         // The first exchange's deadline passes while the 300 ms one runs: a
-        // timer still set to it would answer 504. (A timer shared by the
-        // connection's exchanges, to save tokio's timer wheel an insert and a
-        // removal per request, was tried this way: BENCHMARKS.md.)
+        // timer still set to it would answer 504. (The client connection's
+        // timer fires then, and the exchange in flight sets it to its own
+        // deadline: `Timers`.)
         exchanges_after_an_idle(Duration::from_millis(800)).await;
     }
 
@@ -616,6 +718,54 @@ mod tests {
             (StatusCode::GATEWAY_TIMEOUT, StatusCode::GATEWAY_TIMEOUT)
         );
         assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+    }
+
+    /// When the client connection's timer of `forward` fires, if it is set.
+    fn timer_at(forward: &Forward<Empty<Bytes>>) -> Option<tokio::time::Instant> {
+        forward.timers.0.lock().unwrap().as_ref().map(|a| a.at)
+    }
+
+    #[tokio::test]
+    async fn a_client_connections_later_requests_leave_its_timer_as_it_is() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1)).for_client([127, 0, 0, 1].into());
+        assert_eq!(timer_at(&forward), None);
+        let before = tokio::time::Instant::now();
+        assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+        let first = timer_at(&forward).expect("set by the first request");
+        assert!(first >= before + Duration::from_secs(1));
+        // Its deadline is later than the timer's: no change.
+        assert_eq!(status(&forward, "/medium").await, StatusCode::OK);
+        assert_eq!(timer_at(&forward), Some(first));
+        // Past the first deadline, the timer fired: the next request sets it
+        // to its own deadline, and the one after it times out by it.
+        assert_eq!(status(&forward, "/slow").await, StatusCode::GATEWAY_TIMEOUT);
+        assert!(timer_at(&forward) > Some(first));
+    }
+
+    #[tokio::test]
+    async fn an_http2_request_times_out_by_a_timer_of_its_own() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1)).for_client([127, 0, 0, 1].into());
+        let req = Request::get("/slow")
+            .version(Version::HTTP_2)
+            .body(Empty::new())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), forward.clone().call(req));
+        let status = answer.await.expect("an answer").unwrap().status();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(timer_at(&forward), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_in_another_task_than_the_one_the_timer_wakes_still_times_out() {
+        let (addr, _) = upstream().await;
+        let forward = forward_to(addr, Duration::from_secs(1)).for_client([127, 0, 0, 1].into());
+        // The timer now wakes this task, until a second after this request.
+        assert_eq!(status(&forward, "/fast").await, StatusCode::OK);
+        let other = forward.clone();
+        let elsewhere = tokio::spawn(async move { status(&other, "/slow").await });
+        assert_eq!(elsewhere.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
     }
 
     #[tokio::test]
@@ -741,7 +891,10 @@ mod tests {
             sending: Sending::Sent(Box::pin(dead.try_send_request(req))),
             affinity: Arc::clone(&forward.affinity),
             answer_timeouts: forward.current.load().answer_timeouts,
-            timeout: tokio::time::sleep(Duration::from_secs(5)),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(5),
+            called: None,
+            timers: None,
+            own_timer: None,
             sent: None,
         }
         .await
