@@ -71,6 +71,13 @@ impl Timestamp {
         }
     }
 
+    /// The form [`to_rfc3339`](Timestamp::to_rfc3339) writes, as
+    /// [`parse_rfc3339`](Timestamp::parse_rfc3339) reads it; `None` for any
+    /// other form, which `parse_rfc3339` may still read or refuse.
+    pub(crate) fn parse_canonical(s: &[u8]) -> Option<Self> {
+        parse_canonical(s)
+    }
+
     /// [`parse_rfc3339`](Timestamp::parse_rfc3339) by `time`'s parser, for
     /// every form.
     fn parse_rfc3339_any(s: &str) -> Result<Self, TimestampError> {

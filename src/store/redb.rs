@@ -520,7 +520,16 @@ impl Inner {
     ) -> Result<OrgRecord, BackendError> {
         let id = OrgId::parse_onto(key, pages)
             .map_err(|_| self.corrupt(format_args!("table orgs: key {key:?} is not an org id")))?;
-        let StoredOrg { version, state } = self.decode("orgs", format_args!("{key:?}"), value)?;
+        // Nearly every record is in the form keygate writes for an enabled
+        // org; serde reads any other.
+        let (version, state) = match StateFields::read_canonical(value) {
+            Some(read) => read,
+            None => {
+                let StoredOrg { version, state } =
+                    self.decode("orgs", format_args!("{key:?}"), value)?;
+                (version, state)
+            }
+        };
         Ok(OrgRecord { id, state, version })
     }
 
@@ -1722,6 +1731,171 @@ mod tests {
             .state
             .subscription_expires_at
             .is_none());
+    }
+
+    /// The canonical reader's and serde's reading of `record`: where the
+    /// canonical reader reads it, serde must read the same.
+    fn read_both(record: &[u8]) -> Option<(u64, OrgState)> {
+        let fast = StateFields::read_canonical(record);
+        if let Some((version, state)) = &fast {
+            let slow: StoredOrg = serde_json::from_slice(record)
+                .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(record)));
+            assert_eq!(
+                (slow.version, &slow.state),
+                (*version, state),
+                "{:?}",
+                String::from_utf8_lossy(record)
+            );
+        }
+        fast
+    }
+
+    #[test]
+    fn the_canonical_record_reader_reads_what_keygate_writes_as_serde_does() {
+        let base = state();
+        let key = |k: &str| Some(crate::key::ApiKey::parse(k.as_bytes()).unwrap());
+        let by = |name: &str| OrgState {
+            last_modified_by: Actor::Token(name.into()),
+            ..base.clone()
+        };
+        // Each state, and whether it is in the canonical reader's form.
+        let variants: Vec<(OrgState, bool)> = vec![
+            (base.clone(), true),
+            (
+                OrgState {
+                    key: None,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    key: key("Zz9yXx8wVv7u"),
+                    generation: u64::MAX,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(T0),
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(Timestamp::from_nanos(1_800_000_000_123_456_789)),
+                    last_modified_on: Timestamp::from_nanos(1_800_000_000_000_000_001),
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    last_modified_on: Timestamp::EPOCH,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    last_modified_by: Actor::System,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (by("alice"), true),
+            (by("j\u{f6}rg \u{1f511}"), true),
+            // Escaped in JSON: serde's.
+            (by("a\"b\\c"), false),
+            (by("tab\there"), false),
+            // Not enabled, with overrides, or a time past 2499: serde's.
+            (base.disable("abuse", T0, Actor::Provider).next, false),
+            (
+                OrgState {
+                    limits: LimitOverrides::from_values(None, Some(3), Some(50), None),
+                    ..base.clone()
+                },
+                false,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(Timestamp::from_secs(17_000_000_000)),
+                    ..base.clone()
+                },
+                false,
+            ),
+        ];
+        for (state, canonical) in variants {
+            for version in [0, 1, 7, u64::MAX] {
+                let record = OrgRecord {
+                    id: org("acme"),
+                    state: state.clone(),
+                    version,
+                };
+                let bytes = encode_org(&record).unwrap();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let read = read_both(&bytes);
+                assert_eq!(read.is_some(), canonical, "{text}");
+                if let Some(read) = read {
+                    assert_eq!(read, (version, state.clone()), "{text}");
+                }
+                // Whichever reads it, the record comes back.
+                let slow: StoredOrg = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((slow.version, slow.state), (version, state.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_record_reader_agrees_with_serde_on_every_one_byte_change() {
+        let with_expiry = OrgState {
+            subscription_expires_at: Some(Timestamp::from_nanos(1_800_000_000_500_000_000)),
+            last_modified_by: Actor::Token("ops".into()),
+            ..state()
+        };
+        let written = br#"{"version":3,"key":null,"status":"enabled","subscription_expires_at":null,"limits":{},"last_modified_by":"system","last_modified_on":"2027-01-15T08:00:00Z","generation":10}"#;
+        let records: Vec<Vec<u8>> = [(state(), 1), (with_expiry, 12)]
+            .into_iter()
+            .map(|(state, version)| {
+                encode_org(&OrgRecord {
+                    id: org("acme"),
+                    state,
+                    version,
+                })
+                .unwrap()
+            })
+            .chain([written.to_vec()])
+            .collect();
+        let bytes = b"0123456789 \"\\{}:,.-TZnulabcA\x7f\x01";
+        let mut read = 0;
+        for record in &records {
+            assert!(
+                read_both(record).is_some(),
+                "{}",
+                String::from_utf8_lossy(record)
+            );
+            for at in 0..record.len() {
+                for &c in bytes.iter() {
+                    let mut changed = record.clone();
+                    changed[at] = c;
+                    read += usize::from(read_both(&changed).is_some());
+                    let mut inserted = record.clone();
+                    inserted.insert(at, c);
+                    read += usize::from(read_both(&inserted).is_some());
+                }
+                let mut removed = record.clone();
+                removed.remove(at);
+                read += usize::from(read_both(&removed).is_some());
+                // Invalid UTF-8 anywhere is serde's to refuse.
+                let mut invalid = record.clone();
+                invalid[at] = 0xff;
+                assert!(StateFields::read_canonical(&invalid).is_none());
+            }
+        }
+        // Changes inside the key, the times and the numbers still read.
+        assert!(read > 1_000, "{read}");
     }
 
     #[tokio::test]
