@@ -135,35 +135,6 @@ const CACHE_BYTES: usize = 1 << 20;
 /// heap rather than mapped and unmapped.
 const LOAD_BATCH: usize = 256;
 
-/// Stored orgs' raw entries, copied out of the read transaction for the
-/// second loading thread: every key and value in one buffer.
-#[derive(Debug, Default)]
-struct RawBatch {
-    bytes: Vec<u8>,
-    /// Each record's key length and value length, in order.
-    records: Vec<(usize, usize)>,
-}
-
-impl RawBatch {
-    fn push(&mut self, key: &str, value: &[u8]) {
-        self.bytes.extend_from_slice(key.as_bytes());
-        self.bytes.extend_from_slice(value);
-        self.records.push((key.len(), value.len()));
-    }
-
-    /// Each record's key and value, in order. A key was a `&str` when pushed,
-    /// so its bytes are UTF-8; `from_utf8` cannot fail on them.
-    fn records(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        let mut at = 0;
-        self.records.iter().map(move |&(k, v)| {
-            let key = std::str::from_utf8(&self.bytes[at..at + k]).unwrap_or_default();
-            let value = &self.bytes[at + k..at + k + v];
-            at += k + v;
-            (key, value)
-        })
-    }
-}
-
 /// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
 /// `Arc`, and each operation runs on tokio's blocking pool, since redb is
 /// synchronous and a commit waits for an fsync.
@@ -433,82 +404,33 @@ impl Inner {
 
     /// [`load`](Inner::load), sending the orgs in batches of [`LOAD_BATCH`].
     ///
-    /// Decoding the records' JSON is most of a start-up's work (BENCHMARKS.md,
-    /// "Item 4"), so it is shared with a second thread: this one reads the
-    /// table and decodes every other batch itself, and hands the others' raw
-    /// bytes (copied once, into one buffer per batch) to the second, which
-    /// decodes them and sends them on. The store takes batches in any order.
+    /// One thread reads and decodes. A second one, decoding every other
+    /// batch from a copy of its bytes, made start-up faster while serde read
+    /// the records; with the records read by their layout
+    /// ([`StateFields::read_canonical`]) it cost more CPU than it saved and
+    /// was slower on two cores, where the store's builder needs the other
+    /// (BENCHMARKS.md, "Item 4").
     fn load_into(&self, orgs: &OrgBatches) -> Result<Vec<TokenRecord>, BackendError> {
         let send = |loading| {
             orgs.blocking_send(loading)
                 .map_err(|_| BackendError::Unavailable("load: the store stopped reading".into()))
         };
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.unavailable("read", e))?;
-        let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
-        // redb keeps each table's length in its header: no scan.
-        let len = table.len().map_err(|e| self.unavailable("read orgs", e))?;
-        send(Loading::Expect(usize::try_from(len).unwrap_or(usize::MAX)))?;
-        std::thread::scope(|scope| {
-            // Two batches in flight at most: the copies stay small.
-            let (raw_batches, for_helper) = std::sync::mpsc::sync_channel::<RawBatch>(2);
-            let helper = std::thread::Builder::new()
-                .name("keygate-load".into())
-                .spawn_scoped(scope, || -> Result<(), BackendError> {
-                    let mut pages = IdPages::default();
-                    for raw in for_helper {
-                        let mut batch = Vec::with_capacity(raw.records.len());
-                        for (key, value) in raw.records() {
-                            batch.push(self.decode_org(key, value, &mut pages)?);
-                        }
-                        send(Loading::Orgs(batch))?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| self.unavailable("start a loading thread", e))?;
-            let read = (|| {
-                let mut pages = IdPages::default();
-                let mut batch = Vec::with_capacity(LOAD_BATCH);
-                let mut raw = RawBatch::default();
-                let mut mine = true;
-                for entry in table.iter().map_err(|e| self.unavailable("read orgs", e))? {
-                    let (key, value) = entry.map_err(|e| self.unavailable("read orgs", e))?;
-                    if mine {
-                        batch.push(self.decode_org(key.value(), value.value(), &mut pages)?);
-                        if batch.len() == LOAD_BATCH {
-                            let full =
-                                std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                            send(Loading::Orgs(full))?;
-                            mine = false;
-                        }
-                    } else {
-                        raw.push(key.value(), value.value());
-                        if raw.records.len() == LOAD_BATCH {
-                            if raw_batches.send(std::mem::take(&mut raw)).is_err() {
-                                // The helper stopped: its error is the one to tell.
-                                return Ok(());
-                            }
-                            mine = true;
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    send(Loading::Orgs(batch))?;
-                }
-                if !raw.records.is_empty() {
-                    let _ = raw_batches.send(raw);
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        let tokens = self.read_all(
+            |count| send(Loading::Expect(count)),
+            |org| {
+                batch.push(org);
+                if batch.len() == LOAD_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    send(Loading::Orgs(full))?;
                 }
                 Ok(())
-            })();
-            drop(raw_batches);
-            let helped = helper
-                .join()
-                .unwrap_or_else(|_| Err(self.unavailable("load", "the loading thread panicked")));
-            read.and(helped)
-        })?;
-        self.read_tokens_in(&txn)
+            },
+        )?;
+        if !batch.is_empty() {
+            send(Loading::Orgs(batch))?;
+        }
+        Ok(tokens)
     }
 
     /// One stored org from its table entry.
@@ -1414,8 +1336,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn load_into_sends_the_count_then_every_org_in_batches_from_two_threads_then_the_tokens()
-    {
+    async fn load_into_sends_the_count_then_every_org_in_batches_in_key_order_then_the_tokens() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let n = 2 * LOAD_BATCH + 7;
@@ -1453,24 +1374,20 @@ mod tests {
                 Loading::Expect(_) => panic!("a second count"),
             })
             .collect();
-        // Batches come from two threads, so in either order; every org once.
-        let mut sizes = sizes;
-        sizes.sort_unstable();
-        assert_eq!(sizes, vec![7, LOAD_BATCH, LOAD_BATCH]);
-        let mut ids: Vec<String> = got[1..]
+        assert_eq!(sizes, vec![LOAD_BATCH, LOAD_BATCH, 7]);
+        let ids: Vec<String> = got[1..]
             .iter()
             .flat_map(|l| match l {
                 Loading::Orgs(batch) => batch.iter().map(|r| r.id.to_string()).collect(),
                 Loading::Expect(_) => Vec::new(),
             })
             .collect();
-        ids.sort_unstable();
         let expected: Vec<String> = (0..n).map(|i| format!("org-{i:04}")).collect();
         assert_eq!(ids, expected);
     }
 
     #[tokio::test]
-    async fn a_damaged_record_in_the_second_threads_batch_fails_the_load_naming_it() {
+    async fn a_damaged_record_in_a_later_batch_fails_the_load_naming_it() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let n = 2 * LOAD_BATCH + 7;
@@ -1478,7 +1395,7 @@ mod tests {
             .map(|i| org_commit(&format!("org-{i:04}"), state(), "p"))
             .collect();
         b.inner.commit_all(&commits).unwrap();
-        // The second batch in key order is the one the second thread decodes.
+        // In the second batch, after one was sent.
         let damaged = format!("org-{:04}", LOAD_BATCH + 3);
         {
             let txn = b.database().begin_write().unwrap();
