@@ -238,6 +238,12 @@ pub(crate) struct StateFields {
 }
 
 impl StateFields {
+    /// A stored org's version and state by [`read_canonical_record`], if
+    /// the record is in the form keygate writes for an enabled org.
+    pub(crate) fn read_canonical(record: &[u8]) -> Option<(u64, OrgState)> {
+        read_canonical_record(record)
+    }
+
     /// The state these fields hold, or serde's error for a disabled state
     /// without its reason.
     pub(crate) fn into_state<E: serde::de::Error>(self) -> Result<OrgState, E> {
@@ -255,6 +261,96 @@ impl StateFields {
             last_modified_on: self.last_modified_on,
             generation: self.generation,
         })
+    }
+}
+
+/// A stored org's record (its version and state) if it is in the exact
+/// form keygate writes for an enabled org without limit overrides, which is
+/// nearly every org: `{"version":N,"key":"...","status":"enabled",
+/// "subscription_expires_at":...,"limits":{},"last_modified_by":"...",
+/// "last_modified_on":"...","generation":N}`, keys in that order, no
+/// whitespace, no escapes, times in [`Timestamp::parse_canonical`]'s form.
+/// `None` for anything else, which serde then reads (or refuses) through
+/// [`StateFields`] as before; what this reads, serde reads the same (the
+/// tests compare the two). serde_json's general reading was most of a
+/// start-up's instructions (BENCHMARKS.md, "Item 4").
+fn read_canonical_record(b: &[u8]) -> Option<(u64, OrgState)> {
+    let mut r = Canonical(b);
+    r.literal(b"{\"version\":")?;
+    let version = r.integer()?;
+    r.literal(b",\"key\":")?;
+    let key = match r.literal(b"null") {
+        Some(()) => None,
+        None => Some(ApiKey::parse(r.string()?).ok()?),
+    };
+    r.literal(b",\"status\":\"enabled\",\"subscription_expires_at\":")?;
+    let subscription_expires_at = match r.literal(b"null") {
+        Some(()) => None,
+        None => Some(Timestamp::parse_canonical(r.string()?)?),
+    };
+    r.literal(b",\"limits\":{},\"last_modified_by\":")?;
+    let last_modified_by = match std::str::from_utf8(r.string()?).ok()? {
+        "provider" => Actor::Provider,
+        "system" => Actor::System,
+        name => Actor::Token(name.into()),
+    };
+    r.literal(b",\"last_modified_on\":")?;
+    let last_modified_on = Timestamp::parse_canonical(r.string()?)?;
+    r.literal(b",\"generation\":")?;
+    let generation = r.integer()?;
+    r.literal(b"}")?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    let state = OrgState {
+        key,
+        status: KeyStatus::Enabled,
+        subscription_expires_at,
+        limits: LimitOverrides::default(),
+        last_modified_by,
+        last_modified_on,
+        generation,
+    };
+    Some((version, state))
+}
+
+/// [`read_canonical_record`]'s place in the record: what is left of it.
+struct Canonical<'a>(&'a [u8]);
+
+impl<'a> Canonical<'a> {
+    /// Steps over `lit`, if it comes next.
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
+        self.0 = self.0.strip_prefix(lit)?;
+        Some(())
+    }
+
+    /// A JSON string's bytes, if one without escapes or control characters
+    /// comes next.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let rest = self.0.strip_prefix(b"\"")?;
+        let end = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        self.0 = &rest[end + 1..];
+        Some(&rest[..end])
+    }
+
+    /// A JSON integer that fits a `u64`, if one comes next: digits, no sign,
+    /// no leading zero (which JSON refuses).
+    fn integer(&mut self) -> Option<u64> {
+        let digits = self.0.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || (digits > 1 && self.0[0] == b'0') {
+            return None;
+        }
+        let mut v: u64 = 0;
+        for &c in &self.0[..digits] {
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        }
+        self.0 = &self.0[digits..];
+        Some(v)
     }
 }
 

@@ -135,35 +135,6 @@ const CACHE_BYTES: usize = 1 << 20;
 /// heap rather than mapped and unmapped.
 const LOAD_BATCH: usize = 256;
 
-/// Stored orgs' raw entries, copied out of the read transaction for the
-/// second loading thread: every key and value in one buffer.
-#[derive(Debug, Default)]
-struct RawBatch {
-    bytes: Vec<u8>,
-    /// Each record's key length and value length, in order.
-    records: Vec<(usize, usize)>,
-}
-
-impl RawBatch {
-    fn push(&mut self, key: &str, value: &[u8]) {
-        self.bytes.extend_from_slice(key.as_bytes());
-        self.bytes.extend_from_slice(value);
-        self.records.push((key.len(), value.len()));
-    }
-
-    /// Each record's key and value, in order. A key was a `&str` when pushed,
-    /// so its bytes are UTF-8; `from_utf8` cannot fail on them.
-    fn records(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        let mut at = 0;
-        self.records.iter().map(move |&(k, v)| {
-            let key = std::str::from_utf8(&self.bytes[at..at + k]).unwrap_or_default();
-            let value = &self.bytes[at + k..at + k + v];
-            at += k + v;
-            (key, value)
-        })
-    }
-}
-
 /// A [`Backend`] over a redb file. Cheap to share: the store holds it behind an
 /// `Arc`, and each operation runs on tokio's blocking pool, since redb is
 /// synchronous and a commit waits for an fsync.
@@ -433,82 +404,33 @@ impl Inner {
 
     /// [`load`](Inner::load), sending the orgs in batches of [`LOAD_BATCH`].
     ///
-    /// Decoding the records' JSON is most of a start-up's work (BENCHMARKS.md,
-    /// "Item 4"), so it is shared with a second thread: this one reads the
-    /// table and decodes every other batch itself, and hands the others' raw
-    /// bytes (copied once, into one buffer per batch) to the second, which
-    /// decodes them and sends them on. The store takes batches in any order.
+    /// One thread reads and decodes. A second one, decoding every other
+    /// batch from a copy of its bytes, made start-up faster while serde read
+    /// the records; with the records read by their layout
+    /// ([`StateFields::read_canonical`]) it cost more CPU than it saved and
+    /// was slower on two cores, where the store's builder needs the other
+    /// (BENCHMARKS.md, "Item 4").
     fn load_into(&self, orgs: &OrgBatches) -> Result<Vec<TokenRecord>, BackendError> {
         let send = |loading| {
             orgs.blocking_send(loading)
                 .map_err(|_| BackendError::Unavailable("load: the store stopped reading".into()))
         };
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.unavailable("read", e))?;
-        let table = txn.open_table(ORGS).map_err(|e| self.table_error(e))?;
-        // redb keeps each table's length in its header: no scan.
-        let len = table.len().map_err(|e| self.unavailable("read orgs", e))?;
-        send(Loading::Expect(usize::try_from(len).unwrap_or(usize::MAX)))?;
-        std::thread::scope(|scope| {
-            // Two batches in flight at most: the copies stay small.
-            let (raw_batches, for_helper) = std::sync::mpsc::sync_channel::<RawBatch>(2);
-            let helper = std::thread::Builder::new()
-                .name("keygate-load".into())
-                .spawn_scoped(scope, || -> Result<(), BackendError> {
-                    let mut pages = IdPages::default();
-                    for raw in for_helper {
-                        let mut batch = Vec::with_capacity(raw.records.len());
-                        for (key, value) in raw.records() {
-                            batch.push(self.decode_org(key, value, &mut pages)?);
-                        }
-                        send(Loading::Orgs(batch))?;
-                    }
-                    Ok(())
-                })
-                .map_err(|e| self.unavailable("start a loading thread", e))?;
-            let read = (|| {
-                let mut pages = IdPages::default();
-                let mut batch = Vec::with_capacity(LOAD_BATCH);
-                let mut raw = RawBatch::default();
-                let mut mine = true;
-                for entry in table.iter().map_err(|e| self.unavailable("read orgs", e))? {
-                    let (key, value) = entry.map_err(|e| self.unavailable("read orgs", e))?;
-                    if mine {
-                        batch.push(self.decode_org(key.value(), value.value(), &mut pages)?);
-                        if batch.len() == LOAD_BATCH {
-                            let full =
-                                std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                            send(Loading::Orgs(full))?;
-                            mine = false;
-                        }
-                    } else {
-                        raw.push(key.value(), value.value());
-                        if raw.records.len() == LOAD_BATCH {
-                            if raw_batches.send(std::mem::take(&mut raw)).is_err() {
-                                // The helper stopped: its error is the one to tell.
-                                return Ok(());
-                            }
-                            mine = true;
-                        }
-                    }
-                }
-                if !batch.is_empty() {
-                    send(Loading::Orgs(batch))?;
-                }
-                if !raw.records.is_empty() {
-                    let _ = raw_batches.send(raw);
+        let mut batch = Vec::with_capacity(LOAD_BATCH);
+        let tokens = self.read_all(
+            |count| send(Loading::Expect(count)),
+            |org| {
+                batch.push(org);
+                if batch.len() == LOAD_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
+                    send(Loading::Orgs(full))?;
                 }
                 Ok(())
-            })();
-            drop(raw_batches);
-            let helped = helper
-                .join()
-                .unwrap_or_else(|_| Err(self.unavailable("load", "the loading thread panicked")));
-            read.and(helped)
-        })?;
-        self.read_tokens_in(&txn)
+            },
+        )?;
+        if !batch.is_empty() {
+            send(Loading::Orgs(batch))?;
+        }
+        Ok(tokens)
     }
 
     /// One stored org from its table entry.
@@ -520,7 +442,16 @@ impl Inner {
     ) -> Result<OrgRecord, BackendError> {
         let id = OrgId::parse_onto(key, pages)
             .map_err(|_| self.corrupt(format_args!("table orgs: key {key:?} is not an org id")))?;
-        let StoredOrg { version, state } = self.decode("orgs", format_args!("{key:?}"), value)?;
+        // Nearly every record is in the form keygate writes for an enabled
+        // org; serde reads any other.
+        let (version, state) = match StateFields::read_canonical(value) {
+            Some(read) => read,
+            None => {
+                let StoredOrg { version, state } =
+                    self.decode("orgs", format_args!("{key:?}"), value)?;
+                (version, state)
+            }
+        };
         Ok(OrgRecord { id, state, version })
     }
 
@@ -1405,8 +1336,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn load_into_sends_the_count_then_every_org_in_batches_from_two_threads_then_the_tokens()
-    {
+    async fn load_into_sends_the_count_then_every_org_in_batches_in_key_order_then_the_tokens() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let n = 2 * LOAD_BATCH + 7;
@@ -1444,24 +1374,20 @@ mod tests {
                 Loading::Expect(_) => panic!("a second count"),
             })
             .collect();
-        // Batches come from two threads, so in either order; every org once.
-        let mut sizes = sizes;
-        sizes.sort_unstable();
-        assert_eq!(sizes, vec![7, LOAD_BATCH, LOAD_BATCH]);
-        let mut ids: Vec<String> = got[1..]
+        assert_eq!(sizes, vec![LOAD_BATCH, LOAD_BATCH, 7]);
+        let ids: Vec<String> = got[1..]
             .iter()
             .flat_map(|l| match l {
                 Loading::Orgs(batch) => batch.iter().map(|r| r.id.to_string()).collect(),
                 Loading::Expect(_) => Vec::new(),
             })
             .collect();
-        ids.sort_unstable();
         let expected: Vec<String> = (0..n).map(|i| format!("org-{i:04}")).collect();
         assert_eq!(ids, expected);
     }
 
     #[tokio::test]
-    async fn a_damaged_record_in_the_second_threads_batch_fails_the_load_naming_it() {
+    async fn a_damaged_record_in_a_later_batch_fails_the_load_naming_it() {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let n = 2 * LOAD_BATCH + 7;
@@ -1469,7 +1395,7 @@ mod tests {
             .map(|i| org_commit(&format!("org-{i:04}"), state(), "p"))
             .collect();
         b.inner.commit_all(&commits).unwrap();
-        // The second batch in key order is the one the second thread decodes.
+        // In the second batch, after one was sent.
         let damaged = format!("org-{:04}", LOAD_BATCH + 3);
         {
             let txn = b.database().begin_write().unwrap();
@@ -1722,6 +1648,171 @@ mod tests {
             .state
             .subscription_expires_at
             .is_none());
+    }
+
+    /// The canonical reader's and serde's reading of `record`: where the
+    /// canonical reader reads it, serde must read the same.
+    fn read_both(record: &[u8]) -> Option<(u64, OrgState)> {
+        let fast = StateFields::read_canonical(record);
+        if let Some((version, state)) = &fast {
+            let slow: StoredOrg = serde_json::from_slice(record)
+                .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(record)));
+            assert_eq!(
+                (slow.version, &slow.state),
+                (*version, state),
+                "{:?}",
+                String::from_utf8_lossy(record)
+            );
+        }
+        fast
+    }
+
+    #[test]
+    fn the_canonical_record_reader_reads_what_keygate_writes_as_serde_does() {
+        let base = state();
+        let key = |k: &str| Some(crate::key::ApiKey::parse(k.as_bytes()).unwrap());
+        let by = |name: &str| OrgState {
+            last_modified_by: Actor::Token(name.into()),
+            ..base.clone()
+        };
+        // Each state, and whether it is in the canonical reader's form.
+        let variants: Vec<(OrgState, bool)> = vec![
+            (base.clone(), true),
+            (
+                OrgState {
+                    key: None,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    key: key("Zz9yXx8wVv7u"),
+                    generation: u64::MAX,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(T0),
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(Timestamp::from_nanos(1_800_000_000_123_456_789)),
+                    last_modified_on: Timestamp::from_nanos(1_800_000_000_000_000_001),
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    last_modified_on: Timestamp::EPOCH,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (
+                OrgState {
+                    last_modified_by: Actor::System,
+                    ..base.clone()
+                },
+                true,
+            ),
+            (by("alice"), true),
+            (by("j\u{f6}rg \u{1f511}"), true),
+            // Escaped in JSON: serde's.
+            (by("a\"b\\c"), false),
+            (by("tab\there"), false),
+            // Not enabled, with overrides, or a time past 2499: serde's.
+            (base.disable("abuse", T0, Actor::Provider).next, false),
+            (
+                OrgState {
+                    limits: LimitOverrides::from_values(None, Some(3), Some(50), None),
+                    ..base.clone()
+                },
+                false,
+            ),
+            (
+                OrgState {
+                    subscription_expires_at: Some(Timestamp::from_secs(17_000_000_000)),
+                    ..base.clone()
+                },
+                false,
+            ),
+        ];
+        for (state, canonical) in variants {
+            for version in [0, 1, 7, u64::MAX] {
+                let record = OrgRecord {
+                    id: org("acme"),
+                    state: state.clone(),
+                    version,
+                };
+                let bytes = encode_org(&record).unwrap();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let read = read_both(&bytes);
+                assert_eq!(read.is_some(), canonical, "{text}");
+                if let Some(read) = read {
+                    assert_eq!(read, (version, state.clone()), "{text}");
+                }
+                // Whichever reads it, the record comes back.
+                let slow: StoredOrg = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((slow.version, slow.state), (version, state.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_record_reader_agrees_with_serde_on_every_one_byte_change() {
+        let with_expiry = OrgState {
+            subscription_expires_at: Some(Timestamp::from_nanos(1_800_000_000_500_000_000)),
+            last_modified_by: Actor::Token("ops".into()),
+            ..state()
+        };
+        let written = br#"{"version":3,"key":null,"status":"enabled","subscription_expires_at":null,"limits":{},"last_modified_by":"system","last_modified_on":"2027-01-15T08:00:00Z","generation":10}"#;
+        let records: Vec<Vec<u8>> = [(state(), 1), (with_expiry, 12)]
+            .into_iter()
+            .map(|(state, version)| {
+                encode_org(&OrgRecord {
+                    id: org("acme"),
+                    state,
+                    version,
+                })
+                .unwrap()
+            })
+            .chain([written.to_vec()])
+            .collect();
+        let bytes = b"0123456789 \"\\{}:,.-TZnulabcA\x7f\x01";
+        let mut read = 0;
+        for record in &records {
+            assert!(
+                read_both(record).is_some(),
+                "{}",
+                String::from_utf8_lossy(record)
+            );
+            for at in 0..record.len() {
+                for &c in bytes.iter() {
+                    let mut changed = record.clone();
+                    changed[at] = c;
+                    read += usize::from(read_both(&changed).is_some());
+                    let mut inserted = record.clone();
+                    inserted.insert(at, c);
+                    read += usize::from(read_both(&inserted).is_some());
+                }
+                let mut removed = record.clone();
+                removed.remove(at);
+                read += usize::from(read_both(&removed).is_some());
+                // Invalid UTF-8 anywhere is serde's to refuse.
+                let mut invalid = record.clone();
+                invalid[at] = 0xff;
+                assert!(StateFields::read_canonical(&invalid).is_none());
+            }
+        }
+        // Changes inside the key, the times and the numbers still read.
+        assert!(read > 1_000, "{read}");
     }
 
     #[tokio::test]

@@ -477,3 +477,88 @@ async fn an_org_loaded_twice_is_refused_at_open() {
         Ok(_) => panic!("a store with an org stored twice opened"),
     }
 }
+
+/// [`Fixed`]'s records sent to the store in batches of `size`, after a count
+/// hint of `hint`: what the redb backend's load looks like to the store.
+struct Batched {
+    records: Fixed,
+    size: usize,
+    hint: usize,
+}
+
+impl Backend for Batched {
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        self.records.load()
+    }
+
+    fn load_into(&self, orgs: OrgBatches) -> BoxFuture<'_, Result<Vec<TokenRecord>, BackendError>> {
+        Box::pin(async move {
+            let _ = orgs.send(Loading::Expect(self.hint)).await;
+            for batch in self.records.0.chunks(self.size) {
+                if orgs.send(Loading::Orgs(batch.to_vec())).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Vec::new())
+        })
+    }
+
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<super::Seq, BackendError>> {
+        self.records.commit(commit)
+    }
+
+    fn audit(&self, org: OrgId) -> BoxFuture<'_, Result<Vec<AuditEvent>, BackendError>> {
+        self.records.audit(org)
+    }
+}
+
+fn loaded_org(id: &str) -> OrgRecord {
+    OrgRecord {
+        id: OrgId::parse(id).unwrap(),
+        state: OrgState::provisioned(T0, Actor::Provider, None, LimitOverrides::default()).next,
+        version: 1,
+    }
+}
+
+#[tokio::test]
+async fn orgs_loaded_in_batches_are_each_found_by_their_id_whatever_the_count_hint() {
+    let ids: Vec<String> = (0..5_000).map(|i| format!("org-{i}")).collect();
+    // A hint of the count, one far too low (the map grows as it fills) and none.
+    for hint in [5_000, 10, 0] {
+        let backend = Batched {
+            records: Fixed(ids.iter().map(|id| loaded_org(id)).collect()),
+            size: 256,
+            hint,
+        };
+        let clock = Arc::new(ManualClock::new(T0));
+        let store = Store::open(Arc::new(backend), clock, Limits::default())
+            .await
+            .unwrap();
+        assert_eq!(store.len(), ids.len(), "hint {hint}");
+        for id in &ids {
+            let org = store
+                .get(id.as_bytes())
+                .unwrap_or_else(|| panic!("{id} missing"));
+            assert_eq!(org.id_str(), id);
+            assert!(store.view(id).is_ok(), "{id}");
+        }
+        assert!(store.get(b"org-5000").is_none());
+    }
+}
+
+#[tokio::test]
+async fn an_org_loaded_again_in_a_later_batch_is_refused_at_open() {
+    let mut records: Vec<OrgRecord> = (0..600).map(|i| loaded_org(&format!("org-{i}"))).collect();
+    records.push(loaded_org("org-7"));
+    let backend = Batched {
+        records: Fixed(records),
+        size: 256,
+        hint: 601,
+    };
+    let clock = Arc::new(ManualClock::new(T0));
+    match Store::open(Arc::new(backend), clock, Limits::default()).await {
+        Err(BackendError::Corrupt(msg)) => assert!(msg.contains("org-7 stored twice"), "{msg}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("a store with an org stored twice opened"),
+    }
+}
