@@ -400,6 +400,186 @@ fn shuffled_targets(keys: &[[u8; 12]]) -> Vec<Target> {
 }
 
 // ---------------------------------------------------------------------------
+// The org table's layout: an experiment for planning
+// ---------------------------------------------------------------------------
+//
+// What the layout of the org table costs at many orgs, apart from everything
+// else a request does. keygate's store is a `DashSet` of `Arc<Org>`: a lookup
+// loads the table's slot, then the record (which holds a handle to the id's
+// bytes), then the id's bytes on their page, then the record's state line,
+// each load waiting for the one before. BENCHMARKS.md ("Issue 17, fourth
+// round") sketches a table of hot records in one flat array instead; this
+// measures that layout's many-org penalty with the same work per request (find
+// the org by id, compare the key, count the call, a GCRA step), single-threaded
+// and without the locks or deletion a real table needs, so it bounds what the
+// layout alone buys. It is not keygate's code path.
+
+/// One org's hot fields in one 64-byte line: the id inline (this bench's ids
+/// fit), the key, and the two counters a request writes.
+#[repr(C, align(64))]
+#[derive(Default)]
+struct FlatOrg {
+    id_len: u8,
+    id: [u8; 23],
+    key: [u8; 12],
+    flags: u32,
+    calls: AtomicU64,
+    tat: AtomicU64,
+    emission: u64,
+}
+
+/// A table of `u64` slots (a tag of the id's hash above the record's index
+/// plus one; 0 is empty), linearly probed, over a dense array of records.
+struct FlatTable {
+    slots: Vec<u64>,
+    records: Vec<FlatOrg>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl FlatTable {
+    fn with_capacity(n: usize) -> FlatTable {
+        // At most 7/8 full, as hashbrown.
+        let slots = (n * 8 / 7 + 1).next_power_of_two();
+        FlatTable {
+            slots: vec![0; slots],
+            records: Vec::with_capacity(n),
+            hasher: foldhash::fast::FixedState::with_seed(0x6b67),
+        }
+    }
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(id)
+    }
+
+    fn insert(&mut self, id: &[u8], key: [u8; 12]) {
+        let mut org = FlatOrg {
+            id_len: u8::try_from(id.len()).expect("short id"),
+            key,
+            emission: 1,
+            ..FlatOrg::default()
+        };
+        org.id[..id.len()].copy_from_slice(id);
+        self.records.push(org);
+        let index = u64::try_from(self.records.len()).expect("fits");
+        let h = self.hash(id);
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = (h >> 32) << 32 | index;
+    }
+
+    /// The gate's work on the org `id`: find it, compare the key, count the
+    /// call, one GCRA step at `now`.
+    fn admit(&self, id: &[u8], key: &[u8; 12], now: u64) -> bool {
+        let h = self.hash(id);
+        let mask = self.slots.len() - 1;
+        let mut i = (h as usize) & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return false;
+            }
+            if slot >> 32 == h >> 32 {
+                let org = &self.records[(slot as u32 - 1) as usize];
+                if &org.id[..usize::from(org.id_len)] == id {
+                    let differ = org.key.iter().zip(key).fold(0, |d, (a, b)| d | (a ^ b));
+                    if differ != 0 {
+                        return false;
+                    }
+                    org.calls.fetch_add(1, Relaxed);
+                    let tat = org.tat.load(Relaxed);
+                    let next = tat.max(now) + org.emission;
+                    return org
+                        .tat
+                        .compare_exchange(tat, next, Relaxed, Relaxed)
+                        .is_ok();
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.slots.len() * 8 + self.records.capacity() * std::mem::size_of::<FlatOrg>()
+    }
+}
+
+/// One request's org and key, 36 bytes, read in order (the hardware
+/// prefetcher's case) so that the loops below differ only in which records
+/// they touch.
+#[derive(Clone, Copy)]
+struct FlatTarget {
+    id_len: u8,
+    id: [u8; 23],
+    key: [u8; 12],
+}
+
+fn flat_layout_figures(out: &mut Summary, scale: &Scale) {
+    let n = scale.orgs;
+    let mut table = FlatTable::with_capacity(n);
+    let mut targets = Vec::with_capacity(n);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x666c_6174);
+    for i in 0..n {
+        let id = org_name(i);
+        let mut key = [0u8; 12];
+        for b in &mut key {
+            *b = b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::Rng::random_range(&mut rng, 0..36)];
+        }
+        table.insert(id.as_bytes(), key);
+        let mut t = FlatTarget {
+            id_len: u8::try_from(id.len()).expect("short id"),
+            id: [0; 23],
+            key,
+        };
+        t.id[..id.len()].copy_from_slice(id.as_bytes());
+        targets.push(t);
+    }
+    targets.shuffle(&mut rng);
+    let hot = vec![targets[0]; n];
+    let run = |targets: &[FlatTarget]| {
+        let rounds = (scale.loop_n / n).max(1);
+        let mut per = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            let mut ok = 0u64;
+            for r in 0..rounds {
+                for (j, t) in targets.iter().enumerate() {
+                    let now = (r * targets.len() + j) as u64;
+                    ok += u64::from(table.admit(
+                        black_box(&t.id[..usize::from(t.id_len)]),
+                        &t.key,
+                        now,
+                    ));
+                }
+            }
+            assert_eq!(
+                ok,
+                (rounds * targets.len()) as u64,
+                "every lookup finds its org"
+            );
+            per.push(started.elapsed().as_nanos() as f64 / (rounds * targets.len()) as f64);
+        }
+        median(per)
+    };
+    let hot_ns = run(&hot);
+    let many_ns = run(&targets);
+    out.put("flat_layout_orgs", n);
+    out.put(
+        "flat_layout_bytes_per_org",
+        format!("{:.1}", table.bytes() as f64 / n as f64),
+    );
+    out.put("flat_layout_hot_org_ns", format!("{hot_ns:.1}"));
+    out.put(&format!("flat_layout_{n}orgs_ns"), format!("{many_ns:.1}"));
+    out.put(
+        "flat_layout_many_org_penalty_ns",
+        format!("{:.1}", many_ns - hot_ns),
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Measuring
 // ---------------------------------------------------------------------------
 
@@ -983,6 +1163,9 @@ fn main() {
 
     // -- 5. GCRA --------------------------------------------------------------
     gcra_figures(&mut out, &scale);
+
+    // -- 6. The org table's layout --------------------------------------------
+    flat_layout_figures(&mut out, &scale);
 
     // -- Criterion ------------------------------------------------------------
     let mut c = Criterion::default()
