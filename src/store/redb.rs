@@ -1335,15 +1335,22 @@ mod tests {
         assert_eq!(snap.tokens, vec![token("alice", "acme")]);
     }
 
-    #[tokio::test]
-    async fn load_into_sends_the_count_then_every_org_in_batches_in_key_order_then_the_tokens() {
+    /// A backend in a fresh directory (kept alive by the caller) holding the
+    /// orgs `org-0000` .. in `n` records of one commit.
+    fn backend_with_orgs(n: usize) -> (TempDir, RedbBackend) {
         let dir = TempDir::new().unwrap();
         let b = RedbBackend::open(&store_path(&dir)).unwrap();
-        let n = 2 * LOAD_BATCH + 7;
         let commits: Vec<Commit> = (0..n)
             .map(|i| org_commit(&format!("org-{i:04}"), state(), "p"))
             .collect();
         b.inner.commit_all(&commits).unwrap();
+        (dir, b)
+    }
+
+    #[tokio::test]
+    async fn load_into_sends_the_count_then_every_org_in_batches_in_key_order_then_the_tokens() {
+        let n = 2 * LOAD_BATCH + 7;
+        let (_dir, b) = backend_with_orgs(n);
         b.commit(Commit {
             change: Change::PutToken(token("alice", "org-0000")),
             event: event("org-0000", "token"),
@@ -1388,13 +1395,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_record_in_a_later_batch_fails_the_load_naming_it() {
-        let dir = TempDir::new().unwrap();
-        let b = RedbBackend::open(&store_path(&dir)).unwrap();
         let n = 2 * LOAD_BATCH + 7;
-        let commits: Vec<Commit> = (0..n)
-            .map(|i| org_commit(&format!("org-{i:04}"), state(), "p"))
-            .collect();
-        b.inner.commit_all(&commits).unwrap();
+        let (_dir, b) = backend_with_orgs(n);
         // In the second batch, after one was sent.
         let damaged = format!("org-{:04}", LOAD_BATCH + 3);
         {
@@ -1416,12 +1418,7 @@ mod tests {
 
     #[tokio::test]
     async fn load_into_stops_when_the_store_stops_reading() {
-        let dir = TempDir::new().unwrap();
-        let b = RedbBackend::open(&store_path(&dir)).unwrap();
-        let commits: Vec<Commit> = (0..3 * LOAD_BATCH)
-            .map(|i| org_commit(&format!("org-{i}"), state(), "p"))
-            .collect();
-        b.inner.commit_all(&commits).unwrap();
+        let (_dir, b) = backend_with_orgs(3 * LOAD_BATCH);
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         drop(rx);
         match b.load_into(tx).await {
