@@ -94,13 +94,26 @@ impl ApiKey {
         ((a.0 ^ b.0) | u64::from(a.1 ^ b.1)).ct_eq(&0).into()
     }
 
-    /// The key's 12 bytes as one 8-byte and one 4-byte word.
-    fn words(&self) -> (u64, u32) {
+    /// The key's 12 bytes as one 8-byte and one 4-byte word: also how an
+    /// org's record holds it ([`Org`](crate::org::Org)).
+    pub(crate) fn words(&self) -> (u64, u32) {
         let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3] = self.0;
         (
             u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
             u32::from_le_bytes([b0, b1, b2, b3]),
         )
+    }
+
+    /// The key whose [`words`](ApiKey::words) these are. Only for words
+    /// taken from a key: the bytes are not checked again (in debug builds
+    /// they are).
+    pub(crate) fn from_words(a: u64, b: u32) -> ApiKey {
+        let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+        let bytes = [
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3],
+        ];
+        debug_assert!(ApiKey::parse(&bytes).is_ok(), "words of a key");
+        ApiKey(bytes)
     }
 
     /// The key itself. Call only to show it to someone entitled to see it or to

@@ -96,31 +96,24 @@ impl Gate {
         let now = self.store.clock().now();
         self.store
             .with_org(named.org, |org| {
-                let checked = org.read(|c| {
-                    let matches = c.key().is_some_and(|k| k.ct_eq(&key));
-                    if !matches {
-                        return Err(Refusal::InvalidKey);
-                    }
-                    if c.is_disabled() {
-                        return Err(Refusal::KeyDisabled);
-                    }
-                    Ok((
-                        c.threshold_calls,
-                        c.threshold_window_secs,
-                        c.rate,
-                        c.subscription_expired(now),
-                    ))
-                });
-                let (threshold_calls, window_secs, rate, expired) = match checked {
-                    Ok(v) => v,
-                    Err(refusal) => return Admission::Refuse(refusal),
-                };
+                let c = org.hot();
+                if !c.key().is_some_and(|k| k.ct_eq(&key)) {
+                    return Admission::Refuse(Refusal::InvalidKey);
+                }
+                if c.is_disabled() {
+                    return Admission::Refuse(Refusal::KeyDisabled);
+                }
                 self.counted(
                     org,
                     method,
                     headers,
                     now,
-                    (threshold_calls, window_secs, rate, expired),
+                    (
+                        c.threshold_calls,
+                        c.threshold_window_secs,
+                        c.rate,
+                        c.subscription_expired(now),
+                    ),
                     named.prefix_len,
                     false,
                 )
@@ -187,7 +180,8 @@ impl Gate {
         session: bool,
     ) -> Admission {
         let now = self.store.clock().now();
-        let (rate, expired) = org.read(|c| (c.rate, c.subscription_expired(now)));
+        let c = org.hot();
+        let (rate, expired) = (c.rate, c.subscription_expired(now));
         self.after_count(
             org, method, headers, now, expired, rate, prefix_len, session,
         )

@@ -275,17 +275,16 @@ impl Gate {
         let admitted = self
             .store
             .with_org(named.org, |org| {
-                let checked = org.read(|c| {
-                    let same = c.key().is_some()
-                        && !c.is_disabled()
-                        && c.generation == session.record.generation;
-                    same.then_some((
-                        c.threshold_calls,
-                        c.threshold_window_secs,
-                        c.rate,
-                        c.subscription_expired(now),
-                    ))
-                });
+                let c = org.hot();
+                let same = c.key().is_some()
+                    && !c.is_disabled()
+                    && c.generation == session.record.generation;
+                let checked = same.then_some((
+                    c.threshold_calls,
+                    c.threshold_window_secs,
+                    c.rate,
+                    c.subscription_expired(now),
+                ));
                 let (threshold_calls, window_secs, rate, expired) = checked?;
                 Some(self.counted(
                     org,
@@ -344,11 +343,10 @@ impl Gate {
             && self
                 .store
                 .with_org(org, |o| {
-                    o.read(|c| {
-                        c.key().is_some()
-                            && !c.is_disabled()
-                            && c.generation == session.record.generation
-                    })
+                    let c = o.hot();
+                    c.key().is_some()
+                        && !c.is_disabled()
+                        && c.generation == session.record.generation
                 })
                 .unwrap_or(false);
         if !alive {
@@ -478,7 +476,8 @@ impl Gate {
         let still = store.has_user(&org, &login.username)
             && store
                 .with_org(org.as_bytes(), |o| {
-                    o.read(|c| c.key().is_some() && !c.is_disabled() && c.generation == generation)
+                    let c = o.hot();
+                    c.key().is_some() && !c.is_disabled() && c.generation == generation
                 })
                 .unwrap_or(false);
         if !still {
@@ -554,7 +553,7 @@ impl Gate {
             Admission::Take { org, .. } => match self.store.take_calls(Arc::clone(&org)).await {
                 Taken::Within => {
                     let now = self.store.clock().now();
-                    let rate = org.read(|c| c.rate);
+                    let rate = org.hot().rate;
                     match self.after_count(
                         &org,
                         &Method::POST,

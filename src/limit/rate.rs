@@ -92,6 +92,20 @@ impl Rate {
         }
     }
 
+    /// The emission interval and the tolerance, in nanoseconds: how an
+    /// org's record holds the rate ([`Org`](crate::org::Org)).
+    pub(crate) fn to_parts(self) -> (u64, u64) {
+        (self.emission, self.tolerance)
+    }
+
+    /// The rate whose [`to_parts`](Rate::to_parts) these are.
+    pub(crate) fn from_parts(emission: u64, tolerance: u64) -> Rate {
+        Rate {
+            emission,
+            tolerance,
+        }
+    }
+
     /// The sustained rate, calls per second (rounded down, at least 1).
     pub fn per_sec(&self) -> u32 {
         u32::try_from(1_000_000_000 / self.emission.max(1))

@@ -1,21 +1,24 @@
 //! Organizations: their ids, their limits, their state and the rules that change it.
 //!
 //! [`OrgState`] is the persisted value and its methods are the contract's rules
-//! for keys; [`Org`] is the live record the gate reads on every request: the
-//! current state behind a short read lock, plus the two lock-free counters (rate
-//! and threshold) that requests update.
+//! for keys; [`Org`] is the live record the gate reads on every request: what a
+//! request needs of the state in force, read without a lock, the rest of the
+//! state behind a mutex that only admin work takes, and the two lock-free
+//! counters (rate and threshold) that requests update.
 
 mod error;
+mod hot;
 mod id;
 mod limits;
 mod state;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 pub use error::OpError;
+pub(crate) use hot::Hot;
 pub(crate) use id::IdPages;
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
@@ -23,17 +26,23 @@ pub(crate) use state::StateFields;
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
 
 use crate::clock::Timestamp;
-use crate::key::ApiKey;
-use crate::limit::{CallCounter, Rate, RateLimiter};
+use crate::limit::{CallCounter, RateLimiter};
+use hot::HotCell;
 
 /// One live org, as the gate sees it.
 ///
-/// `repr(C)` keeps the fields in the order written: what a request reads and
-/// writes (the id it is found by, the counters, the lock, then
-/// `Current`'s own hot fields first) in the record's first 144 bytes, which
-/// span three cache lines wherever malloc puts the record, rather than
-/// scattered over all four of its 200 bytes. At 1,000,000 orgs every line is
-/// a cache miss (BENCHMARKS.md, "Issue 17").
+/// `repr(C)` keeps the fields in the order written: everything a request
+/// reads and writes (the id it is found by, the counters, then the state's
+/// hot part) in the record's first 120 bytes, which span two or three cache
+/// lines wherever malloc puts the record; what only admin work reads comes
+/// after. At 1,000,000 orgs every line is a cache miss (BENCHMARKS.md,
+/// "Issue 17").
+///
+/// The state in force is in two parts, written together under `cold`'s
+/// mutex: [`Hot`], what a request needs, in a seqlock of atomics that a
+/// request reads without writing anything (so the cores serving one busy
+/// org do not pass a lock's cache line between them), and [`Cold`], the
+/// rest.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Org {
@@ -49,38 +58,21 @@ pub struct Org {
     /// when a call opens a window. 4 bytes beside `last_used`: together they
     /// take the 8 bytes the record had to spare in its size class.
     limited: AtomicU32,
-    current: RwLock<Current>,
+    hot: HotCell,
+    cold: Mutex<Cold>,
 }
 
-/// The state in force, with what the request path needs of its limits
-/// precomputed, so a request does no division. Kept small: there is one per
-/// org, so it holds the state's fields in a compact form rather than an
-/// [`OrgState`] (96 bytes against 128; [`state`](Current::state) rebuilds
-/// the value). What only a disabled org or one with limit overrides has sits
-/// behind one pointer that is null for every other org.
-/// In `repr(C)` order, what a request reads first (see [`Org`]).
+/// The parts of the state in force that no request reads: who changed it
+/// and when, its version, and what only a disabled org or one with limit
+/// overrides has (behind one pointer that is null for every other org).
 #[derive(Debug, Clone)]
-#[repr(C)]
-pub(crate) struct Current {
-    pub(crate) rate: Rate,
-    pub(crate) threshold_calls: u32,
-    pub(crate) threshold_window_secs: u32,
-    /// The key, meaningful only with [`HAS_KEY`] in `flags`.
-    key: ApiKey,
-    /// [`HAS_KEY`], [`DISABLED`] and [`EXPIRES`].
-    flags: u8,
-    /// When the subscription ends, meaningful only with [`EXPIRES`] in
-    /// `flags` (every `u64` is a time, so "never" needs the flag).
-    subscription_ends: Timestamp,
-    /// [`OrgState::generation`].
-    pub(crate) generation: u64,
+struct Cold {
     /// The store's version of the state ([`OrgRecord::version`](crate::store::OrgRecord)):
     /// what the next commit expects, and how a newer record from the feed is
     /// told from an older one.
-    pub(crate) version: u64,
+    version: u64,
     last_modified_on: Timestamp,
     last_modified_by: Actor,
-    /// The disable reason and the limit overrides, when there are any.
     rare: Option<Box<Rare>>,
 }
 
@@ -92,99 +84,89 @@ struct Rare {
     limits: LimitOverrides,
 }
 
-/// `Current::flags`: the org has a key.
-const HAS_KEY: u8 = 1;
-/// `Current::flags`: the key is disabled.
-const DISABLED: u8 = 2;
-/// `Current::flags`: the subscription has an end.
-const EXPIRES: u8 = 4;
+/// The state in force, whole, as [`Org::read`] shows it: the hot part (its
+/// fields and methods through `Deref`), the version, and the cold part.
+pub(crate) struct Current<'a> {
+    hot: Hot,
+    /// [`Cold::version`].
+    pub(crate) version: u64,
+    cold: &'a Cold,
+}
 
-/// Stands in `Current::key` when the org has none; never compared or shown.
-const NO_KEY: ApiKey = ApiKey::placeholder();
+impl std::ops::Deref for Current<'_> {
+    type Target = Hot;
 
-impl Current {
-    fn new(state: OrgState, version: u64, defaults: Limits) -> Current {
-        let limits = defaults.with(&state.limits);
-        let OrgState {
-            key,
-            status,
-            subscription_expires_at,
-            limits: overrides,
-            last_modified_by,
-            last_modified_on,
-            generation,
-        } = state;
-        let reason = match status {
-            KeyStatus::Enabled => None,
-            KeyStatus::Disabled { reason } => Some(reason),
-        };
-        let flags = if key.is_some() { HAS_KEY } else { 0 }
-            | if reason.is_some() { DISABLED } else { 0 }
-            | if subscription_expires_at.is_some() {
-                EXPIRES
-            } else {
-                0
-            };
-        let rare = (reason.is_some() || overrides != LimitOverrides::default()).then(|| {
-            Box::new(Rare {
-                reason,
-                limits: overrides,
-            })
-        });
-        Current {
-            rate: Rate::new(limits.rate_per_sec, limits.burst),
-            threshold_calls: limits.threshold_calls,
-            threshold_window_secs: limits.threshold_window_secs,
-            key: key.unwrap_or(NO_KEY),
-            flags,
-            subscription_ends: subscription_expires_at.unwrap_or_default(),
-            generation,
-            version,
-            last_modified_on,
-            last_modified_by,
-            rare,
-        }
+    fn deref(&self) -> &Hot {
+        &self.hot
     }
+}
 
-    /// The org's key, if it has one.
-    #[inline]
-    pub(crate) fn key(&self) -> Option<&ApiKey> {
-        (self.flags & HAS_KEY != 0).then_some(&self.key)
-    }
-
-    /// Whether the key is disabled.
-    #[inline]
-    pub(crate) fn is_disabled(&self) -> bool {
-        self.flags & DISABLED != 0
-    }
-
-    /// Whether the subscription has ended at `now`.
-    #[inline]
-    pub(crate) fn subscription_expired(&self, now: Timestamp) -> bool {
-        self.flags & EXPIRES != 0 && now >= self.subscription_ends
-    }
-
+impl Current<'_> {
     /// The org's own limits over the defaults.
     pub(crate) fn limits(&self) -> LimitOverrides {
-        self.rare.as_ref().map(|r| r.limits).unwrap_or_default()
+        limits_of(self.cold)
     }
 
     /// The state in force, as the value the rest of keygate works with.
     pub(crate) fn state(&self) -> OrgState {
-        let reason = self.rare.as_ref().and_then(|r| r.reason.clone());
+        let reason = self.cold.rare.as_ref().and_then(|r| r.reason.clone());
         OrgState {
-            key: self.key().copied(),
+            key: self.hot.key().copied(),
             status: match reason {
                 Some(reason) => KeyStatus::Disabled { reason },
                 None => KeyStatus::Enabled,
             },
-            subscription_expires_at: (self.flags & EXPIRES != 0).then_some(self.subscription_ends),
+            subscription_expires_at: self.hot.subscription_ends(),
             limits: self.limits(),
-            last_modified_by: self.last_modified_by.clone(),
-            last_modified_on: self.last_modified_on,
-            generation: self.generation,
+            last_modified_by: self.cold.last_modified_by.clone(),
+            last_modified_on: self.cold.last_modified_on,
+            generation: self.hot.generation,
         }
     }
+}
+
+/// `cold`'s limit overrides, none when it has no rare parts.
+fn limits_of(cold: &Cold) -> LimitOverrides {
+    cold.rare.as_ref().map(|r| r.limits).unwrap_or_default()
+}
+
+/// Splits `state` at `version` into its two parts, with its limits over
+/// `defaults` computed for the hot part.
+fn split(state: OrgState, version: u64, defaults: Limits) -> (Hot, Cold) {
+    let limits = defaults.with(&state.limits);
+    let OrgState {
+        key,
+        status,
+        subscription_expires_at,
+        limits: overrides,
+        last_modified_by,
+        last_modified_on,
+        generation,
+    } = state;
+    let reason = match status {
+        KeyStatus::Enabled => None,
+        KeyStatus::Disabled { reason } => Some(reason),
+    };
+    let hot = Hot::new(
+        key,
+        reason.is_some(),
+        subscription_expires_at,
+        &limits,
+        generation,
+    );
+    let rare = (reason.is_some() || overrides != LimitOverrides::default()).then(|| {
+        Box::new(Rare {
+            reason,
+            limits: overrides,
+        })
+    });
+    let cold = Cold {
+        version,
+        last_modified_on,
+        last_modified_by,
+        rare,
+    };
+    (hot, cold)
 }
 
 impl Org {
@@ -196,13 +178,15 @@ impl Org {
         version: u64,
         defaults: Limits,
     ) -> Org {
+        let (hot, cold) = split(state, version, defaults);
         Org {
             id: pages.keep(id),
-            current: RwLock::new(Current::new(state, version, defaults)),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
             last_used: AtomicU32::new(0),
             limited: AtomicU32::new(0),
+            hot: HotCell::new(hot),
+            cold: Mutex::new(cold),
         }
     }
 
@@ -223,24 +207,47 @@ impl Org {
         &self.id
     }
 
-    /// Runs `f` on the state in force, under a read lock held only for `f`.
+    /// What a request needs of the state in force, read without a lock:
+    /// a consistent copy, never half of one change and half of another.
+    #[inline]
+    pub(crate) fn hot(&self) -> Hot {
+        self.hot.load()
+    }
+
+    /// The cold part, locked. A writer never panics while holding the
+    /// mutex (it only assigns), so a poisoned one still holds a whole state.
+    fn cold(&self) -> MutexGuard<'_, Cold> {
+        self.cold.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the whole state in force, under the mutex held only for
+    /// `f` (every writer holds it too, so the hot part cannot change meanwhile).
     pub(crate) fn read<R>(&self, f: impl FnOnce(&Current) -> R) -> R {
-        // A writer never panics while holding the lock (it only assigns), so a
-        // poisoned lock still holds a whole state.
-        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
-        f(&guard)
+        let cold = self.cold();
+        f(&Current {
+            hot: self.hot.load(),
+            version: cold.version,
+            cold: &cold,
+        })
+    }
+
+    /// Installs the state `state` at `version` over `cold`, held.
+    fn install(&self, cold: &mut Cold, state: OrgState, version: u64, defaults: Limits) {
+        let (hot, new) = split(state, version, defaults);
+        self.hot.store(hot);
+        *cold = new;
     }
 
     /// Makes `state` the state in force if `version` is newer than the
     /// version in force, and tells whether it did. Checked and swapped under
-    /// one write lock: a record from the feed and the store's own commit may
+    /// one lock: a record from the feed and the store's own commit may
     /// race to install, and the older must never overwrite the newer.
     pub(crate) fn replace_if_newer(&self, state: OrgState, version: u64, defaults: Limits) -> bool {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        if version <= current.version {
+        let mut cold = self.cold();
+        if version <= cold.version {
             return false;
         }
-        *current = Current::new(state, version, defaults);
+        self.install(&mut cold, state, version, defaults);
         true
     }
 
@@ -249,32 +256,30 @@ impl Org {
     /// record is the truth even when its version is lower (the org was
     /// deleted and provisioned again meanwhile).
     pub(crate) fn replace(&self, state: OrgState, version: u64, defaults: Limits) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        *current = Current::new(state, version, defaults);
+        let mut cold = self.cold();
+        self.install(&mut cold, state, version, defaults);
     }
 
     /// Recomputes the limits in force from the state in force over
-    /// `defaults()`, read under the write lock: what a config reload that
+    /// `defaults()`, read under the lock: what a config reload that
     /// changed the default limits does to every org (each value the org does
     /// not override follows the new defaults). Reading the defaults under the
     /// lock means that of a reload's pass and an install racing on one org,
     /// the later one to take the lock sees the new defaults.
     pub(crate) fn refresh_limits(&self, defaults: impl FnOnce() -> Limits) {
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let limits = defaults().with(&current.limits());
-        current.rate = Rate::new(limits.rate_per_sec, limits.burst);
-        current.threshold_calls = limits.threshold_calls;
-        current.threshold_window_secs = limits.threshold_window_secs;
+        let cold = self.cold();
+        let limits = defaults().with(&limits_of(&cold));
+        self.hot.store(self.hot.load().with_limits(&limits));
     }
 
     /// The version of the state in force.
     pub(crate) fn version(&self) -> u64 {
-        self.read(|c| c.version)
+        self.cold().version
     }
 
     /// A copy of the state in force.
     pub fn state(&self) -> OrgState {
-        self.read(Current::state)
+        self.read(|c| c.state())
     }
 
     pub(crate) fn rate_limiter(&self) -> &RateLimiter {
@@ -321,17 +326,16 @@ impl Org {
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     use super::*;
+    use crate::key::ApiKey;
 
     /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
     /// allocation is 16 MB (BENCHMARKS.md, "Item 4").
     /// 168 bytes, plus the `Arc`'s two counts (184) and malloc's 8-byte
-    /// header, is 192: glibc's 192-byte chunk, exactly. (It was 200 in the
-    /// 224-byte chunk while `Current` held a whole `OrgState`: 128 bytes,
-    /// against the 96 of its compact form.)
+    /// header, is 192: glibc's 192-byte chunk, exactly.
     #[test]
     fn an_org_in_its_arc_fits_a_192_byte_chunk() {
         assert_eq!(std::mem::size_of::<Actor>(), 16);
-        assert_eq!(std::mem::size_of::<Current>(), 96);
+        assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 48);
         assert!(
             std::mem::size_of::<Org>() <= 168,
             "Org is {} bytes",
@@ -339,18 +343,14 @@ mod tests {
         );
     }
 
-    /// What a request touches (see `Org`): the id, the counters, the lock,
-    /// the rate and threshold, the key, its flags and the subscription's end.
+    /// What a request touches (see `Org`): the id, the counters and the hot
+    /// part of the state, and nothing after it.
     #[test]
-    fn a_request_reads_only_the_first_128_bytes_of_an_org() {
+    fn a_request_reads_only_the_first_120_bytes_of_an_org() {
         use std::mem::{offset_of, size_of};
-        // `RwLock<T>`'s data is its last field (it may be unsized).
-        let current =
-            offset_of!(Org, current) + size_of::<RwLock<Current>>() - size_of::<Current>();
-        let hot_end = current + offset_of!(Current, subscription_ends) + size_of::<Timestamp>();
-        assert!(hot_end <= 128, "hot fields end at {hot_end}");
-        assert!(offset_of!(Org, current) < current);
-        assert!(offset_of!(Current, generation) > offset_of!(Current, subscription_ends));
+        let hot_end = offset_of!(Org, hot) + size_of::<HotCell>();
+        assert_eq!(hot_end, 120);
+        assert_eq!(offset_of!(Org, cold), hot_end);
     }
 
     fn state(
@@ -370,12 +370,17 @@ mod tests {
         }
     }
 
-    /// The compact form keeps every value of every field, including the
-    /// ones a sentinel would have lost: no key, a subscription ending at
+    fn org(s: OrgState, version: u64) -> Org {
+        let id = OrgId::parse("acme").unwrap();
+        Org::new(&id, &mut IdPages::default(), s, version, Limits::default())
+    }
+
+    /// The two parts together keep every value of every field, including
+    /// the ones a sentinel would have lost: no key, a subscription ending at
     /// time 0 or at the last representable time, and the placeholder's own
     /// bytes as a real key.
     #[test]
-    fn the_compact_state_gives_back_exactly_the_state_it_was_made_from() {
+    fn the_split_state_gives_back_exactly_the_state_it_was_made_from() {
         let overrides = LimitOverrides {
             rate_per_sec: std::num::NonZeroU32::new(5),
             ..LimitOverrides::default()
@@ -402,23 +407,69 @@ mod tests {
             state(Some("Ab3dEf6hIj9k"), KeyStatus::Enabled, None, overrides),
         ];
         for (i, s) in cases.into_iter().enumerate() {
-            let c = Current::new(s.clone(), 3, Limits::default());
-            assert_eq!(c.state(), s, "case {i}");
+            let o = org(s.clone(), 3);
+            assert_eq!(o.state(), s, "case {i}");
+            assert_eq!(o.version(), 3);
+            let hot = o.hot();
             assert_eq!(
-                c.key().map(ApiKey::expose),
+                hot.key().map(ApiKey::expose),
                 s.key.as_ref().map(ApiKey::expose)
             );
-            assert_eq!(c.is_disabled(), s.is_disabled(), "case {i}");
-            assert_eq!(c.limits(), s.limits, "case {i}");
+            assert_eq!(hot.is_disabled(), s.is_disabled(), "case {i}");
+            assert_eq!(hot.generation, s.generation, "case {i}");
+            assert_eq!(o.read(|c| c.limits()), s.limits, "case {i}");
+            let limits = Limits::default().with(&s.limits);
+            assert_eq!(
+                hot.rate,
+                crate::limit::Rate::new(limits.rate_per_sec, limits.burst)
+            );
             for now in [0, 1, 2, u64::MAX - 1, u64::MAX] {
                 let now = Timestamp::from_nanos(now);
                 assert_eq!(
-                    c.subscription_expired(now),
+                    hot.subscription_expired(now),
                     s.subscription_expired(now),
                     "case {i}"
                 );
             }
         }
+    }
+
+    /// An install replaces both parts; an older version installs nothing; a
+    /// limits refresh changes only the limits.
+    #[test]
+    fn installs_and_refreshes_change_both_parts_together() {
+        let o = org(
+            state(
+                Some("Ab3dEf6hIj9k"),
+                KeyStatus::Enabled,
+                None,
+                LimitOverrides::default(),
+            ),
+            3,
+        );
+        let mut next = state(None, KeyStatus::Enabled, Some(5), LimitOverrides::default());
+        next.generation = 8;
+        assert!(!o.replace_if_newer(next.clone(), 3, Limits::default()));
+        assert_eq!(o.hot().generation, 7);
+        assert!(o.replace_if_newer(next.clone(), 4, Limits::default()));
+        assert_eq!(o.state(), next);
+        assert_eq!(o.hot().key(), None);
+        assert_eq!(o.hot().generation, 8);
+        assert_eq!(o.version(), 4);
+        let lower = Limits {
+            rate_per_sec: 3,
+            ..Limits::default()
+        };
+        o.refresh_limits(|| lower);
+        assert_eq!(o.hot().rate, crate::limit::Rate::new(3, lower.burst));
+        assert_eq!(o.state(), next);
+        o.replace(
+            state(None, KeyStatus::Enabled, None, LimitOverrides::default()),
+            1,
+            lower,
+        );
+        assert_eq!(o.version(), 1);
+        assert_eq!(o.hot().rate, crate::limit::Rate::new(3, lower.burst));
     }
 
     /// Most orgs are enabled with the default limits: they carry no
@@ -431,6 +482,6 @@ mod tests {
             Some(9),
             LimitOverrides::default(),
         );
-        assert!(Current::new(s, 1, Limits::default()).rare.is_none());
+        assert!(split(s, 1, Limits::default()).1.rare.is_none());
     }
 }

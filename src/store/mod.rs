@@ -506,7 +506,7 @@ impl Store {
         async move {
             let _taker = store.taker(&org).lock().await;
             let now = store.inner.clock.now();
-            let window_secs = org.read(|c| c.threshold_window_secs);
+            let window_secs = org.hot().threshold_window_secs;
             if let Spent::Left(_) = org.calls().spend(now, window_secs) {
                 return Taken::Within;
             }
@@ -570,8 +570,10 @@ impl Store {
     /// its rate, at least [`MIN_WANT`], at most [`MAX_WANT`].
     async fn fetch_calls(&self, org: &Org) -> Result<Grant, BackendError> {
         let nodes = self.lease().map_or(1, Lease::live_nodes);
-        let (threshold, window_secs, per_sec) =
-            org.read(|c| (c.threshold_calls, c.threshold_window_secs, c.rate.per_sec()));
+        let (threshold, window_secs, per_sec) = {
+            let c = org.hot();
+            (c.threshold_calls, c.threshold_window_secs, c.rate.per_sec())
+        };
         let take = Take {
             org: org.id(),
             threshold,
@@ -590,7 +592,8 @@ impl Store {
         let Some(returned) = org.calls().reclaim() else {
             return Ok(0);
         };
-        let (threshold, window_secs) = org.read(|c| (c.threshold_calls, c.threshold_window_secs));
+        let c = org.hot();
+        let (threshold, window_secs) = (c.threshold_calls, c.threshold_window_secs);
         let take = Take {
             org: org.id(),
             threshold,
@@ -693,7 +696,7 @@ impl Store {
                 continue;
             }
             // The state's read lock only for ids that would make the page.
-            if disabled.is_some_and(|want| e.0.read(|c| c.is_disabled()) != want) {
+            if disabled.is_some_and(|want| e.0.hot().is_disabled() != want) {
                 continue;
             }
             if full {
@@ -1640,7 +1643,7 @@ impl Store {
     /// Makes `record` the state of `org` if it is newer. An org enabled
     /// elsewhere starts its count afresh here too, as [`Store::enable`] does.
     fn install_into(&self, org: &Org, record: OrgRecord) {
-        let was_disabled = org.read(|c| c.is_disabled());
+        let was_disabled = org.hot().is_disabled();
         let enabled = record.state.status == KeyStatus::Enabled;
         if was_disabled && enabled && org.version() < record.version {
             org.calls().reset();

@@ -1,0 +1,305 @@
+//! What a request reads of an org's state, and the seqlock it is read from.
+//!
+//! Every request of an org reads its key, its status, its subscription's
+//! end, its limits and its generation. Behind a lock, each of those reads
+//! would write the lock's word, and the cores serving one busy org would
+//! pass that cache line between them on every call. [`HotCell`] holds them
+//! as plain atomics under a sequence number instead (a seqlock, as
+//! crossbeam's `AtomicCell` and the Linux kernel's `seqcount_t` do): a reader
+//! loads the number, the fields, and the number again, and retries if a
+//! writer came between. Every access is an atomic one, so there is nothing
+//! `unsafe`, and a torn read is never used, only retried.
+//!
+//! Writers are serialized by the org's mutex ([`Org`](super::Org)), so a
+//! writer never meets another; a reader that holds that mutex reads a stable
+//! value the first time.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use crate::clock::Timestamp;
+use crate::key::ApiKey;
+use crate::limit::Rate;
+
+use super::Limits;
+
+/// `Hot::flags`: the org has a key.
+const HAS_KEY: u8 = 1;
+/// `Hot::flags`: the key is disabled.
+const DISABLED: u8 = 2;
+/// `Hot::flags`: the subscription has an end.
+const EXPIRES: u8 = 4;
+
+/// Stands in `Hot::key` when the org has none; never compared or shown.
+const NO_KEY: ApiKey = ApiKey::placeholder();
+
+/// What a request needs of an org's state in force, with its limits
+/// precomputed, so a request does no division. A copy: see [`Org::hot`](super::Org::hot).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Hot {
+    /// The org's rate, over the default limits.
+    pub(crate) rate: Rate,
+    /// Calls per threshold window, over the default limits.
+    pub(crate) threshold_calls: u32,
+    /// The threshold window, seconds, over the default limits.
+    pub(crate) threshold_window_secs: u32,
+    /// [`OrgState::generation`](super::OrgState::generation): what a session
+    /// was born with, so a key change ends it.
+    pub(crate) generation: u64,
+    /// The key, meaningful only with [`HAS_KEY`] in `flags`.
+    key: ApiKey,
+    /// [`HAS_KEY`], [`DISABLED`] and [`EXPIRES`].
+    flags: u8,
+    /// When the subscription ends, meaningful only with [`EXPIRES`] in
+    /// `flags` (every `u64` is a time, so "never" needs the flag).
+    subscription_ends: Timestamp,
+}
+
+impl Hot {
+    /// The hot part of a state: its key, whether the key is disabled, when
+    /// its subscription ends, its `limits` over the defaults and its generation.
+    pub(crate) fn new(
+        key: Option<ApiKey>,
+        disabled: bool,
+        subscription_ends: Option<Timestamp>,
+        limits: &Limits,
+        generation: u64,
+    ) -> Hot {
+        let flags = if key.is_some() { HAS_KEY } else { 0 }
+            | if disabled { DISABLED } else { 0 }
+            | if subscription_ends.is_some() {
+                EXPIRES
+            } else {
+                0
+            };
+        Hot {
+            key: key.unwrap_or(NO_KEY),
+            flags,
+            subscription_ends: subscription_ends.unwrap_or_default(),
+            generation,
+            ..Hot::limits_only(limits)
+        }
+    }
+
+    /// Placeholders everywhere but the limits.
+    fn limits_only(limits: &Limits) -> Hot {
+        Hot {
+            rate: Rate::new(limits.rate_per_sec, limits.burst),
+            threshold_calls: limits.threshold_calls,
+            threshold_window_secs: limits.threshold_window_secs,
+            generation: 0,
+            key: NO_KEY,
+            flags: 0,
+            subscription_ends: Timestamp::EPOCH,
+        }
+    }
+
+    /// The same, with `limits` in force.
+    pub(crate) fn with_limits(self, limits: &Limits) -> Hot {
+        let l = Hot::limits_only(limits);
+        Hot {
+            rate: l.rate,
+            threshold_calls: l.threshold_calls,
+            threshold_window_secs: l.threshold_window_secs,
+            ..self
+        }
+    }
+
+    /// The org's key, if it has one.
+    #[inline]
+    pub(crate) fn key(&self) -> Option<&ApiKey> {
+        (self.flags & HAS_KEY != 0).then_some(&self.key)
+    }
+
+    /// Whether the key is disabled.
+    #[inline]
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.flags & DISABLED != 0
+    }
+
+    /// When the subscription ends, if it does.
+    pub(crate) fn subscription_ends(&self) -> Option<Timestamp> {
+        (self.flags & EXPIRES != 0).then_some(self.subscription_ends)
+    }
+
+    /// Whether the subscription has ended at `now`.
+    #[inline]
+    pub(crate) fn subscription_expired(&self, now: Timestamp) -> bool {
+        self.flags & EXPIRES != 0 && now >= self.subscription_ends
+    }
+
+    /// The words [`HotCell`] holds.
+    fn to_words(self) -> [u64; WORDS] {
+        let (k0, k1) = self.key.words();
+        let (emission, tolerance) = self.rate.to_parts();
+        [
+            k0,
+            u64::from(k1) | u64::from(self.flags) << 32,
+            self.subscription_ends.as_nanos(),
+            emission,
+            tolerance,
+            u64::from(self.threshold_calls) | u64::from(self.threshold_window_secs) << 32,
+            self.generation,
+        ]
+    }
+
+    /// The value whose [`to_words`](Hot::to_words) these are.
+    fn from_words(w: [u64; WORDS]) -> Hot {
+        // The `as` casts take the halves that `to_words` put there.
+        Hot {
+            key: ApiKey::from_words(w[0], w[1] as u32),
+            flags: (w[1] >> 32) as u8,
+            subscription_ends: Timestamp::from_nanos(w[2]),
+            rate: Rate::from_parts(w[3], w[4]),
+            threshold_calls: w[5] as u32,
+            threshold_window_secs: (w[5] >> 32) as u32,
+            generation: w[6],
+        }
+    }
+}
+
+/// How many words a [`Hot`] takes.
+const WORDS: usize = 7;
+
+/// A [`Hot`] behind a sequence number: 64 bytes, read without writing.
+#[derive(Debug)]
+pub(crate) struct HotCell {
+    /// Even while the words are whole; odd while a writer is writing them.
+    seq: AtomicU64,
+    words: [AtomicU64; WORDS],
+}
+
+impl HotCell {
+    /// A cell holding `hot`.
+    pub(crate) fn new(hot: Hot) -> HotCell {
+        HotCell {
+            seq: AtomicU64::new(0),
+            words: hot.to_words().map(AtomicU64::new),
+        }
+    }
+
+    /// A consistent copy: the words as one writer left them. Spins while a
+    /// writer is between its two stores of `seq` (a few nanoseconds: it
+    /// writes seven words) or retries when one came between the loads.
+    #[inline]
+    pub(crate) fn load(&self) -> Hot {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let words = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+                // Orders the words' loads before the second load of `seq`.
+                fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == before {
+                    return Hot::from_words(words);
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Replaces the value. Callers hold the org's mutex: one writer at a time.
+    pub(crate) fn store(&self, hot: Hot) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd `seq` before the words' stores, for a reader that
+        // sees any of them.
+        fence(Ordering::Release);
+        for (word, value) in self.words.iter().zip(hot.to_words()) {
+            word.store(value, Ordering::Relaxed);
+        }
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn limits(n: u32) -> Limits {
+        Limits {
+            rate_per_sec: n,
+            burst: n,
+            threshold_calls: n,
+            threshold_window_secs: n,
+        }
+    }
+
+    fn key(s: &str) -> ApiKey {
+        ApiKey::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_cell_gives_back_every_field_it_was_given() {
+        let cases = [
+            Hot::new(Some(key("Ab3dEf6hIj9k")), false, None, &limits(7), 0),
+            Hot::new(None, true, Some(Timestamp::EPOCH), &limits(1), u64::MAX),
+            Hot::new(
+                Some(key("000000000000")),
+                true,
+                Some(Timestamp::from_nanos(u64::MAX)),
+                &limits(u32::MAX),
+                3,
+            ),
+        ];
+        for hot in cases {
+            let cell = HotCell::new(hot);
+            assert_eq!(cell.load(), hot);
+            let other = hot.with_limits(&limits(2));
+            cell.store(other);
+            assert_eq!(cell.load(), other);
+            assert_eq!(other.key(), hot.key());
+            assert_eq!(other.generation, hot.generation);
+            assert_eq!(other.rate, Rate::new(2, 2));
+        }
+    }
+
+    #[test]
+    fn the_cell_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<HotCell>(), 64);
+    }
+
+    /// Two values that differ in every word, written in turn by one thread
+    /// while others read: every read is one of the two, never a mix.
+    #[test]
+    fn a_reader_never_sees_half_of_one_write_and_half_of_another() {
+        let a = Hot::new(Some(key("aaaaaaaaaaaa")), false, None, &limits(10), 1);
+        let b = Hot::new(
+            Some(key("ZZZZZZZZZZZZ")),
+            true,
+            Some(Timestamp::from_secs(9)),
+            &limits(30),
+            2,
+        );
+        assert!(a.to_words().iter().zip(b.to_words()).all(|(x, y)| *x != y));
+        let cell = Arc::new(HotCell::new(a));
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (cell, done) = (Arc::clone(&cell), Arc::clone(&done));
+                std::thread::spawn(move || {
+                    let mut seen = [0u64; 2];
+                    while !done.load(Ordering::Relaxed) {
+                        let hot = cell.load();
+                        if hot == a {
+                            seen[0] += 1;
+                        } else {
+                            assert_eq!(hot, b, "a torn read");
+                            seen[1] += 1;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..200_000 {
+            cell.store(if i % 2 == 0 { b } else { a });
+        }
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            let seen = reader.join().unwrap();
+            assert!(seen[0] + seen[1] > 0);
+        }
+    }
+}
