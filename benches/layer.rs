@@ -681,6 +681,50 @@ fn compare<S1, B1, S2, B2>(
     out.put(&format!("{name}_added_ns"), format!("{:.1}", l - b));
 }
 
+/// [`compare`] with two threads at once, each with its own clone of `bare`
+/// and of `layered` (one store between them), sending the same requests:
+/// what the layer adds per request when two cores serve one org, which is
+/// where a write to a line they share (a lock's word, a counter) costs a
+/// transfer between the cores on every call. Each thread's ns per request,
+/// averaged over the two, median of [`RUNS`] runs.
+fn compare_two_threads<S1, B1, S2, B2>(
+    out: &mut Summary,
+    name: &str,
+    scale: &Scale,
+    bare: &S1,
+    layered: &S2,
+    targets: &[Target],
+) where
+    S1: Service<Req, Response = Response<B1>> + Clone + Send + Sync,
+    S1::Error: std::fmt::Debug,
+    S2: Service<Req, Response = Response<B2>> + Clone + Send + Sync,
+    S2::Error: std::fmt::Debug,
+{
+    let n = scale.loop_n.max(targets.len());
+    let both = |svc: &(dyn Fn() -> (f64, u64) + Sync)| {
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(svc);
+            let b = s.spawn(svc);
+            (a.join().expect("thread"), b.join().expect("thread"))
+        });
+        assert_eq!(a.1 + b.1, 0, "{name}: answers that were not 200");
+        (a.0 + b.0) / 2.0
+    };
+    let (mut b, mut l) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        b.push(both(&|| {
+            timed_loop(&mut bare.clone(), targets, n, StatusCode::OK)
+        }));
+        l.push(both(&|| {
+            timed_loop(&mut layered.clone(), targets, n, StatusCode::OK)
+        }));
+    }
+    let (b, l) = (median(b), median(l));
+    out.put(&format!("{name}_bare_ns"), format!("{b:.1}"));
+    out.put(&format!("{name}_layered_ns"), format!("{l:.1}"));
+    out.put(&format!("{name}_added_ns"), format!("{:.1}", l - b));
+}
+
 /// Heap allocations per request, averaged over `n` requests after one warm-up.
 fn allocs_per_request<S, B>(svc: &mut S, targets: &[Target], n: usize) -> f64
 where
@@ -1112,6 +1156,15 @@ fn main() {
         &mut gate_no_extension,
         &hot_path,
         ok,
+    );
+    // The same, on two threads at once: one busy org served by two cores.
+    compare_two_threads(
+        &mut out,
+        "allowed_1org_no_extension_2threads",
+        &scale,
+        &bare,
+        &gate_no_extension,
+        &hot_path,
     );
     // Sessions off as the baseline, sessions on as the layered: the ratio is
     // what turning `[session]` on costs a keyed call, in one run.

@@ -127,43 +127,62 @@ impl Hot {
         self.flags & EXPIRES != 0 && now >= self.subscription_ends
     }
 
-    /// The words [`HotCell`] holds.
-    fn to_words(self) -> [u64; WORDS] {
+    /// The words [`HotCell`] holds after its first, and the half of the
+    /// first that is not the sequence number: the key's last four bytes.
+    ///
+    /// The rate goes as its emission interval and its burst rather than as
+    /// [`Rate`]'s two `u64`s: the emission interval is at most a second in
+    /// nanoseconds (30 bits) and the burst at most [`max::BURST`](super::limits_max::BURST)
+    /// (24 bits), which leaves a byte beside the burst for the flags.
+    fn to_words(self) -> (u32, [u64; WORDS]) {
         let (k0, k1) = self.key.words();
         let (emission, tolerance) = self.rate.to_parts();
-        [
-            k0,
-            u64::from(k1) | u64::from(self.flags) << 32,
-            self.subscription_ends.as_nanos(),
-            emission,
-            tolerance,
-            u64::from(self.threshold_calls) | u64::from(self.threshold_window_secs) << 32,
-            self.generation,
-        ]
+        // Both within range for every rate `Rate::new` makes (see above);
+        // saturated rather than wrapped all the same.
+        let emission = u32::try_from(emission).unwrap_or(u32::MAX);
+        let burst = (tolerance / u64::from(emission.max(1))).min(BURST_MASK);
+        (
+            k1,
+            [
+                k0,
+                self.subscription_ends.as_nanos(),
+                u64::from(emission) | (burst | u64::from(self.flags) << 24) << 32,
+                u64::from(self.threshold_calls) | u64::from(self.threshold_window_secs) << 32,
+                self.generation,
+            ],
+        )
     }
 
     /// The value whose [`to_words`](Hot::to_words) these are.
-    fn from_words(w: [u64; WORDS]) -> Hot {
-        // The `as` casts take the halves that `to_words` put there.
+    fn from_words(k1: u32, w: [u64; WORDS]) -> Hot {
+        // The `as` casts take the parts that `to_words` put there.
+        let emission = u64::from(w[2] as u32);
+        let burst = (w[2] >> 32) & BURST_MASK;
         Hot {
-            key: ApiKey::from_words(w[0], w[1] as u32),
-            flags: (w[1] >> 32) as u8,
-            subscription_ends: Timestamp::from_nanos(w[2]),
-            rate: Rate::from_parts(w[3], w[4]),
-            threshold_calls: w[5] as u32,
-            threshold_window_secs: (w[5] >> 32) as u32,
-            generation: w[6],
+            key: ApiKey::from_words(w[0], k1),
+            flags: (w[2] >> 56) as u8,
+            subscription_ends: Timestamp::from_nanos(w[1]),
+            rate: Rate::from_parts(emission, emission * burst),
+            threshold_calls: w[3] as u32,
+            threshold_window_secs: (w[3] >> 32) as u32,
+            generation: w[4],
         }
     }
 }
 
-/// How many words a [`Hot`] takes.
-const WORDS: usize = 7;
+/// The burst's 24 bits in its word.
+const BURST_MASK: u64 = (1 << 24) - 1;
 
-/// A [`Hot`] behind a sequence number: 64 bytes, read without writing.
+/// How many words a [`Hot`] takes besides the first.
+const WORDS: usize = 5;
+
+/// A [`Hot`] behind a sequence number: 48 bytes, read without writing.
 #[derive(Debug)]
 pub(crate) struct HotCell {
-    /// Even while the words are whole; odd while a writer is writing them.
+    /// The sequence number in the low half, even while the words are whole
+    /// and odd while a writer is writing them; the key's last four bytes in
+    /// the high half (a word of their own would make the org's record 8
+    /// bytes larger, and with it every org's allocation 16).
     seq: AtomicU64,
     words: [AtomicU64; WORDS],
 }
@@ -171,15 +190,16 @@ pub(crate) struct HotCell {
 impl HotCell {
     /// A cell holding `hot`.
     pub(crate) fn new(hot: Hot) -> HotCell {
+        let (k1, words) = hot.to_words();
         HotCell {
-            seq: AtomicU64::new(0),
-            words: hot.to_words().map(AtomicU64::new),
+            seq: AtomicU64::new(u64::from(k1) << 32),
+            words: words.map(AtomicU64::new),
         }
     }
 
     /// A consistent copy: the words as one writer left them. Spins while a
     /// writer is between its two stores of `seq` (a few nanoseconds: it
-    /// writes seven words) or retries when one came between the loads.
+    /// writes six words) or retries when one came between the loads.
     #[inline]
     pub(crate) fn load(&self) -> Hot {
         loop {
@@ -188,8 +208,10 @@ impl HotCell {
                 let words = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
                 // Orders the words' loads before the second load of `seq`.
                 fence(Ordering::Acquire);
+                // The same number means no writer came between; the high
+                // half, written with the closing number, is part of the value.
                 if self.seq.load(Ordering::Relaxed) == before {
-                    return Hot::from_words(words);
+                    return Hot::from_words((before >> 32) as u32, words);
                 }
             }
             std::hint::spin_loop();
@@ -198,15 +220,23 @@ impl HotCell {
 
     /// Replaces the value. Callers hold the org's mutex: one writer at a time.
     pub(crate) fn store(&self, hot: Hot) {
-        let seq = self.seq.load(Ordering::Relaxed);
-        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        // Orders the odd `seq` before the words' stores, for a reader that
+        let (k1, words) = hot.to_words();
+        let before = self.seq.load(Ordering::Relaxed);
+        let seq = before as u32;
+        self.seq.store(
+            (before & !0xffff_ffff) | u64::from(seq.wrapping_add(1)),
+            Ordering::Relaxed,
+        );
+        // Orders the odd number before the words' stores, for a reader that
         // sees any of them.
         fence(Ordering::Release);
-        for (word, value) in self.words.iter().zip(hot.to_words()) {
+        for (word, value) in self.words.iter().zip(words) {
             word.store(value, Ordering::Relaxed);
         }
-        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+        self.seq.store(
+            u64::from(k1) << 32 | u64::from(seq.wrapping_add(2)),
+            Ordering::Release,
+        );
     }
 }
 
@@ -256,8 +286,34 @@ mod tests {
     }
 
     #[test]
-    fn the_cell_is_64_bytes() {
-        assert_eq!(std::mem::size_of::<HotCell>(), 64);
+    fn the_cell_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<HotCell>(), 48);
+    }
+
+    /// The packed rate is the rate: at the largest rate and burst, the
+    /// smallest, and one of each with a remainder.
+    #[test]
+    fn the_rate_survives_its_packing_at_the_limits() {
+        use super::super::limits_max::{BURST, RATE_PER_SEC};
+        for (rate, burst) in [
+            (RATE_PER_SEC, BURST),
+            (1, 1),
+            (1, BURST),
+            (RATE_PER_SEC, 1),
+            (3, 7),
+        ] {
+            let limits = Limits {
+                rate_per_sec: rate,
+                burst,
+                threshold_calls: u32::MAX,
+                threshold_window_secs: u32::MAX,
+            };
+            let hot = Hot::new(None, true, None, &limits, 1);
+            let cell = HotCell::new(hot);
+            assert_eq!(cell.load(), hot, "{rate}/s, burst {burst}");
+            assert_eq!(cell.load().rate, Rate::new(rate, burst));
+            assert!(cell.load().is_disabled());
+        }
     }
 
     /// Two values that differ in every word, written in turn by one thread
@@ -272,7 +328,9 @@ mod tests {
             &limits(30),
             2,
         );
-        assert!(a.to_words().iter().zip(b.to_words()).all(|(x, y)| *x != y));
+        let (wa, wb) = (a.to_words(), b.to_words());
+        assert_ne!(wa.0, wb.0);
+        assert!(wa.1.iter().zip(wb.1).all(|(x, y)| *x != y));
         let cell = Arc::new(HotCell::new(a));
         let done = Arc::new(AtomicBool::new(false));
         let readers: Vec<_> = (0..3)
