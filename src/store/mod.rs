@@ -1,8 +1,8 @@
 //! The store: every org in a concurrent map, and the one path by which they change.
 //!
 //! Requests read orgs through [`Store::get`] (a `DashSet` lookup by the org id's
-//! bytes, then a short read lock on that org alone), so a request never waits on
-//! anything but its own org's state being swapped.
+//! bytes, then a seqlock read of that org's hot state), so a request never waits on
+//! anything but its own org's state being swapped, and writes no lock word.
 //!
 //! Every mutation goes through one function, which:
 //!
@@ -695,7 +695,7 @@ impl Store {
             {
                 continue;
             }
-            // The state's read lock only for ids that would make the page.
+            // The state read only for ids that would make the page.
             if disabled.is_some_and(|want| e.0.hot().is_disabled() != want) {
                 continue;
             }
