@@ -140,7 +140,9 @@ impl Hot {
         // Both within range for every rate `Rate::new` makes (see above);
         // saturated rather than wrapped all the same.
         let emission = u32::try_from(emission).unwrap_or(u32::MAX);
-        let burst = (tolerance / u64::from(emission.max(1))).min(BURST_MASK);
+        let burst = tolerance / u64::from(emission.max(1));
+        debug_assert!(burst <= BURST_MASK, "a burst within max::BURST");
+        let burst = burst.min(BURST_MASK);
         (
             k1,
             [
