@@ -76,30 +76,18 @@ impl Hot {
             flags,
             subscription_ends: subscription_ends.unwrap_or_default(),
             generation,
-            ..Hot::limits_only(limits)
-        }
-    }
-
-    /// Placeholders everywhere but the limits.
-    fn limits_only(limits: &Limits) -> Hot {
-        Hot {
             rate: Rate::new(limits.rate_per_sec, limits.burst),
             threshold_calls: limits.threshold_calls,
             threshold_window_secs: limits.threshold_window_secs,
-            generation: 0,
-            key: NO_KEY,
-            flags: 0,
-            subscription_ends: Timestamp::EPOCH,
         }
     }
 
     /// The same, with `limits` in force.
     pub(crate) fn with_limits(self, limits: &Limits) -> Hot {
-        let l = Hot::limits_only(limits);
         Hot {
-            rate: l.rate,
-            threshold_calls: l.threshold_calls,
-            threshold_window_secs: l.threshold_window_secs,
+            rate: Rate::new(limits.rate_per_sec, limits.burst),
+            threshold_calls: limits.threshold_calls,
+            threshold_window_secs: limits.threshold_window_secs,
             ..self
         }
     }
