@@ -147,6 +147,8 @@ type Req = Request<Empty<Bytes>>;
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const HOT_ORG: &str = "org-123";
+/// A second org in the hot org's store, for the two-thread figures.
+const SECOND_ORG: &str = "org-124";
 /// A well-formed key no org has (keys are random; the hot org's is checked to
 /// differ).
 const WRONG_KEY: &str = "WrongKey1234";
@@ -682,29 +684,31 @@ fn compare<S1, B1, S2, B2>(
 }
 
 /// [`compare`] with two threads at once, each with its own clone of `bare`
-/// and of `layered` (one store between them), sending the same requests:
-/// what the layer adds per request when two cores serve one org, which is
-/// where a write to a line they share (a lock's word, a counter) costs a
-/// transfer between the cores on every call. Each thread's ns per request,
-/// averaged over the two, median of [`RUNS`] runs.
+/// and of `layered` (one store between them), the first sending `targets[0]`
+/// and the second `targets[1]`: what the layer adds per request when two
+/// cores serve one org (the same target twice), which is where a write to a
+/// line they share (a lock's word, a counter) costs a transfer between the
+/// cores on every call, or two orgs (what the org's own lines cost is the
+/// difference). Each thread's ns per request, averaged over the two, median
+/// of [`RUNS`] runs.
 fn compare_two_threads<S1, B1, S2, B2>(
     out: &mut Summary,
     name: &str,
     scale: &Scale,
     bare: &S1,
     layered: &S2,
-    targets: &[Target],
+    targets: [&[Target]; 2],
 ) where
     S1: Service<Req, Response = Response<B1>> + Clone + Send + Sync,
     S1::Error: std::fmt::Debug,
     S2: Service<Req, Response = Response<B2>> + Clone + Send + Sync,
     S2::Error: std::fmt::Debug,
 {
-    let n = scale.loop_n.max(targets.len());
-    let both = |svc: &(dyn Fn() -> (f64, u64) + Sync)| {
+    let n = scale.loop_n;
+    let both = |svc: &(dyn Fn(&[Target]) -> (f64, u64) + Sync)| {
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(svc);
-            let b = s.spawn(svc);
+            let a = s.spawn(|| svc(targets[0]));
+            let b = s.spawn(|| svc(targets[1]));
             (a.join().expect("thread"), b.join().expect("thread"))
         });
         assert_eq!(a.1 + b.1, 0, "{name}: answers that were not 200");
@@ -712,11 +716,11 @@ fn compare_two_threads<S1, B1, S2, B2>(
     };
     let (mut b, mut l) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        b.push(both(&|| {
-            timed_loop(&mut bare.clone(), targets, n, StatusCode::OK)
+        b.push(both(&|t| {
+            timed_loop(&mut bare.clone(), t, n, StatusCode::OK)
         }));
-        l.push(both(&|| {
-            timed_loop(&mut layered.clone(), targets, n, StatusCode::OK)
+        l.push(both(&|t| {
+            timed_loop(&mut layered.clone(), t, n, StatusCode::OK)
         }));
     }
     let (b, l) = (median(b), median(l));
@@ -974,6 +978,22 @@ fn main() {
         leak(view.state.key.expect("a key").expose().to_owned())
     });
     assert_ne!(hot_key, WRONG_KEY);
+    let second_key = rt.block_on(async {
+        let view = hot
+            .provision(
+                OrgId::parse(SECOND_ORG).expect("valid id"),
+                None,
+                LimitOverrides::default(),
+                Actor::Provider,
+            )
+            .await
+            .expect("provision");
+        leak(view.state.key.expect("a key").expose().to_owned())
+    });
+    let second_path = [Target::path(
+        leak(format!("/{SECOND_ORG}/v1/users")),
+        second_key,
+    )];
     let hot_path = [Target::path(leak(format!("/{HOT_ORG}/v1/users")), hot_key)];
     let hot_header = [Target {
         uri: Uri::from_static("/v1/users"),
@@ -1164,7 +1184,19 @@ fn main() {
         &scale,
         &bare,
         &gate_no_extension,
-        &hot_path,
+        [&hot_path, &hot_path],
+    );
+    // Two threads, an org each (the second provisioned right after the
+    // first: its id on the same page): what is left is what the two share
+    // besides the org (the id page's reference count, and the map shard's
+    // lock word when both ids fall in one shard).
+    compare_two_threads(
+        &mut out,
+        "allowed_2orgs_no_extension_2threads",
+        &scale,
+        &bare,
+        &gate_no_extension,
+        [&hot_path, &second_path],
     );
     // Sessions off as the baseline, sessions on as the layered: the ratio is
     // what turning `[session]` on costs a keyed call, in one run.
