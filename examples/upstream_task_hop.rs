@@ -11,19 +11,25 @@
 //! tokio runtime (what a keygate worker is), without touching keygate:
 //!
 //! 1. a minimal upstream HTTP/1.1 server on 127.0.0.1:0 (hyper, keep-alive,
-//!    `200` with the 12-byte body `{"ok":true}\n`), its own tasks in both
-//!    modes;
+//!    `200` with the 12-byte body `{"ok":true}\n`), its own tasks in
+//!    every mode;
 //! 2. ONE client connection to it (`hyper::client::conn::http1::handshake`),
 //!    over which N sequential `GET /` exchanges run, each reading the body to
-//!    its end, in one task, in one of two modes:
+//!    its end, in one task (as a keygate downstream connection's task would),
+//!    in one of four modes:
 //!    - `spawned`: the `Connection` future runs in a task of its own
 //!      (`tokio::spawn`), what keygate does today;
 //!    - `inline`: the `Connection` future is not spawned; the exchange's task
-//!      polls it first, then the readiness, the response future or the body,
-//!      until the body ends. No task for the client connection.
+//!      polls it before every step (readiness, response head, each body
+//!      frame), until the body ends. No task for the client connection;
+//!    - `inline_lazy`: as `inline`, but each step is polled first and the
+//!      connection only when the step would wait (then the step again);
+//!    - `inline_quiet`: as `inline_lazy`, the steps polled with a no-op waker
+//!      (only the connection's polls, all in this task, make them progress,
+//!      so they need no wake of their own).
 //!
-//!    Both modes run the same exchange code ([`exchange`]); the only
-//!    difference is whether it polls the connection itself.
+//!    All modes run the same exchange code ([`exchange`] through [`Driver`]);
+//!    they differ only in who polls the connection and in what order.
 //! 3. It checks every answer (status `200`, the exact body) and exits with an
 //!    error, printing no figure, on the first that is wrong; otherwise it
 //!    prints the mode, the requests done and the wall time.
@@ -33,7 +39,7 @@
 //!
 //! ```sh
 //! cargo build --release --example upstream_task_hop
-//! for mode in spawned inline; do for n in 10000 20000; do
+//! for mode in spawned inline inline_lazy inline_quiet; do for n in 10000 20000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=cg.$mode.$n \
 //!     target/release/examples/upstream_task_hop $mode $n
 //! done; done
@@ -51,7 +57,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -67,7 +73,7 @@ use tokio::net::{TcpListener, TcpStream};
 const BODY: &[u8] = b"{\"ok\":true}\n";
 /// How many exchanges without an N on the command line.
 const DEFAULT_N: u64 = 20_000;
-const USAGE: &str = "usage: upstream_task_hop spawned|inline [N]";
+const USAGE: &str = "usage: upstream_task_hop spawned|inline|inline_lazy|inline_quiet [N]";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 /// The client connection, as both modes hold it.
@@ -78,8 +84,15 @@ type ClientConn = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 enum Mode {
     /// Its own task, as keygate's upstream client does.
     Spawned,
-    /// The exchange's task, polling it beside the exchange.
+    /// The exchange's task, polling it before every step of the exchange.
     Inline,
+    /// The exchange's task, polling it only when a step of the exchange
+    /// would wait (then the step again).
+    InlineLazy,
+    /// As `InlineLazy`, the steps polled with a no-op waker: only the
+    /// connection's own polls make them progress, and this task re-polls
+    /// them after each, so the step needs no wake of its own.
+    InlineQuiet,
 }
 
 fn main() {
@@ -94,6 +107,8 @@ fn run() -> Result<(), Error> {
     let mode = match args.next().as_deref() {
         Some("spawned") => Mode::Spawned,
         Some("inline") => Mode::Inline,
+        Some("inline_lazy") => Mode::InlineLazy,
+        Some("inline_quiet") => Mode::InlineQuiet,
         _ => return Err(USAGE.into()),
     };
     let n = match args.next() {
@@ -115,6 +130,8 @@ fn run() -> Result<(), Error> {
         match mode {
             Mode::Spawned => "spawned",
             Mode::Inline => "inline",
+            Mode::InlineLazy => "inline_lazy",
+            Mode::InlineQuiet => "inline_quiet",
         },
         elapsed.as_secs_f64() * 1e3,
     );
@@ -155,7 +172,9 @@ async fn client(addr: SocketAddr, mode: Mode, n: u64) -> Result<(u64, std::time:
     stream.set_nodelay(true)?;
     let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await?;
     let host = addr.to_string();
-    match mode {
+    // The connection, where the inline modes keep it while they poll it.
+    let mut slot;
+    let mut driver = match mode {
         Mode::Spawned => {
             // What `handshake_h1` in src/proxy/client.rs does.
             tokio::spawn(async move {
@@ -163,29 +182,27 @@ async fn client(addr: SocketAddr, mode: Mode, n: u64) -> Result<(u64, std::time:
                     eprintln!("upstream_task_hop: client connection: {e}");
                 }
             });
-            exchanges(&mut sender, None, &host, n).await
+            Driver {
+                conn: None,
+                lazy: false,
+                quiet: false,
+            }
         }
-        Mode::Inline => {
-            let mut conn = pin!(conn);
-            exchanges(&mut sender, Some(&mut conn), &host, n).await
+        Mode::Inline | Mode::InlineLazy | Mode::InlineQuiet => {
+            slot = conn;
+            Driver {
+                conn: Some(Pin::new(&mut slot)),
+                lazy: mode != Mode::Inline,
+                quiet: mode == Mode::InlineQuiet,
+            }
         }
-    }
-}
-
-/// Runs `n` checked exchanges, one after another, over `sender` (polling
-/// `conn` beside them if given).
-async fn exchanges(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    mut conn: Option<&mut Pin<&mut ClientConn>>,
-    host: &str,
-    n: u64,
-) -> Result<(u64, std::time::Duration), Error> {
+    };
     let start = Instant::now();
     for i in 0..n {
         let req = Request::get("/")
-            .header(header::HOST, host)
+            .header(header::HOST, host.as_str())
             .body(Empty::new())?;
-        let (status, body) = exchange(sender, conn.as_deref_mut(), req).await?;
+        let (status, body) = exchange(&mut sender, &mut driver, req).await?;
         if status != StatusCode::OK || body != BODY {
             let want = Bytes::from_static(BODY);
             return Err(format!("exchange {i}: {status} {body:?}, not 200 {want:?}").into());
@@ -195,39 +212,34 @@ async fn exchanges(
 }
 
 /// One exchange: waits until the connection takes a request, sends `req`,
-/// reads the response head and its body to the end. With `conn` (the inline
-/// mode) it polls the connection first at every step, so no other task has to
-/// run for the exchange to progress; every waker the exchange registers is
-/// this task's, so a wake from the connection's side re-polls this task.
+/// reads the response head and its body to the end, every step through
+/// `driver` (which polls the connection beside it in the inline modes).
 async fn exchange(
     sender: &mut SendRequest<Empty<Bytes>>,
-    mut conn: Option<&mut Pin<&mut ClientConn>>,
+    driver: &mut Driver<'_>,
     req: Request<Empty<Bytes>>,
 ) -> Result<(StatusCode, BytesMut), Error> {
-    poll_fn(|cx| {
-        drive(conn.as_deref_mut(), cx)?;
-        sender.poll_ready(cx).map_err(Error::from)
-    })
-    .await?;
+    poll_fn(|cx| driver.step(cx, |cx| sender.poll_ready(cx).map_err(Error::from))).await?;
     let mut response = pin!(sender.send_request(req));
-    let response = poll_fn(|cx| {
-        drive(conn.as_deref_mut(), cx)?;
-        response.as_mut().poll(cx).map_err(Error::from)
-    })
-    .await?;
+    let response =
+        poll_fn(|cx| driver.step(cx, |cx| response.as_mut().poll(cx).map_err(Error::from))).await?;
     let status = response.status();
     let mut body = response.into_body();
     let mut got = BytesMut::with_capacity(BODY.len());
     poll_fn(|cx| loop {
-        drive(conn.as_deref_mut(), cx)?;
-        match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        let frame = driver.step(cx, |cx| {
+            Pin::new(&mut body)
+                .poll_frame(cx)
+                .map(|frame| frame.transpose().map_err(Error::from))
+        });
+        match frame {
+            Poll::Ready(Ok(Some(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     got.extend_from_slice(&data);
                 }
             }
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::from(e))),
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
     })
@@ -235,13 +247,44 @@ async fn exchange(
     Ok((status, got))
 }
 
-/// Polls the client connection once, if this task drives it. The connection
-/// future ends only when the connection does, which mid-exchange is an error.
-fn drive(conn: Option<&mut Pin<&mut ClientConn>>, cx: &mut Context<'_>) -> Result<(), Error> {
-    let Some(conn) = conn else { return Ok(()) };
-    match conn.as_mut().poll(cx) {
-        Poll::Pending => Ok(()),
-        Poll::Ready(Ok(())) => Err("the client connection closed mid-exchange".into()),
-        Poll::Ready(Err(e)) => Err(Error::from(e)),
+/// How an exchange's steps are polled: alone (the connection has its own
+/// task), or with the client connection polled by the same task. Every waker
+/// an inline step registers (the dispatch channel's, the oneshot's, the body
+/// channel's, the socket's) is this task's, so whatever either side waits
+/// for re-polls this task.
+struct Driver<'c> {
+    /// The connection, if this task drives it.
+    conn: Option<Pin<&'c mut ClientConn>>,
+    /// Poll the step first and the connection only when the step would wait
+    /// (then the step again), instead of the connection before every step.
+    lazy: bool,
+    /// Poll the step with a no-op waker (only with `lazy`).
+    quiet: bool,
+}
+
+impl Driver<'_> {
+    /// Polls `step` once, with the connection as the mode says.
+    fn step<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut step: impl FnMut(&mut Context<'_>) -> Poll<Result<T, Error>>,
+    ) -> Poll<Result<T, Error>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return step(cx);
+        };
+        let mut quiet = Context::from_waker(Waker::noop());
+        if self.lazy {
+            let step_cx = if self.quiet { &mut quiet } else { &mut *cx };
+            if let Poll::Ready(done) = step(step_cx) {
+                return Poll::Ready(done);
+            }
+        }
+        // The connection future ends only when the connection does, which
+        // mid-exchange is an error.
+        match conn.as_mut().poll(cx) {
+            Poll::Pending => step(if self.quiet { &mut quiet } else { cx }),
+            Poll::Ready(Ok(())) => Poll::Ready(Err("the client connection closed".into())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::from(e))),
+        }
     }
 }
