@@ -76,7 +76,7 @@ const DEFAULT_N: u64 = 20_000;
 const USAGE: &str = "usage: upstream_task_hop spawned|inline|inline_lazy|inline_quiet [N]";
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-/// The client connection, as both modes hold it.
+/// The client connection, as every mode holds it.
 type ClientConn = Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 
 /// Who drives the client connection.
