@@ -318,6 +318,27 @@ fn org_name(i: usize) -> String {
     format!("org-{i}")
 }
 
+/// Provisions the org `id` with `limits` in `store`; its key.
+fn provision_one(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    id: &str,
+    limits: LimitOverrides,
+) -> &'static str {
+    rt.block_on(async {
+        let view = store
+            .provision(
+                OrgId::parse(id).expect("valid id"),
+                None,
+                limits,
+                Actor::Provider,
+            )
+            .await
+            .expect("provision");
+        leak(view.state.key.expect("a key").expose().to_owned())
+    })
+}
+
 /// Provisions `n` orgs into `store` one after the other, through the public
 /// `Store::provision` (one spawned task per org), and returns their keys.
 fn provision_many(rt: &tokio::runtime::Runtime, store: &Store, n: usize, keys: &mut Vec<[u8; 12]>) {
@@ -965,31 +986,9 @@ fn main() {
 
     // The hot org, in a store of its own whose clock runs fast (see FastClock).
     let hot = rt.block_on(Store::in_memory(Arc::new(FastClock::new()), generous()));
-    let hot_key = rt.block_on(async {
-        let view = hot
-            .provision(
-                OrgId::parse(HOT_ORG).expect("valid id"),
-                None,
-                LimitOverrides::default(),
-                Actor::Provider,
-            )
-            .await
-            .expect("provision");
-        leak(view.state.key.expect("a key").expose().to_owned())
-    });
+    let hot_key = provision_one(&rt, &hot, HOT_ORG, LimitOverrides::default());
     assert_ne!(hot_key, WRONG_KEY);
-    let second_key = rt.block_on(async {
-        let view = hot
-            .provision(
-                OrgId::parse(SECOND_ORG).expect("valid id"),
-                None,
-                LimitOverrides::default(),
-                Actor::Provider,
-            )
-            .await
-            .expect("provision");
-        leak(view.state.key.expect("a key").expose().to_owned())
-    });
+    let second_key = provision_one(&rt, &hot, SECOND_ORG, LimitOverrides::default());
     let second_path = [Target::path(
         leak(format!("/{SECOND_ORG}/v1/users")),
         second_key,
@@ -1008,22 +1007,16 @@ fn main() {
     // An org allowed one call a second with a burst of one, on the real clock:
     // its first call is allowed, nearly every later one is a 429.
     let limited = rt.block_on(Store::in_memory(Arc::new(SystemClock::new()), generous()));
-    let limited_key = rt.block_on(async {
-        let view = limited
-            .provision(
-                OrgId::parse(HOT_ORG).expect("valid id"),
-                None,
-                LimitOverrides {
-                    rate_per_sec: nz(1),
-                    burst: nz(1),
-                    ..Default::default()
-                },
-                Actor::Provider,
-            )
-            .await
-            .expect("provision");
-        leak(view.state.key.expect("a key").expose().to_owned())
-    });
+    let limited_key = provision_one(
+        &rt,
+        &limited,
+        HOT_ORG,
+        LimitOverrides {
+            rate_per_sec: nz(1),
+            burst: nz(1),
+            ..Default::default()
+        },
+    );
     let limited_target = [Target::path(
         hot_path[0].uri.path().to_owned().leak(),
         limited_key,
