@@ -88,8 +88,6 @@ struct Rare {
 /// fields and methods through `Deref`), the version, and the cold part.
 pub(crate) struct Current<'a> {
     hot: Hot,
-    /// [`Cold::version`].
-    pub(crate) version: u64,
     cold: &'a Cold,
 }
 
@@ -102,6 +100,11 @@ impl std::ops::Deref for Current<'_> {
 }
 
 impl Current<'_> {
+    /// The store's version of the state ([`Cold::version`]).
+    pub(crate) fn version(&self) -> u64 {
+        self.cold.version
+    }
+
     /// The org's own limits over the defaults.
     pub(crate) fn limits(&self) -> LimitOverrides {
         limits_of(self.cold)
@@ -226,7 +229,6 @@ impl Org {
         let cold = self.cold();
         f(&Current {
             hot: self.hot.load(),
-            version: cold.version,
             cold: &cold,
         })
     }

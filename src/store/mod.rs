@@ -1533,7 +1533,7 @@ impl Store {
         let (from, seq, t) = loop {
             tries += 1;
             let now = self.inner.clock.now();
-            let (from, t) = match org.read(|c| op(&c.state(), now).map(|t| (c.version, t))) {
+            let (from, t) = match org.read(|c| op(&c.state(), now).map(|t| (c.version(), t))) {
                 Ok(decided) => decided,
                 // Another node may have changed the org since this copy was
                 // installed (the feed is not instant): a refusal must hold on
