@@ -427,10 +427,11 @@ fn shuffled_targets(keys: &[[u8; 12]]) -> Vec<Target> {
 // ---------------------------------------------------------------------------
 //
 // What the layout of the org table costs at many orgs, apart from everything
-// else a request does. keygate's store is a `DashSet` of `Arc<Org>`: a lookup
-// loads the table's slot, then the record (which holds a handle to the id's
-// bytes), then the id's bytes on their page, then the record's state line,
-// each load waiting for the one before. BENCHMARKS.md ("Issue 17, fourth
+// else a request does. keygate's store was a `DashSet` of `Arc<Org>` when
+// this was written: a lookup loaded the table's control bytes and slot, then
+// the record (which holds a handle to the id's bytes), then the id's bytes on
+// their page, then the record's state line, each load waiting for the one
+// before. BENCHMARKS.md ("Issue 17, fourth
 // round") sketches a table of hot records in one flat array instead; this
 // measures that layout's many-org penalty with the same work per request (find
 // the org by id, compare the key, count the call, a GCRA step), single-threaded
@@ -1056,7 +1057,10 @@ fn main() {
 
     // -- 4. Memory per org --------------------------------------------------
     out.put("org_struct_bytes", std::mem::size_of::<Org>());
-    out.put("org_struct_in_arc_bytes", std::mem::size_of::<Org>() + 16);
+    out.put(
+        "org_record_in_table_bytes",
+        std::mem::size_of::<std::sync::OnceLock<Org>>(),
+    );
     // The store alone: a backend that keeps nothing. This store serves the
     // many-org timings below.
     let many = rt.block_on(async {

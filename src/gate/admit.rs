@@ -2,8 +2,6 @@
 //! the key's status, count the call against the threshold, check the
 //! subscription, then the rate.
 
-use std::sync::Arc;
-
 use http::{HeaderMap, Method};
 
 use super::resolve::{named_org, presented_key};
@@ -13,6 +11,7 @@ use crate::answer::Refusal;
 use crate::key::ApiKey;
 use crate::limit::{Count, Spent};
 use crate::org::{Org, OrgId};
+use crate::store::{Found, OrgRef};
 
 /// What the gate decided about one request.
 pub(crate) enum Admission {
@@ -38,13 +37,13 @@ pub(crate) enum Admission {
     /// A login: its body is read before it is decided.
     Session(SessionPath),
     /// This call took the org past its threshold: disable the key, then refuse.
-    Disable(Arc<Org>),
+    Disable(OrgRef),
     /// Cluster mode, and no call of the org's threshold is granted to this
     /// node: ask the cluster for some ([`Store::take_calls`](crate::store::Store)),
     /// then [`finish`](Gate::finish) the checks.
     Take {
         /// The org.
-        org: Arc<Org>,
+        org: OrgRef,
         /// See [`Named::prefix_len`](super::resolve::Named).
         prefix_len: usize,
         /// Whether the call came with a session rather than a key.
@@ -127,7 +126,7 @@ impl Gate {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn counted(
         &self,
-        org: &Arc<Org>,
+        org: Found<'_>,
         method: &Method,
         headers: &HeaderMap,
         now: crate::clock::Timestamp,
@@ -144,7 +143,7 @@ impl Gate {
                 }
                 Spent::Empty => {
                     return Admission::Take {
-                        org: Arc::clone(org),
+                        org: self.store.hold(org),
                         prefix_len,
                         session,
                     }
@@ -161,11 +160,11 @@ impl Gate {
                 // threshold below this window's count, and a key that is
                 // refused must also be durably disabled. A disable that
                 // finds the key disabled already commits nothing.
-                Count::Crossed | Count::Over => return Admission::Disable(Arc::clone(org)),
+                Count::Crossed | Count::Over => return Admission::Disable(self.store.hold(org)),
             }
         }
         self.after_count(
-            org, method, headers, now, expired, rate, prefix_len, session,
+            &org, method, headers, now, expired, rate, prefix_len, session,
         )
     }
 
@@ -173,7 +172,7 @@ impl Gate {
     /// cluster settled: the org's state as it is now.
     pub(crate) fn finish(
         &self,
-        org: &Arc<Org>,
+        org: &Org,
         method: &Method,
         headers: &HeaderMap,
         prefix_len: usize,
@@ -192,7 +191,7 @@ impl Gate {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn after_count(
         &self,
-        org: &Arc<Org>,
+        org: &Org,
         method: &Method,
         headers: &HeaderMap,
         now: crate::clock::Timestamp,

@@ -167,7 +167,7 @@ where
                             prefix_len,
                             session,
                         } => {
-                            match gate.store.take_calls(Arc::clone(&org)).await {
+                            match gate.store.take_calls(org.clone()).await {
                                 Taken::Within => {}
                                 Taken::Crossed => {
                                     return Next::Disable(Box::pin(
@@ -221,7 +221,7 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let gate = Arc::clone(&self.gate);
                 ResponseFuture::taking(Box::pin(async move {
-                    match gate.store.take_calls(Arc::clone(&org)).await {
+                    match gate.store.take_calls(org.clone()).await {
                         Taken::Within => {}
                         Taken::Crossed => {
                             return Next::Disable(Box::pin(gate.store.disable_over_threshold(org)))

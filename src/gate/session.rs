@@ -550,7 +550,7 @@ impl Gate {
                 self.store.disable_over_threshold(org).await;
                 Err(Answer::refused(Refusal::ThresholdExceeded))
             }
-            Admission::Take { org, .. } => match self.store.take_calls(Arc::clone(&org)).await {
+            Admission::Take { org, .. } => match self.store.take_calls(org.clone()).await {
                 Taken::Within => {
                     let now = self.store.clock().now();
                     let rate = org.hot().rate;

@@ -144,6 +144,11 @@ impl RateLimiter {
         RateLimiter::default()
     }
 
+    /// Makes the whole burst available again, as for a new limiter.
+    pub fn reset(&self) {
+        self.tat.store(0, Ordering::Relaxed);
+    }
+
     /// Admits one call at `now` under `rate`, returning how many more calls could
     /// be made at once, or refuses it. A refused call costs nothing.
     pub fn check(&self, now: Timestamp, rate: &Rate) -> Result<u32, RateLimited> {

@@ -34,7 +34,7 @@ use hot::HotCell;
 /// `repr(C)` keeps the fields in the order written: everything a request
 /// reads and writes (the id it is found by, the counters, then the state's
 /// hot part) in the record's first 104 bytes, which span two or three cache
-/// lines wherever malloc puts the record; what only admin work reads comes
+/// lines wherever the org table's arena puts the record; what only admin work reads comes
 /// after. At 1,000,000 orgs every line is a cache miss (BENCHMARKS.md,
 /// "Issue 17").
 ///
@@ -210,6 +210,11 @@ impl Org {
         &self.id
     }
 
+    /// The id's bytes as kept (a reference count on their page).
+    pub(crate) fn id_kept(&self) -> Bytes {
+        self.id.clone()
+    }
+
     /// What a request needs of the state in force, read without a lock:
     /// a consistent copy, never half of one change and half of another.
     #[inline]
@@ -303,6 +308,15 @@ impl Org {
         }
     }
 
+    /// Starts every count over, as for a new org: what the record of a
+    /// deleted org takes when its id is provisioned again.
+    pub(crate) fn restart_counts(&self) {
+        self.rate.reset();
+        self.calls.reset();
+        self.last_used.store(0, Ordering::Relaxed);
+        self.limited.store(0, Ordering::Relaxed);
+    }
+
     /// Notes a call refused by the rate.
     pub(crate) fn note_limited(&self) {
         // Saturates rather than wraps: 4 billion refusals in one window.
@@ -330,14 +344,11 @@ mod tests {
     use super::*;
     use crate::key::ApiKey;
 
-    /// There is one `Arc<Org>` per org: at 1,000,000 orgs every 16 bytes of its
-    /// allocation is 16 MB (BENCHMARKS.md, "Item 4").
-    /// 152 bytes, plus the `Arc`'s two counts (168) and malloc's 8-byte
-    /// header, is 176: glibc's 176-byte chunk, exactly. (It was 168 in the
-    /// 192-byte chunk while the rate took two words and the sequence number
-    /// one of its own.)
+    /// There is one record per org: at 1,000,000 orgs every 16 bytes of it
+    /// is 16 MB (BENCHMARKS.md, "Item 4"). 152 bytes, and 160 in the org
+    /// table's arena (its `OnceLock`'s state word).
     #[test]
-    fn an_org_in_its_arc_fits_a_176_byte_chunk() {
+    fn an_org_takes_152_bytes() {
         assert_eq!(std::mem::size_of::<Actor>(), 16);
         assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 48);
         assert!(
@@ -345,6 +356,7 @@ mod tests {
             "Org is {} bytes",
             std::mem::size_of::<Org>()
         );
+        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 160);
     }
 
     /// What a request touches (see `Org`): the id, the counters and the hot

@@ -41,13 +41,12 @@
 //! window back afterwards.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{BackendError, Store};
+use super::{BackendError, OrgRef, Store};
 use crate::limit::Window;
 use crate::org::{Org, OrgId};
 
@@ -65,9 +64,10 @@ pub struct CallCount {
 ///
 /// Keyed by the address of the org's record, not its id: 16 bytes an entry
 /// where an `OrgId` key would take 48, and only orgs with a saved window have
-/// one. An address names one org for the life of the store because the store
-/// never removes an org (the map's `Arc` keeps each record alive); whatever
-/// removes one later must `forget` it here, under this lock.
+/// one. An address names one id for the life of the store (a record is
+/// never moved or given to another id: `store/table.rs`); removing an org
+/// forgets it here, under this lock, so the id provisioned again starts
+/// afresh.
 #[derive(Debug, Default)]
 pub(super) struct Flushed {
     last: HashMap<usize, Window>,
@@ -112,22 +112,21 @@ impl Store {
         }
         let mut flushed = self.inner.counts.lock().await;
         // One load per org; an org is only cloned out when its window changed.
-        let (orgs, changed): (Vec<Arc<Org>>, Vec<CallCount>) = self
+        let (orgs, changed): (Vec<OrgRef>, Vec<CallCount>) = self
             .inner
             .orgs
             .iter()
-            .filter_map(|e| {
-                let org = &e.0;
+            .filter_map(|org| {
                 // An org without a window has nothing saved: a window goes
                 // back to none only by an enable, which forgets it here. So
                 // an org never called costs one load and no lookup.
                 let now = Some(org.calls().window()?);
-                (now != flushed.last(org)).then(|| {
+                (now != flushed.last(&org)).then(|| {
                     let count = CallCount {
                         org: org.id(),
                         window: now,
                     };
-                    (Arc::clone(org), count)
+                    (self.hold(org), count)
                 })
             })
             .unzip();
@@ -156,16 +155,15 @@ impl Store {
     async fn hand_back(&self, all: bool) -> Result<(usize, u64), BackendError> {
         let mut seen = self.inner.counts.lock().await;
         let mut idle = Vec::new();
-        for e in self.inner.orgs.iter() {
-            let org = &e.0;
+        for org in self.inner.orgs.iter() {
             // In cluster mode a window is the granted calls left unspent.
             let Some(now) = org.calls().window() else {
                 continue;
             };
-            if all || seen.last(org) == Some(now) {
-                idle.push(Arc::clone(org));
+            if all || seen.last(&org) == Some(now) {
+                idle.push(self.hold(org));
             } else {
-                seen.saved(org, Some(now));
+                seen.saved(&org, Some(now));
             }
         }
         let (mut orgs, mut calls) = (0, 0);

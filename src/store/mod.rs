@@ -1,8 +1,9 @@
 //! The store: every org in a concurrent map, and the one path by which they change.
 //!
-//! Requests read orgs through [`Store::get`] (a `DashSet` lookup by the org id's
-//! bytes, then a seqlock read of that org's hot state), so a request never waits on
-//! anything but its own org's state being swapped, and writes no lock word.
+//! Requests read orgs through the org table (`table.rs`: one slot of an
+//! open-addressed index, then the org's record in an arena, then a seqlock
+//! read of its hot state), so a request never waits on anything but its own
+//! org's state being swapped, and writes no lock word.
 //!
 //! Every mutation goes through one function, which:
 //!
@@ -56,15 +57,14 @@ mod lease;
 mod memory;
 mod redb;
 mod redis;
+mod table;
 
-use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
-use dashmap::DashSet;
 
 pub use self::redis::{ClusterOptions, RedisBackend, FEED_MAXLEN, MIN_LEASE};
 pub use backend::{
@@ -78,6 +78,7 @@ pub use import::{import, import_orgs, read_input, ImportError, ImportInput, Impo
 pub use lease::Lease;
 pub use memory::MemoryBackend;
 pub use redb::RedbBackend;
+pub(crate) use table::Found;
 
 use crate::clock::{Clock, Timestamp};
 use crate::limit::Spent;
@@ -87,6 +88,7 @@ use crate::org::{
 };
 use crate::session::{ApiUser, PasswordPool, Sessions};
 use crate::token::{self, Role, TokenDigest, TokenRecord};
+use table::{OrgTable, TableError};
 
 /// How many writer locks the orgs share. Mutations of two orgs contend only when
 /// their ids hash alike, one chance in this many, and an org costs no lock memory.
@@ -142,7 +144,7 @@ pub struct Store {
 }
 
 struct Inner {
-    orgs: OrgMap,
+    orgs: OrgTable,
     backend: Arc<dyn Backend>,
     clock: Arc<dyn Clock>,
     /// The configured default limits; a config reload replaces them
@@ -195,6 +197,37 @@ impl Drop for Inner {
     }
 }
 
+/// An org of a store, held past its lookup: what work on an org across an
+/// await (a grant from the cluster, a disable, an admin's change) keeps.
+/// Derefs to the org's record, which lasts as long as the store (see the
+/// table's docs in `store/table.rs`): held after the org is deleted, it
+/// reads the state the org had then, and after the same id is provisioned
+/// again, the new org's.
+#[derive(Clone)]
+pub struct OrgRef {
+    inner: Arc<Inner>,
+    number: u32,
+}
+
+impl std::ops::Deref for OrgRef {
+    type Target = Org;
+
+    fn deref(&self) -> &Org {
+        // `number` came from a lookup of this table, and a record, once
+        // made, is never taken out of it.
+        self.inner
+            .orgs
+            .record(self.number)
+            .expect("a record lasts as long as its table")
+    }
+}
+
+impl std::fmt::Debug for OrgRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OrgRef").field(&self.id_str()).finish()
+    }
+}
+
 /// Admin and viewer tokens, found by digest (to authenticate) or name (to delete).
 #[derive(Default)]
 struct Tokens {
@@ -214,95 +247,6 @@ impl Tokens {
         if let Some(digest) = self.by_name.remove(name) {
             self.by_digest.remove(&digest);
         }
-    }
-}
-
-/// The org map's hasher: foldhash, seeded per process, in place of std's
-/// SipHash-1-3. Every request hashes the org id it names once (the shard
-/// and the slot come from one hash). Ids are chosen by the provider, not by
-/// the clients who send them (a lookup of an unknown id inserts nothing), so
-/// the map needs a seeded hash, not a keyed PRF; foldhash is the hash
-/// hashbrown itself defaults to. Measured with the layer bench under
-/// callgrind: see BENCHMARKS.md, "Issue 17".
-type OrgHasher = foldhash::fast::RandomState;
-
-/// Every org, found by its id's bytes.
-type OrgMap = DashSet<Entry, OrgHasher>;
-
-/// A map entry: the org, found by its id's bytes.
-struct Entry(Arc<Org>);
-
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id_bytes().hash(state)
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id_bytes() == other.0.id_bytes()
-    }
-}
-
-impl Eq for Entry {}
-
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.0.id_bytes()
-    }
-}
-
-/// The map's side of a start-up: builds each loaded org and inserts it into
-/// the map before anyone else holds it.
-///
-/// At 1,000,000 orgs an insert is two cache misses (the slot's control
-/// bytes and the slot), and `DashSet::insert`'s shard lock and unlock,
-/// locked instructions, make the core wait for each miss in turn; they were
-/// most of the builder's time (BENCHMARKS.md, "Item 4"). So a batch is
-/// sorted by shard first and each shard's lock taken once for its share.
-#[derive(Default)]
-struct Build {
-    /// Per shard, the batch's orgs bound for it, with their hashes; emptied
-    /// after every batch, kept for the next.
-    pending: Vec<Vec<(u64, Entry)>>,
-}
-
-impl Build {
-    /// Builds `batch`'s orgs (their ids kept on `pages`) and inserts them
-    /// into `orgs`. An id already there fails the load.
-    fn insert(
-        &mut self,
-        orgs: &OrgMap,
-        batch: Vec<OrgRecord>,
-        pages: &mut IdPages,
-        defaults: Limits,
-    ) -> Result<(), BackendError> {
-        let shards = orgs.shards();
-        self.pending.resize_with(shards.len(), Vec::new);
-        for OrgRecord { id, state, version } in batch {
-            let entry = Entry(Arc::new(Org::new(&id, pages, state, version, defaults)));
-            // The hash `DashSet` itself takes: the shard from its top bits,
-            // the slot and the tag from the rest.
-            let hash = orgs.hash_usize(&entry) as u64;
-            self.pending[orgs.determine_shard(hash as usize)].push((hash, entry));
-        }
-        let rehash = |(entry, _): &(Entry, dashmap::SharedValue<()>)| orgs.hash_usize(entry) as u64;
-        for (shard, pending) in shards.iter().zip(&mut self.pending) {
-            if pending.is_empty() {
-                continue;
-            }
-            let mut table = shard.write();
-            for (hash, entry) in pending.drain(..) {
-                if table.find(hash, |(other, _)| *other == entry).is_some() {
-                    return Err(BackendError::Corrupt(format!(
-                        "org {} stored twice",
-                        entry.0.id()
-                    )));
-                }
-                table.insert(hash, (entry, dashmap::SharedValue::new(())), rehash);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -366,20 +310,35 @@ impl Store {
         // The backend reads on its own thread while this one builds the orgs.
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
-            let mut orgs = OrgMap::default();
+            let mut orgs = OrgTable::with_capacity(0);
             let mut pages = IdPages::default();
-            let mut build = Build::default();
             while let Some(loading) = received.recv().await {
                 match loading {
                     // A hint, not a promise: a damaged file could claim any count.
-                    Loading::Expect(n) if orgs.is_empty() => {
-                        orgs = OrgMap::with_capacity_and_hasher(
-                            n.min(PRESIZE_MAX),
-                            OrgHasher::default(),
-                        );
+                    Loading::Expect(n) if orgs.len() == 0 => {
+                        orgs = OrgTable::with_capacity(n.min(PRESIZE_MAX));
                     }
                     Loading::Expect(_) => {}
-                    Loading::Orgs(batch) => build.insert(&orgs, batch, &mut pages, defaults)?,
+                    Loading::Orgs(batch) => {
+                        for OrgRecord { id, state, version } in batch {
+                            let made = orgs.insert(
+                                id.as_bytes(),
+                                || Org::new(&id, &mut pages, state, version, defaults),
+                                |_| {},
+                            );
+                            match made {
+                                Ok(_) => {}
+                                Err(TableError::Exists) => {
+                                    return Err(BackendError::Corrupt(format!(
+                                        "org {id} stored twice"
+                                    )))
+                                }
+                                Err(e @ TableError::Full) => {
+                                    return Err(BackendError::Corrupt(e.to_string()))
+                                }
+                            }
+                        }
+                    }
                 }
             }
             Ok((orgs, pages))
@@ -460,16 +419,25 @@ impl Store {
         }
     }
 
-    /// The org with id `id`, if there is one. This is the request path's lookup.
-    pub fn get(&self, id: &[u8]) -> Option<Arc<Org>> {
-        self.inner.orgs.get(id).map(|e| Arc::clone(&e.0))
+    /// The org with id `id`, if there is one, held (see [`OrgRef`]).
+    pub fn get(&self, id: &[u8]) -> Option<OrgRef> {
+        self.inner.orgs.get(id).map(|found| self.hold(found))
     }
 
-    /// Runs `f` on the org with id `id` while holding only the map's shard read
-    /// lock: no reference count is touched, so a hot org's cache line is not
-    /// bounced between cores by lookups.
-    pub(crate) fn with_org<R>(&self, id: &[u8], f: impl FnOnce(&Arc<Org>) -> R) -> Option<R> {
-        self.inner.orgs.get(id).map(|e| f(&e.0))
+    /// Runs `f` on the org with id `id`: the request path's lookup. Nothing
+    /// is locked and no reference count is touched, so the cores serving a
+    /// hot org do not pass a cache line between them to find it.
+    #[inline]
+    pub(crate) fn with_org<R>(&self, id: &[u8], f: impl FnOnce(Found<'_>) -> R) -> Option<R> {
+        self.inner.orgs.get(id).map(f)
+    }
+
+    /// `found`, held past the lookup: for work on the org across an await.
+    pub(crate) fn hold(&self, found: Found<'_>) -> OrgRef {
+        OrgRef {
+            inner: Arc::clone(&self.inner),
+            number: found.number(),
+        }
     }
 
     /// This node's lease, in cluster mode: whether it may serve now
@@ -501,7 +469,7 @@ impl Store {
     /// (this call is the one past it), [`Taken::Unavailable`] when the
     /// cluster's store could not be asked. One request per org at a time:
     /// the calls that wait for it spend what it brought.
-    pub(crate) fn take_calls(&self, org: Arc<Org>) -> impl Future<Output = Taken> + Send + 'static {
+    pub(crate) fn take_calls(&self, org: OrgRef) -> impl Future<Output = Taken> + Send + 'static {
         let store = self.clone();
         async move {
             let _taker = store.taker(&org).lock().await;
@@ -543,9 +511,9 @@ impl Store {
 
     /// Asks the cluster for more of `org`'s calls in the background, before
     /// the ones granted here run out, unless a request for them is in flight.
-    pub(crate) fn prefetch_calls(&self, org: &Arc<Org>) {
+    pub(crate) fn prefetch_calls(&self, org: Found<'_>) {
         let store = self.clone();
-        let org = Arc::clone(org);
+        let org = self.hold(org);
         tokio::spawn(async move {
             let Ok(_taker) = store.taker(&org).try_lock() else {
                 return;
@@ -624,7 +592,7 @@ impl Store {
 
     /// Whether there are no orgs.
     pub fn is_empty(&self) -> bool {
-        self.inner.orgs.is_empty()
+        self.inner.orgs.len() == 0
     }
 
     /// The configured default limits.
@@ -642,8 +610,8 @@ impl Store {
         // An install racing this pass either takes an org's lock after it
         // (and checks the defaults it used: `follow_defaults`) or before it
         // (and this pass recomputes what it installed).
-        for entry in self.inner.orgs.iter() {
-            entry.0.refresh_limits(|| self.defaults());
+        for org in self.inner.orgs.iter() {
+            org.refresh_limits(|| self.defaults());
         }
     }
 
@@ -680,7 +648,7 @@ impl Store {
         // shard of the map stays locked past its own entries.
         let mut smallest: std::collections::BinaryHeap<OrgId> = std::collections::BinaryHeap::new();
         for e in self.inner.orgs.iter() {
-            let id = e.0.id_bytes();
+            let id = e.id_bytes();
             if after.is_some_and(|a| id <= a.as_bytes()) {
                 continue;
             }
@@ -696,13 +664,13 @@ impl Store {
                 continue;
             }
             // The state read only for ids that would make the page.
-            if disabled.is_some_and(|want| e.0.hot().is_disabled() != want) {
+            if disabled.is_some_and(|want| e.hot().is_disabled() != want) {
                 continue;
             }
             if full {
                 smallest.pop();
             }
-            smallest.push(e.0.id());
+            smallest.push(e.id());
         }
         let mut ids = smallest.into_sorted_vec();
         let more = ids.len() > limit;
@@ -755,7 +723,7 @@ impl Store {
 
     /// Views of every org, ordered by id.
     pub fn list(&self) -> Vec<OrgView> {
-        let mut all: Vec<OrgView> = self.inner.orgs.iter().map(|e| self.view_of(&e.0)).collect();
+        let mut all: Vec<OrgView> = self.inner.orgs.iter().map(|e| self.view_of(&e)).collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
@@ -787,7 +755,7 @@ impl Store {
         let store = self.clone();
         self.run(async move {
             let writer = store.writer(&id).lock().await;
-            if store.inner.orgs.contains(id.as_bytes()) {
+            if store.inner.orgs.get(id.as_bytes()).is_some() {
                 return Err(OpError::OrgExists);
             }
             let now = store.inner.clock.now();
@@ -807,8 +775,7 @@ impl Store {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let org = store.new_org(&id, t.next, 1);
-            store.insert_new(Arc::clone(&org));
+            let org = store.add_org(&id, t.next, 1)?;
             let view = store.view_of(&org);
             drop(writer);
             store.confirm(seq).await?;
@@ -883,7 +850,7 @@ impl Store {
     /// the disable is durable and visible, or has failed (logged).
     pub(crate) fn disable_over_threshold(
         &self,
-        org: Arc<Org>,
+        org: OrgRef,
     ) -> impl Future<Output = ()> + Send + 'static {
         let store = self.clone();
         async move {
@@ -1501,7 +1468,7 @@ impl Store {
     /// The org `id` for a mutation: this store's, or, on a shared backend,
     /// the stored one when it was provisioned elsewhere and the feed has not
     /// brought it yet.
-    async fn find(&self, id: &str) -> Result<Arc<Org>, OpError> {
+    async fn find(&self, id: &str) -> Result<OrgRef, OpError> {
         if let Some(org) = self.get(id.as_bytes()) {
             return Ok(org);
         }
@@ -1521,7 +1488,7 @@ impl Store {
 
     /// Computes `op` on the org's state and commits it, again on the stored
     /// state after each lost race (at most [`COMMIT_TRIES`] times in all).
-    async fn apply_to<F>(&self, org: Arc<Org>, mut op: F) -> Result<(OrgView, Seq), OpError>
+    async fn apply_to<F>(&self, org: OrgRef, mut op: F) -> Result<(OrgView, Seq), OpError>
     where
         F: FnMut(&OrgState, Timestamp) -> Result<Transition, OpError>,
     {
@@ -1621,23 +1588,39 @@ impl Store {
         self.commit_measured(commit).await
     }
 
-    /// A new live org, its id kept on the store's pages.
-    fn new_org(&self, id: &OrgId, state: OrgState, version: u64) -> Arc<Org> {
-        // Nothing panics while the lock is held, so a poisoned one is whole.
-        let mut pages = self
-            .inner
-            .id_pages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Arc::new(Org::new(id, &mut pages, state, version, self.defaults()))
-    }
-
-    /// Adds `org`, new, to the map. Its limits are computed once more after
-    /// the insert, so that a reload's pass ([`Store::set_defaults`]) that
-    /// did not see it yet cannot leave it on the old defaults.
-    fn insert_new(&self, org: Arc<Org>) {
-        self.inner.orgs.insert(Entry(Arc::clone(&org)));
+    /// Adds the org `id`, new here, with `state` at `version`: in a new
+    /// record, its id kept on the store's pages, or in the record it had
+    /// before it was deleted, its counts started over. Its limits are
+    /// computed once more after the insert, so that a reload's pass
+    /// ([`Store::set_defaults`]) that did not see it yet cannot leave it on
+    /// the old defaults. The caller holds the id's writer lock.
+    fn add_org(&self, id: &OrgId, state: OrgState, version: u64) -> Result<OrgRef, OpError> {
+        let defaults = self.defaults();
+        let made = self.inner.orgs.insert(
+            id.as_bytes(),
+            || {
+                // Nothing panics while the lock is held, so a poisoned one is whole.
+                let mut pages = self
+                    .inner
+                    .id_pages
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                Org::new(id, &mut pages, state.clone(), version, defaults)
+            },
+            |org| {
+                org.restart_counts();
+                org.replace(state.clone(), version, defaults);
+            },
+        );
+        let org = match made {
+            Ok(found) => self.hold(found),
+            Err(TableError::Exists) => return Err(OpError::OrgExists),
+            Err(e @ TableError::Full) => {
+                return Err(BackendError::Unavailable(e.to_string()).into())
+            }
+        };
         org.refresh_limits(|| self.defaults());
+        Ok(org)
     }
 
     /// Makes `record` the state of `org` if it is newer. An org enabled
@@ -1698,8 +1681,9 @@ impl Store {
         match self.get(record.id.as_bytes()) {
             Some(org) => self.install_into(&org, record),
             None => {
-                let org = self.new_org(&record.id, record.state, record.version);
-                self.insert_new(org);
+                if let Err(e) = self.add_org(&record.id, record.state, record.version) {
+                    tracing::error!(org = %record.id, error = %e, "could not add an org from the backend");
+                }
             }
         }
     }
@@ -1805,7 +1789,7 @@ impl Store {
             .inner
             .orgs
             .iter()
-            .map(|e| e.0.id())
+            .map(|e| e.id())
             .filter(|id| !stored.contains(id))
             .collect();
         for id in gone {
@@ -1850,11 +1834,11 @@ impl Store {
     /// Removes the org `id` from this store: from the map, with its tokens and
     /// what the count flusher keeps of it. The caller holds its writer lock.
     async fn remove_org(&self, id: &OrgId) {
-        let Some(Entry(org)) = self.inner.orgs.remove(id.as_bytes()) else {
+        let Some(org) = self.inner.orgs.remove(id.as_bytes()) else {
             return;
         };
-        // Keyed by the record's address, which `org` keeps from reuse until
-        // it is forgotten here.
+        // Keyed by the record's address, which only this id takes again:
+        // forgotten here, so that a provisioning of it starts afresh.
         self.inner.counts.lock().await.saved(&org, None);
         let mut tokens = self.write_tokens();
         let theirs: Vec<String> = tokens

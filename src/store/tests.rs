@@ -562,3 +562,51 @@ async fn an_org_loaded_again_in_a_later_batch_is_refused_at_open() {
         Ok(_) => panic!("a store with an org stored twice opened"),
     }
 }
+
+/// An org deleted and provisioned again is a new org in the old one's
+/// record: its counts start over, the old key is refused, a handle held
+/// from before reads the new org, and the flusher saves its window again.
+#[tokio::test]
+async fn an_org_provisioned_again_after_its_delete_starts_with_fresh_counts() {
+    let f = fixture().await.provisioned().await;
+    let held = f.store.get(b"acme").unwrap();
+    let old_key = held.hot().key().copied().unwrap();
+    for _ in 0..5 {
+        held.calls().count(f.clock.now(), 3, 3600);
+    }
+    let rate = Rate::new(1, 1);
+    held.rate_limiter().check(f.clock.now(), &rate).unwrap();
+    assert!(held.rate_limiter().check(f.clock.now(), &rate).is_err());
+    held.touch(f.clock.now());
+    assert_eq!(f.store.flush_counts().await.unwrap(), 1);
+
+    f.store.delete_org("acme", Actor::Provider).await.unwrap();
+    assert!(f.store.get(b"acme").is_none());
+    assert_eq!(f.store.len(), 0);
+    assert!(matches!(f.store.view("acme"), Err(OpError::OrgNotFound)));
+
+    let again = f
+        .store
+        .provision(acme(), None, LimitOverrides::default(), Actor::Provider)
+        .await
+        .unwrap();
+    let org = f.store.get(b"acme").unwrap();
+    let new_key = org.hot().key().copied().unwrap();
+    assert_eq!(again.state.key, Some(new_key));
+    assert!(!new_key.ct_eq(&old_key));
+    assert_eq!(
+        held.hot().key().copied(),
+        Some(new_key),
+        "the handle reads the org now"
+    );
+    assert_eq!(org.calls().window(), None);
+    assert_eq!(org.usage(), (None, 0));
+    assert!(org.rate_limiter().check(f.clock.now(), &rate).is_ok());
+    assert_eq!(
+        org.calls().count(f.clock.now(), 3, 3600),
+        crate::limit::Count::Within
+    );
+    // Forgotten at the delete: the new window is saved, not taken for the old.
+    assert_eq!(f.store.flush_counts().await.unwrap(), 1);
+    assert_eq!(f.store.len(), 1);
+}

@@ -1,0 +1,559 @@
+//! The org table: every org's record in one arena, found by id through an
+//! open-addressed index of `u64` slots.
+//!
+//! It replaces a `DashSet<Arc<Org>>`, whose lookup at 1,000,000 orgs cost
+//! four dependent cache misses (the shard's control bytes, its slot, the
+//! `Arc`'s record and the id's page) and whose `Arc` per org cost 24 bytes
+//! of counts and malloc header (BENCHMARKS.md, "Issue 17, sixth round").
+//! Here a lookup is one slot (a 32-bit hash tag and the record's number, so a
+//! slot whose tag differs is passed over without touching its record), then
+//! the record, then the id's bytes to confirm it; and records sit back to
+//! back in chunks of [`CHUNK`], with no header between them.
+//!
+//! **Nothing moves and nothing is freed while the table lives**, which is
+//! what makes it safe Rust without epochs: a reader holds `&Org` for as long
+//! as it holds the table. Records are appended, never relocated (a chunk,
+//! once allocated, stays where it is), and a record belongs to one id for
+//! good. Deleting an org takes its slot out of the index (a tombstone) and
+//! keeps its record aside; provisioning that id again takes the same record
+//! back, so a record is never shared by two ids, and what a reader that
+//! found it a moment ago reads is always that id's state. The price is that
+//! a deleted id's record (about 170 bytes) stays until the process restarts,
+//! unless the id comes back.
+//!
+//! Readers take no lock: the index is behind an [`ArcSwap`] (one load, no
+//! shared write), its slots are atomics written with release ordering after
+//! the record they name is complete, and a record is reached through
+//! [`OnceLock`]s. Writers (provisioning, deleting, loading) are serialized
+//! by one mutex; the index grows by building a larger one beside it and
+//! swapping it in, so a reader never sees a table in the middle of a resize.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::org::Org;
+
+/// Records per chunk of the arena: 4,096 (about 650 KB of records; a
+/// chunk is written whole when it is allocated, so this is also what the
+/// last chunk can leave unused).
+const CHUNK_BITS: u32 = 12;
+const CHUNK: usize = 1 << CHUNK_BITS;
+/// Chunks the arena can hold: 2^26 orgs in all, for a directory of 384 KB.
+const CHUNKS: usize = 1 << 14;
+/// The most records the table holds.
+pub(crate) const MAX_ORGS: usize = CHUNK * CHUNKS;
+
+/// A slot no org has used.
+const EMPTY: u64 = 0;
+/// The low half of a slot whose org was deleted: probes go on past it.
+const TOMBSTONE: u32 = 1;
+/// Record numbers are stored plus this, so that no slot of a live org is
+/// [`EMPTY`] or a [`TOMBSTONE`].
+const BIAS: u32 = 2;
+
+/// The index is rebuilt larger once its used slots (live and tombstones)
+/// pass 7 in 8.
+const fn over_load(used: usize, slots: usize) -> bool {
+    used * 8 > slots * 7
+}
+
+/// Slots for `n` orgs at most 7 in 8 full: any length, not a power of two
+/// (the start of a probe is a multiply and a shift), so 1,000,000 orgs take
+/// 1,142,858 slots (9 bytes an org), not 2^21.
+fn slots_for(n: usize) -> usize {
+    (n.max(8) * 8).div_ceil(7) + 1
+}
+
+/// Every org's record, found by its id's bytes.
+pub(crate) struct OrgTable {
+    index: ArcSwap<Index>,
+    records: Arena,
+    hasher: foldhash::fast::RandomState,
+    /// Orgs in the index.
+    live: AtomicUsize,
+    writer: Mutex<Writer>,
+}
+
+/// What only writers touch.
+#[derive(Default)]
+struct Writer {
+    /// Records in the arena.
+    records: usize,
+    /// Tombstones in the current index.
+    tombstones: usize,
+    /// Deleted orgs' records, by id, for when the id is provisioned again.
+    vacant: HashMap<Bytes, u32>,
+}
+
+/// The open-addressed index: each slot is a record's number and the top
+/// half of its id's hash.
+struct Index {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Index {
+    fn with_slots(n: usize) -> Index {
+        Index {
+            slots: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
+        }
+    }
+
+    /// Where the probe for `hash` starts: its low half scaled to the length.
+    #[inline]
+    fn start(&self, hash: u64) -> usize {
+        (((hash & 0xffff_ffff) * self.slots.len() as u64) >> 32) as usize
+    }
+
+    /// The slots from `hash`'s start, round the table once.
+    #[inline]
+    fn probe(&self, hash: u64) -> impl Iterator<Item = &AtomicU64> {
+        let (after, before) = self.slots.split_at(self.start(hash));
+        before.iter().chain(after)
+    }
+}
+
+/// A slot's word for record `record` of an id hashed to `hash`.
+fn slot_of(hash: u64, record: u32) -> u64 {
+    (hash & !0xffff_ffff) | u64::from(record + BIAS)
+}
+
+/// The record a live slot names, if `word` is one whose tag is `hash`'s.
+#[inline]
+fn record_of(word: u64, hash: u64) -> Option<usize> {
+    let low = word as u32;
+    (low >= BIAS && (word ^ hash) >> 32 == 0).then(|| (low - BIAS) as usize)
+}
+
+/// [`CHUNK`] records, each set once.
+type Chunk = Box<[OnceLock<Org>]>;
+
+/// Records in chunks that never move.
+struct Arena {
+    chunks: Box<[OnceLock<Chunk>]>,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        Arena {
+            chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, n: usize) -> Option<&Org> {
+        let chunk = self.chunks.get(n >> CHUNK_BITS)?.get()?;
+        chunk[n & (CHUNK - 1)].get()
+    }
+
+    /// Puts `org` at `n`, the next free place; the writer's lock is held.
+    fn put(&self, n: usize, org: Org) -> &Org {
+        let chunk = self.chunks[n >> CHUNK_BITS]
+            .get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
+        let cell = &chunk[n & (CHUNK - 1)];
+        // `n` is the writer's next record: never set before.
+        let _ = cell.set(org);
+        cell.get().expect("set just above")
+    }
+}
+
+/// Why an org could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TableError {
+    /// The id is in the table already.
+    #[error("the org is in the table already")]
+    Exists,
+    /// The table holds [`MAX_ORGS`] records.
+    #[error("the org table is full ({MAX_ORGS} orgs)")]
+    Full,
+}
+
+/// An org the table holds, as found: its record and its number.
+#[derive(Clone, Copy)]
+pub(crate) struct Found<'a> {
+    org: &'a Org,
+    number: u32,
+}
+
+impl std::ops::Deref for Found<'_> {
+    type Target = Org;
+
+    fn deref(&self) -> &Org {
+        self.org
+    }
+}
+
+impl Found<'_> {
+    /// The record's number in the table, for [`OrgTable::record`].
+    pub(crate) fn number(&self) -> u32 {
+        self.number
+    }
+}
+
+impl OrgTable {
+    /// An empty table with room in its index for `n` orgs.
+    pub(crate) fn with_capacity(n: usize) -> OrgTable {
+        OrgTable {
+            index: ArcSwap::from_pointee(Index::with_slots(slots_for(n))),
+            records: Arena::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            live: AtomicUsize::new(0),
+            writer: Mutex::new(Writer::default()),
+        }
+    }
+
+    /// The org with id `id`: the request path's lookup.
+    #[inline]
+    pub(crate) fn get(&self, id: &[u8]) -> Option<Found<'_>> {
+        let hash = self.hasher.hash_one(id);
+        let index = self.index.load();
+        for slot in index.probe(hash) {
+            let word = slot.load(Ordering::Acquire);
+            if word == EMPTY {
+                return None;
+            }
+            if let Some(n) = record_of(word, hash) {
+                let org = self.records.get(n)?;
+                if org.id_bytes() == id {
+                    return Some(Found {
+                        org,
+                        number: n as u32,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Record `number`, whether or not its org is in the index now.
+    pub(crate) fn record(&self, number: u32) -> Option<&Org> {
+        self.records.get(number as usize)
+    }
+
+    /// Orgs in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Every org in the table, in no order. Orgs added or deleted during the
+    /// pass may or may not be seen.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Found<'_>> {
+        let index = self.index.load_full();
+        (0..index.slots.len()).filter_map(move |i| {
+            let low = index.slots[i].load(Ordering::Acquire) as u32;
+            let n = low.checked_sub(BIAS)?;
+            Some(Found {
+                org: self.records.get(n as usize)?,
+                number: n,
+            })
+        })
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // Nothing panics while it is held but an allocation failure, which
+        // aborts: a poisoned lock still guards a whole table.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the org `id`: into the record it had before it was deleted, if
+    /// it had one (`reuse` makes that record new again, before any request
+    /// can find it), or else into a new record that `make` builds.
+    pub(crate) fn insert(
+        &self,
+        id: &[u8],
+        make: impl FnOnce() -> Org,
+        reuse: impl FnOnce(&Org),
+    ) -> Result<Found<'_>, TableError> {
+        let mut w = self.writer();
+        if self.get(id).is_some() {
+            return Err(TableError::Exists);
+        }
+        let hash = self.hasher.hash_one(id);
+        let (org, number) = match w.vacant.remove(id) {
+            Some(n) => {
+                let org = self
+                    .records
+                    .get(n as usize)
+                    .expect("a vacant record exists");
+                reuse(org);
+                (org, n)
+            }
+            None => {
+                if w.records >= MAX_ORGS {
+                    return Err(TableError::Full);
+                }
+                let n = w.records;
+                let org = self.records.put(n, make());
+                w.records += 1;
+                (org, n as u32)
+            }
+        };
+        debug_assert_eq!(org.id_bytes(), id);
+        let live = self.live.load(Ordering::Relaxed) + 1;
+        let index = self.index.load();
+        if over_load(live + w.tombstones, index.slots.len()) {
+            drop(index);
+            // Doubled, so a table grown one org at a time rebuilds
+            // log(n) times.
+            self.rebuild(&mut w, slots_for(live * 2));
+        }
+        let index = self.index.load();
+        let slot = index
+            .probe(hash)
+            .find(|s| {
+                let word = s.load(Ordering::Relaxed);
+                word == EMPTY || word as u32 == TOMBSTONE
+            })
+            .expect("the index is never full");
+        if slot.load(Ordering::Relaxed) != EMPTY {
+            w.tombstones -= 1;
+        }
+        // Release: a reader that sees the slot sees the whole record.
+        slot.store(slot_of(hash, number), Ordering::Release);
+        self.live.store(live, Ordering::Relaxed);
+        Ok(Found { org, number })
+    }
+
+    /// Takes the org `id` out of the index; its record is kept for the id.
+    pub(crate) fn remove(&self, id: &[u8]) -> Option<Found<'_>> {
+        let mut w = self.writer();
+        let hash = self.hasher.hash_one(id);
+        let index = self.index.load();
+        for slot in index.probe(hash) {
+            let word = slot.load(Ordering::Relaxed);
+            if word == EMPTY {
+                return None;
+            }
+            let Some(n) = record_of(word, hash) else {
+                continue;
+            };
+            let org = self.records.get(n)?;
+            if org.id_bytes() != id {
+                continue;
+            }
+            slot.store(
+                (word & !0xffff_ffff) | u64::from(TOMBSTONE),
+                Ordering::Release,
+            );
+            w.tombstones += 1;
+            w.vacant.insert(org.id_kept(), n as u32);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return Some(Found {
+                org,
+                number: n as u32,
+            });
+        }
+        None
+    }
+
+    /// Builds an index of `slots` slots from the live orgs, and swaps it in.
+    fn rebuild(&self, w: &mut Writer, slots: usize) {
+        let next = Index::with_slots(slots);
+        for found in self.iter() {
+            let hash = self.hasher.hash_one(found.id_bytes());
+            let slot = next
+                .probe(hash)
+                .find(|s| s.load(Ordering::Relaxed) == EMPTY)
+                .expect("a larger index has room");
+            slot.store(slot_of(hash, found.number), Ordering::Relaxed);
+        }
+        // The swap publishes every slot written above.
+        self.index.store(Arc::new(next));
+        w.tombstones = 0;
+    }
+}
+
+impl std::fmt::Debug for OrgTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgTable")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::clock::Timestamp;
+    use crate::org::{Actor, IdPages, LimitOverrides, Limits, OrgId, OrgState};
+
+    fn org(id: &str, pages: &mut IdPages) -> Org {
+        let state = OrgState::provisioned(
+            Timestamp::from_secs(1_700_000_000),
+            Actor::System,
+            None,
+            LimitOverrides::default(),
+        )
+        .next;
+        Org::new(
+            &OrgId::parse(id).unwrap(),
+            pages,
+            state,
+            1,
+            Limits::default(),
+        )
+    }
+
+    fn add(table: &OrgTable, id: &str) -> Result<u32, TableError> {
+        let mut pages = IdPages::default();
+        table
+            .insert(
+                id.as_bytes(),
+                || org(id, &mut pages),
+                |_| panic!("{id} is new"),
+            )
+            .map(|f| f.number())
+    }
+
+    fn ids(table: &OrgTable) -> Vec<String> {
+        let mut all: Vec<String> = table.iter().map(|o| o.id_str().to_owned()).collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn an_org_is_found_by_its_id_and_only_by_it() {
+        let table = OrgTable::with_capacity(0);
+        assert!(table.get(b"acme").is_none());
+        let n = add(&table, "acme").unwrap();
+        let found = table.get(b"acme").unwrap();
+        assert_eq!((found.id_str(), found.number()), ("acme", n));
+        assert!(table.get(b"acm").is_none());
+        assert!(table.get(b"acme2").is_none());
+        assert!(table.get(b"").is_none());
+        assert_eq!(add(&table, "acme"), Err(TableError::Exists));
+        assert_eq!(table.len(), 1);
+    }
+
+    /// Growing one org at a time from an empty index, with a third of the
+    /// orgs deleted on the way (their slots tombstones, which later inserts
+    /// take over or a rebuild drops): every live org is found, no deleted
+    /// one is, and the count agrees.
+    #[test]
+    fn the_index_grows_and_takes_deletions_without_losing_an_org() {
+        let table = OrgTable::with_capacity(0);
+        let mut live = std::collections::BTreeSet::new();
+        for i in 0..5_000 {
+            let id = format!("org-{i}");
+            add(&table, &id).unwrap();
+            live.insert(id);
+            if i % 3 == 2 {
+                let gone = format!("org-{}", i - 1);
+                assert_eq!(table.remove(gone.as_bytes()).unwrap().id_str(), gone);
+                live.remove(&gone);
+            }
+        }
+        assert!(table.remove(b"org-1").is_none(), "already removed");
+        for i in 0..5_000 {
+            let id = format!("org-{i}");
+            assert_eq!(
+                table.get(id.as_bytes()).is_some(),
+                live.contains(&id),
+                "{id}"
+            );
+        }
+        assert_eq!(table.len(), live.len());
+        assert_eq!(ids(&table), live.iter().cloned().collect::<Vec<_>>());
+        let index = table.index.load();
+        assert!(!over_load(table.len(), index.slots.len()));
+    }
+
+    /// A deleted org's record waits for its id: provisioning the id again
+    /// takes the same record back (made new by `reuse`), and another id
+    /// never gets it.
+    #[test]
+    fn a_deleted_orgs_record_is_only_ever_its_own_ids_again() {
+        let table = OrgTable::with_capacity(0);
+        let first = add(&table, "acme").unwrap();
+        table.remove(b"acme").unwrap();
+        assert!(table.get(b"acme").is_none());
+        assert_eq!(table.len(), 0);
+        let other = add(&table, "beta").unwrap();
+        assert_ne!(other, first);
+        let reused = AtomicBool::new(false);
+        let again = table
+            .insert(
+                b"acme",
+                || panic!("the old record is taken back"),
+                |o| {
+                    assert_eq!(o.id_str(), "acme");
+                    reused.store(true, Ordering::Relaxed);
+                },
+            )
+            .unwrap();
+        assert!(reused.load(Ordering::Relaxed));
+        assert_eq!(again.number(), first);
+        assert_eq!(table.get(b"acme").unwrap().number(), first);
+        assert_eq!(table.record(first).unwrap().id_str(), "acme");
+    }
+
+    /// Lookups of orgs that stay while a writer adds thousands more (the
+    /// index rebuilt several times) and deletes and re-adds others: no
+    /// lookup ever misses an org that was there all along, or finds
+    /// another org than the one it asked for.
+    #[test]
+    fn readers_never_miss_an_org_while_the_index_is_rebuilt_beside_them() {
+        let table = OrgTable::with_capacity(0);
+        let steady: Vec<String> = (0..64).map(|i| format!("steady-{i}")).collect();
+        for id in &steady {
+            add(&table, id).unwrap();
+        }
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut lookups = 0u64;
+                        while !done.load(Ordering::Relaxed) || lookups < 10_000 {
+                            for id in &steady {
+                                let found = table.get(id.as_bytes()).expect("a steady org");
+                                assert_eq!(found.id_str(), id);
+                                lookups += 1;
+                            }
+                        }
+                        lookups
+                    })
+                })
+                .collect();
+            for i in 0..20_000 {
+                add(&table, &format!("new-{i}")).unwrap();
+                if i % 4 == 0 {
+                    let id = format!("new-{}", i / 2);
+                    if table.remove(id.as_bytes()).is_some() {
+                        let mut pages = IdPages::default();
+                        table
+                            .insert(id.as_bytes(), || org(&id, &mut pages), |_| {})
+                            .unwrap();
+                    }
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+            for r in readers {
+                assert!(r.join().unwrap() >= 10_000);
+            }
+        });
+        assert_eq!(table.len(), 64 + 20_000);
+    }
+
+    /// Presized for what it will hold, the index is about 8 slots in 7
+    /// (not the next power of two), and filling it rebuilds nothing.
+    #[test]
+    fn a_presized_index_is_not_rebuilt_while_it_fills() {
+        let n = 1_000;
+        let table = OrgTable::with_capacity(n);
+        let before = Arc::as_ptr(&table.index.load_full());
+        for i in 0..n {
+            add(&table, &format!("org-{i}")).unwrap();
+        }
+        let index = table.index.load_full();
+        assert_eq!(Arc::as_ptr(&index), before);
+        assert_eq!(index.slots.len(), slots_for(n));
+        assert!(index.slots.len() < n * 8 / 7 + 3);
+    }
+}
