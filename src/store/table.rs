@@ -21,13 +21,18 @@
 //! a deleted id's record (about 170 bytes) stays until the process restarts,
 //! unless the id comes back.
 //!
-//! Readers take no lock: the index is behind an [`ArcSwap`] (one load, no
-//! shared write), its slots are atomics written with release ordering after
-//! the record they name is complete, and a record is reached through
-//! [`OnceLock`]s. Writers (provisioning, deleting, loading) are serialized
-//! by one mutex; the index grows by building a larger one beside it and
-//! swapping it in, so a reader never sees a table in the middle of a resize.
+//! Readers take no lock and write nothing shared: the index's slots are
+//! atomics written with release ordering after the record they name is
+//! complete, and a record is reached through [`OnceLock`]s. Writers
+//! (provisioning, deleting, loading) are serialized by one mutex; the index
+//! grows by building a larger one beside it and swapping it in (an
+//! [`ArcSwap`], and a generation number), so a reader never sees a table in
+//! the middle of a resize. A thread keeps the index it last probed, and
+//! probes it again while the generation is unchanged: an `ArcSwap` load on
+//! every lookup cost about 110 instructions, most of the lookup's
+//! (BENCHMARKS.md, "Issue 17, sixth round").
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -69,8 +74,28 @@ fn slots_for(n: usize) -> usize {
     (n.max(8) * 8).div_ceil(7) + 1
 }
 
+/// Tables made in this process, numbered: what a thread's cached index is
+/// kept by (an address could be a dropped table's).
+static TABLES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The index this thread last probed: of which table, at which
+    /// generation. Holds that index until the thread probes another.
+    static CACHED: Cell<Option<Cached>> = const { Cell::new(None) };
+}
+
+struct Cached {
+    table: u64,
+    generation: u64,
+    index: Arc<Index>,
+}
+
 /// Every org's record, found by its id's bytes.
 pub(crate) struct OrgTable {
+    /// This table's number ([`TABLES`]).
+    number: u64,
+    /// How many times the index was swapped; bumped after each swap.
+    generation: AtomicU64,
     index: ArcSwap<Index>,
     records: Arena,
     hasher: foldhash::fast::RandomState,
@@ -198,6 +223,8 @@ impl OrgTable {
     /// An empty table with room in its index for `n` orgs.
     pub(crate) fn with_capacity(n: usize) -> OrgTable {
         OrgTable {
+            number: TABLES.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             index: ArcSwap::from_pointee(Index::with_slots(slots_for(n))),
             records: Arena::new(),
             hasher: foldhash::fast::RandomState::default(),
@@ -206,13 +233,46 @@ impl OrgTable {
         }
     }
 
+    /// Runs `f` on the current index: this thread's copy of it while the
+    /// generation says it is current, else the swapped-in one, kept.
+    #[inline]
+    fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        // Acquire: pairs with the bump after a swap, so the index loaded
+        // below for a generation is that generation's or a later one.
+        let generation = self.generation.load(Ordering::Acquire);
+        CACHED.with(|cell| {
+            // Taken out and put back (a move each way, no borrow flag): a
+            // lookup within `f`, which no caller makes, would find none
+            // kept and load its own.
+            let kept = cell
+                .take()
+                .filter(|c| c.table == self.number && c.generation == generation);
+            let kept = kept.unwrap_or_else(|| Cached {
+                table: self.number,
+                generation,
+                index: self.index.load_full(),
+            });
+            let found = f(&kept.index);
+            cell.set(Some(kept));
+            found
+        })
+    }
+
     /// The org with id `id`: the request path's lookup.
     #[inline]
     pub(crate) fn get(&self, id: &[u8]) -> Option<Found<'_>> {
         let hash = self.hasher.hash_one(id);
-        let index = self.index.load();
-        for slot in index.probe(hash) {
-            let word = slot.load(Ordering::Acquire);
+        self.with_index(|index| self.find(index, id, hash))
+    }
+
+    #[inline]
+    fn find<'a>(&'a self, index: &Index, id: &[u8], hash: u64) -> Option<Found<'a>> {
+        // `probe` by hand: the request path's loop, without the chained
+        // iterator's state.
+        let slots = &index.slots;
+        let mut i = index.start(hash);
+        for _ in 0..slots.len() {
+            let word = slots[i].load(Ordering::Acquire);
             if word == EMPTY {
                 return None;
             }
@@ -224,6 +284,10 @@ impl OrgTable {
                         number: n as u32,
                     });
                 }
+            }
+            i += 1;
+            if i == slots.len() {
+                i = 0;
             }
         }
         None
@@ -361,8 +425,10 @@ impl OrgTable {
                 .expect("a larger index has room");
             slot.store(slot_of(hash, found.number), Ordering::Relaxed);
         }
-        // The swap publishes every slot written above.
+        // The swap publishes every slot written above; the bump tells the
+        // threads that keep the old index to load this one.
         self.index.store(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::Release);
         w.tombstones = 0;
     }
 }
@@ -539,6 +605,38 @@ mod tests {
             }
         });
         assert_eq!(table.len(), 64 + 20_000);
+    }
+
+    /// A thread that keeps an index from before a swap probes the new one
+    /// once the generation moved: it finds what was added after the swap.
+    /// And one thread alternating between two tables probes each its own.
+    #[test]
+    fn a_thread_gives_up_its_kept_index_when_the_table_grows_or_changes() {
+        let table = OrgTable::with_capacity(0);
+        add(&table, "first").unwrap();
+        let other = OrgTable::with_capacity(0);
+        add(&other, "elsewhere").unwrap();
+        assert!(table.get(b"first").is_some());
+        let generation = table.generation.load(Ordering::Relaxed);
+        for i in 0..100 {
+            add(&table, &format!("org-{i}")).unwrap();
+        }
+        assert!(table.generation.load(Ordering::Relaxed) > generation);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(table.get(b"first").is_some());
+                add(&table, "later").unwrap();
+            });
+        });
+        assert!(table.get(b"later").is_some());
+        for i in 0..100 {
+            assert!(table.get(format!("org-{i}").as_bytes()).is_some());
+        }
+        for _ in 0..3 {
+            assert!(table.get(b"elsewhere").is_none());
+            assert!(other.get(b"elsewhere").is_some());
+            assert!(other.get(b"first").is_none());
+        }
     }
 
     /// Presized for what it will hold, the index is about 8 slots in 7
