@@ -77,8 +77,8 @@ pub trait Backend: Send + Sync + 'static {
     /// starts with this: it builds each org while the backend reads the next
     /// ones, so start-up uses two cores and never holds every record at once
     /// (a million records in one `Vec` would also leave their freed ids as holes
-    /// between the orgs built after them). The default sends all of `load` as
-    /// one batch.
+    /// between the orgs built after them). The default sends the count of
+    /// `load`'s orgs, then all of them as one batch.
     ///
     /// A send that fails means the store stopped reading (it found a problem it
     /// reports itself); the backend may stop too.
@@ -88,7 +88,9 @@ pub trait Backend: Send + Sync + 'static {
                 orgs: all, tokens, ..
             } = self.load().await?;
             // Closed: the store stopped reading and reports why itself.
-            let _ = orgs.send(Loading::Orgs(all)).await;
+            if orgs.send(Loading::Expect(all.len())).await.is_ok() {
+                let _ = orgs.send(Loading::Orgs(all)).await;
+            }
             Ok(tokens)
         })
     }

@@ -321,6 +321,12 @@ impl OrgTable {
         self.records.get(number as usize)
     }
 
+    /// How many times the index was rebuilt.
+    #[cfg(test)]
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     /// Orgs in the table.
     pub(crate) fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)

@@ -610,3 +610,38 @@ async fn an_org_provisioned_again_after_its_delete_starts_with_fresh_counts() {
     assert_eq!(f.store.flush_counts().await.unwrap(), 1);
     assert_eq!(f.store.len(), 1);
 }
+
+/// A store opened over orgs has room for an eighth more before its index is
+/// rebuilt: the first provisionings after a start do not double it.
+#[tokio::test]
+async fn a_reopened_store_provisions_an_eighth_more_orgs_without_rebuilding_its_index() {
+    let f = fixture().await;
+    for i in 0..64 {
+        f.store
+            .provision(
+                OrgId::parse(&format!("org-{i}")).unwrap(),
+                None,
+                LimitOverrides::default(),
+                Actor::Provider,
+            )
+            .await
+            .unwrap();
+    }
+    let reopened = f.reopen().await;
+    assert_eq!(reopened.len(), 64);
+    assert_eq!(reopened.inner.orgs.rebuilds(), 0);
+    for i in 64..72 {
+        reopened
+            .provision(
+                OrgId::parse(&format!("org-{i}")).unwrap(),
+                None,
+                LimitOverrides::default(),
+                Actor::Provider,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(reopened.len(), 72);
+    assert_eq!(reopened.inner.orgs.rebuilds(), 0);
+    assert!(reopened.get(b"org-0").is_some() && reopened.get(b"org-71").is_some());
+}
