@@ -615,32 +615,21 @@ async fn an_org_provisioned_again_after_its_delete_starts_with_fresh_counts() {
 /// rebuilt: the first provisionings after a start do not double it.
 #[tokio::test]
 async fn a_reopened_store_provisions_an_eighth_more_orgs_without_rebuilding_its_index() {
-    let f = fixture().await;
-    for i in 0..64 {
-        f.store
-            .provision(
-                OrgId::parse(&format!("org-{i}")).unwrap(),
-                None,
-                LimitOverrides::default(),
-                Actor::Provider,
-            )
-            .await
-            .unwrap();
+    async fn provision(store: &Store, ids: std::ops::Range<usize>) {
+        for i in ids {
+            let id = OrgId::parse(&format!("org-{i}")).unwrap();
+            store
+                .provision(id, None, LimitOverrides::default(), Actor::Provider)
+                .await
+                .unwrap();
+        }
     }
+    let f = fixture().await;
+    provision(&f.store, 0..64).await;
     let reopened = f.reopen().await;
     assert_eq!(reopened.len(), 64);
     assert_eq!(reopened.inner.orgs.rebuilds(), 0);
-    for i in 64..72 {
-        reopened
-            .provision(
-                OrgId::parse(&format!("org-{i}")).unwrap(),
-                None,
-                LimitOverrides::default(),
-                Actor::Provider,
-            )
-            .await
-            .unwrap();
-    }
+    provision(&reopened, 64..72).await;
     assert_eq!(reopened.len(), 72);
     assert_eq!(reopened.inner.orgs.rebuilds(), 0);
     assert!(reopened.get(b"org-0").is_some() && reopened.get(b"org-71").is_some());
