@@ -285,11 +285,17 @@ impl OrgTable {
     #[inline]
     pub(crate) fn get(&self, id: &[u8]) -> Option<Found<'_>> {
         let hash = self.hasher.hash_one(id);
-        self.with_index(|index| self.find(index, id, hash))
+        self.with_index(|index| self.find(index, id, hash).map(|(_, found)| found))
     }
 
+    /// The org `id` (hashed to `hash`) in `index`, and its slot.
     #[inline]
-    fn find<'a>(&'a self, index: &Index, id: &[u8], hash: u64) -> Option<Found<'a>> {
+    fn find<'a, 'i>(
+        &'a self,
+        index: &'i Index,
+        id: &[u8],
+        hash: u64,
+    ) -> Option<(&'i AtomicU64, Found<'a>)> {
         // `probe` by hand: the request path's loop, without the chained
         // iterator's state.
         let slots = &index.slots;
@@ -302,10 +308,11 @@ impl OrgTable {
             if let Some(n) = record_of(word, hash) {
                 let org = self.records.get(n)?;
                 if same_id(org.id_bytes(), id) {
-                    return Some(Found {
+                    let found = Found {
                         org,
                         number: n as u32,
-                    });
+                    };
+                    return Some((&slots[i], found));
                 }
             }
             i += 1;
@@ -416,31 +423,16 @@ impl OrgTable {
         let mut w = self.writer();
         let hash = self.hasher.hash_one(id);
         let index = self.index.load();
-        for slot in index.probe(hash) {
-            let word = slot.load(Ordering::Relaxed);
-            if word == EMPTY {
-                return None;
-            }
-            let Some(n) = record_of(word, hash) else {
-                continue;
-            };
-            let org = self.records.get(n)?;
-            if org.id_bytes() != id {
-                continue;
-            }
-            slot.store(
-                (word & !0xffff_ffff) | u64::from(TOMBSTONE),
-                Ordering::Release,
-            );
-            w.tombstones += 1;
-            w.vacant.insert(org.id_kept(), n as u32);
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            return Some(Found {
-                org,
-                number: n as u32,
-            });
-        }
-        None
+        let (slot, found) = self.find(&index, id, hash)?;
+        let word = slot.load(Ordering::Relaxed);
+        slot.store(
+            (word & !0xffff_ffff) | u64::from(TOMBSTONE),
+            Ordering::Release,
+        );
+        w.tombstones += 1;
+        w.vacant.insert(found.id_kept(), found.number);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        Some(found)
     }
 
     /// Builds an index of `slots` slots from the live orgs, and swaps it in.
