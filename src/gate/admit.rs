@@ -10,15 +10,13 @@ use super::Gate;
 use crate::answer::Refusal;
 use crate::key::ApiKey;
 use crate::limit::{Count, Spent};
-use crate::org::{Org, OrgId};
+use crate::org::Org;
 use crate::store::{Found, OrgRef};
 
 /// What the gate decided about one request.
 pub(crate) enum Admission {
     /// Forward it, as this org, stripping this many bytes of path.
     Allow {
-        /// The org, for the `x-org-id` header and the request's extensions.
-        org: OrgId,
         /// See [`Named::prefix_len`](super::resolve::Named).
         prefix_len: usize,
     },
@@ -27,8 +25,6 @@ pub(crate) enum Admission {
     /// A call with a session: forward it as [`Allow`](Admission::Allow)
     /// does, and without the session cookie.
     AllowSession {
-        /// The org.
-        org: OrgId,
         /// See [`Named::prefix_len`](super::resolve::Named).
         prefix_len: usize,
     },
@@ -213,15 +209,9 @@ impl Gate {
             return Admission::Refuse(Refusal::RateLimited(limited));
         }
         if session {
-            return Admission::AllowSession {
-                org: org.id(),
-                prefix_len,
-            };
+            return Admission::AllowSession { prefix_len };
         }
-        Admission::Allow {
-            org: org.id(),
-            prefix_len,
-        }
+        Admission::Allow { prefix_len }
     }
 
     /// Whether the method, or a method an override header names, is one the

@@ -6,13 +6,13 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, BytesMut};
 use http::header::HeaderName;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use tower_service::Service;
 
 use super::admit::Admission;
 use super::future::Next;
 use super::session::{Answer, SessionPath, MAX_LOGIN_BODY};
-use super::{Gate, GateConfig, KeyGateLayer, ResponseFuture};
+use super::{Gate, GateConfig, KeyGateLayer, OrgSource, ResponseFuture};
 use crate::answer::Refusal;
 use crate::org::OrgId;
 use crate::store::Store;
@@ -119,14 +119,13 @@ where
         // The key header is not marked sensitive: an admitted request loses it
         // before the inner service sees it, and a refused one is dropped here.
         match self.gate.admit(req.method(), req.uri(), req.headers()) {
-            Admission::Allow { org, prefix_len } => {
-                forward(&mut req, &self.gate.config, org, prefix_len);
+            Admission::Allow { prefix_len } => {
+                forward(&mut req, &self.gate.config, prefix_len, false);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
-            Admission::AllowSession { org, prefix_len } => {
-                crate::session::strip_session(req.headers_mut());
-                forward(&mut req, &self.gate.config, org, prefix_len);
+            Admission::AllowSession { prefix_len } => {
+                forward(&mut req, &self.gate.config, prefix_len, true);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Answer(answer) => ResponseFuture::answered(answer),
@@ -183,13 +182,12 @@ where
                         other => other,
                     };
                     match admission {
-                        Admission::Allow { org, prefix_len } => {
-                            forward(&mut req, &gate.config, org, prefix_len);
+                        Admission::Allow { prefix_len } => {
+                            forward(&mut req, &gate.config, prefix_len, false);
                             Next::Call(inner.call(req))
                         }
-                        Admission::AllowSession { org, prefix_len } => {
-                            crate::session::strip_session(req.headers_mut());
-                            forward(&mut req, &gate.config, org, prefix_len);
+                        Admission::AllowSession { prefix_len } => {
+                            forward(&mut req, &gate.config, prefix_len, true);
                             Next::Call(inner.call(req))
                         }
                         Admission::Refuse(r @ Refusal::RateLimited(_)) => {
@@ -229,13 +227,12 @@ where
                         Taken::Unavailable => return Next::Refuse(Refusal::ClusterUnavailable),
                     }
                     match gate.finish(&org, req.method(), req.headers(), prefix_len, session) {
-                        Admission::Allow { org, prefix_len } => {
-                            forward(&mut req, &gate.config, org, prefix_len);
+                        Admission::Allow { prefix_len } => {
+                            forward(&mut req, &gate.config, prefix_len, false);
                             Next::Call(inner.call(req))
                         }
-                        Admission::AllowSession { org, prefix_len } => {
-                            crate::session::strip_session(req.headers_mut());
-                            forward(&mut req, &gate.config, org, prefix_len);
+                        Admission::AllowSession { prefix_len } => {
+                            forward(&mut req, &gate.config, prefix_len, true);
                             Next::Call(inner.call(req))
                         }
                         Admission::Refuse(r @ Refusal::RateLimited(_)) if session => {
@@ -254,44 +251,72 @@ where
     }
 }
 
-/// Prepares an admitted request for the inner service: the key header goes, the
-/// org goes in `x-org-id` (and the extensions, if configured), and in path mode
-/// the org's segment leaves the path.
+/// Prepares an admitted request for the inner service: the key header goes
+/// (and, for a call with a session, the session's cookie), the org goes in
+/// `x-org-id` (and the extensions, if configured), and in path mode the
+/// org's segment leaves the path.
 ///
-/// Allocations here are the ones `http` forces: the extensions map on its first
-/// insert, and, in path mode, the new path (one buffer; the `x-org-id` value
-/// shares the store's copy of the id's bytes, a reference count).
-fn forward<B>(req: &mut Request<B>, config: &GateConfig, org: OrgId, prefix_len: usize) {
+/// The org's id is taken from the request, not from the store: in header
+/// mode the value it came in (a reference count on the connection's read
+/// buffer), in path mode the bytes of the segment, copied into the buffer
+/// of the new path. Made from the org's record instead, it was one more
+/// cache line to fetch per request (BENCHMARKS.md, "Issue 17, seventh
+/// round").
+///
+/// Allocations here are the ones `http` forces: the extensions map on its
+/// first insert, and, in path mode, the new path: one buffer holding the id
+/// and the path, and the count `bytes` allocates to share it between them.
+fn forward<B>(req: &mut Request<B>, config: &GateConfig, prefix_len: usize, session: bool) {
+    // Read before anything is removed: a layer's config may name one
+    // header for both the key and the org.
+    let id = match &config.org_from {
+        OrgSource::Path => Some(strip_path_prefix(req.uri_mut(), prefix_len)),
+        // The one well-formed value the gate admitted the request by.
+        OrgSource::Header(name) => req.headers().get(name).cloned(),
+    };
     let headers = req.headers_mut();
     headers.remove(&config.key_header);
-    if config.org_extension {
-        headers.insert(X_ORG_ID, org.header_value().clone());
-        req.extensions_mut().insert(org);
-    } else {
-        headers.insert(X_ORG_ID, org.into_header_value());
+    if session {
+        crate::session::strip_session(headers);
     }
-    if prefix_len > 0 {
-        strip_path_prefix(req.uri_mut(), prefix_len);
+    let Some(id) = id else {
+        // Not reached: the gate admitted the request by this header. A
+        // client's own `x-org-id` must not reach the service in any case.
+        headers.remove(X_ORG_ID);
+        return;
+    };
+    if config.org_extension {
+        headers.insert(X_ORG_ID, id.clone());
+        req.extensions_mut().insert(OrgId::from_admitted(id));
+    } else {
+        headers.insert(X_ORG_ID, id);
     }
 }
 
 /// `/acme/v1/users?x=1` with `prefix_len` 5 becomes `/v1/users?x=1`; `/acme` and
-/// `/acme?x=1` become `/` and `/?x=1`.
-fn strip_path_prefix(uri: &mut Uri, prefix_len: usize) {
+/// `/acme?x=1` become `/` and `/?x=1`. Returns the id's bytes (`acme`), which
+/// share the new path's buffer.
+fn strip_path_prefix(uri: &mut Uri, prefix_len: usize) -> HeaderValue {
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let id = pq.get(1..prefix_len).unwrap_or("");
     let rest = pq.get(prefix_len..).unwrap_or("");
-    // Exactly sized: a spare byte would make `freeze` reallocate.
-    let mut buf = BytesMut::with_capacity(rest.len() + usize::from(!rest.starts_with('/')));
-    if !rest.starts_with('/') {
+    let slash = !rest.starts_with('/');
+    let mut buf = BytesMut::with_capacity(id.len() + usize::from(slash) + rest.len());
+    buf.put_slice(id.as_bytes());
+    if slash {
         buf.put_u8(b'/');
     }
     buf.put_slice(rest.as_bytes());
+    let id = buf.split_to(id.len()).freeze();
     let mut parts = std::mem::take(uri).into_parts();
     // A suffix of a valid path-and-query, after a '/', is a valid path-and-query,
     // and replacing the path of a valid URI keeps it valid.
     parts.path_and_query =
         Some(PathAndQuery::from_maybe_shared(buf.freeze()).expect("suffix of a valid path"));
     *uri = Uri::from_parts(parts).expect("a valid URI with a valid path");
+    // The segment the gate admitted the request by: a well-formed id, and
+    // so a valid header value.
+    HeaderValue::from_maybe_shared(id).expect("an org id is a valid header value")
 }
 
 #[cfg(test)]
@@ -300,7 +325,8 @@ mod tests {
 
     fn stripped(uri: &str, n: usize) -> String {
         let mut uri: Uri = uri.parse().unwrap();
-        strip_path_prefix(&mut uri, n);
+        let id = strip_path_prefix(&mut uri, n);
+        assert_eq!(id, "acme");
         uri.to_string()
     }
 

@@ -92,10 +92,25 @@ impl OrgId {
     /// sharing the page, built without allocating. Checks the bytes again (a
     /// vectorized pass over at most 64 bytes), as `http` offers no safe way
     /// around it.
-    pub(crate) fn from_kept(bytes: Bytes) -> OrgId {
+    fn from_kept(bytes: Bytes) -> OrgId {
         // `IdPages::keep` only ever returns the bytes of a valid id, which are
         // visible ASCII: the header value check cannot fail on them.
         OrgId(HeaderValue::from_maybe_shared(bytes).expect("kept bytes are a valid org id"))
+    }
+
+    /// The id a request the gate admitted named, as the header value it
+    /// came in (header mode) or the bytes the gate copied out of its path
+    /// (path mode): checked well-formed by the gate already.
+    pub(crate) fn from_admitted(value: HeaderValue) -> OrgId {
+        debug_assert!(Self::is_valid(value.as_bytes()));
+        OrgId(value)
+    }
+
+    /// A copy of the bytes of an id known to be valid (an id a record
+    /// holds): one allocation.
+    pub(crate) fn from_held(bytes: &[u8]) -> OrgId {
+        debug_assert!(Self::is_valid(bytes));
+        OrgId(HeaderValue::from_bytes(bytes).expect("a held id is a valid org id"))
     }
 
     /// The id as a string.
@@ -112,13 +127,6 @@ impl OrgId {
     /// The id as a ready-made header value (a cheap, reference-counted clone).
     pub fn header_value(&self) -> &HeaderValue {
         &self.0
-    }
-
-    /// The id as the header value it is, without a clone (a clone of an id
-    /// kept on the store's pages is a reference count on a page that many
-    /// orgs share).
-    pub(crate) fn into_header_value(self) -> HeaderValue {
-        self.0
     }
 }
 
@@ -187,28 +195,15 @@ impl<'de> serde::Deserialize<'de> for OrgId {
     }
 }
 
-/// Where a store keeps its orgs' ids: the bytes of many ids packed into
-/// shared, reference-counted pages, so that an [`Org`](super::Org) holds its id
-/// as a 32-byte [`Bytes`] slice of a page, and turns it into the `x-org-id`
-/// header value of each forwarded request with a reference count increment,
-/// no allocation.
+/// Pages that a backend's loader parses ids onto: the bytes of many ids
+/// packed into shared, reference-counted pages, so that loading a million
+/// orgs does not allocate (and then free) a buffer per id. The store copies
+/// each id into its org's record ([`HeldId`]) and drops the loaded
+/// [`OrgId`]s, so the pages live only as long as the load's batches.
 ///
-/// A page is freed when the last id on it is dropped: the ids belong to the
-/// store that made them, and a process that opens stores again and again
-/// (tests, fuzzing) does not accumulate them. (They used to be interned for
-/// the life of the process, which made every open leak its ids.)
-///
-/// Measured with `tests/store_memory.rs`'s counting allocator: 50 opens of a
-/// store of 1,000 orgs leave the heap as it was (interned, they grew it by
-/// 786,496 bytes), and an open store asks for 246 bytes per org. An id costs
-/// its length on a page plus, in [`Org`](super::Org), 16 bytes more than the
-/// interned two words did: `keygate serve` (release build) over 100,000 orgs
-/// had 30.6 MB resident with interned ids and 32.2 MB with kept ones, two
-/// starts each. One allocation per id instead (an exactly sized
-/// buffer, plus the shared count `Bytes` allocates on its first clone) would
-/// add two more heap chunks per org, 32 bytes each with glibc. Pages of 4 KiB
-/// keep the orgs that share one reference count to a few hundred: cores
-/// forwarding for orgs on one page touch one count.
+/// (Records held their ids on such pages until issue 17's seventh round:
+/// a 32-byte `Bytes` handle and the id's bytes elsewhere, one more cache
+/// miss per lookup at a million orgs.)
 #[derive(Debug, Default)]
 pub(crate) struct IdPages {
     /// The rest of the current page.
@@ -221,7 +216,8 @@ impl IdPages {
 
     /// Copies `id`'s bytes onto the current page (a new one when it is full)
     /// and returns them, sharing the page.
-    pub(crate) fn keep(&mut self, id: &OrgId) -> Bytes {
+    #[cfg(test)]
+    fn keep(&mut self, id: &OrgId) -> Bytes {
         self.keep_bytes(id.as_bytes())
     }
 
@@ -234,6 +230,136 @@ impl IdPages {
         self.free.extend_from_slice(bytes);
         self.free.split_to(bytes.len()).freeze()
     }
+}
+
+/// Bytes an id of up to this many is held in [`HeldId::head`] whole.
+const HEAD: usize = 16;
+
+/// The mark in a long id's [`HeldId::head`], where its 16th byte would be:
+/// no id byte, so no id of 16 bytes or fewer has a head equal to a long
+/// id's.
+const LONG: u8 = 0xff;
+
+/// An org's id as its record holds it: in the record itself, so that a
+/// lookup confirms the org it found without a cache miss on a buffer of
+/// the id's own.
+///
+/// An id of up to 16 bytes (most) is `head`, padded with zeros (no id byte
+/// is 0, so the padding marks the end). A longer one is `long`, whole and
+/// padded the same way, with its first 15 bytes and [`LONG`] in `head`. 24
+/// bytes, where a `Bytes` handle on a shared page was 32 and the id's bytes
+/// on the page about 10 more.
+#[derive(Debug)]
+pub(crate) struct HeldId {
+    head: [u8; HEAD],
+    long: Option<Box<[u8; OrgId::MAX_LEN]>>,
+}
+
+impl HeldId {
+    /// Holds `id`, a well-formed org id.
+    pub(crate) fn new(id: &[u8]) -> HeldId {
+        debug_assert!(OrgId::is_valid(id));
+        let key = IdKey::new(id);
+        let long = (id.len() > HEAD).then(|| {
+            let mut long = Box::new([0; OrgId::MAX_LEN]);
+            long[..id.len()].copy_from_slice(id);
+            long
+        });
+        HeldId {
+            head: key.head,
+            long,
+        }
+    }
+
+    /// The id's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        let padded: &[u8] = match &self.long {
+            Some(long) => &long[..],
+            None => &self.head,
+        };
+        let len = padded.iter().position(|&b| b == 0).unwrap_or(padded.len());
+        &padded[..len]
+    }
+
+    /// Whether this is the id `key` was made from: one 16-byte compare for
+    /// an id of up to 16 bytes, what the request path's lookup does.
+    #[inline]
+    pub(crate) fn matches(&self, key: &IdKey<'_>) -> bool {
+        if self.head != key.head {
+            return false;
+        }
+        if key.bytes.len() <= HEAD {
+            // Equal heads of a short id: the same id (a long one's head
+            // holds `LONG`, which a short one's never does).
+            return true;
+        }
+        let n = key.bytes.len();
+        self.long
+            .as_deref()
+            .is_some_and(|long| long[..n] == *key.bytes && long.get(n).is_none_or(|&b| b == 0))
+    }
+}
+
+/// A well-formed id about to be looked up: its bytes, and its head as
+/// [`HeldId`] holds it, built from at most four loads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdKey<'a> {
+    bytes: &'a [u8],
+    head: [u8; HEAD],
+}
+
+impl<'a> IdKey<'a> {
+    /// The key of `id`, a well-formed org id.
+    #[inline]
+    pub(crate) fn new(id: &'a [u8]) -> IdKey<'a> {
+        IdKey {
+            bytes: id,
+            head: head_of(id),
+        }
+    }
+
+    /// The key's hash by `hasher`: of the head alone, two words, for an id
+    /// of up to 16 bytes; of the bytes for a longer one.
+    #[inline]
+    pub(crate) fn hash(&self, hasher: &impl std::hash::BuildHasher) -> u64 {
+        if self.bytes.len() <= HEAD {
+            hasher.hash_one(u128::from_le_bytes(self.head))
+        } else {
+            hasher.hash_one(self.bytes)
+        }
+    }
+}
+
+/// `id`'s first 16 bytes padded with zeros, as words: an id of 8 to 16
+/// bytes is two overlapping 8-byte loads (the second shifted down past
+/// the bytes both hold), of 4 to 7 two 4-byte loads, and only an id of 3
+/// or fewer is copied a byte at a time. A longer id's first 15 bytes, and
+/// [`LONG`].
+#[inline]
+fn head_of(id: &[u8]) -> [u8; HEAD] {
+    let n = id.len();
+    let le8 = |at: usize| u64::from_le_bytes(id[at..at + 8].try_into().expect("8 bytes"));
+    let le4 = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            id[at..at + 4].try_into().expect("4 bytes"),
+        ))
+    };
+    let words = match n {
+        8..=HEAD => {
+            let high = le8(n - 8).checked_shr(8 * (HEAD - n) as u32).unwrap_or(0);
+            [le8(0), high]
+        }
+        4..=7 => [le4(0) | le4(n - 4) << (8 * (n - 4)), 0],
+        0..=3 => [
+            id.iter().rev().fold(0, |word, &b| word << 8 | u64::from(b)),
+            0,
+        ],
+        _ => [le8(0), (le8(8) & !(0xff << 56)) | u64::from(LONG) << 56],
+    };
+    let mut head = [0; HEAD];
+    head[..8].copy_from_slice(&words[0].to_le_bytes());
+    head[8..].copy_from_slice(&words[1].to_le_bytes());
+    head
 }
 
 #[cfg(test)]
@@ -366,6 +492,63 @@ mod tests {
         let next = pages.keep(&long);
         assert_ne!(next.as_ptr(), prev.as_ptr().wrapping_add(64));
         assert_eq!(next, prev);
+    }
+
+    /// Ids of every length from 1 to 64, and ids that share all but their
+    /// last byte, or a prefix, with another: around 16 bytes, where a head
+    /// stops holding the whole id.
+    fn tricky_ids() -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in 1..=OrgId::MAX_LEN {
+            let id: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let mut last = id.clone();
+            last.pop();
+            last.push('9');
+            ids.extend([id, last]);
+        }
+        for n in [14, 15, 16, 17, 18, 32, 63, 64] {
+            ids.push("z".repeat(n));
+            ids.push(format!("{}-", "z".repeat(n - 1)));
+        }
+        ids.push("0".into());
+        ids.push("a-b".into());
+        ids
+    }
+
+    #[test]
+    fn a_held_id_gives_back_its_bytes_and_matches_only_its_own_key() {
+        let ids = tricky_ids();
+        let held: Vec<HeldId> = ids.iter().map(|id| HeldId::new(id.as_bytes())).collect();
+        for (id, h) in ids.iter().zip(&held) {
+            assert_eq!(h.as_bytes(), id.as_bytes());
+            assert_eq!(h.long.is_some(), id.len() > HEAD, "{id}");
+        }
+        let hasher = foldhash::fast::FixedState::with_seed(7);
+        for a in &ids {
+            let key = IdKey::new(a.as_bytes());
+            for (b, h) in ids.iter().zip(&held) {
+                assert_eq!(h.matches(&key), a == b, "{a} against {b}");
+                if a == b {
+                    let again = IdKey::new(h.as_bytes());
+                    assert_eq!(again.hash(&hasher), key.hash(&hasher));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_is_the_id_padded_with_zeros_or_a_long_ids_mark() {
+        for id in tricky_ids() {
+            let head = head_of(id.as_bytes());
+            let mut want = [0; HEAD];
+            if id.len() <= HEAD {
+                want[..id.len()].copy_from_slice(id.as_bytes());
+            } else {
+                want[..HEAD - 1].copy_from_slice(&id.as_bytes()[..HEAD - 1]);
+                want[HEAD - 1] = LONG;
+            }
+            assert_eq!(head, want, "{id}");
+        }
     }
 
     #[test]

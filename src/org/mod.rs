@@ -15,11 +15,10 @@ mod state;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
-
 pub use error::OpError;
 pub(crate) use hot::Hot;
-pub(crate) use id::IdPages;
+use id::HeldId;
+pub(crate) use id::{IdKey, IdPages};
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
 pub(crate) use state::StateFields;
@@ -33,15 +32,15 @@ use hot::HotCell;
 ///
 /// `repr(C)` keeps the fields in the order written: what only admin work
 /// reads first, then everything a request reads and writes (when the key
-/// was last used, the id it is found by, the counters, the state's hot
-/// part) in the record's last 100 bytes, which the org table's arena
-/// follows with the 4-byte state of the record's `OnceLock`, read by every
-/// lookup. Records are 160 bytes apart, so half of them start on a cache
-/// line and half 32 bytes into one: those 104 bytes span two lines for the
-/// second half and three for the first, where with the request's part first
-/// (and the `OnceLock`'s word 48 bytes after it) every record took three.
-/// At 1,000,000 orgs every line is a cache miss (BENCHMARKS.md, "Issue 17,
-/// sixth round").
+/// was last used, the id it is found by, held in the record itself, the
+/// counters, the state's hot part) in the record's last 92 bytes, which the
+/// org table's arena follows with the 4-byte state of the record's
+/// `OnceLock`, read by every lookup. Records are 152 bytes apart, so those
+/// 96 bytes span two cache lines for five records in eight and three for
+/// the rest, where with the request's part first (and the `OnceLock`'s word
+/// 48 bytes after it) every record took three. At 1,000,000 orgs every
+/// line is a cache miss (BENCHMARKS.md, "Issue 17, sixth and seventh
+/// rounds").
 ///
 /// The state in force is in two parts, written together under `cold`'s
 /// mutex: [`Hot`], what a request needs, in a seqlock of atomics that a
@@ -60,8 +59,8 @@ pub struct Org {
     /// seconds since the Unix epoch; 0 for never. Written only when the
     /// second changes, so a busy org's calls mostly read it.
     last_used: AtomicU32,
-    /// The id's bytes, on one of the store's [`IdPages`].
-    id: Bytes,
+    /// The id, in the record: what a lookup compares.
+    id: HeldId,
     rate: RateLimiter,
     calls: CallCounter,
     hot: HotCell,
@@ -178,17 +177,11 @@ fn split(state: OrgState, version: u64, defaults: Limits) -> (Hot, Cold) {
 }
 
 impl Org {
-    /// The live org `id` at `version` of its state, its bytes kept on `pages`.
-    pub(crate) fn new(
-        id: &OrgId,
-        pages: &mut IdPages,
-        state: OrgState,
-        version: u64,
-        defaults: Limits,
-    ) -> Org {
+    /// The live org `id` at `version` of its state.
+    pub(crate) fn new(id: &OrgId, state: OrgState, version: u64, defaults: Limits) -> Org {
         let (hot, cold) = split(state, version, defaults);
         Org {
-            id: pages.keep(id),
+            id: HeldId::new(id.as_bytes()),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
             last_used: AtomicU32::new(0),
@@ -198,26 +191,27 @@ impl Org {
         }
     }
 
-    /// The org's id. Builds a header value over the kept bytes: a reference
-    /// count increment, no allocation.
+    /// The org's id: a copy, one allocation (the request path never asks
+    /// for it: `x-org-id` is made from the request's own bytes).
     pub fn id(&self) -> OrgId {
-        OrgId::from_kept(self.id.clone())
+        OrgId::from_held(self.id.as_bytes())
     }
 
     /// The org's id as a string.
     pub fn id_str(&self) -> &str {
-        // Kept from a valid id: ASCII, so this never falls back.
-        std::str::from_utf8(&self.id).unwrap_or_default()
+        // Held from a valid id: ASCII, so this never falls back.
+        std::str::from_utf8(self.id.as_bytes()).unwrap_or_default()
     }
 
     /// The org's id as bytes, for hashing and comparing without an [`OrgId`].
     pub fn id_bytes(&self) -> &[u8] {
-        &self.id
+        self.id.as_bytes()
     }
 
-    /// The id's bytes as kept (a reference count on their page).
-    pub(crate) fn id_kept(&self) -> Bytes {
-        self.id.clone()
+    /// Whether this is the org `key` names: the lookup's check.
+    #[inline]
+    pub(crate) fn is(&self, key: &IdKey<'_>) -> bool {
+        self.id.matches(key)
     }
 
     /// What a request needs of the state in force, read without a lock:
@@ -350,30 +344,31 @@ mod tests {
     use crate::key::ApiKey;
 
     /// There is one record per org: at 1,000,000 orgs every 16 bytes of it
-    /// is 16 MB (BENCHMARKS.md, "Item 4"). 152 bytes, and 160 in the org
-    /// table's arena (its `OnceLock`'s state word).
+    /// is 16 MB (BENCHMARKS.md, "Item 4"). 144 bytes, and 152 in the org
+    /// table's arena (its `OnceLock`'s state word); the id is 24 of them.
     #[test]
-    fn an_org_takes_152_bytes() {
+    fn an_org_takes_144_bytes() {
         assert_eq!(std::mem::size_of::<Actor>(), 16);
         assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 48);
+        assert_eq!(std::mem::size_of::<HeldId>(), 24);
         assert!(
-            std::mem::size_of::<Org>() <= 152,
+            std::mem::size_of::<Org>() <= 144,
             "Org is {} bytes",
             std::mem::size_of::<Org>()
         );
-        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 160);
+        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 152);
     }
 
     /// What a request touches (see `Org`): when the key was last used, the
     /// id, the counters and the hot part of the state, at the record's end,
     /// which the table's `OnceLock` state word follows.
     #[test]
-    fn a_request_reads_only_the_last_100_bytes_of_an_org() {
+    fn a_request_reads_only_the_last_92_bytes_of_an_org() {
         use std::mem::{offset_of, size_of};
         use std::sync::OnceLock;
         let size = size_of::<Org>();
         assert_eq!(offset_of!(Org, hot) + size_of::<HotCell>(), size);
-        assert_eq!(size - offset_of!(Org, last_used), 100);
+        assert_eq!(size - offset_of!(Org, last_used), 92);
         assert!(offset_of!(Org, limited) < offset_of!(Org, last_used));
         assert!(offset_of!(Org, cold) < offset_of!(Org, limited));
         // The `OnceLock`'s value first and its state word after it: what
@@ -407,7 +402,7 @@ mod tests {
 
     fn org(s: OrgState, version: u64) -> Org {
         let id = OrgId::parse("acme").unwrap();
-        Org::new(&id, &mut IdPages::default(), s, version, Limits::default())
+        Org::new(&id, s, version, Limits::default())
     }
 
     /// The two parts together keep every value of every field, including

@@ -83,8 +83,7 @@ pub(crate) use table::Found;
 use crate::clock::{Clock, Timestamp};
 use crate::limit::Spent;
 use crate::org::{
-    Action, Actor, IdPages, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState,
-    Transition,
+    Action, Actor, KeyStatus, LimitOverrides, Limits, OpError, Org, OrgId, OrgState, Transition,
 };
 use crate::session::{ApiUser, PasswordPool, Sessions};
 use crate::token::{self, Role, TokenDigest, TokenRecord};
@@ -176,9 +175,6 @@ struct Inner {
     sessions: Sessions,
     /// Where passwords are hashed and verified.
     passwords: PasswordPool,
-    /// Where provisioning keeps new orgs' ids; dropped with the store, and the
-    /// ids' pages with their last org.
-    id_pages: std::sync::Mutex<IdPages>,
     /// The windows last persisted; held by a flush and by an enable, so the
     /// two never interleave.
     counts: tokio::sync::Mutex<counts::Flushed>,
@@ -320,7 +316,6 @@ impl Store {
         let (batches, mut received) = tokio::sync::mpsc::channel(LOAD_QUEUE);
         let build = async {
             let mut orgs = OrgTable::with_capacity(0);
-            let mut pages = IdPages::default();
             while let Some(loading) = received.recv().await {
                 match loading {
                     // A hint, not a promise: a damaged file could claim any count.
@@ -332,7 +327,7 @@ impl Store {
                         for OrgRecord { id, state, version } in batch {
                             let made = orgs.insert(
                                 id.as_bytes(),
-                                || Org::new(&id, &mut pages, state, version, defaults),
+                                || Org::new(&id, state, version, defaults),
                                 |_| {},
                             );
                             match made {
@@ -350,9 +345,9 @@ impl Store {
                     }
                 }
             }
-            Ok((orgs, pages))
+            Ok(orgs)
         };
-        let (loaded, (orgs, id_pages)) = tokio::try_join!(backend.load_into(batches), build)?;
+        let (loaded, orgs) = tokio::try_join!(backend.load_into(batches), build)?;
         let persisted_counts = backend.load_counts().await?;
         let backend_lease = backend.lease();
         let shares_calls = backend.shares_calls();
@@ -384,7 +379,6 @@ impl Store {
                 user_writer: tokio::sync::Mutex::new(()),
                 sessions: Sessions::default(),
                 passwords: PasswordPool::default(),
-                id_pages: std::sync::Mutex::new(id_pages),
                 counts: Default::default(),
                 shared: feed.is_some(),
                 follower: std::sync::Mutex::new(None),
@@ -1598,7 +1592,7 @@ impl Store {
     }
 
     /// Adds the org `id`, new here, with `state` at `version`: in a new
-    /// record, its id kept on the store's pages, or in the record it had
+    /// record, or in the record it had
     /// before it was deleted, its counts started over. Its limits are
     /// computed once more after the insert, so that a reload's pass
     /// ([`Store::set_defaults`]) that did not see it yet cannot leave it on
@@ -1607,15 +1601,7 @@ impl Store {
         let defaults = self.defaults();
         let made = self.inner.orgs.insert(
             id.as_bytes(),
-            || {
-                // Nothing panics while the lock is held, so a poisoned one is whole.
-                let mut pages = self
-                    .inner
-                    .id_pages
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                Org::new(id, &mut pages, state.clone(), version, defaults)
-            },
+            || Org::new(id, state.clone(), version, defaults),
             |org| {
                 org.restart_counts();
                 org.replace(state.clone(), version, defaults);

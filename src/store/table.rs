@@ -34,14 +34,12 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 
-use crate::org::Org;
+use crate::org::{IdKey, Org};
 
 /// Records per chunk of the arena: 4,096 (about 650 KB of records; a
 /// chunk is written whole when it is allocated, so this is also what the
@@ -112,7 +110,7 @@ struct Writer {
     /// Tombstones in the current index.
     tombstones: usize,
     /// Deleted orgs' records, by id, for when the id is provisioned again.
-    vacant: HashMap<Bytes, u32>,
+    vacant: HashMap<Box<[u8]>, u32>,
 }
 
 /// The open-addressed index: each slot is a record's number and the top
@@ -156,29 +154,6 @@ fn record_of(word: u64, hash: u64) -> Option<usize> {
 
 /// [`CHUNK`] records, each set once.
 type Chunk = Box<[OnceLock<Org>]>;
-
-/// Whether `a` and `b` are the same id. Ids of 4 to 16 bytes (most) are
-/// compared as two overlapping words each, the first and the last, rather
-/// than through a call to `memcmp`, which was a third of a lookup's
-/// instructions.
-#[inline]
-fn same_id(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    match n {
-        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
-        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
-        _ => a == b,
-    }
-}
-
-/// The `N` bytes of `s` from `at`, if it has them.
-#[inline]
-fn word<const N: usize>(s: &[u8], at: usize) -> Option<[u8; N]> {
-    s.get(at..at + N)?.try_into().ok()
-}
 
 /// Records in chunks that never move.
 struct Arena {
@@ -284,16 +259,17 @@ impl OrgTable {
     /// The org with id `id`: the request path's lookup.
     #[inline]
     pub(crate) fn get(&self, id: &[u8]) -> Option<Found<'_>> {
-        let hash = self.hasher.hash_one(id);
-        self.with_index(|index| self.find(index, id, hash).map(|(_, found)| found))
+        let key = IdKey::new(id);
+        let hash = key.hash(&self.hasher);
+        self.with_index(|index| self.find(index, &key, hash).map(|(_, found)| found))
     }
 
-    /// The org `id` (hashed to `hash`) in `index`, and its slot.
+    /// The org `key` names (hashed to `hash`) in `index`, and its slot.
     #[inline]
     fn find<'a, 'i>(
         &'a self,
         index: &'i Index,
-        id: &[u8],
+        key: &IdKey<'_>,
         hash: u64,
     ) -> Option<(&'i AtomicU64, Found<'a>)> {
         // `probe` by hand: the request path's loop, without the chained
@@ -307,7 +283,7 @@ impl OrgTable {
             }
             if let Some(n) = record_of(word, hash) {
                 let org = self.records.get(n)?;
-                if same_id(org.id_bytes(), id) {
+                if org.is(key) {
                     let found = Found {
                         org,
                         number: n as u32,
@@ -372,7 +348,7 @@ impl OrgTable {
         if self.get(id).is_some() {
             return Err(TableError::Exists);
         }
-        let hash = self.hasher.hash_one(id);
+        let hash = IdKey::new(id).hash(&self.hasher);
         let (org, number) = match w.vacant.remove(id) {
             Some(n) => {
                 let org = self
@@ -421,16 +397,17 @@ impl OrgTable {
     /// Takes the org `id` out of the index; its record is kept for the id.
     pub(crate) fn remove(&self, id: &[u8]) -> Option<Found<'_>> {
         let mut w = self.writer();
-        let hash = self.hasher.hash_one(id);
+        let key = IdKey::new(id);
+        let hash = key.hash(&self.hasher);
         let index = self.index.load();
-        let (slot, found) = self.find(&index, id, hash)?;
+        let (slot, found) = self.find(&index, &key, hash)?;
         let word = slot.load(Ordering::Relaxed);
         slot.store(
             (word & !0xffff_ffff) | u64::from(TOMBSTONE),
             Ordering::Release,
         );
         w.tombstones += 1;
-        w.vacant.insert(found.id_kept(), found.number);
+        w.vacant.insert(id.into(), found.number);
         self.live.fetch_sub(1, Ordering::Relaxed);
         Some(found)
     }
@@ -439,7 +416,7 @@ impl OrgTable {
     fn rebuild(&self, w: &mut Writer, slots: usize) {
         let next = Index::with_slots(slots);
         for found in self.iter() {
-            let hash = self.hasher.hash_one(found.id_bytes());
+            let hash = IdKey::new(found.id_bytes()).hash(&self.hasher);
             let slot = next
                 .probe(hash)
                 .find(|s| s.load(Ordering::Relaxed) == EMPTY)
@@ -468,9 +445,9 @@ mod tests {
 
     use super::*;
     use crate::clock::Timestamp;
-    use crate::org::{Actor, IdPages, LimitOverrides, Limits, OrgId, OrgState};
+    use crate::org::{Actor, LimitOverrides, Limits, OrgId, OrgState};
 
-    fn org(id: &str, pages: &mut IdPages) -> Org {
+    fn org(id: &str) -> Org {
         let state = OrgState::provisioned(
             Timestamp::from_secs(1_700_000_000),
             Actor::System,
@@ -478,23 +455,12 @@ mod tests {
             LimitOverrides::default(),
         )
         .next;
-        Org::new(
-            &OrgId::parse(id).unwrap(),
-            pages,
-            state,
-            1,
-            Limits::default(),
-        )
+        Org::new(&OrgId::parse(id).unwrap(), state, 1, Limits::default())
     }
 
     fn add(table: &OrgTable, id: &str) -> Result<u32, TableError> {
-        let mut pages = IdPages::default();
         table
-            .insert(
-                id.as_bytes(),
-                || org(id, &mut pages),
-                |_| panic!("{id} is new"),
-            )
+            .insert(id.as_bytes(), || org(id), |_| panic!("{id} is new"))
             .map(|f| f.number())
     }
 
@@ -613,10 +579,7 @@ mod tests {
                 if i % 4 == 0 {
                     let id = format!("new-{}", i / 2);
                     if table.remove(id.as_bytes()).is_some() {
-                        let mut pages = IdPages::default();
-                        table
-                            .insert(id.as_bytes(), || org(&id, &mut pages), |_| {})
-                            .unwrap();
+                        table.insert(id.as_bytes(), || org(&id), |_| {}).unwrap();
                     }
                 }
             }
@@ -660,22 +623,28 @@ mod tests {
         }
     }
 
-    /// The word compare agrees with `==` for every length an id can have,
-    /// on equal ids and on ids that differ in any one byte.
+    /// Every length an id can have, and ids that differ from one in the
+    /// table in any one byte or by one byte more: each finds its own org
+    /// and no other, through the head compare (up to 16 bytes) and the long
+    /// one.
     #[test]
-    fn ids_compare_as_their_bytes_do() {
-        for n in 0..=OrgId::MAX_LEN + 1 {
-            let a: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
-            assert!(same_id(&a, &a.clone()), "{n}");
+    fn an_id_of_any_length_finds_its_own_org_and_no_other() {
+        let table = OrgTable::with_capacity(0);
+        let of = |n: usize| -> String { (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect() };
+        for n in (1..=OrgId::MAX_LEN).step_by(2) {
+            add(&table, &of(n)).unwrap();
+        }
+        for n in 1..=OrgId::MAX_LEN {
+            let id = of(n);
+            assert_eq!(
+                table.get(id.as_bytes()).map(|f| f.id_str().to_owned()),
+                (n % 2 == 1).then(|| id.clone())
+            );
             for at in 0..n {
-                let mut b = a.clone();
-                b[at] = b'0';
-                assert_eq!(same_id(&a, &b), a == b, "{n} at {at}");
-                assert!(!same_id(&a, &b), "{n} at {at}");
+                let mut other = id.clone().into_bytes();
+                other[at] = b'0';
+                assert!(table.get(&other).is_none(), "{id} with a 0 at {at}");
             }
-            let mut longer = a.clone();
-            longer.push(b'x');
-            assert!(!same_id(&a, &longer) && !same_id(&longer, &a), "{n}");
         }
     }
 
