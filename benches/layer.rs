@@ -1111,15 +1111,18 @@ fn main() {
     //
     // The bare figures are the request's own (its `HeaderMap`: indices and
     // entries); the `*_added` figures are the layer's:
-    // * allowed, either mode: 3, all forced by `http`. `Extensions` is an
+    // * allowed, header mode: 3, all forced by `http`. `Extensions` is an
     //   `Option<Box<HashMap>>`, so the first `insert` (the org's `OrgId`, which
     //   the default config puts there) allocates the box, the map's table and
     //   the boxed value. With `org_extension` off, as keygate's own proxy runs,
-    //   0. `x-org-id` costs nothing: the id's `HeaderValue` points at interned
-    //   bytes, and takes the removed key header's slot.
-    // * allowed, path mode: 1 more for the rewritten path: `Uri` cannot point
-    //   into the old path's bytes at an offset, so the new path-and-query needs
-    //   a buffer (one exactly sized `BytesMut`, which `freeze` keeps whole).
+    //   0. `x-org-id` costs nothing: it is the request's own header value (a
+    //   reference count on hyper's read buffer; static here).
+    // * allowed, path mode: 2 more. The rewritten path: `Uri` cannot point
+    //   into the old path's bytes at an offset, so the new path-and-query
+    //   needs a buffer (one exactly sized `BytesMut`, which `freeze` keeps
+    //   whole). And the id's copy for `x-org-id`, for the same reason; with
+    //   the extension on, 1 more: the count `bytes` allocates when the copy
+    //   is shared with the extension's `OrgId`.
     // * 401: 2, the refusal's own `HeaderMap` (its values are static).
     // * 429: 5. The map (2) and the three numbers (`Retry-After`,
     //   `x-ratelimit-limit`, `x-ratelimit-reset`), one exactly sized buffer
@@ -1184,9 +1187,9 @@ fn main() {
         [&hot_path, &hot_path],
     );
     // Two threads, an org each (the second provisioned right after the
-    // first: its id on the same page): what is left is what the two share
-    // besides the org (the id page's reference count, and the map shard's
-    // lock word when both ids fall in one shard).
+    // first: neighbours in the org table): what is left is what the two
+    // share besides the org (until issue 17's seventh round, the id page's
+    // reference count, which `x-org-id` took).
     compare_two_threads(
         &mut out,
         "allowed_2orgs_no_extension_2threads",

@@ -732,6 +732,43 @@ async fn the_org_alone_becomes_the_root_path() {
     assert_eq!(seen[1].uri, "/?q=1");
 }
 
+/// Named in `x-org-id` itself, the org's header is forwarded as it came,
+/// once, with the extension or without it; two of them name no org.
+#[tokio::test]
+async fn an_org_named_in_x_org_id_keeps_that_one_header() {
+    for org_extension in [true, false] {
+        let config = GateConfig {
+            org_from: OrgSource::Header(HeaderName::from_static("x-org-id")),
+            org_extension,
+            ..GateConfig::default()
+        };
+        let f = fixture_with(config, Limits::default()).await;
+        let key = f.org("acme").await;
+        let sent = |orgs: &[&str]| {
+            let mut r = req(Method::GET, "/v1?q=1").header("x-api-key", &key);
+            for org in orgs {
+                r = r.header("x-org-id", *org);
+            }
+            r.body(Full::default()).unwrap()
+        };
+        f.send(sent(&["acme"])).await.served();
+        f.send(sent(&["acme", "acme"]))
+            .await
+            .refused(StatusCode::UNAUTHORIZED, "INVALID_KEY");
+        let seen = f.seen();
+        assert_eq!(seen.len(), 1);
+        let s = &seen[0];
+        assert_eq!(s.uri, "/v1?q=1");
+        assert!(s.headers.get("x-api-key").is_none());
+        assert_eq!(
+            s.headers.get_all("x-org-id").iter().collect::<Vec<_>>(),
+            ["acme"]
+        );
+        let want = org_extension.then_some("acme");
+        assert_eq!(s.org.as_ref().map(OrgId::as_str), want);
+    }
+}
+
 #[tokio::test]
 async fn header_mode_reads_the_org_from_its_header_and_keeps_the_path() {
     let config = GateConfig {
@@ -746,6 +783,7 @@ async fn header_mode_reads_the_org_from_its_header_and_keeps_the_path() {
             req(Method::GET, "/acme/v1")
                 .header("x-key", &key)
                 .header("x-tenant", "acme")
+                .header("x-org-id", "evil")
                 .body(Full::default())
                 .unwrap(),
         )
@@ -754,7 +792,11 @@ async fn header_mode_reads_the_org_from_its_header_and_keeps_the_path() {
     let s = &f.seen()[0];
     assert_eq!(s.uri, "/acme/v1");
     assert!(s.headers.get("x-key").is_none());
-    assert_eq!(s.headers["x-org-id"], "acme");
+    assert_eq!(
+        s.headers.get_all("x-org-id").iter().collect::<Vec<_>>(),
+        ["acme"]
+    );
+    assert_eq!(s.org.as_ref().map(OrgId::as_str), Some("acme"));
     let no_org = f
         .send(
             req(Method::GET, "/v1")

@@ -81,7 +81,8 @@ async fn open(backend: &Arc<MemoryBackend>) -> Store {
 }
 
 #[test]
-fn opening_a_store_50_times_leaves_the_heap_as_it_was_and_the_gate_allocates_only_what_http_forces() {
+fn opening_a_store_50_times_leaves_the_heap_as_it_was_and_the_gate_allocates_only_what_http_forces()
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

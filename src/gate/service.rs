@@ -258,19 +258,24 @@ where
 ///
 /// The org's id is taken from the request, not from the store: in header
 /// mode the value it came in (a reference count on the connection's read
-/// buffer), in path mode the bytes of the segment, copied into the buffer
-/// of the new path. Made from the org's record instead, it was one more
-/// cache line to fetch per request (BENCHMARKS.md, "Issue 17, seventh
-/// round").
+/// buffer, and nothing at all when that header is `x-org-id` itself), in
+/// path mode a copy of the segment. Made from the org's record instead, it
+/// was one more cache line to fetch per request at a million orgs
+/// (BENCHMARKS.md, "Issue 17, seventh round").
 ///
 /// Allocations here are the ones `http` forces: the extensions map on its
-/// first insert, and, in path mode, the new path: one buffer holding the id
-/// and the path, and the count `bytes` allocates to share it between them.
+/// first insert, and, in path mode, the new path and the id's copy (its
+/// segment is in the old path's buffer, which `http` does not hand out).
 fn forward<B>(req: &mut Request<B>, config: &GateConfig, prefix_len: usize, session: bool) {
+    // The org named in `x-org-id` itself: that header, checked by the gate
+    // to be there once and well-formed, is forwarded as it came.
+    let own_header = matches!(&config.org_from, OrgSource::Header(name) if *name == X_ORG_ID)
+        && config.key_header != X_ORG_ID;
     // Read before anything is removed: a layer's config may name one
     // header for both the key and the org.
     let id = match &config.org_from {
         OrgSource::Path => Some(strip_path_prefix(req.uri_mut(), prefix_len)),
+        OrgSource::Header(_) if own_header && !config.org_extension => None,
         // The one well-formed value the gate admitted the request by.
         OrgSource::Header(name) => req.headers().get(name).cloned(),
     };
@@ -279,44 +284,47 @@ fn forward<B>(req: &mut Request<B>, config: &GateConfig, prefix_len: usize, sess
     if session {
         crate::session::strip_session(headers);
     }
-    let Some(id) = id else {
+    match id {
+        Some(id) if config.org_extension => {
+            if !own_header {
+                headers.insert(X_ORG_ID, id.clone());
+            }
+            req.extensions_mut().insert(OrgId::from_admitted(id));
+        }
+        Some(id) => {
+            headers.insert(X_ORG_ID, id);
+        }
+        None if own_header => {}
         // Not reached: the gate admitted the request by this header. A
         // client's own `x-org-id` must not reach the service in any case.
-        headers.remove(X_ORG_ID);
-        return;
-    };
-    if config.org_extension {
-        headers.insert(X_ORG_ID, id.clone());
-        req.extensions_mut().insert(OrgId::from_admitted(id));
-    } else {
-        headers.insert(X_ORG_ID, id);
+        None => {
+            headers.remove(X_ORG_ID);
+        }
     }
 }
 
 /// `/acme/v1/users?x=1` with `prefix_len` 5 becomes `/v1/users?x=1`; `/acme` and
-/// `/acme?x=1` become `/` and `/?x=1`. Returns the id's bytes (`acme`), which
-/// share the new path's buffer.
+/// `/acme?x=1` become `/` and `/?x=1`. Returns a copy of the id (`acme`).
 fn strip_path_prefix(uri: &mut Uri, prefix_len: usize) -> HeaderValue {
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let id = pq.get(1..prefix_len).unwrap_or("");
+    // The segment the gate admitted the request by: a well-formed id, and
+    // so a valid header value.
+    let id = HeaderValue::from_str(id).expect("an org id is a valid header value");
     let rest = pq.get(prefix_len..).unwrap_or("");
-    let slash = !rest.starts_with('/');
-    let mut buf = BytesMut::with_capacity(id.len() + usize::from(slash) + rest.len());
-    buf.put_slice(id.as_bytes());
-    if slash {
+    // Exactly sized: a spare byte would make `freeze` reallocate.
+    let mut buf = BytesMut::with_capacity(rest.len() + usize::from(!rest.starts_with('/')));
+    if !rest.starts_with('/') {
         buf.put_u8(b'/');
     }
     buf.put_slice(rest.as_bytes());
-    let id = buf.split_to(id.len()).freeze();
     let mut parts = std::mem::take(uri).into_parts();
     // A suffix of a valid path-and-query, after a '/', is a valid path-and-query,
     // and replacing the path of a valid URI keeps it valid.
     parts.path_and_query =
         Some(PathAndQuery::from_maybe_shared(buf.freeze()).expect("suffix of a valid path"));
     *uri = Uri::from_parts(parts).expect("a valid URI with a valid path");
-    // The segment the gate admitted the request by: a well-formed id, and
-    // so a valid header value.
-    HeaderValue::from_maybe_shared(id).expect("an org id is a valid header value")
+    id
 }
 
 #[cfg(test)]

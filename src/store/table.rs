@@ -7,7 +7,8 @@
 //! of counts and malloc header (BENCHMARKS.md, "Issue 17, sixth round").
 //! Here a lookup is one slot (a 32-bit hash tag and the record's number, so a
 //! slot whose tag differs is passed over without touching its record), then
-//! the record, then the id's bytes to confirm it; and records sit back to
+//! the record, which holds the id it confirms the match with (an id of up
+//! to 16 bytes in one 16-byte compare: [`IdKey`]); and records sit back to
 //! back in chunks of [`CHUNK`], with no header between them.
 //!
 //! **Nothing moves and nothing is freed while the table lives**, which is
@@ -18,7 +19,7 @@
 //! keeps its record aside; provisioning that id again takes the same record
 //! back, so a record is never shared by two ids, and what a reader that
 //! found it a moment ago reads is always that id's state. The price is that
-//! a deleted id's record (about 170 bytes) stays until the process restarts,
+//! a deleted id's record (152 bytes) stays until the process restarts,
 //! unless the id comes back.
 //!
 //! Readers take no lock and write nothing shared: the index's slots are
