@@ -22,9 +22,9 @@ static ID_BYTE: [bool; 256] = {
 /// An organization id: 1 to 64 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or a digit.
 ///
-/// It is held as the [`HeaderValue`] that keygate sends upstream as `x-org-id`, so
-/// forwarding a request clones a reference-counted buffer instead of building a
-/// header from a string on every call.
+/// It is held as a [`HeaderValue`]: the one the gate puts in a forwarded request's
+/// extensions is the request's own `x-org-id` value (or a copy of its path's
+/// segment), shared with that header by a reference count.
 #[derive(Clone)]
 pub struct OrgId(HeaderValue);
 
