@@ -21,6 +21,7 @@ use id::HeldId;
 pub(crate) use id::{IdKey, IdPages};
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
+use state::HeldActor;
 pub(crate) use state::StateFields;
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
 
@@ -35,9 +36,9 @@ use hot::HotCell;
 /// was last used, the id it is found by, held in the record itself, the
 /// counters, the state's hot part) in the record's last 92 bytes, which the
 /// org table's arena follows with the 4-byte state of the record's
-/// `OnceLock`, read by every lookup. Records are 152 bytes apart, so those
-/// 96 bytes span two cache lines for five records in eight and three for
-/// the rest, where with the request's part first (and the `OnceLock`'s word
+/// `OnceLock`, read by every lookup. Records are 144 bytes apart, so those
+/// 96 bytes span two cache lines for half the records and three for the
+/// other half, where with the request's part first (and the `OnceLock`'s word
 /// 48 bytes after it) every record took three. At 1,000,000 orgs every
 /// line is a cache miss (BENCHMARKS.md, "Issue 17, sixth and seventh
 /// rounds").
@@ -76,7 +77,7 @@ struct Cold {
     /// told from an older one.
     version: u64,
     last_modified_on: Timestamp,
-    last_modified_by: Actor,
+    last_modified_by: HeldActor,
     rare: Option<Box<Rare>>,
 }
 
@@ -125,7 +126,7 @@ impl Current<'_> {
             },
             subscription_expires_at: self.hot.subscription_ends(),
             limits: self.limits(),
-            last_modified_by: self.cold.last_modified_by.clone(),
+            last_modified_by: self.cold.last_modified_by.actor(),
             last_modified_on: self.cold.last_modified_on,
             generation: self.hot.generation,
         }
@@ -170,7 +171,7 @@ fn split(state: OrgState, version: u64, defaults: Limits) -> (Hot, Cold) {
     let cold = Cold {
         version,
         last_modified_on,
-        last_modified_by,
+        last_modified_by: last_modified_by.into(),
         rare,
     };
     (hot, cold)
@@ -344,19 +345,21 @@ mod tests {
     use crate::key::ApiKey;
 
     /// There is one record per org: at 1,000,000 orgs every 16 bytes of it
-    /// is 16 MB (BENCHMARKS.md, "Item 4"). 144 bytes, and 152 in the org
-    /// table's arena (its `OnceLock`'s state word); the id is 24 of them.
+    /// is 16 MB (BENCHMARKS.md, "Item 4"). 136 bytes, and 144 in the org
+    /// table's arena (its `OnceLock`'s state word); the id is 24 of them,
+    /// who last changed the org 8.
     #[test]
-    fn an_org_takes_144_bytes() {
+    fn an_org_takes_136_bytes() {
         assert_eq!(std::mem::size_of::<Actor>(), 16);
-        assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 48);
+        assert_eq!(std::mem::size_of::<HeldActor>(), 8);
+        assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 40);
         assert_eq!(std::mem::size_of::<HeldId>(), 24);
         assert!(
-            std::mem::size_of::<Org>() <= 144,
+            std::mem::size_of::<Org>() <= 136,
             "Org is {} bytes",
             std::mem::size_of::<Org>()
         );
-        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 152);
+        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 144);
     }
 
     /// What a request touches (see `Org`): when the key was last used, the
