@@ -19,7 +19,7 @@
 //! keeps its record aside; provisioning that id again takes the same record
 //! back, so a record is never shared by two ids, and what a reader that
 //! found it a moment ago reads is always that id's state. The price is that
-//! a deleted id's record (152 bytes) stays until the process restarts,
+//! a deleted id's record (144 bytes) stays until the process restarts,
 //! unless the id comes back.
 //!
 //! Readers take no lock and write nothing shared: the index's slots are
