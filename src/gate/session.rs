@@ -407,17 +407,17 @@ impl Gate {
         }
         // The key, then the checks of a keyed call, in its order.
         let checked = store.with_org(org.as_bytes(), |o| {
-            let key_ok = o.read(|c| {
-                c.key()
-                    .is_some_and(|k| obfuscate::matches(k, ts, login.api_key.as_bytes()))
-                    .then_some((
-                        c.is_disabled(),
-                        c.generation,
-                        c.threshold_calls,
-                        c.threshold_window_secs,
-                        c.rate,
-                    ))
-            });
+            let c = o.hot();
+            let key_ok = c
+                .key()
+                .is_some_and(|k| obfuscate::matches(k, ts, login.api_key.as_bytes()))
+                .then_some((
+                    c.is_disabled(),
+                    c.generation,
+                    c.threshold_calls,
+                    c.threshold_window_secs,
+                    c.rate,
+                ));
             key_ok.map(|(disabled, generation, calls, window_secs, rate)| {
                 if disabled {
                     return (Admission::Refuse(Refusal::KeyDisabled), generation);

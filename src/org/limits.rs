@@ -57,7 +57,7 @@ pub struct LimitsError {
 /// An org's own limits; each `None` follows the configured default. Zero is not
 /// a limit, so the type cannot hold it (and an override costs 4 bytes, not 8:
 /// there is one per org).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitOverrides {
     /// Overrides [`Limits::rate_per_sec`].

@@ -6,22 +6,23 @@
 //! state behind a mutex that only admin work takes, and the two lock-free
 //! counters (rate and threshold) that requests update.
 
+mod cold;
 mod error;
 mod hot;
 mod id;
 mod limits;
 mod state;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::MutexGuard;
 
+use cold::{Provenance, Rare};
 pub use error::OpError;
 pub(crate) use hot::Hot;
 use id::HeldId;
 pub(crate) use id::{IdKey, IdPages};
 pub use id::{OrgId, OrgIdError};
 pub use limits::{max as limits_max, LimitOverrides, Limits, LimitsError};
-use state::HeldActor;
 pub(crate) use state::StateFields;
 pub use state::{Action, Actor, KeyStatus, OrgState, TokenName, Transition, THRESHOLD_REASON};
 
@@ -34,24 +35,34 @@ use hot::HotCell;
 /// `repr(C)` keeps the fields in the order written: what only admin work
 /// reads first, then everything a request reads and writes (when the key
 /// was last used, the id it is found by, held in the record itself, the
-/// counters, the state's hot part) in the record's last 92 bytes, which the
+/// counters, the state's hot part) in the record's last 96 bytes, which the
 /// org table's arena follows with the 4-byte state of the record's
-/// `OnceLock`, read by every lookup. Records are 144 bytes apart, so those
-/// 96 bytes span two cache lines for half the records and three for the
-/// other half, where with the request's part first (and the `OnceLock`'s word
-/// 48 bytes after it) every record took three. At 1,000,000 orgs every
-/// line is a cache miss (BENCHMARKS.md, "Issue 17, sixth and seventh
-/// rounds").
+/// `OnceLock`, read by every lookup. The arena aligns its 128-byte records
+/// to 128 bytes, so what a request reads is two cache lines of one aligned
+/// pair, which the CPU's adjacent-line prefetcher fetches together. At
+/// 1,000,000 orgs every line is a cache miss (BENCHMARKS.md, "Issue 17,
+/// eighth round").
 ///
-/// The state in force is in two parts, written together under `cold`'s
-/// mutex: [`Hot`], what a request needs, in a seqlock of atomics that a
-/// request reads without writing anything (so the cores serving one busy
-/// org do not pass a lock's cache line between them), and [`Cold`], the
-/// rest.
+/// The state in force is in two parts, written together under the record's
+/// writer lock ([`cold::lock`]): [`Hot`], what a request needs, in a seqlock
+/// of atomics that a request reads without writing anything (so the cores
+/// serving one busy org do not pass a lock's cache line between them), and
+/// the cold part, the rest: the version and the time of the last change,
+/// and who made it with the rare parts as one interned number
+/// ([`cold::Provenance`]). No thread holds two records' writer locks, and a
+/// writer only stores atomics and swaps an interned number under its lock,
+/// so there is nothing a panic could leave half done.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Org {
-    cold: Mutex<Cold>,
+    /// The store's version of the state ([`OrgRecord::version`](crate::store::OrgRecord)):
+    /// what the next commit expects, and how a newer record from the feed is
+    /// told from an older one.
+    version: AtomicU64,
+    /// When the state was last changed, nanoseconds since the Unix epoch.
+    modified_on: AtomicU64,
+    /// The number of the state's [`cold::Provenance`], held.
+    provenance: AtomicU32,
     /// Calls refused by the rate in the current threshold window; cleared
     /// when a call opens a window. Written only by a refused call, so it
     /// sits outside what an admitted one touches.
@@ -67,36 +78,23 @@ pub struct Org {
     hot: HotCell,
 }
 
-/// The parts of the state in force that no request reads: who changed it
-/// and when, its version, and what only a disabled org or one with limit
-/// overrides has (behind one pointer that is null for every other org).
+/// The cold part of a state, as [`split`] makes it and [`Org::read`]
+/// shows it.
 #[derive(Debug, Clone)]
 struct Cold {
-    /// The store's version of the state ([`OrgRecord::version`](crate::store::OrgRecord)):
-    /// what the next commit expects, and how a newer record from the feed is
-    /// told from an older one.
     version: u64,
-    last_modified_on: Timestamp,
-    last_modified_by: HeldActor,
-    rare: Option<Box<Rare>>,
-}
-
-/// The parts of an org's state that most orgs do not have.
-#[derive(Debug, Clone)]
-struct Rare {
-    /// The disable reason, for a disabled key.
-    reason: Option<Box<str>>,
-    limits: LimitOverrides,
+    modified_on: Timestamp,
+    provenance: Provenance,
 }
 
 /// The state in force, whole, as [`Org::read`] shows it: the hot part (its
 /// fields and methods through `Deref`), the version, and the cold part.
-pub(crate) struct Current<'a> {
+pub(crate) struct Current {
     hot: Hot,
-    cold: &'a Cold,
+    cold: Cold,
 }
 
-impl std::ops::Deref for Current<'_> {
+impl std::ops::Deref for Current {
     type Target = Hot;
 
     fn deref(&self) -> &Hot {
@@ -104,20 +102,21 @@ impl std::ops::Deref for Current<'_> {
     }
 }
 
-impl Current<'_> {
-    /// The store's version of the state ([`Cold::version`]).
+impl Current {
+    /// The store's version of the state ([`Org::version`]).
     pub(crate) fn version(&self) -> u64 {
         self.cold.version
     }
 
     /// The org's own limits over the defaults.
     pub(crate) fn limits(&self) -> LimitOverrides {
-        limits_of(self.cold)
+        self.cold.provenance.limits()
     }
 
     /// The state in force, as the value the rest of keygate works with.
     pub(crate) fn state(&self) -> OrgState {
-        let reason = self.cold.rare.as_ref().and_then(|r| r.reason.clone());
+        let provenance = &self.cold.provenance;
+        let reason = provenance.rare.as_ref().and_then(|r| r.reason.clone());
         OrgState {
             key: self.hot.key().copied(),
             status: match reason {
@@ -126,16 +125,11 @@ impl Current<'_> {
             },
             subscription_expires_at: self.hot.subscription_ends(),
             limits: self.limits(),
-            last_modified_by: self.cold.last_modified_by.actor(),
-            last_modified_on: self.cold.last_modified_on,
+            last_modified_by: provenance.actor.clone(),
+            last_modified_on: self.cold.modified_on,
             generation: self.hot.generation,
         }
     }
-}
-
-/// `cold`'s limit overrides, none when it has no rare parts.
-fn limits_of(cold: &Cold) -> LimitOverrides {
-    cold.rare.as_ref().map(|r| r.limits).unwrap_or_default()
 }
 
 /// Splits `state` at `version` into its two parts, with its limits over
@@ -162,17 +156,17 @@ fn split(state: OrgState, version: u64, defaults: Limits) -> (Hot, Cold) {
         &limits,
         generation,
     );
-    let rare = (reason.is_some() || overrides != LimitOverrides::default()).then(|| {
-        Box::new(Rare {
-            reason,
-            limits: overrides,
-        })
+    let rare = (reason.is_some() || overrides != LimitOverrides::default()).then_some(Rare {
+        reason,
+        limits: overrides,
     });
     let cold = Cold {
         version,
-        last_modified_on,
-        last_modified_by: last_modified_by.into(),
-        rare,
+        modified_on: last_modified_on,
+        provenance: Provenance {
+            actor: last_modified_by,
+            rare,
+        },
     };
     (hot, cold)
 }
@@ -182,13 +176,15 @@ impl Org {
     pub(crate) fn new(id: &OrgId, state: OrgState, version: u64, defaults: Limits) -> Org {
         let (hot, cold) = split(state, version, defaults);
         Org {
+            version: AtomicU64::new(cold.version),
+            modified_on: AtomicU64::new(cold.modified_on.as_nanos()),
+            provenance: AtomicU32::new(cold::intern(cold.provenance)),
             id: HeldId::new(id.as_bytes()),
             rate: RateLimiter::new(),
             calls: CallCounter::new(),
             last_used: AtomicU32::new(0),
             limited: AtomicU32::new(0),
             hot: HotCell::new(hot),
-            cold: Mutex::new(cold),
         }
     }
 
@@ -222,27 +218,40 @@ impl Org {
         self.hot.load()
     }
 
-    /// The cold part, locked. A writer never panics while holding the
-    /// mutex (it only assigns), so a poisoned one still holds a whole state.
-    fn cold(&self) -> MutexGuard<'_, Cold> {
-        self.cold.lock().unwrap_or_else(|e| e.into_inner())
+    /// This record's writer lock (see [`Org`]).
+    fn lock(&self) -> MutexGuard<'static, ()> {
+        cold::lock(std::ptr::from_ref(self).addr(), std::mem::size_of::<Org>())
     }
 
-    /// Runs `f` on the whole state in force, under the mutex held only for
-    /// `f` (every writer holds it too, so the hot part cannot change meanwhile).
+    /// Runs `f` on the whole state in force, under the writer lock held
+    /// only for `f` (every writer holds it too, so no part can change
+    /// meanwhile). `f` must not read another org's whole state: no thread
+    /// holds two writer locks.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&Current) -> R) -> R {
-        let cold = self.cold();
+        let _writer = self.lock();
+        // Relaxed: the lock orders these loads after the last writer's stores.
+        let cold = Cold {
+            version: self.version.load(Ordering::Relaxed),
+            modified_on: Timestamp::from_nanos(self.modified_on.load(Ordering::Relaxed)),
+            provenance: cold::get(self.provenance.load(Ordering::Relaxed)),
+        };
         f(&Current {
             hot: self.hot.load(),
-            cold: &cold,
+            cold,
         })
     }
 
-    /// Installs the state `state` at `version` over `cold`, held.
-    fn install(&self, cold: &mut Cold, state: OrgState, version: u64, defaults: Limits) {
-        let (hot, new) = split(state, version, defaults);
+    /// Installs the state `state` at `version`; the writer lock is held.
+    fn install(&self, state: OrgState, version: u64, defaults: Limits) {
+        let (hot, cold) = split(state, version, defaults);
         self.hot.store(hot);
-        *cold = new;
+        let old = self.provenance.load(Ordering::Relaxed);
+        self.provenance
+            .store(cold::replace(old, cold.provenance), Ordering::Relaxed);
+        self.modified_on
+            .store(cold.modified_on.as_nanos(), Ordering::Relaxed);
+        // Release: `version` reads it without the lock.
+        self.version.store(version, Ordering::Release);
     }
 
     /// Makes `state` the state in force if `version` is newer than the
@@ -250,11 +259,11 @@ impl Org {
     /// one lock: a record from the feed and the store's own commit may
     /// race to install, and the older must never overwrite the newer.
     pub(crate) fn replace_if_newer(&self, state: OrgState, version: u64, defaults: Limits) -> bool {
-        let mut cold = self.cold();
-        if version <= cold.version {
+        let _writer = self.lock();
+        if version <= self.version.load(Ordering::Relaxed) {
             return false;
         }
-        self.install(&mut cold, state, version, defaults);
+        self.install(state, version, defaults);
         true
     }
 
@@ -263,8 +272,8 @@ impl Org {
     /// record is the truth even when its version is lower (the org was
     /// deleted and provisioned again meanwhile).
     pub(crate) fn replace(&self, state: OrgState, version: u64, defaults: Limits) {
-        let mut cold = self.cold();
-        self.install(&mut cold, state, version, defaults);
+        let _writer = self.lock();
+        self.install(state, version, defaults);
     }
 
     /// Recomputes the limits in force from the state in force over
@@ -274,14 +283,16 @@ impl Org {
     /// lock means that of a reload's pass and an install racing on one org,
     /// the later one to take the lock sees the new defaults.
     pub(crate) fn refresh_limits(&self, defaults: impl FnOnce() -> Limits) {
-        let cold = self.cold();
-        let limits = defaults().with(&limits_of(&cold));
+        let _writer = self.lock();
+        let own = cold::with(self.provenance.load(Ordering::Relaxed), Provenance::limits);
+        let limits = defaults().with(&own);
         self.hot.store(self.hot.load().with_limits(&limits));
     }
 
     /// The version of the state in force.
     pub(crate) fn version(&self) -> u64 {
-        self.cold().version
+        // Acquire: pairs with the install's release.
+        self.version.load(Ordering::Acquire)
     }
 
     /// A copy of the state in force.
@@ -339,41 +350,42 @@ impl Org {
     }
 }
 
+impl Drop for Org {
+    fn drop(&mut self) {
+        cold::release(*self.provenance.get_mut());
+    }
+}
+
 #[cfg(all(test, target_pointer_width = "64"))]
 mod tests {
     use super::*;
     use crate::key::ApiKey;
 
-    /// There is one record per org: at 1,000,000 orgs every 16 bytes of it
-    /// is 16 MB (BENCHMARKS.md, "Item 4"). 136 bytes, and 144 in the org
+    /// There is one record per org: at 1,000,000 orgs every 8 bytes of it
+    /// is 8 MB (BENCHMARKS.md, "Item 4"). 120 bytes, and 128 in the org
     /// table's arena (its `OnceLock`'s state word); the id is 24 of them,
-    /// who last changed the org 8.
+    /// the cold part 20.
     #[test]
-    fn an_org_takes_136_bytes() {
-        assert_eq!(std::mem::size_of::<Actor>(), 16);
-        assert_eq!(std::mem::size_of::<HeldActor>(), 8);
-        assert_eq!(std::mem::size_of::<Mutex<Cold>>(), 40);
-        assert_eq!(std::mem::size_of::<HeldId>(), 24);
-        assert!(
-            std::mem::size_of::<Org>() <= 136,
-            "Org is {} bytes",
-            std::mem::size_of::<Org>()
-        );
-        assert_eq!(std::mem::size_of::<std::sync::OnceLock<Org>>(), 144);
+    fn an_org_takes_120_bytes() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<HeldId>(), 24);
+        assert_eq!(offset_of!(Org, limited) - offset_of!(Org, version), 20);
+        assert_eq!(size_of::<Org>(), 120);
+        assert_eq!(size_of::<std::sync::OnceLock<Org>>(), 128);
     }
 
     /// What a request touches (see `Org`): when the key was last used, the
     /// id, the counters and the hot part of the state, at the record's end,
     /// which the table's `OnceLock` state word follows.
     #[test]
-    fn a_request_reads_only_the_last_92_bytes_of_an_org() {
+    fn a_request_reads_only_the_last_96_bytes_of_an_org() {
         use std::mem::{offset_of, size_of};
         use std::sync::OnceLock;
         let size = size_of::<Org>();
         assert_eq!(offset_of!(Org, hot) + size_of::<HotCell>(), size);
-        assert_eq!(size - offset_of!(Org, last_used), 92);
+        assert_eq!(size - offset_of!(Org, last_used), 96);
         assert!(offset_of!(Org, limited) < offset_of!(Org, last_used));
-        assert!(offset_of!(Org, cold) < offset_of!(Org, limited));
+        assert!(offset_of!(Org, provenance) < offset_of!(Org, limited));
         // The `OnceLock`'s value first and its state word after it: what
         // the table reads of a record ends 4 bytes past the `Org`.
         let cell = OnceLock::new();
@@ -505,6 +517,37 @@ mod tests {
         assert_eq!(o.hot().rate, crate::limit::Rate::new(3, lower.burst));
     }
 
+    /// An org's own limits and its disable reason, which may be unique to
+    /// it, are interned while a record holds them and no longer: not after
+    /// an install replaces them, nor after the record is dropped.
+    #[test]
+    fn an_orgs_rare_parts_are_interned_only_while_it_holds_them() {
+        let overrides = LimitOverrides {
+            rate_per_sec: std::num::NonZeroU32::new(4_321_987),
+            ..LimitOverrides::default()
+        };
+        let reason = "an_orgs_rare_parts_are_interned_only_while_it_holds_them";
+        let disabled = KeyStatus::Disabled {
+            reason: reason.into(),
+        };
+        let first = state(Some("Ab3dEf6hIj9k"), disabled.clone(), None, overrides);
+        let held = |s: &OrgState| split(s.clone(), 1, Limits::default()).1.provenance;
+        let o = org(first.clone(), 1);
+        assert!(cold::is_interned(&held(&first)));
+        let second = state(
+            Some("Ab3dEf6hIj9k"),
+            disabled,
+            None,
+            LimitOverrides::default(),
+        );
+        assert!(o.replace_if_newer(second.clone(), 2, Limits::default()));
+        assert!(!cold::is_interned(&held(&first)));
+        assert!(cold::is_interned(&held(&second)));
+        assert_eq!(o.state(), second);
+        drop(o);
+        assert!(!cold::is_interned(&held(&second)));
+    }
+
     /// Most orgs are enabled with the default limits: they carry no
     /// allocation for the rare parts.
     #[test]
@@ -515,6 +558,6 @@ mod tests {
             Some(9),
             LimitOverrides::default(),
         );
-        assert!(split(s, 1, Limits::default()).1.rare.is_none());
+        assert!(split(s, 1, Limits::default()).1.provenance.rare.is_none());
     }
 }

@@ -30,7 +30,7 @@ pub enum KeyStatus {
 pub const THRESHOLD_REASON: &str = "call threshold exceeded";
 
 /// Who made a change, as the key page's "Last Modified By" shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Actor {
     /// The service provider (the config's provider token).
     Provider,
@@ -43,7 +43,7 @@ pub enum Actor {
 /// An admin token's name as [`Actor`] holds it: one thin pointer, so that an
 /// `Actor`, which every org's state carries, takes 16 bytes instead of the 24 a
 /// fat `Arc<str>` would make it (two unit variants need a niche of their own).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenName(Arc<Box<str>>);
 
 impl TokenName {
@@ -76,49 +76,6 @@ impl From<&str> for TokenName {
 impl From<String> for TokenName {
     fn from(name: String) -> Self {
         TokenName(Arc::new(name.into_boxed_str()))
-    }
-}
-
-/// An [`Actor`] as an org's record holds it: one thin pointer, 8 bytes where
-/// the enum takes 16. A token's name, or one of two names that no token can
-/// have (`provider` and `system`), each shared by every record that holds it
-/// and told apart by its address.
-#[derive(Clone)]
-pub(crate) struct HeldActor(Arc<Box<str>>);
-
-/// The name [`HeldActor`] holds for [`Actor::Provider`].
-static PROVIDER: std::sync::LazyLock<Arc<Box<str>>> =
-    std::sync::LazyLock::new(|| Arc::new("provider".into()));
-/// The name [`HeldActor`] holds for [`Actor::System`].
-static SYSTEM: std::sync::LazyLock<Arc<Box<str>>> =
-    std::sync::LazyLock::new(|| Arc::new("system".into()));
-
-impl HeldActor {
-    /// The actor it holds.
-    pub(crate) fn actor(&self) -> Actor {
-        if Arc::ptr_eq(&self.0, &PROVIDER) {
-            Actor::Provider
-        } else if Arc::ptr_eq(&self.0, &SYSTEM) {
-            Actor::System
-        } else {
-            Actor::Token(TokenName(Arc::clone(&self.0)))
-        }
-    }
-}
-
-impl From<Actor> for HeldActor {
-    fn from(actor: Actor) -> Self {
-        HeldActor(match actor {
-            Actor::Provider => Arc::clone(&PROVIDER),
-            Actor::System => Arc::clone(&SYSTEM),
-            Actor::Token(TokenName(name)) => name,
-        })
-    }
-}
-
-impl std::fmt::Debug for HeldActor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&self.actor(), f)
     }
 }
 
@@ -641,25 +598,6 @@ impl OrgState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A held actor gives back the actor it was made from; the provider and
-    /// keygate are told apart from tokens by address, not name, so even a
-    /// token named like them (which token names exclude) stays a token.
-    #[test]
-    fn a_held_actor_is_the_actor_it_was_made_from() {
-        for actor in [
-            Actor::Provider,
-            Actor::System,
-            Actor::Token("alice".into()),
-            Actor::Token("provider".into()),
-            Actor::Token("system".into()),
-        ] {
-            let held = HeldActor::from(actor.clone());
-            assert_eq!(held.actor(), actor);
-            assert_eq!(format!("{held:?}"), format!("{actor:?}"));
-        }
-        assert_eq!(std::mem::size_of::<HeldActor>(), 8);
-    }
 
     const T0: Timestamp = Timestamp::from_secs(1_000_000);
 

@@ -704,8 +704,8 @@ impl Store {
     pub async fn usage(&self, id: &str) -> Result<Usage, OpError> {
         let org = self.get(id.as_bytes()).ok_or(OpError::OrgNotFound)?;
         let now = self.inner.clock.now();
-        let (threshold_calls, window_secs) =
-            org.read(|c| (c.threshold_calls, c.threshold_window_secs));
+        let hot = org.hot();
+        let (threshold_calls, window_secs) = (hot.threshold_calls, hot.threshold_window_secs);
         let window = if self.inner.shares_calls {
             self.inner.backend.calls_window(&org.id()).await?
         } else {
