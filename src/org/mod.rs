@@ -34,14 +34,18 @@ use hot::HotCell;
 ///
 /// `repr(C)` keeps the fields in the order written: what only admin work
 /// reads first, then everything a request reads and writes (when the key
-/// was last used, the id it is found by, held in the record itself, the
-/// counters, the state's hot part) in the record's last 96 bytes, which the
+/// was last used, the counters, the id it is found by, held in the record
+/// itself, the state's hot part) in the record's last 96 bytes, which the
 /// org table's arena follows with the 4-byte state of the record's
 /// `OnceLock`, read by every lookup. The arena aligns its 128-byte records
 /// to 128 bytes, so what a request reads is two cache lines of one aligned
-/// pair, which the CPU's adjacent-line prefetcher fetches together. At
-/// 1,000,000 orgs every line is a cache miss (BENCHMARKS.md, "Issue 17,
-/// eighth round").
+/// pair, which the CPU's adjacent-line prefetcher fetches together (at
+/// 1,000,000 orgs every line is a cache miss: BENCHMARKS.md, "Issue 17,
+/// eighth round"). Everything a request writes (the counters and when the
+/// key was last used) is in the first line, and the second line (the hot
+/// part, the `OnceLock`'s word and the end of the id, which only a long id
+/// reads) only changes with the state, so the cores serving one busy org
+/// pass one line between them, not two.
 ///
 /// The state in force is in two parts, written together under the record's
 /// writer lock ([`cold::lock`]): [`Hot`], what a request needs, in a seqlock
@@ -71,10 +75,10 @@ pub struct Org {
     /// seconds since the Unix epoch; 0 for never. Written only when the
     /// second changes, so a busy org's calls mostly read it.
     last_used: AtomicU32,
-    /// The id, in the record: what a lookup compares.
-    id: HeldId,
     rate: RateLimiter,
     calls: CallCounter,
+    /// The id, in the record: what a lookup compares.
+    id: HeldId,
     hot: HotCell,
 }
 
@@ -386,6 +390,11 @@ mod tests {
         assert_eq!(size - offset_of!(Org, last_used), 96);
         assert!(offset_of!(Org, limited) < offset_of!(Org, last_used));
         assert!(offset_of!(Org, provenance) < offset_of!(Org, limited));
+        // What a request writes, in the first line; the hot part, in the
+        // second, with nothing a request writes.
+        assert!(offset_of!(Org, calls) + size_of::<CallCounter>() <= 64);
+        assert!(offset_of!(Org, rate) + size_of::<RateLimiter>() <= 64);
+        assert!(offset_of!(Org, hot) >= 64);
         // The `OnceLock`'s value first and its state word after it: what
         // the table reads of a record ends 4 bytes past the `Org`.
         let cell = OnceLock::new();
