@@ -10,8 +10,8 @@
 //! writer came between. Every access is an atomic one, so there is nothing
 //! `unsafe`, and a torn read is never used, only retried.
 //!
-//! Writers are serialized by the org's mutex ([`Org`](super::Org)), so a
-//! writer never meets another; a reader that holds that mutex reads a stable
+//! Writers are serialized by the org's writer lock ([`Org`](super::Org)), so a
+//! writer never meets another; a reader that holds that lock reads a stable
 //! value the first time.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -208,7 +208,7 @@ impl HotCell {
         }
     }
 
-    /// Replaces the value. Callers hold the org's mutex: one writer at a time.
+    /// Replaces the value. Callers hold the org's writer lock: one writer at a time.
     pub(crate) fn store(&self, hot: Hot) {
         let (k1, words) = hot.to_words();
         let before = self.seq.load(Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! [`OrgState`] is the persisted value and its methods are the contract's rules
 //! for keys; [`Org`] is the live record the gate reads on every request: what a
 //! request needs of the state in force, read without a lock, the rest of the
-//! state behind a mutex that only admin work takes, and the two lock-free
+//! state in atomics that only admin work writes, and the two lock-free
 //! counters (rate and threshold) that requests update.
 
 mod cold;
@@ -48,12 +48,12 @@ use hot::HotCell;
 /// pass one line between them, not two.
 ///
 /// The state in force is in two parts, written together under the record's
-/// writer lock ([`cold::lock`]): [`Hot`], what a request needs, in a seqlock
+/// writer lock (`cold::lock`): [`Hot`], what a request needs, in a seqlock
 /// of atomics that a request reads without writing anything (so the cores
 /// serving one busy org do not pass a lock's cache line between them), and
 /// the cold part, the rest: the version and the time of the last change,
 /// and who made it with the rare parts as one interned number
-/// ([`cold::Provenance`]). No thread holds two records' writer locks, and a
+/// (`cold::Provenance`). No thread holds two records' writer locks, and a
 /// writer only stores atomics and swaps an interned number under its lock,
 /// so there is nothing a panic could leave half done.
 #[derive(Debug)]
