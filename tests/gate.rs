@@ -769,6 +769,46 @@ async fn an_org_named_in_x_org_id_keeps_that_one_header() {
     }
 }
 
+/// A layer's config may name one header for both the key and the org
+/// (keygate's own config refuses it): the value is then both, and the
+/// request is forwarded without that header, with the org in `x-org-id`.
+#[tokio::test]
+async fn one_header_for_both_the_key_and_the_org_is_read_before_it_goes() {
+    let both = HeaderName::from_static("x-both");
+    let config = GateConfig {
+        org_from: OrgSource::Header(both.clone()),
+        key_header: both.clone(),
+        ..GateConfig::default()
+    };
+    let f = fixture_with(config, Limits::default()).await;
+    // An id that is also a well-formed key: 12 of a-z and 0-9.
+    let id = "acme00000001";
+    f.org(id).await;
+    f.store.edit(id, id, Actor::Provider).await.unwrap();
+    let sent = |value: &str| {
+        req(Method::GET, "/v1")
+            .header(&both, value)
+            .body(Full::default())
+            .unwrap()
+    };
+    f.send(sent(id)).await.served();
+    f.send(sent("acme00000002"))
+        .await
+        .refused(StatusCode::UNAUTHORIZED, "INVALID_KEY");
+    let seen = f.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].headers.get(&both).is_none());
+    assert_eq!(
+        seen[0]
+            .headers
+            .get_all("x-org-id")
+            .iter()
+            .collect::<Vec<_>>(),
+        [id]
+    );
+    assert_eq!(seen[0].org.as_ref().map(OrgId::as_str), Some(id));
+}
+
 #[tokio::test]
 async fn header_mode_reads_the_org_from_its_header_and_keeps_the_path() {
     let config = GateConfig {

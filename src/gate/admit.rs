@@ -2,9 +2,9 @@
 //! the key's status, count the call against the threshold, check the
 //! subscription, then the rate.
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
-use super::resolve::{named_org, presented_key};
+use super::resolve::named_org;
 use super::session::{Answer, SessionPath};
 use super::Gate;
 use crate::answer::Refusal;
@@ -62,14 +62,21 @@ const METHOD_OVERRIDES: [&str; 3] = [
 ];
 
 impl Gate {
-    pub(crate) fn admit(&self, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Admission {
+    /// Decides on a request that `presented` a key ([`Gate::presented`]).
+    pub(crate) fn admit(
+        &self,
+        presented: Result<HeaderValue, Refusal>,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Admission {
         // Before anything is read from the store: a cluster's node that
         // cannot vouch for its state refuses everything (one load and a
         // branch on a single node).
         if !self.store.serving() {
             return Admission::Refuse(Refusal::ClusterUnavailable);
         }
-        let presented = match presented_key(headers, &self.config.key_header) {
+        let presented = match presented {
             Ok(v) => v,
             // Sessions: off the keyed path, which never gets here.
             Err(Refusal::MissingKey) if self.session.is_some() => {

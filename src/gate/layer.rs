@@ -17,11 +17,7 @@ impl KeyGateLayer {
     /// A layer that checks requests against `store` as `config` says.
     pub fn new(store: Store, config: GateConfig) -> Self {
         KeyGateLayer {
-            gate: Arc::new(Gate {
-                store,
-                config,
-                session: None,
-            }),
+            gate: Arc::new(Gate::new(store, config, None)),
         }
     }
 
@@ -31,11 +27,11 @@ impl KeyGateLayer {
     /// key header are checked as keyed calls are.
     pub fn with_sessions(self, config: crate::session::SessionConfig) -> Self {
         KeyGateLayer {
-            gate: Arc::new(Gate {
-                store: self.gate.store.clone(),
-                config: self.gate.config.clone(),
-                session: Some(config),
-            }),
+            gate: Arc::new(Gate::new(
+                self.gate.store.clone(),
+                self.gate.config.clone(),
+                Some(config),
+            )),
         }
     }
 }

@@ -103,4 +103,66 @@ pub(crate) struct Gate {
     pub(crate) config: GateConfig,
     /// Session login (contract section 8), when configured.
     pub(crate) session: Option<crate::session::SessionConfig>,
+    /// What `config` says of the headers it names, worked out once.
+    pub(crate) roles: HeaderRoles,
+}
+
+/// What a [`GateConfig`] says of the headers it names, worked out when the
+/// gate is made rather than compared on every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderRoles {
+    /// The org is named in `x-org-id` itself (and the key is in another
+    /// header): that header is forwarded as it came.
+    pub(crate) org_in_x_org_id: bool,
+    /// The key's header also names the org (a layer's config may say so;
+    /// keygate's own config refuses it): the key is read in place and
+    /// removed only when the request is forwarded, after the org is read.
+    pub(crate) key_names_org: bool,
+}
+
+impl HeaderRoles {
+    fn of(config: &GateConfig) -> HeaderRoles {
+        let org_header = match &config.org_from {
+            OrgSource::Header(name) => Some(name),
+            OrgSource::Path => None,
+        };
+        HeaderRoles {
+            org_in_x_org_id: org_header == Some(&service::X_ORG_ID)
+                && config.key_header != service::X_ORG_ID,
+            key_names_org: org_header == Some(&config.key_header),
+        }
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(
+        store: Store,
+        config: GateConfig,
+        session: Option<crate::session::SessionConfig>,
+    ) -> Gate {
+        Gate {
+            store,
+            roles: HeaderRoles::of(&config),
+            config,
+            session,
+        }
+    }
+
+    /// The key the request presents ([`take_key`](resolve::take_key)'s
+    /// rules), taken out of its headers: one lookup of the key's header
+    /// finds and removes it, where reading it for the checks and removing it
+    /// before forwarding were two. A refused request is dropped, so nothing
+    /// else sees it without its key. When the key's header also names the
+    /// org, it stays until [`forward`](service) has read the org.
+    #[inline]
+    pub(crate) fn presented(
+        &self,
+        headers: &mut http::HeaderMap,
+    ) -> Result<http::HeaderValue, crate::answer::Refusal> {
+        if self.roles.key_names_org {
+            resolve::presented_key(headers, &self.config.key_header).cloned()
+        } else {
+            resolve::take_key(headers, &self.config.key_header)
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Step 1 of the request path: find the key the client presents and the org it
-//! names. Both read borrowed bytes of the request; nothing is allocated.
+//! names. The org is read from borrowed bytes of the request, and the key is
+//! taken out of its headers; nothing is allocated.
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{Entry, HeaderMap, HeaderName};
 use http::{HeaderValue, Uri};
 
 use super::OrgSource;
@@ -32,6 +33,26 @@ pub(crate) fn presented_key<'a>(
             Err(Refusal::MissingKey)
         }
         (Some(v), None) => Ok(v),
+    }
+}
+
+/// [`presented_key`], with the key's header taken out of `headers` (all
+/// of its values, whatever the answer): one lookup where reading it and
+/// removing it were two.
+pub(crate) fn take_key(headers: &mut HeaderMap, name: &HeaderName) -> Result<HeaderValue, Refusal> {
+    match headers.entry(name) {
+        Entry::Vacant(_) => Err(Refusal::MissingKey),
+        Entry::Occupied(entry) => {
+            let more = entry.iter().nth(1).is_some();
+            let value = entry.remove();
+            if more {
+                Err(Refusal::InvalidKey)
+            } else if value.as_bytes().iter().all(u8::is_ascii_whitespace) {
+                Err(Refusal::MissingKey)
+            } else {
+                Ok(value)
+            }
+        }
     }
 }
 
@@ -128,5 +149,32 @@ mod tests {
         assert!(presented_key(&h, &name).is_ok());
         h.append(&name, HeaderValue::from_static("Ab3dEf6hIj9k"));
         assert_eq!(presented_key(&h, &name), Err(Refusal::InvalidKey));
+    }
+
+    /// `take_key` answers as `presented_key` does, and leaves no value of
+    /// the key's header behind, whatever it answers; other headers stay.
+    #[test]
+    fn taking_the_key_answers_as_reading_it_and_leaves_none_behind() {
+        let name = HeaderName::from_static("x-api-key");
+        let cases: [&[&'static str]; 6] = [
+            &[],
+            &[""],
+            &["   "],
+            &["Ab3dEf6hIj9k"],
+            &["Ab3dEf6hIj9k", "Ab3dEf6hIj9k"],
+            &["Ab3dEf6hIj9k", "", "Zz9dEf6hIj9k"],
+        ];
+        for values in cases {
+            let mut h = HeaderMap::new();
+            h.insert("x-other", HeaderValue::from_static("kept"));
+            for v in values {
+                h.append(&name, HeaderValue::from_static(v));
+            }
+            let read = presented_key(&h, &name).cloned();
+            assert_eq!(take_key(&mut h, &name), read, "{values:?}");
+            assert!(h.get(&name).is_none(), "{values:?}");
+            assert_eq!(h.get("x-other").unwrap(), "kept");
+            assert_eq!(h.len(), 1);
+        }
     }
 }

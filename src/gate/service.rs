@@ -34,11 +34,7 @@ impl<S> KeyGate<S> {
     pub fn new(inner: S, store: Store, config: GateConfig) -> Self {
         KeyGate {
             inner,
-            gate: Arc::new(Gate {
-                store,
-                config,
-                session: None,
-            }),
+            gate: Arc::new(Gate::new(store, config, None)),
         }
     }
 
@@ -52,11 +48,7 @@ impl<S> KeyGate<S> {
     ) -> Self {
         KeyGate {
             inner,
-            gate: Arc::new(Gate {
-                store,
-                config,
-                session: Some(session),
-            }),
+            gate: Arc::new(Gate::new(store, config, Some(session))),
         }
     }
 
@@ -116,16 +108,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        // The key header is not marked sensitive: an admitted request loses it
-        // before the inner service sees it, and a refused one is dropped here.
-        match self.gate.admit(req.method(), req.uri(), req.headers()) {
+        // The key header is not marked sensitive: it is taken out of the
+        // request here, and a refused request is dropped.
+        let presented = self.gate.presented(req.headers_mut());
+        match self
+            .gate
+            .admit(presented, req.method(), req.uri(), req.headers())
+        {
             Admission::Allow { prefix_len } => {
-                forward(&mut req, &self.gate.config, prefix_len, false);
+                forward(&mut req, &self.gate, prefix_len, false);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Refuse(refusal) => ResponseFuture::refused(refusal),
             Admission::AllowSession { prefix_len } => {
-                forward(&mut req, &self.gate.config, prefix_len, true);
+                forward(&mut req, &self.gate, prefix_len, true);
                 ResponseFuture::inner(self.inner.call(req))
             }
             Admission::Answer(answer) => ResponseFuture::answered(answer),
@@ -159,7 +155,8 @@ where
                         return Next::Answer(Answer::not_valid());
                     }
                     // Touched with the other node's use: decided again.
-                    let admission = gate.admit(req.method(), req.uri(), req.headers());
+                    let presented = gate.presented(req.headers_mut());
+                    let admission = gate.admit(presented, req.method(), req.uri(), req.headers());
                     let admission = match admission {
                         Admission::Take {
                             org,
@@ -183,11 +180,11 @@ where
                     };
                     match admission {
                         Admission::Allow { prefix_len } => {
-                            forward(&mut req, &gate.config, prefix_len, false);
+                            forward(&mut req, &gate, prefix_len, false);
                             Next::Call(inner.call(req))
                         }
                         Admission::AllowSession { prefix_len } => {
-                            forward(&mut req, &gate.config, prefix_len, true);
+                            forward(&mut req, &gate, prefix_len, true);
                             Next::Call(inner.call(req))
                         }
                         Admission::Refuse(r @ Refusal::RateLimited(_)) => {
@@ -228,11 +225,11 @@ where
                     }
                     match gate.finish(&org, req.method(), req.headers(), prefix_len, session) {
                         Admission::Allow { prefix_len } => {
-                            forward(&mut req, &gate.config, prefix_len, false);
+                            forward(&mut req, &gate, prefix_len, false);
                             Next::Call(inner.call(req))
                         }
                         Admission::AllowSession { prefix_len } => {
-                            forward(&mut req, &gate.config, prefix_len, true);
+                            forward(&mut req, &gate, prefix_len, true);
                             Next::Call(inner.call(req))
                         }
                         Admission::Refuse(r @ Refusal::RateLimited(_)) if session => {
@@ -251,8 +248,9 @@ where
     }
 }
 
-/// Prepares an admitted request for the inner service: the key header goes
-/// (and, for a call with a session, the session's cookie), the org goes in
+/// Prepares an admitted request for the inner service: the key header is
+/// gone already ([`Gate::presented`]; here only when it names the org too),
+/// and for a call with a session the session's cookie goes; the org goes in
 /// `x-org-id` (and the extensions, if configured), and in path mode the
 /// org's segment leaves the path.
 ///
@@ -266,12 +264,12 @@ where
 /// Allocations here are the ones `http` forces: the extensions map on its
 /// first insert, and, in path mode, the new path and the id's copy (its
 /// segment is in the old path's buffer, which `http` does not hand out).
-fn forward<B>(req: &mut Request<B>, config: &GateConfig, prefix_len: usize, session: bool) {
+fn forward<B>(req: &mut Request<B>, gate: &Gate, prefix_len: usize, session: bool) {
+    let config = &gate.config;
     // The org named in `x-org-id` itself: that header, checked by the gate
     // to be there once and well-formed, is forwarded as it came.
-    let own_header = matches!(&config.org_from, OrgSource::Header(name) if *name == X_ORG_ID)
-        && config.key_header != X_ORG_ID;
-    // Read before anything is removed: a layer's config may name one
+    let own_header = gate.roles.org_in_x_org_id;
+    // Read before the key is removed: a layer's config may name one
     // header for both the key and the org.
     let id = match &config.org_from {
         OrgSource::Path => Some(strip_path_prefix(req.uri_mut(), prefix_len)),
@@ -280,7 +278,10 @@ fn forward<B>(req: &mut Request<B>, config: &GateConfig, prefix_len: usize, sess
         OrgSource::Header(name) => req.headers().get(name).cloned(),
     };
     let headers = req.headers_mut();
-    headers.remove(&config.key_header);
+    // Taken out already ([`Gate::presented`]), unless it names the org too.
+    if gate.roles.key_names_org {
+        headers.remove(&config.key_header);
+    }
     if session {
         crate::session::strip_session(headers);
     }
