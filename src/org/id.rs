@@ -64,7 +64,11 @@ impl OrgId {
             .unwrap_or(rest.len().min(Self::MAX_LEN + 1));
         let id = &rest[..len];
         let ends_segment = rest.get(len).is_none_or(|&b| b == b'/');
-        (ends_segment && Self::is_valid(id)).then_some(id)
+        // Every byte of `id` passed the scan: what `is_valid` checks
+        // besides is the length and the first byte.
+        let valid = (1..=Self::MAX_LEN).contains(&len) && id[0] != b'-';
+        debug_assert_eq!(valid, Self::is_valid(id));
+        (ends_segment && valid).then_some(id)
     }
 
     /// Parses an org id.
