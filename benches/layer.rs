@@ -633,7 +633,15 @@ where
             i = 0;
         }
         let res = call_now(svc, black_box(req));
-        bad += u64::from(res.status() != expect);
+        if res.status() != expect {
+            if bad == 0 {
+                eprintln!(
+                    "keygate-bench: answered {} where {expect} was expected",
+                    res.status()
+                );
+            }
+            bad += 1;
+        }
         drop(black_box(res));
     }
     (started.elapsed().as_nanos() as f64 / n as f64, bad)
