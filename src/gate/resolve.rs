@@ -40,7 +40,16 @@ pub(crate) fn presented_key<'a>(
 /// of its values, whatever the answer): one lookup where reading it and
 /// removing it were two.
 pub(crate) fn take_key(headers: &mut HeaderMap, name: &HeaderName) -> Result<HeaderValue, Refusal> {
-    match headers.entry(name) {
+    // `entry` reserves room for an insert first, and panics where a map at
+    // `http`'s largest size cannot grow; `try_entry` says so instead, and
+    // such a map (no server parses that many headers) is read, then cleared
+    // of the key, in two lookups.
+    let Ok(entry) = headers.try_entry(name) else {
+        let presented = presented_key(headers, name).cloned();
+        headers.remove(name);
+        return presented;
+    };
+    match entry {
         Entry::Vacant(_) => Err(Refusal::MissingKey),
         Entry::Occupied(entry) => {
             let more = entry.iter().nth(1).is_some();
@@ -149,6 +158,31 @@ mod tests {
         assert!(presented_key(&h, &name).is_ok());
         h.append(&name, HeaderValue::from_static("Ab3dEf6hIj9k"));
         assert_eq!(presented_key(&h, &name), Err(Refusal::InvalidKey));
+    }
+
+    /// A map at `http`'s largest size, where `entry` would panic: the key
+    /// is still taken, and its header still goes.
+    #[test]
+    fn the_key_is_taken_from_a_map_that_cannot_grow() {
+        let name = HeaderName::from_static("x-api-key");
+        let mut h = HeaderMap::new();
+        h.insert(&name, HeaderValue::from_static("Ab3dEf6hIj9k"));
+        let mut i = 0;
+        while h
+            .try_insert(
+                HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("x"),
+            )
+            .is_ok()
+        {
+            i += 1;
+        }
+        assert!(h.try_entry(&name).is_err(), "the map is full");
+        assert_eq!(
+            take_key(&mut h, &name),
+            Ok(HeaderValue::from_static("Ab3dEf6hIj9k"))
+        );
+        assert!(h.get(&name).is_none());
     }
 
     /// `take_key` answers as `presented_key` does, and leaves no value of
