@@ -1,12 +1,13 @@
 //! The org table: every org's record in one arena, found by id through an
-//! open-addressed index of `u64` slots.
+//! open-addressed index of `u32` slots.
 //!
 //! It replaces a `DashSet<Arc<Org>>`, whose lookup at 1,000,000 orgs cost
 //! four dependent cache misses (the shard's control bytes, its slot, the
 //! `Arc`'s record and the id's page) and whose `Arc` per org cost 24 bytes
 //! of counts and malloc header (BENCHMARKS.md, "Issue 17, sixth round").
-//! Here a lookup is one slot (a 32-bit hash tag and the record's number, so a
-//! slot whose tag differs is passed over without touching its record), then
+//! Here a lookup is one slot (the record's number in its low bits and a tag
+//! of the id's hash in the rest, so a slot whose tag differs is passed over
+//! without touching its record), then
 //! the record, which holds the id it confirms the match with (an id of up
 //! to 16 bytes in one 16-byte compare: [`IdKey`]); and records sit back to
 //! back in chunks of [`CHUNK`], with no header between them.
@@ -35,7 +36,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -53,12 +54,30 @@ const CHUNKS: usize = 1 << 14;
 pub(crate) const MAX_ORGS: usize = CHUNK * CHUNKS;
 
 /// A slot no org has used.
-const EMPTY: u64 = 0;
+const EMPTY: u32 = 0;
 /// The low half of a slot whose org was deleted: probes go on past it.
 const TOMBSTONE: u32 = 1;
 /// Record numbers are stored plus this, so that no slot of a live org is
 /// [`EMPTY`] or a [`TOMBSTONE`].
 const BIAS: u32 = 2;
+
+/// The fewest bits of a slot an index gives the record's number (plus
+/// [`BIAS`]): 4,094 records, and a tag of 20 bits.
+const MIN_RECORD_BITS: u32 = 12;
+/// The most: enough for [`MAX_ORGS`] records plus [`BIAS`], which leaves a
+/// tag of 5 bits (a slot of another org passed over 31 times in 32 without
+/// reading its record).
+const MAX_RECORD_BITS: u32 = 27;
+const _: () = assert!(MAX_ORGS + BIAS as usize <= 1 << MAX_RECORD_BITS);
+
+/// The record bits of an index built when the arena holds `records`: room
+/// for twice as many, so that an arena grown one record at a time rebuilds
+/// its index for more bits log(n) times. At 1,000,000 orgs, 21 bits and a
+/// tag of 11: one lookup in about 500 reads one other org's record.
+fn record_bits_for(records: usize) -> u32 {
+    let need = records.saturating_mul(2) + BIAS as usize;
+    (usize::BITS - need.leading_zeros()).clamp(MIN_RECORD_BITS, MAX_RECORD_BITS)
+}
 
 /// The index is rebuilt larger once its used slots (live and tombstones)
 /// pass 7 in 8.
@@ -68,7 +87,7 @@ const fn over_load(used: usize, slots: usize) -> bool {
 
 /// Slots for `n` orgs at most 7 in 8 full: any length, not a power of two
 /// (the start of a probe is a multiply and a shift), so 1,000,000 orgs take
-/// 1,142,858 slots (9 bytes an org), not 2^21.
+/// 1,142,858 slots (4.6 bytes an org), not 2^21.
 fn slots_for(n: usize) -> usize {
     (n.max(8) * 8).div_ceil(7) + 1
 }
@@ -114,17 +133,53 @@ struct Writer {
     vacant: HashMap<Box<[u8]>, u32>,
 }
 
-/// The open-addressed index: each slot is a record's number and the top
-/// half of its id's hash.
+/// The open-addressed index: each slot is a record's number plus [`BIAS`]
+/// in its low bits (as many as `record_mask` has) and the same bits of its
+/// id's hash's top half in the rest, a tag. Half the size of a slot of a
+/// 32-bit tag and a 32-bit number: at 1,000,000 orgs the index is 4.6 MB,
+/// not 9.1, and more of it stays in the cache beside the records a request
+/// reads (BENCHMARKS.md, "Issue 17, ninth round").
 struct Index {
-    slots: Box<[AtomicU64]>,
+    slots: Box<[AtomicU32]>,
+    /// The bits of a slot that hold the record's number.
+    record_mask: u32,
+}
+
+/// The top half of `hash`, where tags come from.
+#[inline]
+fn high(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 impl Index {
-    fn with_slots(n: usize) -> Index {
+    fn new(slots: usize, record_bits: u32) -> Index {
         Index {
-            slots: (0..n).map(|_| AtomicU64::new(EMPTY)).collect(),
+            slots: (0..slots).map(|_| AtomicU32::new(EMPTY)).collect(),
+            record_mask: u32::MAX >> (32 - record_bits),
         }
+    }
+
+    /// Whether a slot of this index can hold record `record`'s number.
+    fn names(&self, record: usize) -> bool {
+        record + BIAS as usize <= self.record_mask as usize
+    }
+
+    /// A slot's word for record `record` of an id hashed to `hash`.
+    fn word(&self, hash: u64, record: u32) -> u32 {
+        debug_assert!(self.names(record as usize));
+        (high(hash) & !self.record_mask) | (record + BIAS)
+    }
+
+    /// The record a live slot names, if `word` is one whose tag is `hash`'s.
+    #[inline]
+    fn record_of(&self, word: u32, hash: u64) -> Option<usize> {
+        let low = word & self.record_mask;
+        (low >= BIAS && (word ^ high(hash)) & !self.record_mask == 0).then(|| (low - BIAS) as usize)
+    }
+
+    /// Whether an insert may take a slot holding `word`.
+    fn is_free(&self, word: u32) -> bool {
+        word == EMPTY || word & self.record_mask == TOMBSTONE
     }
 
     /// Where the probe for `hash` starts: its low half scaled to the length.
@@ -135,22 +190,10 @@ impl Index {
 
     /// The slots from `hash`'s start, round the table once.
     #[inline]
-    fn probe(&self, hash: u64) -> impl Iterator<Item = &AtomicU64> {
+    fn probe(&self, hash: u64) -> impl Iterator<Item = &AtomicU32> {
         let (after, before) = self.slots.split_at(self.start(hash));
         before.iter().chain(after)
     }
-}
-
-/// A slot's word for record `record` of an id hashed to `hash`.
-fn slot_of(hash: u64, record: u32) -> u64 {
-    (hash & !0xffff_ffff) | u64::from(record + BIAS)
-}
-
-/// The record a live slot names, if `word` is one whose tag is `hash`'s.
-#[inline]
-fn record_of(word: u64, hash: u64) -> Option<usize> {
-    let low = word as u32;
-    (low >= BIAS && (word ^ hash) >> 32 == 0).then(|| (low - BIAS) as usize)
 }
 
 /// A record of the arena, set once: 128 bytes, aligned to 128, so that what
@@ -231,7 +274,7 @@ impl OrgTable {
         OrgTable {
             number: TABLES.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
-            index: ArcSwap::from_pointee(Index::with_slots(slots_for(n))),
+            index: ArcSwap::from_pointee(Index::new(slots_for(n), record_bits_for(n))),
             records: Arena::new(),
             hasher: foldhash::fast::RandomState::default(),
             live: AtomicUsize::new(0),
@@ -279,7 +322,7 @@ impl OrgTable {
         index: &'i Index,
         key: &IdKey<'_>,
         hash: u64,
-    ) -> Option<(&'i AtomicU64, Found<'a>)> {
+    ) -> Option<(&'i AtomicU32, Found<'a>)> {
         // `probe` by hand: the request path's loop, without the chained
         // iterator's state.
         let slots = &index.slots;
@@ -289,7 +332,7 @@ impl OrgTable {
             if word == EMPTY {
                 return None;
             }
-            if let Some(n) = record_of(word, hash) {
+            if let Some(n) = index.record_of(word, hash) {
                 let org = self.records.get(n)?;
                 if org.is(key) {
                     let found = Found {
@@ -328,7 +371,7 @@ impl OrgTable {
     pub(crate) fn iter(&self) -> impl Iterator<Item = Found<'_>> {
         let index = self.index.load_full();
         (0..index.slots.len()).filter_map(move |i| {
-            let low = index.slots[i].load(Ordering::Acquire) as u32;
+            let low = index.slots[i].load(Ordering::Acquire) & index.record_mask;
             let n = low.checked_sub(BIAS)?;
             Some(Found {
                 org: self.records.get(n as usize)?,
@@ -379,25 +422,29 @@ impl OrgTable {
         debug_assert_eq!(org.id_bytes(), id);
         let live = self.live.load(Ordering::Relaxed) + 1;
         let index = self.index.load();
-        if over_load(live + w.tombstones, index.slots.len()) {
-            drop(index);
+        let fuller = over_load(live + w.tombstones, index.slots.len());
+        if fuller || !index.names(number as usize) {
             // Doubled, so a table grown one org at a time rebuilds
-            // log(n) times.
-            self.rebuild(&mut w, slots_for(live * 2));
+            // log(n) times; with more record bits, when the arena has
+            // outgrown the slot's.
+            let slots = if fuller {
+                slots_for(live * 2)
+            } else {
+                index.slots.len()
+            };
+            drop(index);
+            self.rebuild(&mut w, slots);
         }
         let index = self.index.load();
         let slot = index
             .probe(hash)
-            .find(|s| {
-                let word = s.load(Ordering::Relaxed);
-                word == EMPTY || word as u32 == TOMBSTONE
-            })
+            .find(|s| index.is_free(s.load(Ordering::Relaxed)))
             .expect("the index is never full");
         if slot.load(Ordering::Relaxed) != EMPTY {
             w.tombstones -= 1;
         }
         // Release: a reader that sees the slot sees the whole record.
-        slot.store(slot_of(hash, number), Ordering::Release);
+        slot.store(index.word(hash, number), Ordering::Release);
         self.live.store(live, Ordering::Relaxed);
         Ok(Found { org, number })
     }
@@ -410,26 +457,24 @@ impl OrgTable {
         let index = self.index.load();
         let (slot, found) = self.find(&index, &key, hash)?;
         let word = slot.load(Ordering::Relaxed);
-        slot.store(
-            (word & !0xffff_ffff) | u64::from(TOMBSTONE),
-            Ordering::Release,
-        );
+        slot.store((word & !index.record_mask) | TOMBSTONE, Ordering::Release);
         w.tombstones += 1;
         w.vacant.insert(id.into(), found.number);
         self.live.fetch_sub(1, Ordering::Relaxed);
         Some(found)
     }
 
-    /// Builds an index of `slots` slots from the live orgs, and swaps it in.
+    /// Builds an index of `slots` slots, with record bits for the arena as
+    /// it is, from the live orgs, and swaps it in.
     fn rebuild(&self, w: &mut Writer, slots: usize) {
-        let next = Index::with_slots(slots);
+        let next = Index::new(slots, record_bits_for(w.records));
         for found in self.iter() {
             let hash = IdKey::new(found.id_bytes()).hash(&self.hasher);
             let slot = next
                 .probe(hash)
                 .find(|s| s.load(Ordering::Relaxed) == EMPTY)
                 .expect("a larger index has room");
-            slot.store(slot_of(hash, found.number), Ordering::Relaxed);
+            slot.store(next.word(hash, found.number), Ordering::Relaxed);
         }
         // The swap publishes every slot written above; the bump tells the
         // threads that keep the old index to load this one.
@@ -684,5 +729,51 @@ mod tests {
         assert_eq!(Arc::as_ptr(&index), before);
         assert_eq!(index.slots.len(), slots_for(n));
         assert!(index.slots.len() < n * 8 / 7 + 3);
+    }
+
+    /// The record bits an index is built with cover twice the arena, from
+    /// 12 to what the last record of a full arena needs.
+    #[test]
+    fn record_bits_cover_the_arena_twice_over() {
+        assert_eq!(record_bits_for(0), MIN_RECORD_BITS);
+        assert_eq!(record_bits_for(1_000_000), 21);
+        assert_eq!(record_bits_for(MAX_ORGS), MAX_RECORD_BITS);
+        for records in [0, 1, 4_093, 4_094, 100_000, 1_000_000, MAX_ORGS] {
+            let index = Index::new(1, record_bits_for(records));
+            let last = (records * 2).clamp(1, MAX_ORGS) - 1;
+            assert!(index.names(last), "{records} records: record {last}");
+            let word = index.word(u64::MAX, last as u32);
+            assert_eq!(index.record_of(word, u64::MAX), Some(last));
+            // Another tag: passed over.
+            let other = u64::MAX ^ (1 << 63);
+            assert_eq!(index.record_of(word, other), None, "{records} records");
+        }
+    }
+
+    /// An arena that outgrows what its index's slots can number gets an
+    /// index with more record bits, and every org is found in it, as are
+    /// the orgs deleted and provisioned again on the way.
+    #[test]
+    fn the_index_takes_more_record_bits_as_the_arena_grows() {
+        let table = OrgTable::with_capacity(0);
+        assert_eq!(table.index.load().record_mask, (1 << MIN_RECORD_BITS) - 1);
+        for i in 0..10_000 {
+            add(&table, &format!("org-{i}")).unwrap();
+            if i % 7 == 0 {
+                let id = format!("org-{}", i / 2);
+                assert!(table.remove(id.as_bytes()).is_some());
+                table
+                    .insert(id.as_bytes(), || panic!("{id} had a record"), |_| {})
+                    .unwrap();
+            }
+        }
+        // Rebuilt for more bits when record 4,094 came (12 bits number
+        // 4,094 records): for room for twice 4,095, 14 bits.
+        assert_eq!(table.index.load().record_mask, (1 << 14) - 1);
+        for i in 0..10_000 {
+            let found = table.get(format!("org-{i}").as_bytes()).unwrap();
+            assert_eq!(found.id_str(), format!("org-{i}"));
+        }
+        assert_eq!(table.len(), 10_000);
     }
 }
