@@ -604,6 +604,65 @@ fn flat_layout_figures(out: &mut Summary, scale: &Scale) {
 }
 
 // ---------------------------------------------------------------------------
+// The machine's memory latency: what a lookup at many orgs cannot go below
+// ---------------------------------------------------------------------------
+//
+// A request for a cold org reads the index's slot and then the record it
+// names: two loads, the second's address in the first's answer. Around them a
+// request runs about 2,000 instructions of its own, which the CPU cannot run
+// ahead through to the next request's loads, so each of the two costs its full
+// latency. This measures that latency on this machine, for a region the size
+// of the arena (128 bytes an org) and one the size of the index (4.6 bytes an
+// org): a chain of dependent loads in a random cycle over the region, as many
+// steps as orgs (at least 200,000, at most 2,000,000). The layer's figure at
+// many orgs minus its figure for one org cannot go below the sum of the two;
+// the sum is printed too.
+
+/// Nanoseconds per dependent load in a random cycle over `bytes` of memory,
+/// one load per 128-byte cell (so each is a line of its own).
+fn dependent_load_ns(bytes: usize) -> f64 {
+    let cells = (bytes / 128).max(2);
+    // Sattolo's shuffle: one cycle through every cell.
+    let mut order: Vec<u32> = (0..cells as u32).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6c61_7465);
+    for i in (1..cells).rev() {
+        let j = rand::Rng::random_range(&mut rng, 0..i);
+        order.swap(i, j);
+    }
+    let mut next = vec![[0u32; 32]; cells];
+    for w in 0..cells {
+        next[order[w] as usize][0] = order[(w + 1) % cells];
+    }
+    drop(order);
+    let steps = cells.clamp(200_000, 2_000_000);
+    let mut at = 0u32;
+    let started = Instant::now();
+    for _ in 0..steps {
+        at = next[at as usize][0];
+    }
+    black_box(at);
+    started.elapsed().as_nanos() as f64 / steps as f64
+}
+
+fn memory_latency_figures(out: &mut Summary, scale: &Scale) {
+    let n = scale.orgs;
+    let arena = dependent_load_ns(n * 128);
+    let index = dependent_load_ns(n * 46 / 10);
+    out.put(
+        &format!("dependent_load_{n}orgs_arena_ns"),
+        format!("{arena:.1}"),
+    );
+    out.put(
+        &format!("dependent_load_{n}orgs_index_ns"),
+        format!("{index:.1}"),
+    );
+    out.put(
+        &format!("dependent_load_{n}orgs_slot_then_record_ns"),
+        format!("{:.1}", arena + index),
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Measuring
 // ---------------------------------------------------------------------------
 
@@ -618,12 +677,17 @@ impl Summary {
 
 /// Builds and sends `n` requests cycling through `targets`; returns the time and
 /// how many answers were not `expect`.
-fn timed_loop<S, B>(svc: &mut S, targets: &[Target], n: usize, expect: StatusCode) -> (f64, u64)
+fn timed_loop<S, B>(
+    svc: &mut S,
+    targets: &[Target],
+    n: usize,
+    expect: StatusCode,
+) -> (f64, Unexpected)
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    let mut bad = 0;
+    let mut bad = Unexpected::default();
     let mut i = 0;
     let started = Instant::now();
     for _ in 0..n {
@@ -633,15 +697,7 @@ where
             i = 0;
         }
         let res = call_now(svc, black_box(req));
-        if res.status() != expect {
-            if bad == 0 {
-                eprintln!(
-                    "keygate-bench: answered {} where {expect} was expected",
-                    res.status()
-                );
-            }
-            bad += 1;
-        }
+        bad.note(res.status(), expect);
         drop(black_box(res));
     }
     (started.elapsed().as_nanos() as f64 / n as f64, bad)
@@ -668,16 +724,54 @@ impl Expect {
         }
     }
 
-    fn check(self, name: &str, bad: u64, n: u64) {
+    fn check(self, name: &str, bad: Unexpected, n: u64) {
         let ok = match self {
-            Expect::All(_) => bad == 0,
-            Expect::Mostly(_) => bad * 1000 <= n,
+            Expect::All(_) => bad.count == 0,
+            Expect::Mostly(_) => bad.count * 1000 <= n,
         };
         assert!(
             ok,
             "{name}: {bad} of {n} answers were not {}",
             self.status()
         );
+    }
+}
+
+/// The answers of a loop that did not have the status expected: how many,
+/// and the first one's status.
+#[derive(Clone, Copy, Default)]
+struct Unexpected {
+    count: u64,
+    first: Option<StatusCode>,
+}
+
+impl Unexpected {
+    /// Counts an answer of `status` if it is not `expect`.
+    fn note(&mut self, status: StatusCode, expect: StatusCode) {
+        if status != expect {
+            self.first.get_or_insert(status);
+            self.count += 1;
+        }
+    }
+}
+
+impl std::ops::Add for Unexpected {
+    type Output = Unexpected;
+
+    fn add(self, other: Unexpected) -> Unexpected {
+        Unexpected {
+            count: self.count + other.count,
+            first: self.first.or(other.first),
+        }
+    }
+}
+
+impl std::fmt::Display for Unexpected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.first {
+            Some(status) => write!(f, "{} (the first: {status})", self.count),
+            None => write!(f, "{}", self.count),
+        }
     }
 }
 
@@ -735,13 +829,14 @@ fn compare_two_threads<S1, B1, S2, B2>(
     S2::Error: std::fmt::Debug,
 {
     let n = scale.loop_n;
-    let both = |svc: &(dyn Fn(&[Target]) -> (f64, u64) + Sync)| {
+    let both = |svc: &(dyn Fn(&[Target]) -> (f64, Unexpected) + Sync)| {
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| svc(targets[0]));
             let b = s.spawn(|| svc(targets[1]));
             (a.join().expect("thread"), b.join().expect("thread"))
         });
-        assert_eq!(a.1 + b.1, 0, "{name}: answers that were not 200");
+        let bad = a.1 + b.1;
+        assert_eq!(bad.count, 0, "{name}: {bad} answers were not 200");
         (a.0 + b.0) / 2.0
     };
     let (mut b, mut l) = (Vec::new(), Vec::new());
@@ -786,7 +881,7 @@ fn bench_calls<S, B>(
     S: Service<Req, Response = Response<B>>,
     S::Error: std::fmt::Debug,
 {
-    let (mut i, mut bad, mut n) = (0, 0u64, 0u64);
+    let (mut i, mut bad, mut n) = (0, Unexpected::default(), 0u64);
     g.bench_function(name, |b| {
         b.iter_batched(
             || {
@@ -796,7 +891,7 @@ fn bench_calls<S, B>(
             },
             |req| {
                 let res = call_now(svc, req);
-                bad += u64::from(res.status() != expect.status());
+                bad.note(res.status(), expect.status());
                 n += 1;
                 drop(black_box(res));
             },
@@ -1259,6 +1354,9 @@ fn main() {
 
     // -- 6. The org table's layout --------------------------------------------
     flat_layout_figures(&mut out, &scale);
+
+    // -- 7. The machine's memory latency ----------------------------------------
+    memory_latency_figures(&mut out, &scale);
 
     // -- Criterion ------------------------------------------------------------
     let mut c = Criterion::default()
