@@ -396,10 +396,13 @@ impl OrgTable {
         reuse: impl FnOnce(&Org),
     ) -> Result<Found<'_>, TableError> {
         let mut w = self.writer();
-        if self.get(id).is_some() {
+        let key = IdKey::new(id);
+        let hash = key.hash(&self.hasher);
+        // The writer's lock is held: no other index can be swapped in
+        // between this probe and the insert's.
+        if self.find(&self.index.load(), &key, hash).is_some() {
             return Err(TableError::Exists);
         }
-        let hash = IdKey::new(id).hash(&self.hasher);
         let (org, number) = match w.vacant.remove(id) {
             Some(n) => {
                 let org = self
