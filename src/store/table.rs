@@ -137,8 +137,8 @@ struct Writer {
 /// in its low bits (as many as `record_mask` has) and the same bits of its
 /// id's hash's top half in the rest, a tag. Half the size of a slot of a
 /// 32-bit tag and a 32-bit number: at 1,000,000 orgs the index is 4.6 MB,
-/// not 9.1, and more of it stays in the cache beside the records a request
-/// reads (BENCHMARKS.md, "Issue 17, ninth round").
+/// not 9.1, for the same time per request (BENCHMARKS.md, "Issue 17,
+/// ninth round").
 struct Index {
     slots: Box<[AtomicU32]>,
     /// The bits of a slot that hold the record's number.
