@@ -263,7 +263,8 @@ where
 ///
 /// Allocations here are the ones `http` forces: the extensions map on its
 /// first insert, and, in path mode, the new path and the id's copy (its
-/// segment is in the old path's buffer, which `http` does not hand out).
+/// segment is in the old path's buffer, which `http` does not hand out),
+/// one more copy of it when it goes in the extensions too.
 fn forward<B>(req: &mut Request<B>, gate: &Gate, prefix_len: usize, session: bool) {
     let config = &gate.config;
     // The org named in `x-org-id` itself: that header, checked by the gate
@@ -288,7 +289,12 @@ fn forward<B>(req: &mut Request<B>, gate: &Gate, prefix_len: usize, session: boo
     match id {
         Some(id) if config.org_extension => {
             if !own_header {
-                headers.insert(X_ORG_ID, id.clone());
+                // A copy, not a clone: a clone shares the bytes, which
+                // takes a compare-and-swap and an atomic decrement per
+                // drop, dearer than the allocation (BENCHMARKS.md,
+                // "Issue 17, ninth round").
+                let copy = HeaderValue::from_bytes(id.as_bytes()).expect("a header value");
+                headers.insert(X_ORG_ID, copy);
             }
             req.extensions_mut().insert(OrgId::from_admitted(id));
         }
