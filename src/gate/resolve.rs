@@ -26,14 +26,8 @@ pub(crate) fn presented_key<'a>(
     name: &HeaderName,
 ) -> Result<&'a HeaderValue, Refusal> {
     let mut values = headers.get_all(name).iter();
-    match (values.next(), values.next()) {
-        (None, _) => Err(Refusal::MissingKey),
-        (Some(_), Some(_)) => Err(Refusal::InvalidKey),
-        (Some(v), None) if v.as_bytes().iter().all(u8::is_ascii_whitespace) => {
-            Err(Refusal::MissingKey)
-        }
-        (Some(v), None) => Ok(v),
-    }
+    let first = values.next().ok_or(Refusal::MissingKey)?;
+    one_key(first, values.next().is_some()).map(|()| first)
 }
 
 /// [`presented_key`], with the key's header taken out of `headers` (all
@@ -54,14 +48,20 @@ pub(crate) fn take_key(headers: &mut HeaderMap, name: &HeaderName) -> Result<Hea
         Entry::Occupied(entry) => {
             let more = entry.iter().nth(1).is_some();
             let value = entry.remove();
-            if more {
-                Err(Refusal::InvalidKey)
-            } else if value.as_bytes().iter().all(u8::is_ascii_whitespace) {
-                Err(Refusal::MissingKey)
-            } else {
-                Ok(value)
-            }
+            one_key(&value, more).map(|()| value)
         }
+    }
+}
+
+/// The rule of both for a key header that is there: its `first` value, and
+/// whether it has `more`, present one key, or the answer is a refusal.
+fn one_key(first: &HeaderValue, more: bool) -> Result<(), Refusal> {
+    if more {
+        Err(Refusal::InvalidKey)
+    } else if first.as_bytes().iter().all(u8::is_ascii_whitespace) {
+        Err(Refusal::MissingKey)
+    } else {
+        Ok(())
     }
 }
 
