@@ -289,11 +289,13 @@ fn forward<B>(req: &mut Request<B>, gate: &Gate, prefix_len: usize, session: boo
     match id {
         Some(id) if config.org_extension => {
             if !own_header {
-                // A copy, not a clone: a clone shares the bytes, which
-                // takes a compare-and-swap and an atomic decrement per
-                // drop, dearer than the allocation (BENCHMARKS.md,
-                // "Issue 17, ninth round").
-                let copy = HeaderValue::from_bytes(id.as_bytes()).expect("a header value");
+                // A copy, not a clone: in path mode the id is a copy of
+                // its own, and a clone would make it shared (an allocation,
+                // a compare-and-swap, an atomic decrement per drop), dearer
+                // than this allocation (BENCHMARKS.md, "Issue 17, ninth
+                // round"). In header mode it measured the same.
+                let copy = HeaderValue::from_bytes(id.as_bytes())
+                    .expect("a header value's bytes make one");
                 headers.insert(X_ORG_ID, copy);
             }
             req.extensions_mut().insert(OrgId::from_admitted(id));
